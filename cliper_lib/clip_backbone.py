@@ -1,0 +1,135 @@
+"""CLIP image side: preprocessing, position-embedding interpolation and a layer walk over open_clip's own blocks.
+
+The walk calls open_clip's modules (conv1, ln_pre, each block's ln_1 / attn / ln_2 / mlp, ln_post, proj) in the
+order `VisionTransformer.forward` does, and keeps what CLIPer needs along the way: each block's normalised
+attention input X_i, its per-head attention probabilities A_i (from `nn.MultiheadAttention` itself, with
+`need_weights=True, average_attn_weights=False`) and the residual stream entering it. Nothing is patched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def to_pil(image) -> Image.Image:
+    """PIL RGB image from a PIL image, an HxWx3 uint8 array, or a (3,H,W) float tensor in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}")
+        image = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
+        raise ValueError(f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}")
+    return Image.fromarray(array[..., :3])
+
+
+def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, int]:
+    """(h, w) in pixels: short side scaled to `size`, each side rounded to the nearest multiple of `patch`."""
+    ratio = size / min(width, height)
+    h = int(height * ratio / patch + 0.5) * patch
+    w = int(width * ratio / patch + 0.5) * patch
+    return max(h, patch), max(w, patch)
+
+
+def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
+    """(3, h, w) normalised CLIP input: bicubic resize (short side `size`, sides multiples of `patch`)."""
+    pil = to_pil(image)
+    h, w = resized_shape(pil.width, pil.height, size, patch)
+    resized = pil.resize((w, h), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (x - mean_t) / std_t
+
+
+def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1 + h*w, D): the patch part of a square (1 + g*g, D) position embedding resized bilinearly to `grid`."""
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    side = int(round(patch_pos.shape[0] ** 0.5))
+    if side * side != patch_pos.shape[0]:
+        raise ValueError(f"position embedding of {patch_pos.shape[0]} patches is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos
+    dim = patch_pos.shape[1]
+    square = patch_pos.float().T.reshape(1, dim, side, side)  # (1, D, g, g)
+    resized = F.interpolate(square, size=grid, mode="bilinear", align_corners=False)  # (1, D, h, w)
+    return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(pos.dtype)  # (1 + h*w, D)
+
+
+@dataclass
+class LayerWalk:
+    """What the walk kept; lists are indexed by block. B = batch, N = 1 + h*w tokens, D = width, H = heads."""
+
+    grid: tuple[int, int]  # (h, w) patch grid
+    normalized_inputs: list[torch.Tensor]  # X_i = ln_1_i(x_i): (B, N, D) for each walked block
+    attentions: list[torch.Tensor]  # A_i: (B, H, N, N) per-head attention probabilities
+    residual_inputs: list[torch.Tensor]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
+
+    @property
+    def num_walked(self) -> int:
+        return len(self.attentions)
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The residual stream after the last walked block: (B, N, D)."""
+        return self.residual_inputs[-1]
+
+
+def patch_embed(visual: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tokens entering block 0 (B, N, D) for any image size, with the position embedding interpolated."""
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, h, w)
+    grid = (x.shape[-2], x.shape[-1])
+    x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
+    x = torch.cat([cls, x], dim=1)  # (B, N, D)
+    x = x + interpolate_pos_embedding(visual.positional_embedding, grid).to(x.dtype)
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x), grid
+
+
+def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch.Tensor:
+    """One open_clip ResidualAttentionBlock, keeping its X_i and A_i; returns the block's output."""
+    normed = block.ln_1(x)  # X_i: (B, N, D)
+    attn_out, probs = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)
+    keep.normalized_inputs.append(normed)
+    keep.attentions.append(probs)  # (B, H, N, N)
+    x = x + block.ls_1(attn_out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    keep.residual_inputs.append(x)
+    return x
+
+
+@torch.no_grad()
+def walk_layers(visual: torch.nn.Module, images: torch.Tensor, num_blocks: int | None = None) -> LayerWalk:
+    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and x_i."""
+    if not getattr(visual.transformer, "batch_first", True):
+        raise ValueError("the layer walk expects an open_clip transformer with batch_first=True")
+    blocks = visual.transformer.resblocks
+    num_blocks = len(blocks) if num_blocks is None else num_blocks
+    x, grid = patch_embed(visual, images)
+    walk = LayerWalk(grid=grid, normalized_inputs=[], attentions=[], residual_inputs=[x])
+    for block in blocks[:num_blocks]:
+        x = run_block(block, x, walk)
+    return walk
+
+
+def project_tokens(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """ln_post then the visual projection, applied to every token: (..., N, D) -> (..., N, E)."""
+    tokens = visual.ln_post(tokens)
+    return tokens @ visual.proj if visual.proj is not None else tokens
+
+
+@torch.no_grad()
+def encode_image_from_walk(visual: torch.nn.Module, walk: LayerWalk) -> torch.Tensor:
+    """open_clip's pooled image embedding (B, E) from a complete walk (CLS token, ln_post, proj)."""
+    if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
+        raise ValueError("only CLS-token pooling ViTs (the CLIP ViTs CLIPer uses) are supported")
+    return project_tokens(visual, walk.output[:, 0])

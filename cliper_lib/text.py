@@ -1,0 +1,154 @@
+"""Text side: class files, prompt templates, and template-averaged CLIP text embeddings with an on-disk cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import DATA_DIR
+
+TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_templates.txt"}
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """Foreground class lines (label k = names[k-1]) and the background vocabulary (softmax competitors only)."""
+
+    names: list[str]
+    background: list[str]
+
+
+def split_background_line(line: str) -> list[str]:
+    """'ground, land, grass' -> ['ground', 'land', 'grass']; 'background' -> ['background']."""
+    return [word for word in re.split(r"[,\s]+", line.strip()) if word]
+
+
+def class_file_path(name_or_path: str | os.PathLike) -> Path:
+    """A class file by name (data/classes/<name>.txt) or path."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    candidate = DATA_DIR / "classes" / f"{name_or_path}.txt"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in (DATA_DIR / "classes").glob("*.txt"))
+    raise FileNotFoundError(f"class file {name_or_path!r} not found; bundled class files: {', '.join(known)}")
+
+
+def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
+    """Parse a class file: first line = background vocabulary, then one class (with synonyms) per line."""
+    lines = [line.strip() for line in class_file_path(name_or_path).read_text().splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        raise ValueError(f"class file {name_or_path} needs a background line and at least one class line")
+    return ClassList(names=lines[1:], background=split_background_line(lines[0]))
+
+
+def parse_class_names(text: str) -> list[str]:
+    """User input 'cat; sofa; person with clothes' -> ['cat', 'sofa', 'person with clothes'] (';' or newlines)."""
+    names = [part.strip() for part in re.split(r"[;\n]", text) if part.strip()]
+    if not names:
+        raise ValueError("give at least one class name (separate several with ';')")
+    return names
+
+
+def load_templates(name_or_path: str) -> list[str]:
+    """Prompt templates with a '{}' placeholder: 'cliper' (15), 'openai' (80), or a file path."""
+    path = Path(name_or_path)
+    if not path.exists():
+        if name_or_path not in TEMPLATE_FILES:
+            raise ValueError(f"unknown template set {name_or_path!r}; use one of {list(TEMPLATE_FILES)} or a path")
+        path = DATA_DIR / "templates" / TEMPLATE_FILES[name_or_path]
+    templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"templates without a '{{}}' placeholder in {path}: {bad[:3]}")
+    return templates
+
+
+@torch.no_grad()
+def encode_class_names(
+    model: torch.nn.Module, tokenizer, names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
+    """(len(names), E) embeddings: per name, L2-normalised template embeddings averaged, then L2-normalised."""
+    device = next(model.parameters()).device
+    prompts = [template.format(name) for name in names for template in templates]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
+        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    per_prompt = torch.cat(chunks).view(len(names), len(templates), -1)  # (C, templates, E)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1)  # (C, E)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap digest of the text tower's weights, so caches never mix two models with the same name."""
+    digest = hashlib.sha256()
+    for name in ("text_projection", "token_embedding.weight", "positional_embedding"):
+        tensor = model.get_parameter(name) if "." in name else getattr(model, name, None)
+        if tensor is None:
+            continue
+        digest.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TextEmbeddingCache:
+    """Class-name embeddings on disk, keyed by model, weights, templates and names (one .pt file per key)."""
+
+    def __init__(self, folder: str | os.PathLike | None):
+        self.folder = Path(folder) if folder is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, model_id: str, fingerprint: str, templates: Sequence[str], names: Sequence[str]) -> str:
+        payload = json.dumps([model_id, fingerprint, list(templates), list(names)], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def get_or_compute(self, key: str, compute) -> torch.Tensor:
+        path = self.folder / f"{key}.pt" if self.folder is not None else None
+        if path is not None and path.exists():
+            try:
+                value = torch.load(path, weights_only=True)
+                self.hits += 1
+                return value
+            except Exception:  # a corrupt cache file is recomputed, never trusted
+                path.unlink(missing_ok=True)
+        self.misses += 1
+        value = compute()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(value.cpu(), tmp)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        return value
+
+
+@dataclass
+class TextSet:
+    """Encoded classes: fg (C, E) and bg (B, E), both L2-normalised; `names` label the fg rows."""
+
+    names: list[str]
+    background: list[str]
+    fg: torch.Tensor
+    bg: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def softmax_set(self) -> torch.Tensor:
+        """T = [fg (C), bg (B), mean of fg (1)], each row L2-normalised: (C + B + 1, E)."""
+        return softmax_text_set(self.fg, self.bg)
+
+
+def softmax_text_set(fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """The rows the softmax runs over: fg classes, background words, and the mean fg embedding."""
+    rows = torch.cat([fg, bg, fg.mean(dim=0, keepdim=True)], dim=0)  # (C + B + 1, E)
+    return F.normalize(rows.float(), dim=-1)

@@ -199,6 +199,14 @@ def crop_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[in
     return boxes
 
 
+@torch.no_grad()
+def walk_crops(visual: torch.nn.Module, image: torch.Tensor, crop: int, stride: int) -> LayerWalk:
+    """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one batch."""
+    boxes = crop_boxes(image.shape[1], image.shape[2], crop, stride)
+    crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
+    return walk_layers(visual, crops, num_blocks=len(visual.transformer.resblocks) - 1)
+
+
 @dataclass
 class SlidingWindowOutput:
     logits: torch.Tensor  # (L, T, h, w): crop logits averaged by count
@@ -220,18 +228,33 @@ def sliding_window_maps(
     rounds: str | int = "cumulative",
     last_layer_attention: str = "fused",
 ) -> SlidingWindowOutput:
-    """DESIGN.md ELF step 5 for one (3, H, W) image; all crops (same size) run as one batch."""
-    _, height, width = image.shape
+    """DESIGN.md ELF step 5 for one (3, H, W) image: walk and fuse all crops, then accumulate."""
     if crop % patch or stride % patch:
         raise ValueError(f"crop {crop} and stride {stride} must be multiples of the patch size {patch}")
+    walk = walk_crops(visual, image, crop, stride)
+    fused = fuse_layers(visual, walk, fuse, rounds, last_layer_attention)
+    return sliding_window_from_fused(fused, image.shape[1:], text_set, num_classes, patch, crop, stride, logit_scale)
+
+
+@torch.no_grad()
+def sliding_window_from_fused(
+    fused: FusionOutput,
+    image_size: Sequence[int],
+    text_set: torch.Tensor,
+    num_classes: int,
+    patch: int,
+    crop: int,
+    stride: int,
+    logit_scale: float,
+) -> SlidingWindowOutput:
+    """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and softmax."""
+    height, width = int(image_size[0]), int(image_size[1])
     gh, gw = height // patch, width // patch
     boxes = crop_boxes(height, width, crop, stride)
-    crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
-    num_layers = len(visual.transformer.resblocks)
-    walk = walk_layers(visual, crops, num_blocks=num_layers - 1)
-    fused = fuse_layers(visual, walk, fuse, rounds, last_layer_attention)
-    crop_logits = layer_logits(fused.embeddings, text_set, logit_scale, fused.grid)  # (L, K, T, ch', cw')
-    crop_attn = mean_patch_attention(fused.last_attention)  # (K, ch'*cw', ch'*cw')
+    if fused.embeddings.shape[1] != len(boxes):
+        raise ValueError(f"{fused.embeddings.shape[1]} crops were fused but the window gives {len(boxes)}")
+    crop_logits = layer_logits(fused.embeddings, text_set, logit_scale, fused.grid)  # (L, K, T, ch, cw)
+    crop_attn = mean_patch_attention(fused.last_attention)  # (K, ch*cw, ch*cw)
 
     device = crop_logits.device
     logits_sum = torch.zeros(crop_logits.shape[0], crop_logits.shape[2], gh, gw, device=device)  # (L, T, gh, gw)

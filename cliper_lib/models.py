@@ -144,8 +144,8 @@ def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_downl
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+    register_tiny_clip()  # so the tiny architecture can also be loaded from a local checkpoint
     if cfg.profile == "smoke":
-        register_tiny_clip()
         name = TINY_CLIP_NAME
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

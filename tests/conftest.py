@@ -1,0 +1,48 @@
+"""Shared fixtures: the golden tiny CLIP (authors' weights), seeded tiny models, sample images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden" / "clip_side_tiny.pt"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    return torch.load(GOLDEN, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_clip(golden):
+    """A ClipBundle holding the golden tiny ViT with the authors' weights (fp32)."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from cliper_lib.models import TINY_CLIP_CONFIG, TINY_CLIP_NAME, ClipBundle, register_tiny_clip
+
+    assert json.loads(golden["model_config"]) == TINY_CLIP_CONFIG
+    register_tiny_clip()
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval()
+    state = {k[len("visual."):]: v.float() for k, v in golden["visual_state_dict"].items()}
+    model.visual.load_state_dict(state, strict=True)
+    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer(TINY_CLIP_NAME), name=TINY_CLIP_NAME,
+                      weights_id="golden", patch_size=16, mean=tuple(OPENAI_DATASET_MEAN),
+                      std=tuple(OPENAI_DATASET_STD))
+
+
+@pytest.fixture(scope="session")
+def cat_image() -> np.ndarray:
+    """scikit-image's 'chelsea' (public domain), 300×451×3 uint8."""
+    import skimage.data
+
+    return skimage.data.chelsea()

@@ -1,0 +1,43 @@
+# Two commands a new user needs: `make demo` and `make test`. Each sets up .venv on first use.
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= paper
+OUT     ?= outputs/demo
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.cliper-installed
+
+.PHONY: demo test setup notebooks lab voila bench clean-outputs
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch and torchvision are pinned together (torchvision imports only beside its own torch build)
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## Segment the bundled sample photos with the full method (PROFILE=smoke: tiny random models, offline).
+demo: $(STAMP)
+	$(BIN)/cliper demo --profile $(PROFILE) --out $(OUT)
+
+## Unit tests + every notebook executed by papermill on the smoke profile.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Open the notebooks.
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+## The tuning notebook as an app.
+voila: $(STAMP)
+	$(BIN)/voila notebooks/06_interactive_layer_tuning.ipynb
+
+## Speed benchmarks (not tests).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean-outputs:
+	rm -rf outputs

@@ -1,0 +1,116 @@
+"""viz: palette, label PNG round trip, overlays, and the figure helpers drawing headless."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless, whatever the environment says
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cliper_lib import viz
+
+
+def _image(h: int = 24, w: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _labels(h: int = 24, w: int = 32, n: int = 4) -> np.ndarray:
+    lab = np.zeros((h, w), dtype=np.int64)
+    lab[: h // 2, : w // 2] = 1
+    lab[h // 2:, w // 2:] = n - 1
+    lab[0, -1] = 2
+    return lab
+
+
+@pytest.mark.parametrize("n", [1, 21, 256, 1000])
+def test_palette_distinct_black_background(n):
+    pal = viz.palette(n)
+    assert pal.shape == (n, 3) and pal.dtype == np.uint8
+    assert tuple(pal[0]) == (0, 0, 0)
+    assert len({tuple(c) for c in pal}) == n  # every class its own colour
+
+
+def test_palette_is_voc_like():
+    # the first VOC colours (aeroplane, bicycle, bird, boat) as everyone's tools draw them
+    assert viz.palette(5)[1:].tolist() == [[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+
+
+def test_colorize_and_overlay_shapes():
+    img, lab = _image(), _labels()
+    col = viz.colorize_labels(torch.from_numpy(lab))  # tensors are accepted too
+    assert col.shape == (24, 32, 3) and col.dtype == np.uint8
+    assert (col[lab == 0] == 0).all()
+    out = viz.overlay(img, lab, alpha=0.5)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[lab == 0] == img[lab == 0]).all()  # background keeps the photo
+    assert (viz.overlay(img, lab, alpha=1.0)[lab == 1] == viz.palette(2)[1]).all()
+    assert (viz.overlay(img, lab, alpha=0.0) == img).all()
+    with pytest.raises(ValueError, match="same height and width"):
+        viz.overlay(img, lab[:-1])
+    with pytest.raises(ValueError, match=">= 0"):
+        viz.colorize_labels(-lab - 1)
+
+
+def test_label_png_round_trips_exact_ids(tmp_path):
+    lab = np.arange(24 * 32).reshape(24, 32) % 256  # every id 0..255
+    path = viz.save_label_png(tmp_path / "sub" / "dir" / "labels.png", lab)  # parents are created
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        assert np.array_equal(np.asarray(img), lab)
+        assert img.getpalette()[3:6] == [128, 0, 0]
+    assert np.array_equal(viz.load_label_png(path), lab)
+    assert [p.name for p in path.parent.iterdir()] == ["labels.png"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="0..255"):
+        viz.save_label_png(tmp_path / "big.png", lab + 300)
+
+
+def test_overlay_png_with_legend(tmp_path):
+    img, lab = _image(60, 80), _labels(60, 80, n=4)
+    path = viz.save_overlay_png(tmp_path / "out" / "overlay.png", img, lab, ["cat", "sofa", "floor"], title="t")
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size[0] > 80
+    handles = viz.legend_handles(lab, ["cat", "sofa", "floor"])
+    assert [h.get_label() for h in handles] == ["cat", "sofa", "floor"]
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # readable like any other output
+
+
+def test_show_segmentation_titles_and_legend():
+    fig = Figure()
+    ax = fig.add_subplot()
+    viz.show_segmentation(ax, _image(), _labels(n=2), ["cat"], title="a cat")  # ids 0, 1 and 2
+    assert ax.get_title() == "a cat"
+    # only the classes present, in id order; an id beyond the names still gets an entry
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat", "class 2"]
+
+
+def test_heatmap_and_attention_grids(tmp_path):
+    maps = np.random.default_rng(1).random((5, 6, 8)).astype(np.float32)
+    fig = viz.heatmap_grid(maps, [f"layer {i}" for i in range(5)], ncols=3, suptitle="per layer", image=_image())
+    assert isinstance(fig, Figure) and fig.get_suptitle() == "per layer"
+    titled = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titled == [f"layer {i}" for i in range(5)]
+    fig.savefig(tmp_path / "grid.png")
+    with pytest.raises(ValueError, match="titles"):
+        viz.heatmap_grid(maps, ["only one"])
+
+    h, w = 3, 4
+    att = torch.rand(2, 1 + h * w, 1 + h * w).softmax(-1)  # (heads, N, N) with a CLS token
+    fig = viz.attention_grid(att, _image(), (h, w), queries=[(0, 0), (2, 3), 5])
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "query patch (0, 0)", "query patch (2, 3)", "query patch (1, 1)"]
+    fig.savefig(tmp_path / "att.png")
+    with pytest.raises(ValueError, match="tokens"):
+        viz.attention_grid(att[:, :5, :5], _image(), (h, w), queries=[0])
+
+
+def test_set_theme_once():
+    viz.set_theme()
+    viz.set_theme()  # second call is a no-op
+    assert viz._THEME_SET

@@ -9,23 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import DATA_DIR, CLIPerConfig, ConfigError
+from .config import DATA_DIR, CLIPerConfig, ConfigError, parse_overrides
 
 SAMPLES_DIR = DATA_DIR / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """['attention_thr=0.2', 'fuse_layers=[2, 9]'] -> {'attention_thr': 0.2, 'fuse_layers': [2, 9]} (YAML values)."""
-    import yaml
-
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import PRESET_DIR, CLIPerConfig, ConfigError
+from .config import PRESET_DIR, CLIPerConfig, ConfigError, parse_overrides
 from .datasets import (
     BENCHMARK_ORDER,
     DATASETS,
@@ -465,19 +465,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="run the 8 presets of --backbone, render the full table")
     parser.add_argument("--backbone", default="vit-b-16", help="with --all: preset folder (vit-b-16 | vit-l-14)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """['attention_thr=0.2', 'ignore_labels=[0, 255]'] -> {'attention_thr': 0.2, 'ignore_labels': [0, 255]}."""
-    import yaml
-
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def init_distributed(device: str | None) -> tuple[int, int, int]:

@@ -61,6 +61,9 @@ class CLIPerConfig:
     # --- fine-grained compensation ------------------------------------------------------------
     refinement: str = "sfsa"  # sfsa | mean | selection | none
     selection_head: int = 0  # head index used by refinement=selection
+    # SD head-map threshold; None = attention_thr (DESIGN.md). One published version of the authors' code
+    # hard-codes 0.1 here instead: set 0.1 to reproduce that version.
+    sd_attention_thr: float | None = None
     sd_layers: list[str] = field(
         default_factory=lambda: ["up_blocks.3.attentions.1", "up_blocks.3.attentions.0"]
     )
@@ -108,6 +111,8 @@ class CLIPerConfig:
         in_range("attention_thr", 0.0, 1.0)
         in_range("score_threshold", 0.0, 1.0)
         in_range("bkg_thre", 0.0, 1.0)
+        if self.sd_attention_thr is not None:
+            in_range("sd_attention_thr", 0.0, 1.0)
         if not isinstance(self.size, int) or self.size < 16:
             raise ConfigError(f"size={self.size!r} must be an integer >= 16 (short side in pixels)")
         for name in ("sliding_crop_size", "sliding_stride", "selection_head", "seed"):
@@ -137,6 +142,11 @@ class CLIPerConfig:
         if not all(isinstance(v, int) for v in self.ignore_labels):
             raise ConfigError(f"ignore_labels={self.ignore_labels!r} must be a list of integers")
         return self
+
+    @property
+    def effective_sd_attention_thr(self) -> float:
+        """The threshold applied to the SD head maps: sd_attention_thr, else attention_thr."""
+        return self.attention_thr if self.sd_attention_thr is None else self.sd_attention_thr
 
     @property
     def effective_sd_image_size(self) -> int:

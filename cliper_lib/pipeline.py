@@ -219,13 +219,14 @@ class CLIPer:
 
     @torch.no_grad()
     def refine(self, coarse: torch.Tensor, head_maps: torch.Tensor | None, cfg: CLIPerConfig | None = None):
-        """Stage 6 (refinement, attention_thr, selection_head): S_f (C, s, s); S_c itself when refinement is none."""
+        """Stage 6 (refinement, attention_thr / sd_attention_thr, selection_head): S_f (C, s, s); S_c itself when refinement is none."""
         cfg = cfg or self.cfg
         if cfg.refinement == "none" or head_maps is None:
             return coarse.float()
         from .refine import refine_coarse_maps
 
-        return refine_coarse_maps(coarse.float(), head_maps, cfg.refinement, cfg.attention_thr, cfg.selection_head)
+        return refine_coarse_maps(coarse.float(), head_maps, cfg.refinement, cfg.effective_sd_attention_thr,
+                                  cfg.selection_head)
 
     @torch.no_grad()
     def labels(self, refined: torch.Tensor, coarse: torch.Tensor, image_size: tuple[int, int],

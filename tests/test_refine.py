@@ -1,0 +1,149 @@
+"""Fine-grained compensation maths against independent, deliberately naive computations."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cliper_lib.refine import (
+    chain_apply,
+    chain_apply_streaming,
+    normalize_head_maps,
+    refine_coarse_maps,
+    upsample_coarse,
+)
+
+
+def random_stochastic(m: int, T: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """m random row-stochastic (T, T) matrices (softmax of Gaussian scores, like attention)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, T, T, generator=g, dtype=dtype).mul(2).softmax(dim=-1)
+
+
+def naive_normalize(maps: torch.Tensor, thr: float) -> torch.Tensor:
+    """The authors' three steps written as plain loops over entries."""
+    m, T, _ = maps.shape
+    out = maps.clone()
+    for k in range(m):
+        for j in range(T):
+            col_max = max(float(maps[k, i, j]) for i in range(T))
+            for i in range(T):
+                value = float(maps[k, i, j]) / (col_max + 1e-5)
+                out[k, i, j] = 0.0 if value < thr else value
+        for i in range(T):
+            row_sum = sum(float(out[k, i, j]) for j in range(T))
+            for j in range(T):
+                out[k, i, j] = float(out[k, i, j]) / (row_sum + 1e-5)
+    return out
+
+
+def authors_reference(coarse: torch.Tensor, maps: torch.Tensor, variant: str, thr: float, head: int) -> torch.Tensor:
+    """The whole refinement the authors' way: normalise all maps, form the product left to right, then apply it."""
+    s = int(maps.shape[-1] ** 0.5)
+    S = F.interpolate(coarse[None], size=(s, s), mode="bilinear", align_corners=False)[0].flatten(-2).T  # (T, C)
+    A = naive_normalize(maps, thr)
+    if variant == "mean":
+        A = A.mean(0)
+    elif variant == "selection":
+        A = A[head]
+    else:
+        A = functools.reduce(torch.matmul, A, torch.eye(A.shape[-1], dtype=A.dtype))
+    return (A @ S).T.reshape(-1, s, s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_normalize_matches_naive_loop() -> None:
+    maps = random_stochastic(3, 9, seed=1)
+    for thr in (0.0, 0.1, 0.35):
+        torch.testing.assert_close(normalize_head_maps(maps, thr), naive_normalize(maps, thr), rtol=1e-12, atol=1e-12)
+
+
+def test_normalize_rows_are_stochastic_or_empty() -> None:
+    out = normalize_head_maps(random_stochastic(4, 25, seed=2), 0.2)
+    sums = out.sum(-1)
+    assert (out >= 0).all()
+    assert torch.all((sums - 1).abs() < 1e-4)  # +1e-5 in the denominator keeps sums just below 1
+    # every column keeps its maximum (value ~1 after the column normalisation), so no row of max entries vanishes
+    assert (out > 0).any(dim=-2).all()
+
+
+def test_normalize_does_not_modify_input_and_checks_shape() -> None:
+    maps = random_stochastic(2, 16)
+    before = maps.clone()
+    normalize_head_maps(maps, 0.1)
+    assert torch.equal(maps, before)
+    with pytest.raises(ValueError, match=r"\(m, T, T\)"):
+        normalize_head_maps(maps[0], 0.1)
+
+
+def test_chain_equals_explicit_left_to_right_product() -> None:
+    maps = random_stochastic(6, 16, seed=3)
+    S = torch.rand(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    explicit = functools.reduce(torch.matmul, maps) @ S  # A_1 A_2 ... A_m, then S
+    torch.testing.assert_close(chain_apply(maps, S), explicit, rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_equals_batch_and_order_matters() -> None:
+    maps = random_stochastic(5, 16, seed=5)
+    S = torch.rand(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    batch = chain_apply(maps, S)
+    streamed = chain_apply_streaming(iter([maps[k] for k in reversed(range(5))]), S)  # A_m first
+    assert torch.equal(streamed, batch)
+    wrong_order = chain_apply_streaming(iter(maps), S)  # A_1 first computes A_m ... A_1 S: a different product
+    assert not torch.allclose(wrong_order, batch)
+    assert torch.equal(chain_apply_streaming([], S), S)  # no maps: the identity
+
+
+def test_chain_shape_errors() -> None:
+    maps = random_stochastic(2, 16)
+    with pytest.raises(ValueError, match="S must have shape"):
+        chain_apply(maps, torch.rand(9, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="expected"):
+        chain_apply_streaming([torch.rand(9, 9)], torch.rand(16, 2))
+
+
+@pytest.mark.parametrize("variant", ["sfsa", "mean", "selection"])
+def test_refine_variants_match_authors_reference(variant: str) -> None:
+    maps = random_stochastic(4, 36, seed=7)  # s = 6
+    coarse = torch.rand(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    got = refine_coarse_maps(coarse, maps, variant, attention_thr=0.2, selection_head=2)
+    assert got.shape == (3, 6, 6)
+    torch.testing.assert_close(got, authors_reference(coarse, maps, variant, 0.2, 2), rtol=1e-10, atol=1e-12)
+
+
+def test_refine_none_is_the_bilinear_upsample() -> None:
+    coarse = torch.rand(2, 4, 4)
+    maps = random_stochastic(2, 64, dtype=torch.float32)
+    expected = F.interpolate(coarse[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(refine_coarse_maps(coarse, maps, "none"), expected)
+    torch.testing.assert_close(refine_coarse_maps(coarse, None, "none", side=8), expected)
+    torch.testing.assert_close(upsample_coarse(coarse, 8), expected)
+
+
+def test_refine_half_precision_maps_are_refined_in_float32() -> None:
+    maps = random_stochastic(3, 16, dtype=torch.float32)
+    coarse = torch.rand(2, 3, 3)
+    out = refine_coarse_maps(coarse, maps.half(), "sfsa")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, refine_coarse_maps(coarse, maps.half().float(), "sfsa"))
+
+
+def test_refine_input_errors() -> None:
+    maps = random_stochastic(3, 16, dtype=torch.float32)
+    coarse = torch.rand(2, 3, 3)
+    with pytest.raises(ValueError, match="unknown"):
+        refine_coarse_maps(coarse, maps, "median")
+    with pytest.raises(ValueError, match="selection_head=3"):
+        refine_coarse_maps(coarse, maps, "selection", selection_head=3)
+    with pytest.raises(ValueError, match=r"\(C, h, w\)"):
+        refine_coarse_maps(coarse[0], maps, "sfsa")
+    with pytest.raises(ValueError, match=r"\(m, T, T\)"):
+        refine_coarse_maps(coarse, maps[:, :, :8], "sfsa")
+    with pytest.raises(ValueError, match="not a square grid"):
+        refine_coarse_maps(coarse, random_stochastic(2, 12, dtype=torch.float32), "sfsa")
+    with pytest.raises(ValueError, match="needs head maps"):
+        refine_coarse_maps(coarse, None, "sfsa", side=4)
+    with pytest.raises(ValueError, match="disagrees"):
+        refine_coarse_maps(coarse, maps, "none", side=5)

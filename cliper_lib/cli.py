@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,6 +65,7 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from .files import atomic_write_json
     from .text import parse_class_names, split_background_line
     from .viz import save_label_png, save_overlay_png
 
@@ -98,9 +97,7 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
             "present": result.present_classes(), "profile": model.cfg.profile, "preset": model.cfg.preset,
             "refinement": model.cfg.refinement, "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         }
-        tmp = out / f".{stem}_scores.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, out / f"{stem}_scores.json")
+        atomic_write_json(out / f"{stem}_scores.json", record)
         records.append(record)
     return records
 

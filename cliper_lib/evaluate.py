@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from .datasets import (
     class_names,
     load_benchmark,
 )
+from .files import atomic_write_text
 from .metrics import ConfusionMatrix
 
 Segmenter = Callable[[np.ndarray], Any]  # image (H, W, 3) uint8 -> label map (H, W), or an object with .labels
@@ -57,24 +57,6 @@ class CheckpointError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # atomic files
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file must be in the same folder: os.replace is atomic only within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def shard_checkpoint_path(path: str | os.PathLike, rank: int, world_size: int) -> Path:

@@ -22,7 +22,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
+
+from .files import atomic_write_json, atomic_write_text
 
 __all__ = [
     "METRICS_ENV",
@@ -75,8 +76,6 @@ FALLBACK_KERNEL = "cliper-suite"
 _PLAN_KEYS = {"name", "description", "defaults", "runs", "cell_timeout", "start_timeout"}
 _RUN_KEYS = {"notebook", "name", "parameters", "description"}
 _PUBLISHED: dict[str, Any] = {}
-_UMASK = os.umask(0o22)  # read the process umask (the only way is to set it) and put it back at once
-os.umask(_UMASK)
 
 
 class PlanError(ValueError):
@@ -129,23 +128,11 @@ def _jsonable(value: Any, name: str) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then os.replace); creates parent folders."""
-    _write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_json(path, data)
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write text atomically (temp file in the same folder, then os.replace); creates parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def publish(name: str, value: float | int | str | dict | list) -> None:

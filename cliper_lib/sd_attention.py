@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import CLIPerConfig
+from .files import atomic_write_text
 from .models import (
     WeightsMissingError,
     default_cache_dir,
@@ -178,12 +177,8 @@ def tiny_tokenizer_dir() -> Path:
         "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
         "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
     }
-    folder.mkdir(parents=True, exist_ok=True)
     for name, text in contents.items():
-        # write-then-rename: concurrent test workers never read a half-written file
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, delete=False, suffix=".tmp") as handle:
-            handle.write(text)
-        os.replace(handle.name, folder / name)
+        atomic_write_text(folder / name, text)  # concurrent test workers never read a half-written file
     return folder
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DATA_DIR
+from .files import atomic_path
 
 TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_templates.txt"}
 
@@ -123,10 +124,8 @@ class TextEmbeddingCache:
         self.misses += 1
         value = compute()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(value.cpu(), tmp)
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            with atomic_path(path) as tmp:  # a reader never sees half a file
+                torch.save(value.cpu(), tmp)
         return value
 
 

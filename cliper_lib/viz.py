@@ -8,17 +8,17 @@ Only numpy, matplotlib and PIL are needed; seaborn is imported by `set_theme` al
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from PIL import Image
+
+from .files import atomic_path
 
 __all__ = [
     "palette",
@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 _THEME_SET = False
-_UMASK = os.umask(0o22)  # read the process umask (the only way is to set it) and put it back at once
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,23 +75,6 @@ def _as_rgb(image: Any) -> np.ndarray:
             img = img * 255.0  # floats in [0, 1] are the other common image convention
         img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return img
-
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success move it into place, so readers never see half a file."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,7 +145,7 @@ def save_label_png(path: str | os.PathLike, labels: Any) -> Path:
         raise ValueError(f"a P-mode PNG holds ids 0..255; this map has id {lab.max()}")
     img = Image.fromarray(lab.astype(np.uint8), mode="P")
     img.putpalette(palette(256).reshape(-1).tolist())
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
 
@@ -194,7 +175,7 @@ def save_overlay_png(
     ax = fig.add_subplot()
     show_segmentation(ax, img, labels, class_names, title or Path(path).stem, alpha=alpha)
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
     return Path(path)
 

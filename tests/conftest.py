@@ -42,7 +42,10 @@ def golden_clip(golden):
 
 @pytest.fixture(scope="session")
 def cat_image() -> np.ndarray:
-    """scikit-image's 'chelsea' (public domain), 300×451×3 uint8."""
-    import skimage.data
+    """The bundled sample photo of Chelsea the cat (CC0, from scikit-image), 300×451×3 uint8."""
+    from PIL import Image
 
-    return skimage.data.chelsea()
+    from cliper_lib.config import DATA_DIR
+
+    with Image.open(DATA_DIR / "samples" / "chelsea.jpg") as image:
+        return np.asarray(image.convert("RGB"))

@@ -56,7 +56,7 @@ def test_accepts_pil_and_tensor_images(coarse_model, cat_image):
     from PIL import Image
 
     a = coarse_model.segment(Image.fromarray(cat_image), classes=["cat"])
-    b = coarse_model.segment(torch.from_numpy(cat_image).permute(2, 0, 1).float() / 255, classes=["cat"])
+    b = coarse_model.segment(torch.from_numpy(cat_image.copy()).permute(2, 0, 1).float() / 255, classes=["cat"])
     assert torch.equal(a.labels, b.labels)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +51,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     if constants.HF_HUB_OFFLINE:
         return False
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    # create_connection's timeout does not cover the DNS lookup, which can stall for long on some networks:
+    # resolve in a worker thread and give up after `timeout`.
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
+        addresses = pool.submit(socket.getaddrinfo, host, 443, type=socket.SOCK_STREAM).result(timeout=timeout)
+        family, kind, proto, _, address = addresses[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        return True
+    except (OSError, FutureTimeout, IndexError):
         return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def missing_weights_message(what: str, repo_id: str, files: str, fix: str) -> str:

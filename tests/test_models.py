@@ -58,3 +58,17 @@ def test_local_checkpoint_file_loads_through_paper_path(tmp_path):
     torch.save(smoke.model.state_dict(), path)
     loaded = load_clip(CLIPerConfig(profile="paper", backbone="cliper-tiny", pretrained=str(path)))
     assert torch.equal(loaded.model.visual.proj, smoke.model.visual.proj)
+
+
+def test_hub_reachable_gives_up_on_a_stalling_dns_lookup(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    from cliper_lib.models import hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    start = time.time()
+    assert hub_reachable(timeout=0.5) is False
+    assert time.time() - start < 2

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One prepared GPU check for a lent device machine (run from the repository root; ~5 minutes on an H100/H200):
+#   the test suite on the GPU's host, then per-stage timings of the full method on full-size random
+#   architectures in float32 and float16. Results go to $OUT (or ./outputs/device_check).
+set -uo pipefail
+OUT=${OUT:-outputs/device_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+python3 -m venv .venv-gpu && . .venv-gpu/bin/activate
+pip install -q torch==2.14.1 torchvision==0.29.1 && pip install -q -e ".[test]" 2>&1 | tail -2
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+python -m pytest -q -m "not slow" -x 2>&1 | tail -5 | tee "$OUT/tests.txt"
+for backbone in ViT-B-16 ViT-L-14; do
+  for dtype in float32 float16; do
+    python benchmarks/bench_pipeline.py --backbone "$backbone" --sd --device cuda --dtype "$dtype" \
+      --repeats 5 --out "$OUT/bench_${backbone}_${dtype}.json" 2>&1 | grep -v WARN | tee -a "$OUT/bench.txt"
+  done
+done
+python benchmarks/bench_refine.py --device cuda --tokens 4096 2>&1 | tee "$OUT/refine.txt"

@@ -62,3 +62,23 @@ def test_resized_shape_rounds_to_patch_multiples(w, h, size, patch, expected):
 def test_preprocess_rejects_bad_input():
     with pytest.raises(ValueError, match="uint8"):
         preprocess_image(torch.zeros(5, 5, 3).numpy(), 224, 16, (0, 0, 0), (1, 1, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-L-14", "ViT-H-14"])
+def test_walk_reproduces_encode_image_large_backbones(name):
+    """The other two paper backbones (random weights): the walk is exact there too, and ELF runs at 336x448."""
+    from cliper_lib import fusion as elf
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=name != "ViT-H-14").eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        theirs = model.encode_image(images)
+    torch.testing.assert_close(encode_image_from_walk(model.visual, walk_layers(model.visual, images)), theirs,
+                               rtol=1e-5, atol=1e-5)
+    depth = len(model.visual.transformer.resblocks)
+    walk = walk_layers(model.visual, torch.randn(1, 3, 336, 448), num_blocks=depth - 1)
+    fused = elf.fuse_layers(model.visual, walk)
+    assert fused.embeddings.shape[:3] == (depth, 1, 1 + 24 * 32)
+    torch.testing.assert_close(fused.last_attention.sum(-1), torch.ones(1, 16, 1 + 24 * 32))

@@ -18,7 +18,6 @@ import gc
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from .datasets import (
     class_names,
     load_benchmark,
 )
+from . import provenance
 from .files import atomic_write_text
 from .metrics import ConfusionMatrix
 
@@ -275,35 +275,21 @@ def evaluate(
 # results
 
 
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages that decide the numbers (None when one is not installed)."""
-    from importlib import metadata
+#: the packages whose versions go into a results file (key -> distribution name)
+VERSIONED_PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "diffusers": "diffusers",
+                      "transformers": "transformers", "numpy": "numpy", "pillow": "pillow",
+                      "cliper_suite": "cliper-suite"}
 
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for key, dist in [("torch", "torch"), ("open_clip", "open_clip_torch"), ("diffusers", "diffusers"),
-                      ("transformers", "transformers"), ("numpy", "numpy"), ("pillow", "pillow"),
-                      ("cliper_suite", "cliper-suite")]:
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
-    out["cuda"] = torch.version.cuda
-    return out
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide the numbers (None when one is not installed), and CUDA's."""
+    return {**provenance.package_versions(VERSIONED_PACKAGES), "cuda": torch.version.cuda}
 
 
 def git_commit() -> dict[str, Any] | None:
     """The commit of the repository this package lives in, and whether the tree had changes; None without git."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10
-        )
-        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None
+    state = provenance.git_state(untracked_files=True)
+    return state if state["commit"] else None
 
 
 def weights_ids(model: Any, cfg: CLIPerConfig) -> dict[str, Any]:

@@ -18,19 +18,18 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
+from . import provenance
 from .files import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -352,27 +351,12 @@ def _now() -> str:
 
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages that decide the numbers (None where not installed), and Python's."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return provenance.package_versions({pkg: pkg for pkg in VERSIONED_PACKAGES})
 
 
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit and dirty flag of the repository (None values when git or the repo is unavailable)."""
-    def git(*args: str) -> str | None:
-        try:
-            res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return res.stdout.strip() if res.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    return provenance.git_state(root)
 
 
 def device_info() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from .config import BACKBONES, CLIPerConfig
 from .datasets import BENCHMARK_ORDER, Sample
+from .metrics import ConfusionMatrix
 
 #: column titles of the paper's table, by benchmark name, in BENCHMARK_ORDER
 DATASET_TITLES = {
@@ -177,22 +178,11 @@ def image_scores(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_labe
     classes present in this image's ground truth (a class only predicted lowers the IoU of the classes
     whose pixels it took, as in the split's metric). Both fractions; NaN when no pixel is scored.
     """
-    gt = np.asarray(gt).reshape(-1).astype(np.int64, copy=False)
-    pred = np.asarray(pred).reshape(-1).astype(np.int64, copy=False)
-    if gt.shape != pred.shape:
+    gt, pred = np.asarray(gt).astype(np.int64, copy=False), np.asarray(pred).astype(np.int64, copy=False)
+    if gt.size != pred.size:
         raise ValueError(f"ground truth has {gt.size} pixels, prediction {pred.size}")
-    valid = (gt >= 0) & (gt < num_classes) & ~np.isin(gt, list(ignore_labels))
-    g, p = gt[valid], pred[valid]
-    if g.size == 0:
-        return math.nan, math.nan, 0
-    if p.min() < 0 or p.max() >= num_classes:
-        raise ValueError(f"prediction labels must lie in [0, {num_classes})")
-    counts = np.bincount(g * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    tp = np.diag(counts).astype(float)
-    gt_pixels, pred_pixels = counts.sum(1), counts.sum(0)
-    present = gt_pixels > 0
-    iou = tp[present] / (gt_pixels + pred_pixels - tp)[present]
-    return float(iou.mean()), float(tp.sum() / g.size), int(present.sum())
+    metrics = ConfusionMatrix(num_classes, ignore_labels).update(gt.reshape(-1), pred.reshape(-1)).compute()
+    return metrics["mIoU"], metrics["pAcc"], metrics["num_classes_present"]
 
 
 @dataclass

@@ -265,6 +265,12 @@ def heatmap_grid(
     return fig
 
 
+def mark_patch(ax: Axes, patch: tuple[int, int], grid: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """Outline patch (row, col) of an h × w grid drawn over an image of image_size (H, W) pixels, in cyan."""
+    (r, c), (h, w), (H, W) = patch, grid, image_size
+    ax.add_patch(Rectangle((c * W / w, r * H / h), W / w, H / h, fill=False, edgecolor="cyan", linewidth=1.5))
+
+
 def attention_grid(
     attention: Any,
     image: Any,
@@ -300,13 +306,12 @@ def attention_grid(
         if not 0 <= q < h * w:
             raise ValueError(f"query patch {q} is outside the {h}x{w} grid")
     fig, axes = _grid(len(flat), ncols, panel_size, suptitle + ("" if head is None else f" (head {head})"))
-    ph, pw = H / h, W / w
     for ax, q in zip(axes, flat):
         r, c = divmod(q, w)
         ax.imshow(img)
         im = ax.imshow(att[q].reshape(h, w), cmap=cmap, alpha=alpha, extent=(0, W, H, 0),
                        interpolation="nearest")  # (h, w): one value per key patch
-        ax.add_patch(Rectangle((c * pw, r * ph), pw, ph, fill=False, edgecolor="cyan", linewidth=1.5))
+        mark_patch(ax, (r, c), (h, w), (H, W))
         ax.set_title(f"query patch ({r}, {c})", fontsize="small")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -114,3 +114,14 @@ def test_set_theme_once():
     viz.set_theme()
     viz.set_theme()  # second call is a no-op
     assert viz._THEME_SET
+
+
+def test_mark_patch_outlines_the_right_pixels():
+    from matplotlib.figure import Figure
+
+    from cliper_lib.viz import mark_patch
+
+    ax = Figure().add_subplot()
+    mark_patch(ax, (1, 2), (4, 8), (100, 400))  # patches of 25 x 50 px
+    (rect,) = ax.patches
+    assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (100.0, 25.0, 50.0, 25.0)

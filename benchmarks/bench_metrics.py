@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from cliper_lib.metrics import ConfusionMatrix
+from cliper_lib.eval.metrics import ConfusionMatrix
 
 
 def numpy_baseline(gt: np.ndarray, pred: np.ndarray, c: int) -> np.ndarray:

@@ -21,7 +21,7 @@ def build_full_size_clip(backbone: str, device: torch.device, dtype: torch.dtype
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from cliper_lib.models import ClipBundle
+    from cliper_lib.method.clip_backbone import ClipBundle
 
     torch.manual_seed(0)
     model = open_clip.create_model(backbone, pretrained=None, force_quick_gelu=True).eval().to(device, dtype)
@@ -49,9 +49,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from cliper_lib.config import CLIPerConfig
-    from cliper_lib.models import resolve_device, resolve_dtype
-    from cliper_lib.pipeline import CLIPer
-    from cliper_lib.text import TextSet
+    from cliper_lib.config import resolve_device, resolve_dtype
+    from cliper_lib.method.pipeline import CLIPer
+    from cliper_lib.method.text import TextSet
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     preset = args.preset or f"{args.backbone.lower()}/voc21"
@@ -60,7 +60,8 @@ def main() -> None:
     clip = build_full_size_clip(args.backbone, device, dtype)
     sd = None
     if args.sd:
-        from cliper_lib.sd_attention import SDSelfAttention, build_random_sd_components
+        from cliper_lib.method.sd_attention import SDSelfAttention
+        from cliper_lib.weights.sd import build_random_sd_components
 
         sd = SDSelfAttention(build_random_sd_components(full_size=True, device=device, dtype=dtype, seed=0), cfg)
     model = CLIPer(cfg, clip, sd, text_cache_dir=False)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from cliper_lib.refine import chain_apply, normalize_head_maps
+from cliper_lib.method.refine import chain_apply, normalize_head_maps
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,8 +1,26 @@
-"""CLIPer (arXiv 2411.13836) as a thin, tested library: each stage a pure function of tensors.
+"""CLIPer (arXiv 2411.13836) as a thin, tested library, in layers that only import downwards:
 
-Data flow: image -> clip_backbone (X_i, A_i) -> fusion (S_k, S_c) -> sd_attention (head maps) -> refine (S_f)
--> labels -> metrics. `pipeline.CLIPer` wires the stages and returns every intermediate; `config.CLIPerConfig`
-holds every knob; `cli` is the command line.
+    suite/    the command line, the papermill runner, the notebook runtime, the widget explorer, plots
+    eval/     data sets, the metric, the evaluation loop with checkpoints, result records and reports
+    weights/  where model weights come from (hub cache, local files, tiny random models); CLIPer.from_config
+    method/   the paper and nothing else: each stage a function of tensors, wired once in method/stages.py
+    config, images, files, provenance   (the bottom: settings, the one image loader, atomic files, records)
+
+`from cliper_lib import CLIPer, CLIPerConfig` is all a user needs; docs/method.md derives the method.
 """
 
 __version__ = "0.1.0"
+__all__ = ["CLIPer", "CLIPerConfig", "__version__"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so `import cliper_lib.config` (and the command line's --help) stays light.
+    if name == "CLIPer":
+        from .weights.models import CLIPer
+
+        return CLIPer
+    if name == "CLIPerConfig":
+        from .config import CLIPerConfig
+
+        return CLIPerConfig
+    raise AttributeError(f"module 'cliper_lib' has no attribute {name!r}")

@@ -19,6 +19,8 @@ SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
 BACKBONES = {"vit-b-16": "ViT-B-16", "vit-l-14": "ViT-L-14", "vit-h-14": "ViT-H-14", "tiny": "cliper-tiny"}
+#: the benchmarks of the paper, in its table's order (the `dataset` names of the presets).
+BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "ade20k", "cityscapes")
 #: the weights each backbone is used with in the paper (open_clip pretrained tags).
 PAPER_PRETRAINED = {"ViT-B-16": "openai", "ViT-L-14": "openai", "ViT-H-14": "laion2b_s32b_b79k"}
 
@@ -29,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class CLIPerConfig:
-    """All settings of one CLIPer run (DESIGN.md sections 1 and 4); defaults are the ViT-B/16 VOC21 preset."""
+    """All settings of one CLIPer run (docs/method.md sections 3 and 5); defaults are the ViT-B/16 VOC21 preset."""
 
     # --- models -----------------------------------------------------------------------------
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
@@ -61,7 +63,7 @@ class CLIPerConfig:
     # --- fine-grained compensation ------------------------------------------------------------
     refinement: str = "sfsa"  # sfsa | mean | selection | none
     selection_head: int = 0  # head index used by refinement=selection
-    # SD head-map threshold; None = attention_thr (DESIGN.md). One published version of the authors' code
+    # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of the authors' code
     # hard-codes 0.1 here instead: set 0.1 to reproduce that version.
     sd_attention_thr: float | None = None
     sd_layers: list[str] = field(
@@ -199,14 +201,22 @@ def _checked_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return dict(values)
 
 
-def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """['attention_thr=0.2', 'fuse_layers=[2, 9]'] -> {'attention_thr': 0.2, 'fuse_layers': [2, 9]} (YAML values)."""
+def parse_overrides(pairs: Sequence[str] | None, what: str = "config field") -> dict[str, Any]:
+    """['attention_thr=0.2', 'fuse_layers=[2, 9]'] -> {'attention_thr': 0.2, 'fuse_layers': [2, 9]}.
+
+    Values are read as YAML (numbers, booleans, lists keep their type; text YAML cannot read stays text, an
+    empty value is ""). Used by every `--set`: config fields (segment, eval) and notebook parameters (reproduce).
+    """
     overrides: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY a {what} name")
+        try:
+            overrides[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            overrides[key] = value
     return overrides
 
 
@@ -227,3 +237,19 @@ def load_preset_values(name: str) -> dict[str, Any]:
         raise ConfigError(f"preset {path} must hold a mapping of config fields")
     values.setdefault("preset", name if not Path(name).suffix else path.stem)
     return values
+
+
+def resolve_device(name: str):
+    """torch.device of a `device` value: auto = cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str):
+    """torch dtype of a `dtype` value (float32 | float16 | bfloat16)."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one (results, checkpoints, PNGs)."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one) and the suite's cache folder."""
 from __future__ import annotations
 
 import contextlib
@@ -42,3 +42,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON (indented) atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def default_cache_dir() -> Path:
+    """The suite's own cache (text embeddings, the smoke tokenizer): CLIPER_CACHE, else ~/.cache/cliper."""
+    return Path(os.environ.get("CLIPER_CACHE", Path.home() / ".cache" / "cliper"))

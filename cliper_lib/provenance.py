@@ -1,23 +1,35 @@
-"""Where a number came from: package versions and the git state, recorded by evaluations and notebook runs."""
+"""Where a number came from: package versions, the git state and the device, recorded by evaluations and runs."""
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: the distributions whose versions decide (or record how we got) the numbers, by their pip names.
+VERSIONED_PACKAGES = ("cliper-suite", "torch", "torchvision", "open_clip_torch", "diffusers", "transformers",
+                      "numpy", "pillow", "papermill", "nbclient", "ipykernel")
 
-def package_versions(packages: Mapping[str, str]) -> dict[str, str | None]:
-    """{key: version of distribution} for `packages` (key -> distribution name), plus Python's; None if absent."""
+
+def package_versions(packages: Sequence[str] | Mapping[str, str] = VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """{name: version} of `packages` (distribution names, or key -> distribution), plus Python's and CUDA's.
+
+    None where a package is not installed (or torch has no CUDA).
+    """
+    pairs = packages.items() if isinstance(packages, Mapping) else ((name, name) for name in packages)
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for key, dist in packages.items():
+    for key, dist in pairs:
         try:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[key] = None
+    torch = sys.modules.get("torch")  # only when already imported: a record never pays for importing torch
+    out["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
     return out
 
 
@@ -34,3 +46,23 @@ def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", f"--untracked-files={'normal' if untracked_files else 'no'}") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def device_info() -> dict[str, Any]:
+    """cpu/cuda and the accelerator name, probed in a child process so the caller never holds a CUDA context."""
+    probe = (
+        "import json, platform\n"
+        "try:\n"
+        "    import torch\n"
+        "    ok = torch.cuda.is_available()\n"
+        "    d = {'type': 'cuda', 'name': torch.cuda.get_device_name(0), 'count': torch.cuda.device_count()} "
+        "if ok else {'type': 'cpu', 'name': platform.processor() or platform.machine(), 'count': 0}\n"
+        "except Exception as e:\n"
+        "    d = {'type': 'cpu', 'name': platform.machine(), 'count': 0, 'note': repr(e)}\n"
+        "print(json.dumps(d))\n"
+    )
+    try:
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except Exception as exc:  # the record is still worth writing without it
+        return {"type": "unknown", "name": None, "count": 0, "note": repr(exc)}

@@ -37,7 +37,8 @@ def golden_clip(golden):
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from cliper_lib.models import TINY_CLIP_CONFIG, TINY_CLIP_NAME, ClipBundle, register_tiny_clip
+    from cliper_lib.method.clip_backbone import ClipBundle
+    from cliper_lib.weights.clip import TINY_CLIP_CONFIG, TINY_CLIP_NAME, register_tiny_clip
 
     assert json.loads(golden["model_config"]) == TINY_CLIP_CONFIG
     register_tiny_clip()

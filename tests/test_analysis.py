@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cliper_lib import analysis
-from cliper_lib.clip_backbone import LayerWalk
+from cliper_lib.method.clip_backbone import LayerWalk
+from cliper_lib.suite import analysis
 
 
 def random_attention(b: int, heads: int, n: int, sharp: float = 3.0) -> torch.Tensor:

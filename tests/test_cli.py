@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliper_lib.cli import expand_images, main
 from cliper_lib.config import DATA_DIR
+from cliper_lib.suite.cli import expand_images, main
 
 SAMPLES = DATA_DIR / "samples"
 
@@ -84,5 +84,5 @@ def test_presets_listing(capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "cliper_lib.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "cliper_lib", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "segment" in result.stdout and "reproduce" in result.stdout

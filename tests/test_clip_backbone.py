@@ -5,8 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from cliper_lib.clip_backbone import (encode_image_from_walk, interpolate_pos_embedding, preprocess_image,
-                                      resized_shape, walk_layers)
+from cliper_lib.method.clip_backbone import (encode_image_from_walk, interpolate_pos_embedding, preprocess_image,
+                                             resized_shape, walk_layers)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_preprocess_rejects_bad_input():
 @pytest.mark.parametrize("name", ["ViT-L-14", "ViT-H-14"])
 def test_walk_reproduces_encode_image_large_backbones(name):
     """The other two paper backbones (random weights): the walk is exact there too, and ELF runs at 336x448."""
-    from cliper_lib import fusion as elf
+    from cliper_lib.method import fusion as elf
 
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None, force_quick_gelu=name != "ViT-H-14").eval()

@@ -5,7 +5,7 @@ import pytest
 
 from cliper_lib.config import CLIPerConfig, ConfigError, list_presets
 
-PAPER_TABLE = {  # DESIGN.md section 4, a few rows checked field by field
+PAPER_TABLE = {  # docs/method.md section 5, a few rows checked field by field
     "vit-b-16/voc21": dict(size=336, select_layer=-1, logit_scale=100.0, attention_thr=0.1, score_threshold=0.7,
                            bkg_thre=0.6, is_normalize=True, ignore_labels=[255], sliding_crop_size=336,
                            templates="cliper", paper_miou=66.5),

@@ -8,19 +8,11 @@ import pytest
 from PIL import Image
 
 from cliper_lib.config import CLIPerConfig, list_presets
-from cliper_lib.datasets import (
-    BENCHMARK_ORDER,
-    DATASETS,
-    DatasetError,
-    FolderDataset,
-    SyntheticDataset,
-    class_file_path,
-    load_benchmark,
-    num_classes_of,
-    read_split,
-)
+from cliper_lib.eval.benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
+from cliper_lib.eval.datasets import DatasetError, FolderDataset, class_file_path, num_classes_of, read_split
+from cliper_lib.eval.synthetic import SyntheticDataset
 
-# Relative image and mask paths of each benchmark for a split name (the layouts in datasets.LAYOUTS).
+# Relative image and mask paths of each benchmark for a split name (the layouts in benchmarks.LAYOUTS).
 LAYOUT = {
     "voc21": ("VOCdevkit/VOC2012/JPEGImages/{}.jpg", "VOCdevkit/VOC2012/SegmentationClassAug/{}.png"),
     "context60": ("VOCdevkit/VOC2010/JPEGImages/{}.jpg", "VOCdevkit/VOC2010/SegmentationClassContext/{}.png"),
@@ -125,7 +117,7 @@ def test_cityscapes_halves_and_shift(tmp_path):
 
 def test_cityscapes_full_split_is_1000_samples(tmp_path, monkeypatch):
     # The file check is what needs the data; the sample list is derived from the split alone.
-    monkeypatch.setattr("cliper_lib.datasets._check_files", lambda *a, **k: None)
+    monkeypatch.setattr("cliper_lib.eval.benchmarks._check_files", lambda *a, **k: None)
     assert len(load_benchmark("cityscapes", tmp_path)) == 1000
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cliper_lib import fusion as elf
-from cliper_lib.clip_backbone import preprocess_image, walk_layers
-from cliper_lib.text import softmax_text_set
+from cliper_lib.method import fusion as elf
+from cliper_lib.method.clip_backbone import preprocess_image, walk_layers
+from cliper_lib.method.text import softmax_text_set
 
 
 def random_attention(heads=2, n=9, seed=0):

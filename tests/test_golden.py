@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cliper_lib.clip_backbone import preprocess_image
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.labels import labels_from_maps
-from cliper_lib.pipeline import CLIPer
-from cliper_lib.text import TextSet
+from cliper_lib.method.clip_backbone import preprocess_image
+from cliper_lib.method.labels import labels_from_maps
+from cliper_lib.method.pipeline import CLIPer
+from cliper_lib.method.text import TextSet
 
 CASES = ["select=-1|slide=0", "select=-1|slide=112", "select=-2|slide=0", "select=-2|slide=112"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from cliper_lib.labels import class_scores, labels_from_maps, scaled_maps
+from cliper_lib.method.labels import class_scores, labels_from_maps, scaled_maps
 
 
 def naive_labels(maps, scores, score_thr, bkg_thr, normalize):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cliper_lib.metrics import ConfusionMatrix
+from cliper_lib.eval.metrics import ConfusionMatrix
 
 
 def random_pair(rng: np.random.Generator, c: int, shape=(37, 53), gt_classes=None, ignore=(255,), p_ignore=0.1):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.models import WeightsMissingError, fetch_clip_weights, load_clip
+from cliper_lib.weights.clip import fetch_clip_weights, load_clip
+from cliper_lib.weights.hub import WeightsMissingError
 
 
 def test_smoke_clip_is_seeded_and_deterministic():
@@ -65,7 +66,7 @@ def test_hub_reachable_gives_up_on_a_stalling_dns_lookup(monkeypatch):
 
     import huggingface_hub.constants as constants
 
-    from cliper_lib.models import hub_reachable
+    from cliper_lib.weights.hub import hub_reachable
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(5))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.pipeline import CLIPer
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cliper_lib.refine import (
+from cliper_lib.method.refine import (
     chain_apply,
     chain_apply_streaming,
     normalize_head_maps,

@@ -10,10 +10,12 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from cliper_lib import report
-from cliper_lib.datasets import Sample, SyntheticDataset
-from cliper_lib.evaluate import evaluate
-from cliper_lib.metrics import ConfusionMatrix
+from cliper_lib.eval import report
+from cliper_lib.eval.datasets import Sample
+from cliper_lib.eval.loop import evaluate
+from cliper_lib.eval.metrics import ConfusionMatrix
+from cliper_lib.eval.synthetic import SyntheticDataset
+from cliper_lib.suite.viz import examples_figure
 
 
 # --------------------------------------------------------------------------------------------------
@@ -23,7 +25,7 @@ def test_paper_table_holds_design_section_4():
     assert list(table.columns) == ["VOC21", "Context60", "Object", "VOC20", "Context59", "Stuff", "ADE", "City",
                                    "Avg."]
     b16, l14 = "ViT-B/16", "ViT-L/14"
-    # spot checks against DESIGN.md section 4 (with FGC, and without in brackets)
+    # spot checks against docs/method.md section 5 (with FGC, and without in brackets)
     assert table.loc[(b16, report.PAPER_ROW), "VOC21"] == 66.5
     assert table.loc[(b16, report.PAPER_ROW_NO_FGC), "VOC21"] == 62.1
     assert table.loc[(b16, report.PAPER_ROW), "Object"] == 40.0
@@ -66,7 +68,7 @@ def test_backbone_title_and_short_name():
 
 def test_results_frame_from_a_results_record():
     from cliper_lib.config import CLIPerConfig
-    from cliper_lib.evaluate import results_record
+    from cliper_lib.eval.records import results_record
 
     dataset = SyntheticDataset(3, classes="voc21", size=(16, 20), seed=0)
     result = evaluate(lambda im: np.zeros(im.shape[:2], np.int64), dataset, 21, (255,), progress=False)
@@ -175,8 +177,8 @@ def test_per_image_scores_inside_evaluate():
     segment = _segment_from_mask(dataset)
     plain = evaluate(segment, dataset, 21, (255,), progress=False)
     scorer = report.PerImageScores(dataset, 21, (255,), keep=2)
-    wrapped = evaluate(scorer.segmenter(segment), scorer.dataset, 21, (255,), progress=False, prefetch=2)
-    assert wrapped.confusion == plain.confusion  # the wrapper changes nothing the metric sees
+    wrapped = evaluate(segment, dataset, 21, (255,), progress=False, prefetch=2, on_sample=scorer.add)
+    assert wrapped.confusion == plain.confusion  # the hook changes nothing the metric sees
     frame = scorer.frame()
     assert frame["index"].tolist() == list(range(7)) and frame["name"].tolist() == dataset.names
     for row in frame.itertuples():
@@ -205,11 +207,20 @@ def test_per_image_scores_ties_and_overlap():
     assert [e.score.index for e in scorer.examples()] == [0, 1]  # shown once each
 
 
-def test_per_image_scores_refuses_foreign_images():
-    dataset = SyntheticDataset(2, classes="voc21", size=(16, 16), seed=0)
+def test_per_image_scores_hook_scores_exactly_one_shard_and_checks_rank_by():
+    dataset = SyntheticDataset(7, classes="voc21", size=(16, 16), seed=0)
+    segment = _segment_from_mask(dataset)
     scorer = report.PerImageScores(dataset, 21, (255,))
-    with pytest.raises(RuntimeError, match="scorer.dataset"):
-        evaluate(scorer.segmenter(lambda im: np.zeros(im.shape[:2], int)), dataset, 21, (255,), progress=False)
+    # rank 1 of 2 without a process group: this shard's samples 1, 3, 5 only, each scored once
+    shard = evaluate(segment, dataset, 21, (255,), rank=1, world_size=2, progress=False, on_sample=scorer.add)
+    frame = scorer.frame()
+    assert frame["index"].tolist() == [1, 3, 5] and len(scorer.scores) == 3
+    assert frame["name"].tolist() == [dataset.names[i] for i in (1, 3, 5)] == shard.names
+    for row in frame.itertuples():
+        sample = dataset[row.index]
+        want = report.image_scores(sample.mask, segment(sample.image), 21, (255,))
+        assert row.miou == pytest.approx(100 * want[0]) and row.pacc == pytest.approx(100 * want[1])
+        assert row.num_classes == want[2]
     with pytest.raises(ValueError, match="rank_by"):
         report.PerImageScores(dataset, 21, (255,), rank_by="dice")
 
@@ -228,11 +239,11 @@ def test_examples_figure_panels_and_legends():
     for i in range(4):
         sample = dataset[i]
         scorer.add(i, sample, np.roll(sample.mask, i, axis=1))
-    fig = report.examples_figure(scorer.examples(), dataset.classes, title="best and worst")
+    fig = examples_figure(scorer.examples(), dataset.classes, title="best and worst")
     axes = fig.axes
     assert len(axes) == 6 and fig._suptitle.get_text() == "best and worst"
     assert axes[0].get_title().startswith("best 1") and axes[3].get_title().startswith("worst 1")
     assert [axes[k].get_title() for k in (1, 2)] == ["ground truth", "prediction"]
     assert axes[1].get_legend() is not None  # the ground truth has classes, so a legend of them
     with pytest.raises(ValueError, match="no examples"):
-        report.examples_figure([], dataset.classes, title="x")
+        examples_figure([], dataset.classes, title="x")

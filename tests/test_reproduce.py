@@ -11,8 +11,11 @@ import nbformat
 import pytest
 import yaml
 
-from cliper_lib import reproduce
-from cliper_lib.reproduce import NotebookFailed, PlanError
+from cliper_lib import provenance
+from cliper_lib.suite import notebook, papermill, plans
+from cliper_lib.suite.cli import add_reproduce_arguments
+from cliper_lib.suite.papermill import NotebookFailed
+from cliper_lib.suite.plans import PlanError
 
 
 def _notebook(path: Path, parameters: str, *cells: str) -> Path:
@@ -32,7 +35,7 @@ def notebooks(tmp_path_factory) -> dict[str, Path]:
         "metric": _notebook(
             d / "10_metric.ipynb",
             'profile: str = "smoke"  # smoke|paper\nx: int = 1  # squared and published',
-            "import os, sys\nfrom cliper_lib.reproduce import publish, output_dir\n"
+            "import os, sys\nfrom cliper_lib.suite.notebook import publish, output_dir\n"
             "publish('x_squared', x * x)\npublish('profile', profile)\n"
             "publish('python', sys.executable)\npublish('cwd', os.getcwd())\n"
             "publish('files', str(output_dir('10_metric')))",
@@ -40,7 +43,7 @@ def notebooks(tmp_path_factory) -> dict[str, Path]:
         "fail": _notebook(
             d / "20_fail.ipynb",
             'profile: str = "smoke"  # smoke|paper',
-            "from cliper_lib.reproduce import publish\npublish('before_failure', 1.5)",
+            "from cliper_lib.suite.notebook import publish\npublish('before_failure', 1.5)",
             "raise ZeroDivisionError('planned failure')",
         ),
         "slow": _notebook(d / "30_slow.ipynb", 'profile: str = "smoke"  # smoke|paper', "import time\ntime.sleep(60)"),
@@ -57,7 +60,7 @@ def _plan(tmp_path: Path, runs: list[dict], **extra) -> Path:
 def test_run_plan_records_everything(tmp_path, notebooks):
     plan = _plan(tmp_path, [{"notebook": str(notebooks["metric"]), "parameters": {"x": 3}}])
     out = tmp_path / "out"
-    summary = reproduce.run_plan(plan, out_dir=out, progress_bar=False)
+    summary = papermill.run_plan(plan, out_dir=out, progress_bar=False)
     assert summary.ok and summary.plan == "tmpplan"
 
     executed = nbformat.read(out / "10_metric.ipynb", as_version=4)
@@ -87,7 +90,7 @@ def test_failing_notebook_stops_plan(tmp_path, notebooks):
                             {"notebook": str(notebooks["metric"]), "name": "metric_again"}])
     out = tmp_path / "out"
     with pytest.raises(NotebookFailed) as info:
-        reproduce.run_plan(plan, out_dir=out, progress_bar=False)
+        papermill.run_plan(plan, out_dir=out, progress_bar=False)
     err = info.value
     assert "20_fail.ipynb" in str(err) and "ZeroDivisionError" in str(err) and "planned failure" in str(err)
     assert err.cell_index == 4  # markdown, parameters, injected parameters, publish, raise
@@ -106,7 +109,7 @@ def test_failing_notebook_stops_plan(tmp_path, notebooks):
 def test_cell_timeout_names_the_cell(tmp_path, notebooks):
     plan = _plan(tmp_path, [{"notebook": str(notebooks["slow"])}], cell_timeout=2)
     with pytest.raises(NotebookFailed, match=r"30_slow.ipynb failed in cell 3 .*CellTimeoutError") as info:
-        reproduce.run_plan(plan, out_dir=tmp_path / "out", progress_bar=False)
+        papermill.run_plan(plan, out_dir=tmp_path / "out", progress_bar=False)
     assert "time.sleep(60)" in info.value.source
 
 
@@ -115,75 +118,75 @@ def test_plan_errors_before_anything_runs(tmp_path, notebooks):
     missing = tmp_path / "99_not_written.ipynb"
     plan = _plan(tmp_path, [{"notebook": str(notebooks["metric"])}, {"notebook": str(missing)}])
     with pytest.raises(PlanError, match="99_not_written.ipynb"):
-        reproduce.run_plan(plan, out_dir=out)
+        papermill.run_plan(plan, out_dir=out)
     assert not out.exists()  # checked before the first notebook ran
 
     typo = _plan(tmp_path, [{"notebook": str(notebooks["metric"]), "parameters": {"y": 1}}])
     with pytest.raises(PlanError, match=r"does not declare.*declared: profile, x"):
-        reproduce.run_plan(typo, out_dir=out)
+        papermill.run_plan(typo, out_dir=out)
     with pytest.raises(PlanError, match="no run plan named"):
-        reproduce.run_plan("no-such-plan")
+        papermill.run_plan("no-such-plan")
     with pytest.raises(PlanError, match="unknown key"):
-        reproduce.load_plan({"runs": [{"notebook": "a.ipynb"}], "defualts": {}, "name": "x"})
+        plans.load_plan({"runs": [{"notebook": "a.ipynb"}], "defualts": {}, "name": "x"})
     with pytest.raises(PlanError, match="same|named"):
-        reproduce.load_plan({"name": "x", "runs": [{"notebook": "a.ipynb"}, {"notebook": "b/a.ipynb"}]})
+        plans.load_plan({"name": "x", "runs": [{"notebook": "a.ipynb"}, {"notebook": "b/a.ipynb"}]})
     env = _plan(tmp_path, [{"notebook": str(notebooks["metric"]), "parameters": {"profile": "${CLIPER_UNSET_X}"}}])
     with pytest.raises(PlanError, match="CLIPER_UNSET_X"):
-        reproduce.run_plan(env, out_dir=out)
+        papermill.run_plan(env, out_dir=out)
     with pytest.raises(PlanError, match="matches no run"):
-        reproduce.run_plan(plan, out_dir=out, only="42")
+        papermill.run_plan(plan, out_dir=out, only="42")
 
 
 def test_shipped_plans_parse():
     for name in ("smoke", "paper"):
-        plan = reproduce.load_plan(name)
+        plan = plans.load_plan(name)
         assert plan.defaults["profile"] == name
         assert [r.name[:2] for r in plan.runs] == ["00", "01", "02", "03", "04", "05", "06"]
-        assert plan.runs[0].notebook == reproduce.REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
+        assert plan.runs[0].notebook == provenance.REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
 
 
 def test_publish_outside_and_inside_runner(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(reproduce.METRICS_ENV, raising=False)
+    monkeypatch.delenv(notebook.METRICS_ENV, raising=False)
     np = pytest.importorskip("numpy")
-    reproduce.publish("a", np.float32(0.5))
-    assert reproduce.published()["a"] == 0.5 and "[metric] a = 0.5" in capsys.readouterr().out
+    notebook.publish("a", np.float32(0.5))
+    assert notebook.published()["a"] == 0.5 and "[metric] a = 0.5" in capsys.readouterr().out
     target = tmp_path / "m" / "metrics.json"
-    monkeypatch.setenv(reproduce.METRICS_ENV, str(target))
-    reproduce.publish("n", 3)
-    reproduce.publish("d", {"cat": np.int64(2), "nan": float("nan")})
-    reproduce.publish("n", 4)  # republishing replaces
+    monkeypatch.setenv(notebook.METRICS_ENV, str(target))
+    notebook.publish("n", 3)
+    notebook.publish("d", {"cat": np.int64(2), "nan": float("nan")})
+    notebook.publish("n", 4)  # republishing replaces
     assert json.loads(target.read_text()) == {"n": 4, "d": {"cat": 2, "nan": "nan"}}
     with pytest.raises(TypeError, match="not a number"):
-        reproduce.publish("bad", object())
+        notebook.publish("bad", object())
 
 
 def test_cli_glue(tmp_path, notebooks, capsys):
-    parser = reproduce.add_reproduce_arguments(argparse.ArgumentParser())
+    parser = add_reproduce_arguments(argparse.ArgumentParser())
     plan = _plan(tmp_path, [{"notebook": str(notebooks["metric"])}, {"notebook": str(notebooks["fail"])}])
     out = tmp_path / "cli"
     args = parser.parse_args(["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "x=5",
                               "--no-progress"])
-    assert reproduce.run_reproduce(args) == 0
+    assert papermill.run_reproduce(args) == 0
     assert json.loads((out / "10_metric.json").read_text())["metrics"]["x_squared"] == 25
     records = json.loads((out / "summary.json").read_text())["records"]
     assert [r["status"] for r in records] == ["ok", "skipped"]
 
     bad = parser.parse_args(["--plan", str(tmp_path / "nope.yaml")])
-    assert reproduce.run_reproduce(bad) == 2
+    assert papermill.run_reproduce(bad) == 2
     assert "does not exist" in capsys.readouterr().err
     typo = parser.parse_args(["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "z=1"])
-    assert reproduce.run_reproduce(typo) == 2
+    assert papermill.run_reproduce(typo) == 2
     assert "match no parameter" in capsys.readouterr().err
 
 
 def test_kernel_runs_this_interpreter():
     from jupyter_client.kernelspec import KernelSpecManager
 
-    name = reproduce.ensure_kernel()
+    name = papermill.ensure_kernel()
     argv = KernelSpecManager().get_kernel_spec(name).argv
-    assert reproduce._runs_this_python(argv)
-    with pytest.raises(reproduce.KernelError, match="no Jupyter kernel named"):
-        reproduce.ensure_kernel("no-such-kernel")
+    assert papermill._runs_this_python(argv)
+    with pytest.raises(papermill.KernelError, match="no Jupyter kernel named"):
+        papermill.ensure_kernel("no-such-kernel")
 
 
 def test_kernel_registered_when_python3_runs_another_interpreter(tmp_path, monkeypatch):
@@ -197,9 +200,9 @@ def test_kernel_registered_when_python3_runs_another_interpreter(tmp_path, monke
     prefix = tmp_path / "prefix"
     # JUPYTER_PATH outranks every other kernel folder: the shadow python3 wins, and the prefix is searched
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(tmp_path / "shadow"), str(prefix / "share" / "jupyter")]))
-    assert not reproduce._runs_this_python(KernelSpecManager().get_kernel_spec("python3").argv)
-    name = reproduce.ensure_kernel(install_prefix=str(prefix))
-    assert name == reproduce.FALLBACK_KERNEL
+    assert not papermill._runs_this_python(KernelSpecManager().get_kernel_spec("python3").argv)
+    name = papermill.ensure_kernel(install_prefix=str(prefix))
+    assert name == papermill.FALLBACK_KERNEL
     spec = KernelSpecManager().get_kernel_spec(name)
     assert spec.argv[0] == sys.executable
     assert (prefix / "share" / "jupyter" / "kernels" / name / "kernel.json").exists()

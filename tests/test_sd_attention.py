@@ -13,17 +13,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.models import WeightsMissingError, hub_cache_dir
-from cliper_lib.sd_attention import (
+from cliper_lib.method.sd_attention import (
     AttentionStore,
     SDComponents,
     SDSelfAttention,
-    build_random_sd_components,
     capture_self_attention,
-    download_sd_weights,
-    load_sd_components,
     resolve_self_attention,
     self_attention_paths,
+)
+from cliper_lib.weights.hub import WeightsMissingError, hub_cache_dir
+from cliper_lib.weights.sd import (
+    build_random_sd_components,
+    download_sd_weights,
+    load_sd_components,
+    load_sd_extractor,
+    save_sd_folder,
     tiny_tokenizer_dir,
 )
 
@@ -220,8 +224,8 @@ def test_lanczos_resize_is_pils(components: SDComponents, photo: np.ndarray) -> 
     torch.testing.assert_close(extractor.preprocess(photo), expected, rtol=0, atol=0)
 
 
-def test_from_config_smoke_matches_injected_components(photo: np.ndarray, extractor: SDSelfAttention) -> None:
-    built = SDSelfAttention.from_config(SMOKE, device="cpu")
+def test_load_sd_extractor_smoke_matches_injected_components(photo: np.ndarray, extractor: SDSelfAttention) -> None:
+    built = load_sd_extractor(SMOKE, device="cpu")
     assert built.components.source == "random-seed-0"
     assert torch.equal(built(photo), extractor(photo))
 
@@ -262,7 +266,7 @@ def test_online_flag_unset_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_local_folder_round_trip(components: SDComponents, photo: np.ndarray, tmp_path: Path) -> None:
-    folder = components.save_pretrained(tmp_path / "tiny-sd")
+    folder = save_sd_folder(components, tmp_path / "tiny-sd")
     paper = CLIPerConfig(profile="paper", sd_repo=str(folder), sd_image_size=SIDE)
     loaded = load_sd_components(paper)
     assert loaded.source == str(folder)
@@ -284,7 +288,7 @@ def test_hub_cache_layout_loads_by_repo_id(
     # a hand-made hub cache entry (refs/main -> snapshots/<commit>/...), as `cliper download` would leave it
     repo, commit = "cliper-tests/tiny-sd", "0" * 40
     entry = tmp_path / "hub" / "models--cliper-tests--tiny-sd"
-    components.save_pretrained(entry / "snapshots" / commit)
+    save_sd_folder(components, entry / "snapshots" / commit)
     (entry / "refs").mkdir()
     (entry / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -303,7 +307,7 @@ def test_download_flow_with_a_stand_in_hub(
     import huggingface_hub
     import huggingface_hub.constants
 
-    import cliper_lib.sd_attention as sd_attention
+    import cliper_lib.weights.sd as weights_sd
 
     # the hub is "reachable"; snapshot_download is replaced by a writer of a hub cache entry
     repo, commit = "cliper-tests/downloaded-sd", "1" * 40
@@ -314,13 +318,13 @@ def test_download_flow_with_a_stand_in_hub(
         assert repo_id == repo
         requested.append(allow_patterns)
         if not (entry / "refs" / "main").exists():  # later calls find the cache as it is (hub semantics)
-            components.save_pretrained(entry / "snapshots" / commit)
+            save_sd_folder(components, entry / "snapshots" / commit)
             (entry / "refs").mkdir()
             (entry / "refs" / "main").write_text(commit)
         return str(entry / "snapshots" / commit)
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(sd_attention, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(weights_sd, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     paper = CLIPerConfig(profile="paper", sd_repo=repo, sd_image_size=SIDE)
     with pytest.raises(WeightsMissingError, match="cliper download"):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cliper_lib.cli import main as cliper_main
-from cliper_lib.reproduce import load_plan
+from cliper_lib.suite.cli import main as cliper_main
+from cliper_lib.suite.plans import load_plan
 
 
 @pytest.mark.slow
@@ -26,5 +26,9 @@ def test_smoke_plan_executes_every_notebook(tmp_path):
         assert record["parameters"]["profile"] == "smoke"
         assert record["metrics"], f"{run.name} published no metric"
         assert (tmp_path / f"{run.name}.ipynb").exists()
-    assert (tmp_path / "summary.md").read_text().count("| ok") >= len(plan.runs) or "ok" in (
-        tmp_path / "summary.md").read_text()
+    # summary.md: after the table header, exactly one row per run, in plan order, each linking its copy and ok
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    rows = lines[lines.index("|---|---|---|---|---|") + 1:]
+    assert len(rows) == len(plan.runs), rows
+    for run, row in zip(plan.runs, rows):
+        assert row.startswith(f"| [{run.name}]({run.name}.ipynb) | ok | "), row

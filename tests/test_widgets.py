@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
+from cliper_lib import CLIPer  # noqa: E402
 from cliper_lib.config import CLIPerConfig  # noqa: E402
-from cliper_lib.datasets import SyntheticDataset  # noqa: E402
-from cliper_lib.metrics import ConfusionMatrix  # noqa: E402
-from cliper_lib.pipeline import CLIPer  # noqa: E402
-from cliper_lib.tuning import (  # noqa: E402
+from cliper_lib.eval.metrics import ConfusionMatrix  # noqa: E402
+from cliper_lib.eval.synthetic import SyntheticDataset  # noqa: E402
+from cliper_lib.suite.tuning import (  # noqa: E402
     INVALIDATES,
     STAGES,
     StageCache,
@@ -22,7 +22,7 @@ from cliper_lib.tuning import (  # noqa: E402
     layer_ranges,
     sweep_fused_layer_ranges,
 )
-from cliper_lib.widgets import Explorer  # noqa: E402
+from cliper_lib.suite.widgets import Explorer  # noqa: E402
 
 CLASSES = "red disc; blue box; green triangle"
 BACKGROUND = ["ground", "sky"]
@@ -32,15 +32,14 @@ AFTER_FUSION = {"fusion", "layer_maps", "coarse", "refine", "labels"}
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> CLIPer:
-    """Smoke models at a small size (CLIP input 160 px, two sliding crops; SD at 128 px); with SD if it imports."""
+    """Smoke models at a small size (CLIP input 160 px, two sliding crops; SD at 128 px); the full method, SD too."""
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", size=160,
                                    sliding_crop_size=96, sliding_stride=64, sd_image_size=128,
                                    score_threshold=0.0, bkg_thre=0.1)
     text_cache = tmp_path_factory.mktemp("text")  # shared by the explorer and `segment`: each class set encoded once
-    try:
-        return CLIPer.from_config(cfg, text_cache_dir=text_cache)
-    except ImportError:  # the SD half is not there: test the CLIP half alone
-        return CLIPer.from_config(cfg.replace(refinement="none"), text_cache_dir=text_cache)
+    built = CLIPer.from_config(cfg, text_cache_dir=text_cache)
+    assert built.sd is not None  # the SD half is a hard dependency: never test the CLIP half alone
+    return built
 
 
 @pytest.fixture(scope="module")

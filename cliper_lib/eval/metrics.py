@@ -1,6 +1,6 @@
 """Streaming confusion matrix and the authors' segmentation metrics (mIoU, mAcc, pAcc).
 
-Conventions (DESIGN.md "Scores and labels"): a pixel is skipped when its ground truth is in `ignore_labels` or
+Conventions (docs/method.md 3.12): a pixel is skipped when its ground truth is in `ignore_labels` or
 outside [0, num_classes); every class mean (mIoU, mAcc) runs over the classes that have ground-truth pixels in
 the whole split, so a class that is only ever predicted (never present) does not pull the mean down. Counts are
 int64, so sums over shards, checkpoints and ranks are exact.

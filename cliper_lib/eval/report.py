@@ -1,9 +1,10 @@
 """Benchmark reports (notebook 05): the paper's table beside ours, per-class IoU, per-image scores and examples.
 
-`paper_table` builds DESIGN.md section 4's result table from the presets' `paper_miou` / `paper_miou_no_fgc`
-fields, with rows of measured numbers added. `PerImageScores` wraps the data set and the segmenter handed to
-`evaluate`, so the one pass that fills the confusion matrix also scores every image on its own and keeps the
-predictions of the best and worst few (memory stays bounded on a whole split). `examples_figure` draws them.
+`paper_table` builds the paper's result table (docs/method.md section 5) from the presets' `paper_miou` /
+`paper_miou_no_fgc` fields, with rows of measured numbers added. `PerImageScores.add` is handed to
+`evaluate` as its per-sample hook, so the one pass that fills the confusion matrix also scores every image on its
+own and keeps the predictions of the best and worst few (memory stays bounded on a whole split);
+`cliper_lib.suite.viz.examples_figure` draws them.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from .config import BACKBONES, CLIPerConfig
-from .datasets import BENCHMARK_ORDER, Sample
+from ..config import BACKBONES, CLIPerConfig
+from .benchmarks import BENCHMARK_ORDER
+from .datasets import Sample
 from .metrics import ConfusionMatrix
 
 #: column titles of the paper's table, by benchmark name, in BENCHMARK_ORDER
@@ -37,7 +38,7 @@ RANK_TITLES = {"miou": "mIoU", "pacc": "pixel accuracy"}
 __all__ = [
     "DATASET_TITLES", "RANK_TITLES", "backbone_title", "short_name", "paper_table", "style_paper_table", "results_frame",
     "per_class_frame",
-    "bars_to_draw", "image_scores", "ImageScore", "Example", "PerImageScores", "examples_figure",
+    "bars_to_draw", "image_scores", "ImageScore", "Example", "PerImageScores",
 ]
 
 
@@ -207,35 +208,16 @@ class Example:
     pred: np.ndarray  # (H, W) prediction
 
 
-class _StashingDataset(Sequence[Sample]):
-    """The wrapped data set, remembering each sample it hands out until the segmenter receives its image."""
-
-    def __init__(self, base: Sequence[Sample], owner: "PerImageScores") -> None:
-        self._base = base
-        self._owner = owner
-
-    def __len__(self) -> int:
-        return len(self._base)
-
-    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
-        sample = self._base[index]
-        self._owner._stash(index % len(self._base), sample)
-        return sample
-
-    def __getattr__(self, name: str) -> Any:  # names, name, root, class_names, ... of the wrapped set
-        return getattr(self._base, name)
-
-
 class PerImageScores:
     """Scores every image an `evaluate` run segments; keeps the `keep` best and worst predictions.
 
         scorer = PerImageScores(dataset, num_classes, ignore_labels, keep=3)
-        result = evaluate(scorer.segmenter(segment), scorer.dataset, num_classes, ignore_labels)
+        result = evaluate(segment, dataset, num_classes, ignore_labels, on_sample=scorer.add)
         scorer.frame(); scorer.examples()
 
-    `evaluate` hands the segmenter `sample.image` itself, so the sample is found again by the identity of
-    that array (exact with prefetching threads, any order, any shard). Images with nothing scored (NaN)
-    are listed but not ranked. Ties rank the earlier sample first.
+    `evaluate` calls `add` with each sample it counted and the prediction it counted (any order, any shard,
+    with prefetching threads). Images with nothing scored (NaN) are listed but not ranked. Ties rank the
+    earlier sample first.
     """
 
     def __init__(self, dataset: Sequence[Sample], num_classes: int, ignore_labels: Iterable[int], keep: int = 3,
@@ -244,54 +226,30 @@ class PerImageScores:
             raise ValueError(f"rank_by={rank_by!r}: use one of {', '.join(RANK_KEYS)}")
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
-        self.dataset = _StashingDataset(dataset, self)
+        self.dataset = dataset
         self.num_classes = int(num_classes)
         self.ignore_labels = tuple(int(v) for v in ignore_labels)
         self.keep = int(keep)
         self.rank_by = rank_by
         self.scores: list[ImageScore] = []
-        self._pending: dict[int, list[tuple[int, Sample]]] = {}  # id(image) -> samples handed out, not yet segmented
         self._lock = threading.Lock()
         self._best: list[tuple] = []  # min-heap: the `keep` highest scores
         self._worst: list[tuple] = []  # min-heap on -score: the `keep` lowest scores
         self._tiebreak = itertools.count()
 
-    def _stash(self, index: int, sample: Sample) -> None:
-        with self._lock:
-            self._pending.setdefault(id(sample.image), []).append((index, sample))
-
-    def _claim(self, image: Any) -> tuple[int, Sample]:
-        with self._lock:
-            waiting = self._pending.get(id(image), [])
-            for k, (index, sample) in enumerate(waiting):
-                if sample.image is image:
-                    del waiting[k]
-                    if not waiting:
-                        del self._pending[id(image)]
-                    return index, sample
-        raise RuntimeError("PerImageScores: the segmenter got an image its data set did not hand out; pass "
-                           "`scorer.dataset` (not the original data set) to evaluate")
-
-    def segmenter(self, inner: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
-        """Wrap `inner` (image -> label map or result with .labels); its output is returned unchanged."""
-
-        def scored(image: np.ndarray) -> Any:
-            index, sample = self._claim(image)
-            output = inner(image)
-            labels = getattr(output, "labels", output)
-            if hasattr(labels, "detach"):
-                labels = labels.detach().cpu().numpy()
-            self.add(index, sample, np.asarray(labels))
-            return output
-
-        return scored
-
     def add(self, index: int, sample: Sample, pred: np.ndarray) -> ImageScore:
         """Score one prediction against its sample and keep it if it ranks among the best or worst."""
         if sample.mask is None:
             raise ValueError(f"sample {sample.name!r} has no annotation to score against")
+        pred = np.asarray(pred)
         miou, pacc, present = image_scores(sample.mask, pred, self.num_classes, self.ignore_labels)
         score = ImageScore(index, sample.name, miou, pacc, present)
+        with self._lock:  # the hook may be called from more than one thread
+            self._keep(score, sample, pred)
+        return score
+
+    def _keep(self, score: ImageScore, sample: Sample, pred: np.ndarray) -> None:
+        index = score.index
         self.scores.append(score)
         key = getattr(score, self.rank_by)
         if self.keep and not math.isnan(key):
@@ -301,7 +259,6 @@ class PerImageScores:
             # Ties: the later sample is the first to leave either heap, so the earlier one ranks first.
             self._push(self._best, (key, -index, tick, entry))
             self._push(self._worst, (-key, -index, tick, entry))
-        return score
 
     def _push(self, heap: list, item: tuple) -> None:
         if len(heap) < self.keep:
@@ -330,32 +287,3 @@ class PerImageScores:
         best = self.best()
         shown = {e.score.index for e in best}
         return best + [e for e in self.worst() if e.score.index not in shown]
-
-
-# --------------------------------------------------------------------------------------------------
-# the examples figure
-def examples_figure(examples: Sequence[Example], class_names: Sequence[str], title: str, alpha: float = 0.5,
-                    panel: float = 3.0) -> Figure:
-    """Rows of image | ground truth | prediction (overlays with a legend each), titled with the per-image scores.
-
-    `class_names` are the foreground classes (label k = class_names[k - 1], 0 background) as `viz` expects.
-    A bare Figure (not registered with pyplot), like the other `viz` figures.
-    """
-    from .viz import show_segmentation
-
-    if not examples:
-        raise ValueError("no examples to draw")
-    names = [short_name(c) for c in class_names]
-    fig = Figure(figsize=(3 * panel + 4.2, panel * len(examples) + 0.8), layout="constrained")
-    axes = fig.subplots(len(examples), 3, squeeze=False)
-    for row, example in zip(axes, examples):
-        s = example.score
-        row[0].imshow(example.image)
-        row[0].grid(False)
-        row[0].set(xticks=[], yticks=[], title=f"{example.rank}: {s.name}")
-        row[0].set_ylabel(f"mIoU {100 * s.miou:.1f}%\npAcc {100 * s.pacc:.1f}%")
-        row[0].set_xlabel(f"{example.image.shape[1]} × {example.image.shape[0]} px")
-        show_segmentation(row[1], example.image, example.mask, names, title="ground truth", alpha=alpha)
-        show_segmentation(row[2], example.image, example.pred, names, title="prediction", alpha=alpha)
-    fig.suptitle(title)
-    return fig

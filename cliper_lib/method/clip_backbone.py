@@ -8,27 +8,14 @@ attention input X_i, its per-head attention probabilities A_i (from `nn.Multihea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-
-def to_pil(image) -> Image.Image:
-    """PIL RGB image from a PIL image, an HxWx3 uint8 array, or a (3,H,W) float tensor in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}")
-        image = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
-        raise ValueError(f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}")
-    return Image.fromarray(array[..., :3])
+from ..images import rgb_array
 
 
 def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, int]:
@@ -41,7 +28,7 @@ def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, 
 
 def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
     """(3, h, w) normalised CLIP input: bicubic resize (short side `size`, sides multiples of `patch`)."""
-    pil = to_pil(image)
+    pil = Image.fromarray(rgb_array(image))
     h, w = resized_shape(pil.width, pil.height, size, patch)
     resized = pil.resize((w, h), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
@@ -62,6 +49,28 @@ def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
     square = patch_pos.float().T.reshape(1, dim, side, side)  # (1, D, g, g)
     resized = F.interpolate(square, size=grid, mode="bilinear", align_corners=False)  # (1, D, h, w)
     return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(pos.dtype)  # (1 + h*w, D)
+
+
+@dataclass
+class ClipBundle:
+    """An open_clip model with what the method needs to use it (built by cliper_lib.weights, or by hand)."""
+
+    model: torch.nn.Module  # open_clip CLIP (eval mode)
+    tokenizer: Any  # callable: list[str] -> (n, context_length) token ids
+    name: str  # open_clip architecture name
+    weights_id: str  # where the weights came from (pretrained tag, file, or "random-seed-N")
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.visual
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.visual.transformer.resblocks)
+
 
 
 @dataclass

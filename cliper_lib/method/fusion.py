@@ -1,7 +1,7 @@
 """Early-layer fusion (ELF): fused attention, the last block's value path, per-layer maps, sliding window, coarse map.
 
 Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes, T = C + B_bg + 1
-text rows. Each step of DESIGN.md section 1 is its own small function so the notebooks can show it.
+text rows. Each step of docs/method.md section 3 is its own small function so the notebooks can show it.
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def variant_attention(block: torch.Tensor, normed: torch.Tensor, kind: str) -> t
 def value_path(block: torch.nn.Module, normed: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """out_proj(attention · V(normed)): the last block's attention branch with a given attention.
 
-    No residual and no MLP (DESIGN.md ELF step 3). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
+    No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
     """
     _, _, v = qkv_heads(block, normed)  # (B, H, N, d)
     mixed = attention.to(v.dtype) @ v  # (B, H, N, d)
@@ -228,7 +228,7 @@ def sliding_window_maps(
     rounds: str | int = "cumulative",
     last_layer_attention: str = "fused",
 ) -> SlidingWindowOutput:
-    """DESIGN.md ELF step 5 for one (3, H, W) image: walk and fuse all crops, then accumulate."""
+    """docs/method.md 3.7 for one (3, H, W) image: walk and fuse all crops, then accumulate."""
     if crop % patch or stride % patch:
         raise ValueError(f"crop {crop} and stride {stride} must be multiples of the patch size {patch}")
     walk = walk_crops(visual, image, crop, stride)

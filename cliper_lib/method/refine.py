@@ -1,4 +1,4 @@
-"""Fine-grained compensation (DESIGN.md section 1, FGC steps 2-4): normalise SD head maps, refine the coarse map.
+"""Fine-grained compensation (docs/method.md 3.10): normalise SD head maps, refine the coarse map.
 
 Shapes: m head maps of T = s*s tokens (m, T, T), row i = how token i attends to every token; a coarse map of C
 classes (C, h, w). S_f = A_1 A_2 ... A_m S_c↑ is evaluated right to left, so only (T, C) intermediates exist:
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .config import REFINEMENTS
+from ..config import REFINEMENTS
 
 EPS = 1e-5  # the authors' guard against empty columns/rows
 

@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import DATA_DIR
-from .files import atomic_path
+from ..config import DATA_DIR
+from ..files import atomic_path
 
 TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_templates.txt"}
 

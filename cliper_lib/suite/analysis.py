@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .clip_backbone import LayerWalk
+from ..method.clip_backbone import LayerWalk
 
 __all__ = [
     "patch_attention",

@@ -1,4 +1,7 @@
-"""`cliper segment | demo | eval | reproduce | download`: the suite for people who never open Jupyter."""
+"""`cliper segment | demo | eval | reproduce | download | presets`: the suite for people who never open Jupyter.
+
+Every argument parser of the package is here; the choices come from the config's constants.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,19 +10,28 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import DATA_DIR, CLIPerConfig, ConfigError, parse_overrides
-
-SAMPLES_DIR = DATA_DIR / "samples"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from ..config import (
+    BENCHMARKS,
+    DTYPES,
+    PAPER_PRETRAINED,
+    PROFILES,
+    REFINEMENTS,
+    CLIPerConfig,
+    ConfigError,
+    list_presets,
+    parse_overrides,
+)
+from ..images import IMAGE_SUFFIXES, ImageReadError, read_image
+from .samples import SAMPLES_DIR, suggested_classes_by_image
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="vit-b-16/voc21", help="preset name (see `cliper presets`) or YAML path")
-    parser.add_argument("--profile", choices=["paper", "smoke"], default=None,
+    parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="paper: real weights (default); smoke: tiny random models, works offline")
-    parser.add_argument("--refinement", choices=["sfsa", "mean", "selection", "none"], default=None)
+    parser.add_argument("--refinement", choices=REFINEMENTS, default=None)
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    parser.add_argument("--dtype", choices=DTYPES, default=None)
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override any config field, e.g. --set attention_thr=0.2 (repeatable)")
 
@@ -50,36 +62,25 @@ def expand_images(patterns: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def sample_classes() -> dict[str, str]:
-    """Suggested class names of the bundled sample photos, by file name."""
-    import yaml
-
-    entries = yaml.safe_load((SAMPLES_DIR / "samples.yaml").read_text())
-    return {name: entry["classes"] for name, entry in entries.items()}
-
-
 def segment_images(model, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to `out`."""
-    import numpy as np
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from .files import atomic_write_json
-    from .text import parse_class_names, split_background_line
+    from ..files import atomic_write_json
+    from ..method.text import parse_class_names, split_background_line
     from .viz import save_label_png, save_overlay_png
 
-    suggestions = sample_classes()
+    suggestions = suggested_classes_by_image()
     bg_words = split_background_line(background) if background is not None else None
     text_cache: dict[str, Any] = {}
     records = []
     out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(images, desc="segment", unit="image", disable=not progress):
         try:
-            with Image.open(path) as pil:
-                image = np.asarray(pil.convert("RGB"))
-        except Exception as error:  # a broken file is named, and the others still run
-            raise ValueError(f"cannot read image {path}: {error}") from error
+            image = read_image(path)
+        except ImageReadError as error:
+            raise ValueError(str(error)) from error
         names_text = classes or suggestions.get(path.name)
         if names_text is None:
             raise ValueError(f"no --classes given and {path.name} is not a bundled sample with suggested classes")
@@ -103,7 +104,7 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
 
 
 def build_model(cfg: CLIPerConfig):
-    from .pipeline import CLIPer
+    from ..weights.models import CLIPer
 
     return CLIPer.from_config(cfg)
 
@@ -121,7 +122,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    images = sorted(SAMPLES_DIR / name for name in sample_classes())
+    images = sorted(SAMPLES_DIR / name for name in suggested_classes_by_image())
     model = build_model(cfg)
     records = segment_images(model, images, None, None, Path(args.out), not args.quiet)
     for record in records:
@@ -133,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .models import PAPER_PRETRAINED, fetch_clip_weights
+    from ..weights.clip import fetch_clip_weights
 
     cfg = config_from_args(args)
     backbones = args.backbone or [cfg.backbone]
@@ -142,20 +143,65 @@ def cmd_download(args: argparse.Namespace) -> int:
         path = fetch_clip_weights(backbone, pretrained, allow_download=True)
         print(f"CLIP {backbone} ({pretrained}): {path}")
     if not args.skip_sd:
-        from .sd_attention import download_sd_weights
+        from ..weights.sd import download_sd_weights
 
         print(f"Stable Diffusion ({cfg.sd_repo}): {download_sd_weights(cfg.sd_repo)}")
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config import list_presets
-
     for name in list_presets():
         cfg = CLIPerConfig.from_preset(name)
         paper = f"{cfg.paper_miou:.1f}" if cfg.paper_miou is not None else "-"
         print(f"{name:24s} {cfg.backbone:9s} size {cfg.size:4d}  paper mIoU {paper}")
     return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `cliper eval` options (also `torchrun ... -m cliper_lib eval`)."""
+    parser.add_argument("--preset", default="vit-b-16/voc21", help="preset name (e.g. vit-l-14/ade20k) or YAML path")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="paper: real weights (preset default); smoke: tiny random models, works offline")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: per LOCAL_RANK)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set attention_thr=0.2 (repeatable)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"synthetic | folder | a benchmark ({', '.join(BENCHMARKS)}); default: the preset's")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding the benchmark folders (default $CLIPER_DATA, else ./datasets); "
+                             "the image folder for --dataset folder")
+    parser.add_argument("--mask-dir", default=None, help="--dataset folder: label-map PNGs named like the images")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    parser.add_argument("--synthetic-size", type=int, default=96, help="--dataset synthetic: image side in pixels")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default outputs/eval/<preset>.json); with --all, a folder")
+    parser.add_argument("--table", default=None, help="append the markdown row(s) to this file (else printed only)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file (with --all, a folder) written every --checkpoint-every images")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint (default path: next to --out) if it exists")
+    parser.add_argument("--checkpoint-every", type=int, default=50, metavar="N")
+    parser.add_argument("--all", action="store_true", help="run the 8 presets of --backbone, render the full table")
+    parser.add_argument("--backbone", default="vit-b-16", help="with --all: preset folder (vit-b-16 | vit-l-14)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_reproduce_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `reproduce` options to a (sub)parser: --plan, --out, --only, --kernel, --log-output."""
+    parser.add_argument("--plan", default="smoke", metavar="NAME",
+                        help="run plan: a name in papermill_runs/ (smoke, paper) or a path to a .yaml (default: smoke)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for executed notebooks, records and summary (default: papermill_runs/<plan>/)")
+    parser.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
+                        help="run only this run/notebook (name, file name or number prefix like 03); repeatable")
+    parser.add_argument("--kernel", default=None, metavar="NAME",
+                        help="Jupyter kernel to use (default: one that runs this Python interpreter)")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
+                        help="override a parameter in every notebook that declares it (value parsed as YAML: "
+                             "3, 0.5, true, 'text'); repeatable")
+    parser.add_argument("--log-output", action="store_true", help="echo notebook output to the log as it runs")
+    parser.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,19 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a preset on a benchmark (or the synthetic set)")
-    from .evaluate import add_eval_arguments
-
     add_eval_arguments(p)
-    p.set_defaults(func=lambda a: __import__("cliper_lib.evaluate", fromlist=["run_eval"]).run_eval(a))
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("reproduce", help="execute a papermill run plan (papermill_runs/<plan>.yaml)")
-    from .reproduce import add_reproduce_arguments
-
     add_reproduce_arguments(p)
-    p.set_defaults(func=lambda a: __import__("cliper_lib.reproduce", fromlist=["run_reproduce"]).run_reproduce(a))
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("download", help="fetch the paper weights into the Hugging Face cache")
-    p.add_argument("--backbone", action="append", choices=["ViT-B-16", "ViT-L-14", "ViT-H-14"],
+    p.add_argument("--backbone", action="append", choices=list(PAPER_PRETRAINED),
                    help="CLIP backbone(s) to fetch (default: the preset's)")
     p.add_argument("--skip-sd", action="store_true", help="do not fetch Stable Diffusion")
     add_model_arguments(p)
@@ -202,17 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval.runner import run_eval
+
+    return run_eval(args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .papermill import run_reproduce
+
+    return run_reproduce(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from .models import WeightsMissingError
+    from ..weights.hub import WeightsMissingError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except WeightsMissingError as error:
-        print(f"cliper: {error}", file=sys.stderr)
-        return 2
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"cliper: {error}", file=sys.stderr)
+    except (WeightsMissingError, ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"cliper: {error}", file=sys.stderr)  # one clear line, no traceback
         return 2
 
 

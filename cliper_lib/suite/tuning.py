@@ -1,70 +1,44 @@
 """Stage-level memoisation of the CLIPer pipeline, and a non-interactive sweep over the fused layer range.
 
-`StageCache` runs the stages of `CLIPer` (pipeline.py) one by one and keeps each stage's result under a key made
-of exactly what that stage depends on, chained with the keys of the stages it consumes:
-
-    stage          key (besides the keys of its inputs)                         recomputed when ... changes
-    text           class lines, background words, templates                     classes, background
-    clip_walk      image id, size, sliding window geometry, dtype               image, size, sliding window
-    fusion         fuse_layers (None = all), normalization_rounds, last_layer_attention
-    layer_maps     (fusion, text), logit_scale
-    coarse         select_layer (mod L), attention_thr
-    sd_attention   image id                                                     image
-    refine         refinement, attention_thr, selection_head (selection only), (coarse, sd_attention)
-    labels         score_threshold, bkg_thre, is_normalize
-
-so moving one knob recomputes only the stages downstream of it, and a setting seen before is a cache hit.
-`sweep_fused_layer_ranges` uses the same cache to score many fused layer ranges while walking each image once.
+`StageCache` is a store for the method's stage graph (`cliper_lib.method.stages`): each stage's result is kept
+under a key made of the effective values of the config fields that stage declares, chained with the keys of the
+stages it consumes, so moving one knob recomputes only the stages downstream of it, and a setting seen before
+is a cache hit. `INVALIDATES` (what each explorer control recomputes) is derived from the same declarations.
+`sweep_fused_layer_ranges` uses the cache to score many fused layer ranges while walking each image once.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CLIPerConfig
-from .metrics import ConfusionMatrix
-from .pipeline import CLIPer, ClipFeatures, FusedLayers, LayerMaps
-from .text import TextSet, parse_class_names
-
-#: the stages in pipeline order (the names `CLIPer.segment` uses in its timings).
-STAGES = ("text", "clip_walk", "fusion", "layer_maps", "coarse", "sd_attention", "refine", "labels")
+from ..config import CLIPerConfig
+from ..eval.metrics import ConfusionMatrix
+from ..images import content_id, rgb_array
+from ..method.pipeline import CLIPer, ClipFeatures, FusedLayers, LayerMaps
+from ..method.stages import STAGES, invalidated_by, refinement_in_effect
+from ..method.text import TextSet, parse_class_names
 
 #: how many results each stage keeps (least recently used goes first). The walk and the SD head maps are the
 #: large ones (hundreds of MB per image at paper size), the later stages are small.
 DEFAULT_CAPACITY = {"text": 32, "clip_walk": 2, "fusion": 4, "layer_maps": 8, "coarse": 8, "sd_attention": 2,
                     "refine": 8, "labels": 8}
 
-#: which stages each explorer control invalidates (documentation; the keys above are what enforces it).
-INVALIDATES = {
-    "image": ("clip_walk", "fusion", "layer_maps", "coarse", "sd_attention", "refine", "labels"),
-    "classes": ("text", "layer_maps", "coarse", "refine", "labels"),
-    "background": ("text", "layer_maps", "coarse", "refine", "labels"),
-    "sliding": ("clip_walk", "fusion", "layer_maps", "coarse", "refine", "labels"),
-    "fuse_layers": ("fusion", "layer_maps", "coarse", "refine", "labels"),
-    "select_layer": ("coarse", "refine", "labels"),
-    "attention_thr": ("coarse", "refine", "labels"),
-    "refinement": ("refine", "labels"),  # + sd_attention the first time SD is needed for an image
-    "selection_head": ("refine", "labels"),  # only while refinement == "selection"
-    "score_threshold": ("labels",),
-    "bkg_thre": ("labels",),
-    "is_normalize": ("labels",),
-    "map_class": (),  # display only
+#: the config fields (or run inputs) behind each explorer control.
+CONTROL_FIELDS = {
+    "image": ("image",), "classes": ("classes",), "background": ("background",), "sliding": ("sliding_crop_size",),
+    "fuse_layers": ("fuse_layers",), "select_layer": ("select_layer",), "attention_thr": ("attention_thr",),
+    "refinement": ("refinement",), "selection_head": ("selection_head",), "score_threshold": ("score_threshold",),
+    "bkg_thre": ("bkg_thre",), "is_normalize": ("is_normalize",), "map_class": (),  # display only
 }
-
-
-def image_id_of(image: Any) -> str:
-    """A content id for an image (PIL, (H, W, 3) array or tensor): shape + SHA-1 of its bytes."""
-    array = np.ascontiguousarray(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image))
-    digest = hashlib.sha1(array.tobytes()).hexdigest()[:16]
-    return f"{'x'.join(map(str, array.shape))}:{array.dtype}:{digest}"
+#: which stages each explorer control invalidates, derived from the stage graph (SD runs the first time a
+#: refinement needs it for an image; selection_head matters only while refinement == "selection").
+INVALIDATES = {control: invalidated_by(*names) for control, names in CONTROL_FIELDS.items()}
 
 
 @dataclass
@@ -80,21 +54,21 @@ class StageEvent:
 class StageOutputs:
     """Everything one `StageCache.run` produced (cached objects: treat them as read-only)."""
 
-    image_id: str
+    image_id: Hashable
     image: np.ndarray  # (H0, W0, 3) uint8
     cfg: CLIPerConfig
-    text: TextSet
-    features: ClipFeatures
-    fused: FusedLayers
-    layer_maps: LayerMaps
-    coarse: torch.Tensor  # (C, h, w) S_c
-    select_map: torch.Tensor  # (C, h, w) thresholded S_sel
-    head_maps: torch.Tensor | None  # (m, T, T) SD head maps, None when refinement is none
+    text: TextSet | None  # None if stopped before the text was needed
+    features: ClipFeatures | None
+    fused: FusedLayers | None
+    layer_maps: LayerMaps | None
+    coarse: torch.Tensor | None  # (C, h, w) S_c
+    select_map: torch.Tensor | None  # (C, h, w) thresholded S_sel
+    head_maps: torch.Tensor | None  # (m, T, T) SD head maps, None when no refinement runs
     refined: torch.Tensor | None  # (C, s, s) S_f (S_c when refinement is none); None if stopped before refine
     scores: torch.Tensor | None  # (C,)
     maps: torch.Tensor | None  # (C, H0, W0) score-scaled maps
     labels: torch.Tensor | None  # (H0, W0) int64, 0 = background
-    keys: dict[str, tuple] = field(default_factory=dict)  # the key of every stage reached
+    keys: dict[str, Hashable] = field(default_factory=dict)  # the key of every stage reached
     recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, for this run only
 
     @property
@@ -133,72 +107,41 @@ class StageCache:
         for stage in stages or STAGES:
             self._store[stage].clear()
 
+    def copy(self) -> "StageCache":
+        """A cache holding the same results (shared, read-only) with fresh counters, e.g. to branch a sweep."""
+        other = StageCache(self.model, self.capacity)
+        other._store = {stage: OrderedDict(entries) for stage, entries in self._store.items()}
+        return other
+
     def cached(self, stage: str) -> int:
         """How many results `stage` holds now."""
         return len(self._store[stage])
 
-    def _get(self, stage: str, key: tuple, compute: Callable[[], Any], recomputed: dict[str, float]) -> Any:
+    # --- the store protocol of run_stages ----------------------------------------------------------------------
+    def lookup(self, stage: str, key: Hashable) -> tuple[bool, Any]:
         store = self._store[stage]
-        if key in store:
-            store.move_to_end(key)
-            self.hits[stage] += 1
-            return store[key]
-        if self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)
-        start = time.perf_counter()
-        value = compute()
-        if self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)  # time the work, not the kernel launches
-        seconds = time.perf_counter() - start
+        if key not in store:
+            return False, None
+        store.move_to_end(key)
+        self.hits[stage] += 1
+        return True, store[key]
+
+    def save(self, stage: str, key: Hashable, value: Any, seconds: float) -> None:
+        store = self._store[stage]
         store[key] = value
         while len(store) > max(1, self.capacity[stage]):
             store.popitem(last=False)
         self.recomputed[stage] += 1
         self.log.append(StageEvent(stage, seconds, self.runs))
-        recomputed[stage] = recomputed.get(stage, 0.0) + seconds
-        return value
 
-    # --- keys ------------------------------------------------------------------------------------------------
     def effective_refinement(self, cfg: CLIPerConfig) -> str:
-        """The refinement that will run: 'none' when the model has no SD extractor (as `CLIPer.refine` does)."""
-        return "none" if self.model.sd is None else cfg.refinement
-
-    def _text_key(self, classes: Sequence[str] | str | TextSet, background: Sequence[str] | str | None):
-        if isinstance(classes, TextSet):  # an already encoded set: keyed by identity, never recomputed
-            return ("encoded", tuple(classes.names), tuple(classes.background), id(classes))
-        names = parse_class_names(classes) if isinstance(classes, str) else [c.strip() for c in classes if c.strip()]
-        if isinstance(background, str):
-            from .text import split_background_line
-
-            background = split_background_line(background)
-        bg = ("<class file>", self.model.cfg.classes) if background is None else tuple(b.strip() for b in background)
-        return ("names", tuple(names), bg, self.model.cfg.templates, self.model.cfg.classes)
-
-    def keys(self, image_id: str, cfg: CLIPerConfig, classes, background=None) -> dict[str, tuple]:
-        """The key of every stage for these inputs (each contains the keys of the stages it consumes)."""
-        num_layers = self.model.clip.num_layers
-        slide = (cfg.sliding_crop_size, cfg.sliding_stride) if cfg.sliding_crop_size > 0 else (0, 0)
-        walk = ("walk", image_id, cfg.size, *slide, cfg.dtype)
-        fuse = (0, num_layers - 2) if cfg.fuse_layers is None else tuple(cfg.fuse_layers)  # None == all
-        fusion = ("fusion", walk, fuse, cfg.normalization_rounds, cfg.last_layer_attention)
-        text = self._text_key(classes, background)
-        layer_maps = ("layer_maps", fusion, text, float(cfg.logit_scale))
-        coarse = ("coarse", layer_maps, cfg.select_layer % num_layers, float(cfg.attention_thr))
-        sd = ("sd", image_id)
-        refinement = self.effective_refinement(cfg)
-        if refinement == "none":
-            refine = ("refine", coarse, "none")
-        else:
-            head = cfg.selection_head if refinement == "selection" else None
-            refine = ("refine", coarse, sd, refinement, float(cfg.attention_thr), head)
-        labels = ("labels", refine, float(cfg.score_threshold), float(cfg.bkg_thre), bool(cfg.is_normalize))
-        return {"text": text, "clip_walk": walk, "fusion": fusion, "layer_maps": layer_maps, "coarse": coarse,
-                "sd_attention": sd, "refine": refine, "labels": labels}
+        """The refinement that will run: 'none' when the model has no SD extractor."""
+        return refinement_in_effect(self.model, cfg)
 
     # --- the pipeline ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, image: Any, cfg: CLIPerConfig | None = None, classes: Sequence[str] | str | TextSet | None = None,
-            background: Sequence[str] | str | None = None, image_id: str | None = None,
+            background: Sequence[str] | str | None = None, image_id: Hashable | None = None,
             until: str = "labels") -> StageOutputs:
         """The pipeline of `CLIPer.segment` with every stage looked up before it is computed.
 
@@ -207,54 +150,39 @@ class StageCache:
         """
         if until not in STAGES:
             raise ValueError(f"until={until!r}; choose one of {', '.join(STAGES)}")
-        model = self.model
-        cfg = cfg or model.cfg
-        cfg.check_against_depth(model.clip.num_layers)
         if classes is None:
             raise ValueError("give the class names (a list, a ';'-separated string, or a TextSet)")
-        image = np.asarray(image) if not hasattr(image, "detach") else image
-        image_id = image_id or image_id_of(image)
-        keys = self.keys(image_id, cfg, classes, background)
+        model = self.model
+        cfg = cfg or model.cfg
+        text = classes if isinstance(classes, TextSet) else None
+        image = rgb_array(image)
+        image_id = content_id(image) if image_id is None else image_id
         self.runs += 1
-        done: dict[str, float] = {}
+        # the text is always part of a run (the explorer shows the class names, whatever stage it stops at)
+        targets = ("text", until) if until != "text" else ("text",)
+        run = model.run(image, None if text else classes, background, cfg, targets, text=text,
+                        image_id=image_id, store=self)
+        get = run.values.get
+        coarse = get("coarse", (None, None))
+        scores, maps, labels = get("labels", (None, None, None))
+        return StageOutputs(
+            image_id=image_id, image=run["image"], cfg=cfg, text=get("text"), features=get("clip_walk"), fused=get("fusion"),
+            layer_maps=get("layer_maps"), coarse=coarse[0], select_map=coarse[1], head_maps=get("sd_attention"),
+            refined=get("refine"), scores=scores, maps=maps, labels=labels, keys=dict(run.keys),
+            recomputed=dict(run.recomputed))
 
-        def text_compute():
-            if isinstance(classes, TextSet):
-                return classes
-            names, bg = list(keys["text"][1]), keys["text"][2]
-            return model.encode_text(names, None if bg and bg[0] == "<class file>" else list(bg))
 
-        text = self._get("text", keys["text"], text_compute, done)
-        features = self._get("clip_walk", keys["clip_walk"], lambda: model.clip_features(image, cfg), done)
-        fused = self._get("fusion", keys["fusion"], lambda: model.fusion(features, cfg), done)
-        maps = self._get("layer_maps", keys["layer_maps"], lambda: model.layer_maps(features, fused, text, cfg), done)
-        coarse, select_map = self._get("coarse", keys["coarse"], lambda: model.coarse(maps, fused, cfg), done)
-        out = StageOutputs(image_id=image_id, image=features.image, cfg=cfg, text=text, features=features,
-                           fused=fused, layer_maps=maps, coarse=coarse, select_map=select_map, head_maps=None,
-                           refined=None, scores=None, maps=None, labels=None, recomputed=done)
-        out.keys = {s: keys[s] for s in STAGES[: STAGES.index("coarse") + 1]}
-        if STAGES.index(until) <= STAGES.index("coarse"):
-            return out
-        if self.effective_refinement(cfg) != "none":
-            out.head_maps = self._get("sd_attention", keys["sd_attention"],
-                                      lambda: model.sd_attention(features.image), done)
-            out.keys["sd_attention"] = keys["sd_attention"]
-            if until == "sd_attention":
-                return out
-        out.refined = self._get("refine", keys["refine"], lambda: model.refine(coarse, out.head_maps, cfg), done)
-        out.keys["refine"] = keys["refine"]
-        if until == "refine":
-            return out
-        size = tuple(features.image.shape[:2])
-        out.scores, out.maps, out.labels = self._get(
-            "labels", keys["labels"], lambda: model.labels(out.refined, coarse, size, cfg), done)
-        out.keys["labels"] = keys["labels"]
-        return out
+def timing_rows(move: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Long-form rows (move, stage, seconds) of one `Explorer.apply` record: every stage (0 when cached) + drawing."""
+    rows = [{"move": move, "stage": stage, "seconds": float(record["recomputed"].get(stage, 0.0))}
+            for stage in STAGES]
+    rows.append({"move": move, "stage": "drawing", "seconds": float(record["render_s"])})
+    return rows
 
 
 # --- the layer-range sweep ----------------------------------------------------------------------------------------
 #: stages that do not depend on the fused layer range (their time is not charged to any one range).
-SHARED_STAGES = ("text", "clip_walk", "sd_attention")
+SHARED_STAGES = tuple(s for s in STAGES if s not in invalidated_by("fuse_layers"))
 
 
 def layer_ranges(num_layers: int, min_length: int = 1) -> list[tuple[int, int]]:
@@ -327,7 +255,7 @@ def sweep_fused_layer_ranges(
     for sample in iterator:
         if sample.mask is None:
             raise ValueError(f"sample {sample.name!r} has no ground truth mask")
-        image_id = f"sample:{getattr(sample, 'name', '')}:{image_id_of(sample.image)}"
+        image_id = f"sample:{getattr(sample, 'name', '')}:{content_id(sample.image)}"
         for first, last in ranges:
             out = cache.run(sample.image, cfg.replace(fuse_layers=[first, last]), text, background,
                             image_id=image_id, until="coarse" if proxy == "coarse" else "labels")

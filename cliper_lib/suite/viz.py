@@ -8,6 +8,8 @@ Only numpy, matplotlib and PIL are needed; seaborn is imported by `set_theme` al
 """
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 
-from .files import atomic_path
+from ..files import atomic_path
+from ..eval.report import Example, short_name
+from ..images import rgb_array
 
 __all__ = [
     "palette",
@@ -62,21 +66,6 @@ def _as_labels(labels: Any) -> np.ndarray:
     return lab
 
 
-def _as_rgb(image: Any) -> np.ndarray:
-    """(H, W, 3) uint8 from uint8/float RGB(A), greyscale, a PIL image or a tensor in HWC layout."""
-    img = _to_numpy(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) RGB (or RGBA / greyscale), got shape {img.shape}")
-    img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        if img.dtype.kind == "f" and img.size and img.max() <= 1.0:
-            img = img * 255.0  # floats in [0, 1] are the other common image convention
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return img
-
-
 # --------------------------------------------------------------------------------------------------
 # colours
 def palette(n: int) -> np.ndarray:
@@ -108,7 +97,7 @@ def overlay(image: Any, labels: Any, alpha: float = 0.5) -> np.ndarray:
     """(H, W, 3) uint8 blend of the image and the label colours; background (0) pixels keep the image."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    img = _as_rgb(image)
+    img = rgb_array(image, floats=True)
     lab = _as_labels(labels)
     if lab.shape != img.shape[:2]:
         raise ValueError(f"labels {lab.shape} and image {img.shape[:2]} must have the same height and width")
@@ -168,7 +157,7 @@ def save_overlay_png(
     dpi: int = 100,
 ) -> Path:
     """Write the image with its label overlay and a legend of the classes present (headless); returns the path."""
-    img = _as_rgb(image)
+    img = rgb_array(image, floats=True)
     h, w = img.shape[:2]
     # size the canvas to the image plus a strip for the legend, so pixels are not resampled much
     fig = Figure(figsize=(max(w / dpi, 3.0) + 2.2, max(h / dpi, 2.5) + 0.5), dpi=dpi, layout="constrained")
@@ -243,7 +232,7 @@ def heatmap_grid(
         raise ValueError(f"maps must be (K, h, w), got shape {arr.shape}")
     if len(titles) != arr.shape[0]:
         raise ValueError(f"{arr.shape[0]} maps but {len(titles)} titles")
-    img = _as_rgb(image) if image is not None else None
+    img = rgb_array(image, floats=True) if image is not None else None
     vmin, vmax = (float(np.nanmin(arr)), float(np.nanmax(arr))) if shared_scale and arr.size else (None, None)
     fig, axes = _grid(arr.shape[0], ncols, panel_size, suptitle)
     for ax, m, t in zip(axes, arr, titles):
@@ -299,7 +288,7 @@ def attention_grid(
         att = att[1:, 1:]  # drop the CLS row and column: only patch-to-patch attention has a place in the image
     elif n != h * w:
         raise ValueError(f"attention has {n} tokens; grid {h}x{w} needs {h * w} (or {h * w + 1} with CLS)")
-    img = _as_rgb(image)
+    img = rgb_array(image, floats=True)
     H, W = img.shape[:2]
     flat = [q if isinstance(q, (int, np.integer)) else int(q[0]) * w + int(q[1]) for q in queries]
     for q in flat:
@@ -328,3 +317,39 @@ def set_theme(**kwargs: Any) -> None:
 
     sns.set_theme(**({"context": "notebook", "style": "whitegrid"} | kwargs))
     _THEME_SET = True
+
+
+def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
+    """A Jupyter display_data output holding the figure as PNG (for `Output.outputs`; no kernel needed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    title = fig._suptitle.get_text() if fig._suptitle is not None else "figure"
+    return {"output_type": "display_data", "data": {"image/png": data, "text/plain": f"<{title}>"}, "metadata": {}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the examples figure
+def examples_figure(examples: Sequence[Example], class_names: Sequence[str], title: str, alpha: float = 0.5,
+                    panel: float = 3.0) -> Figure:
+    """Rows of image | ground truth | prediction (overlays with a legend each), titled with the per-image scores.
+
+    `class_names` are the foreground classes (label k = class_names[k - 1], 0 background) as `viz` expects.
+    A bare Figure (not registered with pyplot), like the other figures here.
+    """
+    if not examples:
+        raise ValueError("no examples to draw")
+    names = [short_name(c) for c in class_names]
+    fig = Figure(figsize=(3 * panel + 4.2, panel * len(examples) + 0.8), layout="constrained")
+    axes = fig.subplots(len(examples), 3, squeeze=False)
+    for row, example in zip(axes, examples):
+        s = example.score
+        row[0].imshow(example.image)
+        row[0].grid(False)
+        row[0].set(xticks=[], yticks=[], title=f"{example.rank}: {s.name}")
+        row[0].set_ylabel(f"mIoU {100 * s.miou:.1f}%\npAcc {100 * s.pacc:.1f}%")
+        row[0].set_xlabel(f"{example.image.shape[1]} × {example.image.shape[0]} px")
+        show_segmentation(row[1], example.image, example.mask, names, title="ground truth", alpha=alpha)
+        show_segmentation(row[2], example.image, example.pred, names, title="prediction", alpha=alpha)
+    fig.suptitle(title)
+    return fig

@@ -8,11 +8,10 @@
 Each control has an observer (`observe(..., names="value")`); no `interact`. Figures are drawn on
 `matplotlib.figure.Figure` objects (no pyplot, so any backend, Agg included) and placed in `Output` widgets as
 PNG display data, which works with or without a frontend. Which stages each control invalidates:
-`tuning.INVALIDATES` (the cache keys in `tuning.StageCache.keys` enforce it).
+`tuning.INVALIDATES`, derived from the stage graph that also makes the cache keys.
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 import time
@@ -23,58 +22,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from matplotlib.figure import Figure
-from PIL import Image
 
-from .config import DATA_DIR, CLIPerConfig
-from .pipeline import CLIPer
-from .text import parse_class_names, read_class_file, split_background_line
-from .tuning import INVALIDATES, STAGES, StageCache, StageOutputs, image_id_of
-from .viz import heatmap_grid, overlay, palette, show_segmentation
+from ..config import REFINEMENTS, CLIPerConfig
+from ..images import content_id, read_image, rgb_array
+from ..method.pipeline import CLIPer
+from ..method.text import parse_class_names, read_class_file, split_background_line
+from .samples import sample_images, suggested_classes
+from .tuning import STAGES, StageCache, StageOutputs
+from .viz import figure_output, heatmap_grid, overlay, palette, show_segmentation
 
-__all__ = ["Explorer", "ExplorerState", "StageCache", "INVALIDATES", "STAGES", "sample_images", "figure_output",
-           "timing_rows", "suggested_classes"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: the controls that change the computation (everything but the class shown in the map panel).
 COMPUTE_CONTROLS = ("image", "classes", "background", "fuse_layers", "select_layer", "attention_thr",
                     "score_threshold", "bkg_thre", "is_normalize", "sliding", "refinement", "selection_head")
 #: crop size used when the sliding window is switched on for a preset without one (the authors' other value).
 DEFAULT_CROP = 224
-
-
-def sample_images(folder: str | Path | None = None) -> dict[str, Path]:
-    """The sample photos in data/samples (file name -> path), sorted by name."""
-    folder = Path(folder) if folder is not None else DATA_DIR / "samples"
-    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-
-
-def suggested_classes(name: str, folder: str | Path | None = None) -> str | None:
-    """The class names data/samples/samples.yaml suggests for a sample photo (';'-separated), if any."""
-    path = (Path(folder) if folder is not None else DATA_DIR / "samples") / "samples.yaml"
-    if not path.exists():
-        return None
-    entries = yaml.safe_load(path.read_text()) or {}
-    entry = entries.get(name) or entries.get(Path(name).stem) or {}
-    return entry.get("classes") if isinstance(entry, dict) else None
-
-
-def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
-    """A Jupyter display_data output holding the figure as PNG (for `Output.outputs`; no kernel needed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    title = fig._suptitle.get_text() if fig._suptitle is not None else "figure"
-    return {"output_type": "display_data", "data": {"image/png": data, "text/plain": f"<{title}>"}, "metadata": {}}
-
-
-def timing_rows(move: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Long-form rows (move, stage, seconds) of one `Explorer.apply` record: every stage (0 when cached) + drawing."""
-    rows = [{"move": move, "stage": stage, "seconds": float(record["recomputed"].get(stage, 0.0))}
-            for stage in STAGES]
-    rows.append({"move": move, "stage": "drawing", "seconds": float(record["render_s"])})
-    return rows
 
 
 @dataclass
@@ -169,7 +131,7 @@ class Explorer:
                                            description="attention_thr", **slider),
             "sliding": W.Checkbox(value=c.sliding_crop_size > 0, description=f"sliding window ({self._crop} px)",
                                   indent=False),
-            "refinement": W.Dropdown(options=["sfsa", "mean", "selection", "none"] if has_sd else ["none"],
+            "refinement": W.Dropdown(options=list(REFINEMENTS) if has_sd else ["none"],
                                      value=c.refinement if has_sd else "none", description="refinement",
                                      disabled=not has_sd,
                                      tooltip=None if has_sd else "this model was built without Stable Diffusion"),
@@ -235,14 +197,9 @@ class Explorer:
         """The (H, W, 3) uint8 pixels of an image in the chooser (loaded once)."""
         name = name or self.controls["image"].value
         if name not in self._arrays:
-            source = self._images[name]
-            if isinstance(source, (str, Path)):
-                with Image.open(source) as img:
-                    array = np.asarray(img.convert("RGB"))
-            else:
-                array = np.asarray(source.convert("RGB") if isinstance(source, Image.Image) else source)
+            array = rgb_array(self._images[name])
             self._arrays[name] = array
-            self._ids[name] = f"{name}:{image_id_of(array)}"
+            self._ids[name] = f"{name}:{content_id(array)}"
         return self._arrays[name]
 
     # --- observers -----------------------------------------------------------------------------------------------
@@ -267,7 +224,7 @@ class Explorer:
     def _on_upload(self, change: dict) -> None:
         files = change["new"] or ()
         for item in files:
-            self.add_image(item["name"], Image.open(io.BytesIO(bytes(item["content"]))).convert("RGB"))
+            self.add_image(item["name"], read_image(io.BytesIO(bytes(item["content"])), name=item["name"]))
         if files:
             self.controls["upload"].value = ()  # clear it, so the same file can be uploaded again
 

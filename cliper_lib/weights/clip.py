@@ -1,24 +1,20 @@
-"""Model factory: real weights through the Hugging Face hub cache (paper profile) or tiny random models (smoke).
+"""CLIP weights: open_clip pretrained tags through the hub cache, a local checkpoint file, or a tiny random ViT.
 
-Both profiles go through the same constructors (`open_clip.create_model`, diffusers' model classes); only the
-weights differ. Offline and without cached weights, loading stops at once with `WeightsMissingError`, whose
-message names what is missing, where it was looked for and how to get it.
+Both profiles go through the same constructor (`open_clip.create_model`); only the weights differ. Offline and
+without cached weights, loading stops at once with `WeightsMissingError`, whose message names what is missing,
+where it was looked for and how to get it.
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
-from .config import PAPER_PRETRAINED, CLIPerConfig
+from ..config import PAPER_PRETRAINED, CLIPerConfig, resolve_dtype
+from ..method.clip_backbone import ClipBundle
+from .hub import WeightsMissingError, fetch_hub_file
 
 #: open_clip config of the tiny smoke backbone: the architecture of the authors' golden outputs
 #: (ViT, width 128, 4 blocks, 2 heads, patch 16, QuickGELU, embedding 64).
@@ -31,93 +27,6 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
 }
 #: the file names open_clip looks for in a hub repository, in its order of preference.
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-class WeightsMissingError(RuntimeError):
-    """Model weights are neither in the local cache nor downloadable; the message says how to get them."""
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when downloads could work: not HF_HUB_OFFLINE and the hub's host resolves and accepts a connection."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    # create_connection's timeout does not cover the DNS lookup, which can stall for long on some networks:
-    # resolve in a worker thread and give up after `timeout`.
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        addresses = pool.submit(socket.getaddrinfo, host, 443, type=socket.SOCK_STREAM).result(timeout=timeout)
-        family, kind, proto, _, address = addresses[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        return True
-    except (OSError, FutureTimeout, IndexError):
-        return False
-    finally:
-        pool.shutdown(wait=False)
-
-
-def missing_weights_message(what: str, repo_id: str, files: str, fix: str) -> str:
-    return (
-        f"{what} weights are not available offline.\n"
-        f"  missing : {files} from the Hugging Face repo '{repo_id}'\n"
-        f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)\n"
-        f"  fix     : run `{fix}` on a machine with internet (then copy the cache here), point the config at a "
-        f"local copy, or use the tiny random models with `--profile smoke` / `PROFILE=smoke`."
-    )
-
-
-def fetch_hub_file(repo_id: str, filenames: tuple[str, ...], allow_download: bool, what: str, fix: str) -> Path:
-    """Return the local path of the first of `filenames` in `repo_id`: from the cache, else downloaded."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    for name in filenames:
-        try:
-            return Path(hf_hub_download(repo_id, name, local_files_only=True))
-        except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError):
-            continue
-    if allow_download and hub_reachable():
-        last_error: Exception | None = None
-        for name in filenames:
-            try:
-                return Path(hf_hub_download(repo_id, name))
-            except EntryNotFoundError as error:  # try the next file name
-                last_error = error
-        raise WeightsMissingError(f"none of {filenames} exist in '{repo_id}': {last_error}")
-    raise WeightsMissingError(missing_weights_message(what, repo_id, " or ".join(filenames), fix))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class ClipBundle:
-    """An open_clip model with what the pipeline needs to use it."""
-
-    model: torch.nn.Module  # open_clip CLIP (eval mode)
-    tokenizer: Any  # callable: list[str] -> (n, context_length) token ids
-    name: str  # open_clip architecture name
-    weights_id: str  # where the weights came from (pretrained tag, file, or "random-seed-N")
-    patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @property
-    def visual(self) -> torch.nn.Module:
-        return self.model.visual
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.visual.transformer.resblocks)
 
 
 def register_tiny_clip() -> None:
@@ -187,18 +96,3 @@ def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_downl
         mean=tuple(OPENAI_DATASET_MEAN),
         std=tuple(OPENAI_DATASET_STD),
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def default_cache_dir() -> Path:
-    """The suite's own cache (text embeddings): CLIPER_CACHE, else ~/.cache/cliper."""
-    return Path(os.environ.get("CLIPER_CACHE", Path.home() / ".cache" / "cliper"))

@@ -1,0 +1,102 @@
+"""The one place where images are read and converted: files, PIL images, arrays and tensors to RGB pixels.
+
+Everything that reads an image (the pipeline, the SD extractor, the data sets, the command line, the widgets,
+the plots) goes through `read_image` (a file) or `rgb_array` (anything), so a rule about decoding lives here once.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+#: file suffixes treated as images when a folder or a glob pattern is expanded (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+#: what an image argument may be: a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor in [0, 1].
+ImageLike = Any
+
+
+class ImageReadError(ValueError):
+    """An image file cannot be decoded; the message names the file."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file with one of the IMAGE_SUFFIXES."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode an image file (a path, or an open binary file such as an upload) to a writable (H, W, 3) uint8 RGB
+    array; ImageReadError naming the file (`name`, else the path) if it cannot be decoded."""
+    try:
+        with Image.open(source) as im:
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # np.array copies: writable
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {name or source}: {error}") from None
+
+
+def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a path, a PIL image, a uint8 array or a (3, H, W) float tensor in [0, 1].
+
+    Arrays are (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped). With `floats`, float arrays (and
+    tensors in (H, W, 3) layout) are accepted too, as [0, 1] when their maximum is at most 1, else as 0..255:
+    plotting code receives all of these; the method itself takes only the unambiguous forms.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "detach"):  # a torch tensor: no need to import torch to recognise it
+        if image.ndim == 3 and image.shape[0] == 3:
+            if image.is_floating_point():  # the pipeline's convention: (3, H, W) in [0, 1]
+                image = (image.detach().clamp(0, 1) * 255).round().byte()
+            image = image.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+        elif not floats:
+            raise ValueError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}")
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB (or RGBA / greyscale), got shape {array.shape}")
+    array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        if not floats or array.dtype.kind not in "fiub":
+            raise ValueError(f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}")
+        if array.dtype.kind == "f" and array.size and array.max() <= 1.0:
+            array = array * 255.0  # floats in [0, 1] are the other common image convention
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return array
+
+
+def float_tensor(image: ImageLike):
+    """An image as a float32 tensor (1, 3, H, W) in [0, 1]; float tensors pass through unrounded."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} {image.dtype}")
+        if image.numel() and (image.min() < 0 or image.max() > 1):
+            raise ValueError("tensor images must hold values in [0, 1]")
+        return image[None].float()  # (1, 3, H, W)
+    if isinstance(image, np.ndarray) and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
+        raise ValueError(f"numpy images must be HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
+    if not isinstance(image, (np.ndarray, Image.Image, str, os.PathLike)):
+        raise TypeError(f"unsupported image type {type(image).__name__}: use a uint8 array, a PIL image or a tensor")
+    # torch.tensor copies: arrays from PIL are read-only
+    return torch.tensor(rgb_array(image)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
+
+
+def content_id(image: ImageLike) -> str:
+    """A content id for an image (PIL, (H, W, 3) array or tensor): shape, dtype and SHA-1 of its bytes."""
+    import hashlib
+
+    array = np.ascontiguousarray(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image))
+    digest = hashlib.sha1(array.tobytes()).hexdigest()[:16]
+    return f"{'x'.join(map(str, array.shape))}:{array.dtype}:{digest}"

@@ -1,0 +1,78 @@
+"""The notebook runtime: what every notebook imports to publish metrics and find its files.
+
+Inside a notebook, `publish(name, value)` records a metric: under the papermill runner it lands in the file named
+by $CLIPER_METRICS_FILE (set per notebook; the kernel inherits the environment), otherwise it is kept in memory.
+`repo_path` resolves paths from the repository root and `output_dir` gives the folder a notebook writes to. This
+module imports nothing heavy, so notebooks can use it without papermill.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..files import atomic_write_json
+from ..provenance import REPO_ROOT
+
+#: env var naming the JSON file `publish` appends to; set by the runner for each notebook.
+METRICS_ENV = "CLIPER_METRICS_FILE"
+#: env var naming the folder a notebook should write its files to (figures, PNGs); see `output_dir`.
+OUTPUT_DIR_ENV = "CLIPER_OUTPUT_DIR"
+#: env var holding "<plan>/<run>" while a notebook runs under the runner.
+RUN_NAME_ENV = "CLIPER_RUN"
+_PUBLISHED: dict[str, Any] = {}
+
+
+def _jsonable(value: Any, name: str) -> Any:
+    """Plain JSON values from Python, numpy or torch scalars/containers; anything else is a TypeError."""
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy scalar / 0-d array
+        value = value.item()
+    if hasattr(value, "tolist") and hasattr(value, "shape"):  # numpy array
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf; keep them readable
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"metric {name!r}: {type(value).__name__} is not a number, string, list or dict")
+
+
+def publish(name: str, value: float | int | str | dict | list) -> None:
+    """Record a metric of the running notebook (file under the runner, memory otherwise) and print it."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("metric name must be a non-empty string")
+    clean = _jsonable(value, name)
+    _PUBLISHED[name] = clean
+    target = os.environ.get(METRICS_ENV)
+    if target:
+        path = Path(target)
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+        metrics[name] = clean  # publishing a name again replaces its value
+        atomic_write_json(path, metrics)
+    print(f"[metric] {name} = {clean!r}")  # returns None, so a last-line publish does not echo the value again
+
+
+def published() -> dict[str, Any]:
+    """The metrics published in this process so far (a copy)."""
+    return dict(_PUBLISHED)
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """An absolute path: absolute paths stay, relative ones are taken from the repository root (not the cwd)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def output_dir(name: str) -> Path:
+    """Folder for a notebook's files: the runner's per-run folder, else outputs/<name> in the repo; created."""
+    folder = Path(os.environ.get(OUTPUT_DIR_ENV) or REPO_ROOT / "outputs" / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

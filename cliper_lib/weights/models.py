@@ -1,0 +1,22 @@
+"""Build the models a config names and hand them to the method: `CLIPer.from_config(cfg)`."""
+from __future__ import annotations
+
+from ..config import CLIPerConfig, resolve_device
+from ..method.pipeline import CLIPer as _MethodCLIPer
+from .clip import load_clip
+from .sd import load_sd_extractor
+
+
+class CLIPer(_MethodCLIPer):
+    """The CLIPer method (`cliper_lib.method.pipeline.CLIPer`) plus `from_config`, which builds its models."""
+
+    @classmethod
+    def from_config(cls, cfg: CLIPerConfig, allow_download: bool = True,
+                    text_cache_dir: str | None | bool = True) -> "CLIPer":
+        """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models)."""
+        device = resolve_device(cfg.device)
+        clip = load_clip(cfg, device=device, allow_download=allow_download)
+        sd = None
+        if cfg.refinement != "none":
+            sd = load_sd_extractor(cfg, device=device, allow_download=allow_download)
+        return cls(cfg, clip, sd, text_cache_dir=text_cache_dir)

@@ -1,0 +1,147 @@
+"""The stage graph is declared once: a config field recomputes exactly the stages that declare it (and what they
+feed), a cached run equals a fresh `segment`, and a stage cannot read a field it did not declare."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+
+from cliper_lib import CLIPer, CLIPerConfig
+from cliper_lib.eval.synthetic import SyntheticDataset
+from cliper_lib.method import stages
+from cliper_lib.method.pipeline import CLIPer as MethodCLIPer
+from cliper_lib.method.stages import GRAPH, STAGES, ConfigView, UndeclaredFieldError, downstream, invalidated_by
+from cliper_lib.suite.tuning import StageCache
+
+CLASSES = ["red disc", "blue box", "green triangle"]
+
+#: a base config in which every field has an effect: sliding window on (the stride matters), refinement
+#: "selection" (the head matters), sd_attention_thr unset (attention_thr reaches the SD threshold), sd_image_size
+#: unset (the profile picks the SD side), all blocks fused, scores low enough for labels to appear.
+BASE = CLIPerConfig.from_preset(
+    "vit-b-16/voc21", profile="smoke", device="cpu", size=160, sliding_crop_size=96, sliding_stride=64,
+    refinement="selection", selection_head=1, score_threshold=0.0, bkg_thre=0.1,
+)
+
+#: one other value for every config field, chosen so that its effective value changes.
+ALTERNATIVES = {
+    "profile": "paper", "backbone": "ViT-L-14", "pretrained": "laion2b_s32b_b79k", "force_quick_gelu": False,
+    "sd_repo": "someone/another-sd-mirror", "device": "auto", "dtype": "bfloat16", "seed": 7,
+    "dataset": "ade20k", "classes": "context60", "templates": "openai", "ignore_labels": [0, 255],
+    "size": 128, "fuse_layers": [1, 2], "normalization_rounds": 2, "last_layer_attention": "vanilla",
+    "select_layer": -2, "logit_scale": 50.0, "attention_thr": 0.3, "sliding_crop_size": 0, "sliding_stride": 48,
+    "refinement": "sfsa", "selection_head": 0, "sd_attention_thr": 0.25, "sd_layers": ["up_blocks.3.attentions.0"],
+    "sd_timestep_index": 30, "sd_num_steps": 60, "sd_image_size": 128, "sd_resize": "bilinear",
+    "score_threshold": 0.2, "bkg_thre": 0.3, "is_normalize": False, "preset": "my-own",
+    "paper_miou": 12.5, "paper_miou_no_fgc": 10.0,
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> CLIPer:
+    return CLIPer.from_config(BASE, text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return SyntheticDataset(num_images=1, classes=3, size=(72, 104), seed=4)[0].image
+
+
+@pytest.fixture(scope="module")
+def primed(model, image) -> StageCache:
+    """A cache that has run BASE once (each test branches a copy of it)."""
+    cache = StageCache(model)
+    cache.run(image, BASE, CLASSES)
+    return cache
+
+
+def assert_same_run(out, result) -> None:
+    """A cached run and a fresh `segment` agree on every intermediate, exactly (same operations, same order)."""
+    assert out.text.names == result.class_names and out.text.background == result.background
+    assert torch.equal(out.layer_maps.blended, result.layer_maps)
+    assert torch.equal(out.coarse, result.coarse) and torch.equal(out.select_map, result.select_map)
+    assert torch.equal(out.refined, result.refined)
+    assert torch.equal(out.scores, result.scores) and torch.equal(out.maps, result.maps)
+    assert torch.equal(out.labels.cpu(), result.labels)
+
+
+def test_every_config_field_has_an_alternative_that_matters():
+    assert set(ALTERNATIVES) == {f.name for f in fields(CLIPerConfig)}
+    for name, value in ALTERNATIVES.items():
+        assert getattr(BASE, name) != value, name
+
+
+def test_declarations_name_real_fields_and_inputs():
+    known = {f.name for f in fields(CLIPerConfig)}
+    for i, stage in enumerate(GRAPH):
+        assert set(stage.fields) <= known, stage.name
+        earlier = set(STAGES[:i]) | set(stages.RUN_INPUTS)
+        assert set(stage.needs) <= earlier, f"{stage.name} needs a later stage"  # the graph is in topological order
+    assert downstream(["fusion"]) == ("fusion", "layer_maps", "coarse", "refine", "labels")
+    assert invalidated_by("image") == ("clip_walk", "fusion", "layer_maps", "coarse", "sd_attention", "refine",
+                                       "labels")
+    assert invalidated_by("dataset") == () and invalidated_by("backbone") == ()
+
+
+@pytest.mark.parametrize("name", sorted(ALTERNATIVES))
+def test_a_field_recomputes_exactly_the_stages_that_declare_it(model, image, primed, name):
+    changed = BASE.replace(**{name: ALTERNATIVES[name]})
+    out = primed.copy().run(image, changed, CLASSES)
+    declared = {stage.name for stage in GRAPH if name in stage.fields}
+    assert set(out.recomputed) == set(downstream(declared)), (name, sorted(declared))
+    fresh = MethodCLIPer(changed, model.clip, model.sd, text_cache_dir=False)
+    fresh.text_cache = model.text_cache
+    # A field SD does not declare cannot reach it (the stage's config view refuses it), so the fresh run may
+    # reuse the base head maps there: the slowest stage runs only for the fields it reads.
+    reads_sd = name in stages.BY_NAME["sd_attention"].fields
+    head_maps = None if reads_sd else primed.run(image, BASE, CLASSES).head_maps
+    assert_same_run(out, fresh.segment(image, classes=CLASSES, head_maps=head_maps))
+
+
+def test_run_inputs_recompute_their_readers(model, image):
+    cache = StageCache(model)
+    first = cache.run(image, BASE, CLASSES)
+    assert set(first.recomputed) == set(STAGES)
+    branch = cache.copy()
+    assert branch.run(image, BASE, CLASSES).recomputed == {} and branch.recomputed["clip_walk"] == 0
+    assert set(cache.run(image, BASE, CLASSES[:2]).recomputed) == set(invalidated_by("classes"))
+    assert set(cache.run(image, BASE, CLASSES[:2], background="ground").recomputed) == set(
+        invalidated_by("background"))
+    other = np.ascontiguousarray(image[:, ::-1])
+    assert set(cache.run(other, BASE, CLASSES).recomputed) == set(invalidated_by("image"))
+    assert cache.run(image, BASE, CLASSES).recomputed == {}  # everything seen before is a hit
+
+
+def test_a_prefix_of_the_graph_computes_only_what_it_needs(model, image):
+    run = model.run(image, CLASSES, until="coarse")
+    assert set(run.recomputed) == {"text", "clip_walk", "fusion", "layer_maps", "coarse"}
+    result = model.segment(image, classes=CLASSES)
+    assert torch.equal(run["coarse"][0], result.coarse)
+    sd_only = model.run(image, until="sd_attention")
+    assert set(sd_only.recomputed) == {"sd_attention"}
+    no_refinement = model.run(image, CLASSES, cfg=BASE.replace(refinement="none"))
+    assert "sd_attention" not in no_refinement.recomputed  # refine needs SD only while a refinement runs
+    with pytest.raises(ValueError, match="unknown stage"):
+        model.run(image, CLASSES, until="everything")
+
+
+def test_a_stage_sees_only_its_declared_fields():
+    view = ConfigView(BASE, ("refinement", "attention_thr", "sd_attention_thr"), "refine")
+    assert view.refinement == "selection"
+    assert view.effective_sd_attention_thr == BASE.attention_thr  # properties read through the view
+    with pytest.raises(UndeclaredFieldError, match="'refine' read config field 'size'"):
+        view.size
+    partial = ConfigView(BASE, ("attention_thr",), "refine")
+    with pytest.raises(UndeclaredFieldError, match="sd_attention_thr"):
+        partial.effective_sd_attention_thr
+    with pytest.raises(AttributeError):
+        view.refinement = "mean"
+
+
+def test_the_documented_table_is_the_graph():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "method.md"
+    assert stages.describe() in docs.read_text(), "docs/method.md 3.13 differs from stages.GRAPH: paste describe()"

@@ -8,10 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-# The authors' outputs on a tiny model (shared/reference/golden/clip_side_tiny.pt), xz-compressed to keep the
-# repository small (7.1 MB -> 3.1 MB); the digest is the original file's.
+# The authors' outputs on a tiny model (clip_side_tiny.pt, computed with their published code), xz-compressed to
+# keep the repository small (7.1 MB -> 3.1 MB); the digest is the original file's.
 GOLDEN = Path(__file__).parent / "golden" / "clip_side_tiny.pt.xz"
 GOLDEN_SHA256 = "729edce7e54f6ab6e35a22ddbd2db89dca53442621daf95f2a13e743360dc98f"
+# The same for the diffusion half (sd_side_tiny.pt, 2.7 MB -> 1.9 MB).
+GOLDEN_SD = Path(__file__).parent / "golden" / "sd_side_tiny.pt.xz"
+GOLDEN_SD_SHA256 = "bf3ac1368c6606c907e301239fa689516d27e1454e0fbc87a6a930937b28b78a"
+
+
+def _load_golden(path: Path, digest: str) -> dict:
+    import hashlib
+    import io
+    import lzma
+
+    raw = lzma.decompress(path.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == digest, f"{path} is damaged"
+    return torch.load(io.BytesIO(raw), weights_only=True)
 
 
 @pytest.fixture(autouse=True)
@@ -22,13 +35,12 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    import hashlib
-    import io
-    import lzma
+    return _load_golden(GOLDEN, GOLDEN_SHA256)
 
-    raw = lzma.decompress(GOLDEN.read_bytes())
-    assert hashlib.sha256(raw).hexdigest() == GOLDEN_SHA256, "tests/golden/clip_side_tiny.pt.xz is damaged"
-    return torch.load(io.BytesIO(raw), weights_only=True)
+
+@pytest.fixture(scope="session")
+def golden_sd() -> dict:
+    return _load_golden(GOLDEN_SD, GOLDEN_SD_SHA256)
 
 
 @pytest.fixture(scope="session")

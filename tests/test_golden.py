@@ -1,4 +1,4 @@
-"""The authors' own outputs on a tiny model (shared/reference/golden): every array within 1e-5 relative."""
+"""The authors' own outputs on tiny models (CLIP half and diffusion half): every array within float rounding."""
 from __future__ import annotations
 
 import pytest
@@ -52,3 +52,54 @@ def test_labels_match_authors(golden, index):
                             case["is_normalize"])
     assert ours.dtype == torch.int64
     assert torch.equal(ours, case["labels"])
+
+
+# --- the diffusion half -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def golden_extractor(golden_sd):
+    """The authors' tiny SD (their weights, fp32) in our extractor; their empty-prompt embedding stands in for the
+    text encoder, which the golden file does not include."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    from cliper_lib.method.sd_attention import SDComponents, SDSelfAttention
+
+    def build(cls, config, state):
+        module = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        return module.eval()
+
+    unet = build(UNet2DConditionModel, golden_sd["unet_config"], golden_sd["unet_state_fp16"])
+    vae = build(AutoencoderKL, golden_sd["vae_config"], golden_sd["vae_state_fp16"])
+    scheduler = PNDMScheduler.from_config(golden_sd["scheduler_config"])
+    cfg = CLIPerConfig(profile="paper", device="cpu", seed=golden_sd["seed"], sd_layers=list(golden_sd["layers"]),
+                       attention_thr=golden_sd["attention_thr"], selection_head=golden_sd["selection_head"])
+    extractor = SDSelfAttention(SDComponents(unet, vae, None, None, scheduler, source="golden"), cfg)
+    extractor._empty_embedding = golden_sd["empty_prompt_embedding"]  # (1, 77, 32)
+    return extractor
+
+
+def test_sd_input_latents_and_timestep_match_authors(golden_sd, golden_extractor):
+    image = golden_sd["image"].numpy()  # (300, 451, 3) uint8
+    pixels = golden_extractor.preprocess(image)  # (1, 3, 512, 512): the whole photo, nearest-neighbour squash
+    assert pixels.shape == (1, 3, 512, 512)
+    assert torch.equal(pixels[:, :, ::16, ::16], golden_sd["sd_input_strided"])
+    assert relative_error(golden_extractor.encode(pixels), golden_sd["latents"]) < 2e-5
+    assert int(golden_extractor.timestep()) == int(golden_sd["timestep"]) == 101
+
+
+def test_sd_head_maps_and_refinement_match_authors(golden_sd, golden_extractor):
+    from cliper_lib.method.labels import class_scores
+    from cliper_lib.method.refine import refine_coarse_maps
+
+    maps = golden_extractor(golden_sd["image"].numpy())  # (4, 4096, 4096): 2 heads of each layer, authors' order
+    assert maps.shape == (4, 4096, 4096) and maps.dtype == torch.float32
+    rows = torch.tensor(golden_sd["head_rows_index"])
+    assert relative_error(maps[:, rows], golden_sd["head_rows"]) < 2e-5
+    assert relative_error(maps.sum(-1), golden_sd["head_row_sums"]) < 2e-5
+    assert relative_error(maps.amax(-2), golden_sd["head_col_max"]) < 2e-5
+    coarse, thr, head = golden_sd["coarse"], golden_sd["attention_thr"], golden_sd["selection_head"]
+    for variant in ("sfsa", "mean", "selection"):
+        refined = refine_coarse_maps(coarse, maps, variant, thr, head)  # (3, 64, 64)
+        assert relative_error(refined, golden_sd["refined"][variant]) < 2e-5, variant
+    scores = class_scores(refine_coarse_maps(coarse, maps, "sfsa", thr, head), coarse)
+    assert relative_error(scores, golden_sd["score_sfsa"]) < 2e-5

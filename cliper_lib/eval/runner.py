@@ -130,12 +130,6 @@ def _default_model_factory(cfg: CLIPerConfig) -> Any:
     return CLIPer.from_config(cfg)
 
 
-def _class_list(cfg: CLIPerConfig) -> tuple[list[str], list[str]]:
-    parsed = read_class_file(class_file_path(cfg.classes))
-    names, background = (parsed.names, parsed.background) if hasattr(parsed, "names") else parsed
-    return list(names), list(background)
-
-
 def run_eval(args: Options, *, model_factory: Callable[[CLIPerConfig], Any] | None = None) -> int:
     """`cliper eval`: evaluate one preset (or --all of a backbone) and write results; returns an exit status.
 
@@ -187,8 +181,9 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
         except WeightsMissingError as error:
             say(f"cliper eval: {error}", err=True)
             return 2
-        classes, background = _class_list(cfg)
-        text = model.encode_text(classes, background)  # once per data set
+        class_file = read_class_file(cfg.classes)
+        classes = list(class_file.names)
+        text = model.encode_text(classes, list(class_file.background))  # once per data set
 
         def segmenter(image: np.ndarray, model: Any = model, text: Any = text) -> Any:
             return model.segment(image, text=text).labels

@@ -5,6 +5,7 @@ the plots) goes through `read_image` (a file) or `rgb_array` (anything), so a ru
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -95,8 +96,6 @@ def float_tensor(image: ImageLike):
 
 def content_id(image: ImageLike) -> str:
     """A content id for an image (PIL, (H, W, 3) array or tensor): shape, dtype and SHA-1 of its bytes."""
-    import hashlib
-
     array = np.ascontiguousarray(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image))
     digest = hashlib.sha1(array.tobytes()).hexdigest()[:16]
     return f"{'x'.join(map(str, array.shape))}:{array.dtype}:{digest}"

@@ -45,7 +45,7 @@ class ConfigView:
         attribute = getattr(type(self._cfg), name, None)
         if isinstance(attribute, property):  # a derived value: computed from the fields through this view
             return attribute.fget(self)
-        if callable(attribute):
+        if isinstance(attribute, types.FunctionType):  # a method (check_against_depth): bound to this view
             return types.MethodType(attribute, self)
         raise AttributeError(name)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: file suffixes treated as images when a folder or a glob pattern is expanded (lower case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: the file suffixes read as images (lower case), for folders, glob patterns and explicit paths alike.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 #: what an image argument may be: a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor in [0, 1].
 ImageLike = Any
@@ -32,12 +32,42 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
     """Decode an image file (a path, or an open binary file such as an upload) to a writable (H, W, 3) uint8 RGB
-    array; ImageReadError naming the file (`name`, else the path) if it cannot be decoded."""
+    array, turned upright as its EXIF orientation says (as every viewer shows it) and high bit depths scaled to
+    8 bits; ImageReadError naming the file (`name`, else the path) if it cannot be decoded or is empty."""
+    name = name or source
     try:
         with Image.open(source) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)  # np.array copies: writable
+            if 0 in im.size:
+                raise ImageReadError(f"cannot read image {name}: it is empty ({im.width}x{im.height} pixels)")
+            im = ImageOps.exif_transpose(im)  # a phone photo stored sideways (orientation 6) comes out upright
+            return _rgb8(im, name)
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read image {name or source}: {error}") from None
+        if isinstance(error, ImageReadError):
+            raise
+        raise ImageReadError(f"cannot read image {name}: {error}") from None
+
+
+def _rgb8(im: Image.Image, name: Any) -> np.ndarray:
+    """(H, W, 3) uint8 of a PIL image; 16-bit ("I;16*"), 32-bit ("I") and float ("F") grey scaled to 8 bits.
+
+    convert("RGB") would clip those modes (a 16-bit PNG turns almost white), so they are scaled here: 16-bit and
+    non-negative integers up to 65535 by 255/65535, floats in [0, 1] by 255 and floats in [0, 255] as they are.
+    """
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        values = np.asarray(im).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ImageReadError(f"cannot read image {name}: it holds NaN or infinite values (mode {im.mode})")
+        low, high = values.min(), values.max()
+        if im.mode == "F" and low >= 0 and high <= 1:
+            values = values * 255.0
+        elif im.mode != "F" and low >= 0 and high <= 65535:
+            values = values * (255.0 / 65535.0)
+        elif not (im.mode == "F" and low >= 0 and high <= 255):
+            raise ImageReadError(f"cannot read image {name}: mode {im.mode} values {low:g} .. {high:g} have no "
+                                 f"8-bit meaning (integers 0..65535 and floats in [0, 1] or [0, 255] are read)")
+        grey = np.rint(values).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.array(im.convert("RGB"), dtype=np.uint8)  # np.array copies: writable
 
 
 def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
@@ -50,8 +80,12 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        if 0 in image.size:
+            raise ValueError(f"image is empty ({image.width}x{image.height} pixels)")
+        return _rgb8(image, "(PIL image)")
     if hasattr(image, "detach"):  # a torch tensor: no need to import torch to recognise it
+        if image.is_floating_point() and not image.isfinite().all():
+            raise ValueError("image tensor holds NaN or infinite values")
         if image.ndim == 3 and image.shape[0] == 3:
             if image.is_floating_point():  # the pipeline's convention: (3, H, W) in [0, 1]
                 image = (image.detach().clamp(0, 1) * 255).round().byte()
@@ -65,6 +99,10 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"image must be (H, W, 3) RGB (or RGBA / greyscale), got shape {array.shape}")
     array = array[:, :, :3]
+    if 0 in array.shape:
+        raise ValueError(f"image is empty (shape {array.shape})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("image array holds NaN or infinite values")
     if array.dtype != np.uint8:
         if not floats or array.dtype.kind not in "fiub":
             raise ValueError(f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}")
@@ -83,6 +121,10 @@ def float_tensor(image: ImageLike):
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} {image.dtype}")
+        if 0 in image.shape:
+            raise ValueError(f"image is empty (shape {tuple(image.shape)})")
+        if not image.isfinite().all():
+            raise ValueError("tensor images must hold finite values in [0, 1], got NaN or infinite values")
         if image.numel() and (image.min() < 0 or image.max() > 1):
             raise ValueError("tensor images must hold values in [0, 1]")
         return image[None].float()  # (1, 3, H, W)

@@ -18,12 +18,23 @@ from PIL import Image
 from ..images import rgb_array
 
 
+#: the most patch tokens (h·w) one CLIP input may have (a 64×64 grid); the early layers' attention grows with its
+#: square, so a longer image (3×5000 px at size 336: 21×35000 patches) is refused before anything is resized.
+MAX_PATCH_TOKENS = 4096
+
+
 def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, int]:
     """(h, w) in pixels: short side scaled to `size`, each side rounded to the nearest multiple of `patch`."""
+    if min(width, height) < 1:
+        raise ValueError(f"image is empty ({width}x{height} pixels)")
     ratio = size / min(width, height)
-    h = int(height * ratio / patch + 0.5) * patch
-    w = int(width * ratio / patch + 0.5) * patch
-    return max(h, patch), max(w, patch)
+    h = max(int(height * ratio / patch + 0.5), 1) * patch
+    w = max(int(width * ratio / patch + 0.5), 1) * patch
+    if (h // patch) * (w // patch) > MAX_PATCH_TOKENS:
+        raise ValueError(f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, over "
+                         f"the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
+                         f"{MAX_PATCH_TOKENS * patch * patch / size ** 2:.1f}x the short side): crop it or lower size")
+    return h, w
 
 
 def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:

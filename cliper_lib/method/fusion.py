@@ -57,8 +57,14 @@ def clamp_nonnegative(attention: torch.Tensor) -> torch.Tensor:
 
 
 def finish_fused_attention(balanced: torch.Tensor) -> torch.Tensor:
-    """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise."""
-    return normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced))))
+    """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise.
+
+    A row left all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch
+    image) becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
+    """
+    clamped = clamp_nonnegative(center_columns(symmetrize(balanced)))
+    clamped.masked_fill_(clamped.sum(dim=-1, keepdim=True) == 0, 1.0)  # in place: the clamp's own output
+    return normalize_rows(clamped)
 
 
 def iter_fused_attentions(

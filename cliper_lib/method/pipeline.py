@@ -17,17 +17,17 @@ from ..config import CLIPerConfig
 from ..files import default_cache_dir
 from ..images import content_id, rgb_array
 from . import fusion as elf
-from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, walk_layers
+from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, resized_shape, walk_layers
 from .labels import class_scores, labels_from_maps, scaled_maps
 from .refine import refine_coarse_maps
 from .stages import StageRun, StageStore, run_stages
 from .text import (
     TextEmbeddingCache,
     TextSet,
+    check_class_names,
     encode_class_names,
     load_templates,
     model_fingerprint,
-    parse_class_names,
     read_class_file,
     split_background_line,
 )
@@ -137,9 +137,7 @@ class CLIPer:
             class_file = read_class_file(cfg.classes)
             classes = class_file.names if classes is None else classes
             background = class_file.background if background is None else background
-        classes = [c.strip() for c in classes if c and c.strip()]
-        if not classes:
-            raise ValueError("give at least one class name")
+        classes = check_class_names(classes)
         background = [b.strip() for b in background if b and b.strip()]
         templates = load_templates(cfg.templates)
         fg = self._encode_names(classes, templates)
@@ -246,13 +244,12 @@ class CLIPer:
         a comma-separated string (default: the class file's vocabulary); `text` (from `encode_text`) and
         `head_maps` skip those stages; `store` memoises stages under `image_id` (default: a hash of the pixels).
         """
-        cfg = cfg or self.cfg
+        cfg = (cfg or self.cfg).validate()  # a config edited after construction is checked where it is used
         array = rgb_array(image)  # (H0, W0, 3) uint8: what both halves see
-        if isinstance(classes, str):
-            classes = parse_class_names(classes)
+        resized_shape(array.shape[1], array.shape[0], cfg.size, self.clip.patch_size)  # size limit, before any stage
+        classes = None if classes is None else check_class_names(classes)  # a ';'-separated string is split
         if isinstance(background, str):
             background = split_background_line(background)
-        classes = None if classes is None else list(classes)
         background = None if background is None else list(background)
         if image_id is None:
             image_id = content_id(array) if store is not None else ("object", id(array))

@@ -60,6 +60,22 @@ def parse_class_names(text: str) -> list[str]:
     return names
 
 
+def check_class_names(names: Sequence[str] | str) -> list[str]:
+    """Class names stripped (a string is split on ';'); ValueError for a non-text or empty entry (dropping it
+    would silently shift every later label id) and for no names at all."""
+    if isinstance(names, str):
+        return parse_class_names(names)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"class name #{i + 1} is {name!r}: class names must be text")
+    stripped = [name.strip() for name in names]
+    if not any(stripped):
+        raise ValueError("give at least one class name")
+    if "" in stripped:
+        raise ValueError(f"class name #{stripped.index('') + 1} is empty: it would shift every later label id")
+    return stripped
+
+
 def load_templates(name_or_path: str) -> list[str]:
     """Prompt templates with a '{}' placeholder: 'cliper' (15), 'openai' (80), or a file path."""
     path = Path(name_or_path)

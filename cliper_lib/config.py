@@ -232,7 +232,12 @@ def load_preset_values(name: str) -> dict[str, Any]:
         path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:  # name the file and the line, not a parser traceback
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"preset {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"preset {path} must hold a mapping of config fields")
     values.setdefault("preset", name if not Path(name).suffix else path.stem)
@@ -245,7 +250,13 @@ def resolve_device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                          f"use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return device
 
 
 def resolve_dtype(name: str):

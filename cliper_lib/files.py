@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 _UMASK = os.umask(0o22)  # read the process umask (the only way is to set it) and put it back at once
 os.umask(_UMASK)
@@ -30,6 +30,77 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths beside each of `paths`; when the block succeeds all are moved into place, else none is.
+
+    For outputs that only make sense together (one image's label map, overlay and scores): a failure part way
+    (a full disk) leaves none of them, and the temporary files are removed.
+    """
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for final in finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".part{final.suffix}")
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield list(temps)
+        for tmp in temps:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
+            placed.append(final)
+    except BaseException:
+        for path in temps + placed:  # placed: a rename failed part way; the group goes as a whole
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be written (a file where a folder is needed, a folder where a file is, read-only)."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and delete a file in `folder` (os.access says yes to root even on a read-only file system)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cliper-write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise OutputPathError(f"{what}: cannot write in {folder}: {error.strerror or error}") from None
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> None:
+    """Before any work: `path` is (or can be created as) a folder we can write in; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is an existing file, not a folder")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {path}: {existing} is a file, so no folder can be made under it")
+    _probe_writable(existing, f"{what} {path}")
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> None:
+    """Before any work: `path` is not a folder and its folder is (or can be made) writable; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is a folder; give a file name")
+    check_output_folder(path.parent, f"{what} {path}: its folder")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

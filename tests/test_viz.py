@@ -67,8 +67,10 @@ def test_label_png_round_trips_exact_ids(tmp_path):
         assert img.getpalette()[3:6] == [128, 0, 0]
     assert np.array_equal(viz.load_label_png(path), lab)
     assert [p.name for p in path.parent.iterdir()] == ["labels.png"]  # no temporary file left behind
-    with pytest.raises(ValueError, match="0..255"):
-        viz.save_label_png(tmp_path / "big.png", lab + 300)
+    big = viz.save_label_png(tmp_path / "big.png", lab + 300)  # ids over 255: a 16-bit PNG (issue 10)
+    assert Image.open(big).mode == "I;16" and np.array_equal(viz.load_label_png(big), lab + 300)
+    with pytest.raises(ValueError, match="0..65535"):
+        viz.save_label_png(tmp_path / "huge.png", lab + 65536)
 
 
 def test_overlay_png_with_legend(tmp_path):

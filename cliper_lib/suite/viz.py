@@ -127,13 +127,22 @@ def legend_handles(labels: Any, class_names: Sequence[str], include_background: 
 
 # --------------------------------------------------------------------------------------------------
 # files
-def save_label_png(path: str | os.PathLike, labels: Any) -> Path:
-    """Write a label map as a palette-mode (P) PNG whose pixel values are the class ids; returns the path."""
+def save_label_png(path: str | os.PathLike, labels: Any, num_labels: int | None = None) -> Path:
+    """Write a label map as a PNG whose pixel values are the class ids; returns the path.
+
+    Palette mode (P, ids 0..255) when the labels fit, else 16-bit greyscale (I;16, ids up to 65535). `num_labels`
+    (classes + background) picks the mode from the class list, so a run's files do not change format with what
+    happens to be predicted.
+    """
     lab = _as_labels(labels)
-    if lab.size and lab.max() > 255:
-        raise ValueError(f"a P-mode PNG holds ids 0..255; this map has id {lab.max()}")
-    img = Image.fromarray(lab.astype(np.uint8), mode="P")
-    img.putpalette(palette(256).reshape(-1).tolist())
+    top = max(num_labels or 0, int(lab.max()) + 1 if lab.size else 0)
+    if top > 65536 or (lab.size and lab.min() < 0):
+        raise ValueError(f"a label PNG holds ids 0..65535; this map has ids {lab.min()} .. {lab.max()}")
+    if top > 256:
+        img = Image.fromarray(lab.astype(np.uint16))  # mode I;16
+    else:
+        img = Image.fromarray(lab.astype(np.uint8), mode="P")
+        img.putpalette(palette(256).reshape(-1).tolist())
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
@@ -142,8 +151,9 @@ def save_label_png(path: str | os.PathLike, labels: Any) -> Path:
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG written by `save_label_png` back into (H, W) int64 class ids (no palette lookup)."""
     with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette (P) or greyscale (L) PNG of class ids, got mode {img.mode}")
+        if img.mode not in ("P", "L", "I;16", "I"):
+            raise ValueError(f"{path}: expected a palette (P) or greyscale (L, I;16) PNG of class ids, got mode "
+                             f"{img.mode}")
         return np.asarray(img).astype(np.int64)
 
 

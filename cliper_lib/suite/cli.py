@@ -5,10 +5,9 @@ Every argument parser of the package is here; the choices come from the config's
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..config import (
     BENCHMARKS,
@@ -21,7 +20,7 @@ from ..config import (
     list_presets,
     parse_overrides,
 )
-from ..images import IMAGE_SUFFIXES, ImageReadError, read_image
+from .batch import expand_images, report_failures, run_batch, segment_images  # noqa: F401 (re-exported)
 from .samples import SAMPLES_DIR, suggested_classes_by_image
 
 
@@ -45,64 +44,6 @@ def config_from_args(args: argparse.Namespace) -> CLIPerConfig:
     return CLIPerConfig.from_preset(args.preset, **overrides)
 
 
-def expand_images(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> sorted unique image paths; a miss is an error."""
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-        elif any(ch in pattern for ch in "*?["):
-            matches = [Path(p) for p in sorted(glob.glob(pattern)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            matches = [path] if path.is_file() else []
-        if not matches:
-            raise FileNotFoundError(f"no image found for {pattern!r}")
-        found.extend(matches)
-    return list(dict.fromkeys(found))
-
-
-def segment_images(model, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
-                   progress: bool = True) -> list[dict[str, Any]]:
-    """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to `out`."""
-    from tqdm.auto import tqdm
-
-    from ..files import atomic_write_json
-    from ..method.text import parse_class_names, split_background_line
-    from .viz import save_label_png, save_overlay_png
-
-    suggestions = suggested_classes_by_image()
-    bg_words = split_background_line(background) if background is not None else None
-    text_cache: dict[str, Any] = {}
-    records = []
-    out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(images, desc="segment", unit="image", disable=not progress):
-        try:
-            image = read_image(path)
-        except ImageReadError as error:
-            raise ValueError(str(error)) from error
-        names_text = classes or suggestions.get(path.name)
-        if names_text is None:
-            raise ValueError(f"no --classes given and {path.name} is not a bundled sample with suggested classes")
-        if names_text not in text_cache:
-            text_cache[names_text] = model.encode_text(parse_class_names(names_text), bg_words)
-        text = text_cache[names_text]
-        result = model.segment(image, text=text)
-        stem = path.stem
-        save_label_png(out / f"{stem}_labels.png", result.labels.numpy())
-        save_overlay_png(out / f"{stem}_overlay.png", image, result.labels.numpy(), text.names,
-                         title=f"{path.name}: CLIPer ({model.cfg.profile})")
-        record = {
-            "image": str(path), "classes": text.names, "background": text.background,
-            "scores": {name: round(float(s), 6) for name, s in zip(text.names, result.scores)},
-            "present": result.present_classes(), "profile": model.cfg.profile, "preset": model.cfg.preset,
-            "refinement": model.cfg.refinement, "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-        }
-        atomic_write_json(out / f"{stem}_scores.json", record)
-        records.append(record)
-    return records
-
-
 def build_model(cfg: CLIPerConfig):
     from ..weights.models import CLIPer
 
@@ -112,25 +53,24 @@ def build_model(cfg: CLIPerConfig):
 def cmd_segment(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     images = expand_images(args.images)
-    model = build_model(cfg)
-    records = segment_images(model, images, args.classes, args.background, Path(args.out), not args.quiet)
-    for record in records:
+    result = run_batch(cfg, images, args.classes, args.background, Path(args.out), build_model, not args.quiet)
+    for record in result.records:
         print(f"{record['image']}: {', '.join(record['present']) or 'nothing found'}")
-    print(f"wrote {3 * len(records)} files to {args.out}")
-    return 0
+    print(f"wrote {len(result.written)} files for {len(result.records)} image(s) to {args.out}")
+    return report_failures(result, len(images))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     images = sorted(SAMPLES_DIR / name for name in suggested_classes_by_image())
-    model = build_model(cfg)
-    records = segment_images(model, images, None, None, Path(args.out), not args.quiet)
+    result = run_batch(cfg, images, None, None, Path(args.out), build_model, not args.quiet)
+    records = result.records
     for record in records:
         print(f"{Path(record['image']).name}: {', '.join(record['present']) or 'nothing found'}")
     print(f"demo ({cfg.profile} profile): overlays, label maps and scores for {len(records)} images in {args.out}")
     if cfg.profile == "smoke":
         print("note: the smoke profile uses tiny RANDOM models; its masks show the pipeline runs, not real quality.")
-    return 0
+    return report_failures(result, len(images))
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -241,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the bundled presets")
     p.set_defaults(func=cmd_presets)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -257,14 +200,28 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; every failure ends in one clear message on stderr and a non-zero exit (2 for input the
+    user can fix, 1 for anything else, 130 for Ctrl-C); the traceback only with --debug."""
     from ..weights.hub import WeightsMissingError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("cliper: interrupted", file=sys.stderr)
+        return 130
     except (WeightsMissingError, ConfigError, FileNotFoundError, ValueError) as error:
+        if args.debug:
+            raise
         print(f"cliper: {error}", file=sys.stderr)  # one clear line, no traceback
         return 2
+    except Exception as error:  # noqa: BLE001 - the last line of defence of a command-line tool
+        if args.debug:
+            raise
+        print(f"cliper: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

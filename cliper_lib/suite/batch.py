@@ -1,0 +1,229 @@
+"""`cliper segment` and `cliper demo` on a batch of images, for people who never open Jupyter.
+
+Everything that can be checked is checked before the model loads (the output folder, the class names, each
+image's type, header and size). Then each image's three outputs (label PNG, overlay, scores JSON) appear together
+or not at all; an image that cannot be read or segmented is named, skipped and listed again at the end; a full
+disk stops the batch with a message saying what was written. The output folder is created only for the first
+written image, so a failed run leaves no empty folder.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+
+from ..config import CLIPerConfig, resolve_device
+from ..files import atomic_group, check_output_folder
+from ..images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from .samples import suggested_classes_by_image
+
+#: OSError numbers that mean no later image can be written either: the batch stops instead of going on.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_scores.json")
+
+
+class BatchStopped(RuntimeError):
+    """Writing failed in a way that stops the whole batch (a full disk); the message says what was written."""
+
+
+@dataclass
+class BatchResult:
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per image written
+    failures: list[tuple[Path, str]] = field(default_factory=list)  # (image, why) per image skipped
+    written: list[Path] = field(default_factory=list)  # every output file, in order
+
+
+def expand_images(patterns: Sequence[str]) -> list[Path]:
+    """Files, folders (their images) and glob patterns -> sorted unique image paths; a miss is an error.
+
+    Folders, patterns and explicit paths accept the same image types (IMAGE_SUFFIXES).
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = [p for p in sorted(path.iterdir()) if is_image_file(p)]
+        elif any(ch in pattern for ch in "*?["):
+            matches = [Path(p) for p in sorted(glob.glob(pattern)) if is_image_file(p)]
+        elif path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{pattern}: not an image type cliper reads ({' '.join(IMAGE_SUFFIXES)})")
+        else:
+            matches = [path] if path.is_file() else []
+        if not matches:
+            raise FileNotFoundError(f"no image found for {pattern!r}")
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+def output_stems(images: Sequence[Path]) -> dict[Path, str]:
+    """A unique, stable name stem per image: its file stem; where stems collide (ignoring case, as some file
+    systems do) the suffix is added (photo_jpg, photo_png); where that still collides (the same name in several
+    folders) 8 hex digits of the path's hash are added too. Depends only on the set of paths."""
+
+    def clashing(stems: dict[Path, str]) -> set[Path]:
+        counts: dict[str, int] = {}
+        for stem in stems.values():
+            counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+        return {p for p, stem in stems.items() if counts[stem.casefold()] > 1}
+
+    stems = {p: p.stem for p in images}
+    for p in clashing(stems):
+        stems[p] = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+    for p in clashing(stems):
+        stems[p] = f"{stems[p]}_{hashlib.sha1(str(p.absolute()).encode()).hexdigest()[:8]}"
+    return stems
+
+
+def patch_size_of(cfg: CLIPerConfig) -> int | None:
+    """The CLIP patch size a config will load (smoke: the tiny model's; paper: from the name, e.g. ViT-B-16)."""
+    if cfg.profile == "smoke":
+        from ..weights.clip import TINY_CLIP_CONFIG
+
+        return int(TINY_CLIP_CONFIG["vision_cfg"]["patch_size"])
+    match = re.search(r"-(\d+)(?:-|$)", cfg.backbone)
+    return int(match.group(1)) if match else None
+
+
+def check_image_header(path: Path, cfg: CLIPerConfig, patch: int | None) -> None:
+    """Read only the header: ImageReadError if it is not an image, is empty or is over the size limit."""
+    from ..method.clip_backbone import resized_shape
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from None
+    if width < 1 or height < 1:
+        raise ImageReadError(f"cannot read image {path}: it is empty ({width}x{height} pixels)")
+    if patch is not None:
+        try:
+            resized_shape(width, height, cfg.size, patch)
+        except ValueError as error:
+            raise ImageReadError(f"{path}: {error}") from None
+
+
+def plan_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, out: Path,
+               say: Callable[[str], None]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Everything checked before a model loads: `out`, the class names, each image's header.
+
+    Raises for a problem with the whole command; returns (images to run, (image, why) for those skipped).
+    """
+    from ..method.text import parse_class_names
+
+    check_output_folder(out, "--out")
+    resolve_device(cfg.device)  # --device cuda without a GPU: said now, not after the images are read
+    if classes is not None:
+        parse_class_names(classes)
+    else:
+        suggestions = suggested_classes_by_image()
+        missing = [p.name for p in images if p.name not in suggestions]
+        if missing:
+            raise ValueError(f"no --classes given and {', '.join(missing)} "
+                             f"{'is not a bundled sample' if len(missing) == 1 else 'are not bundled samples'} "
+                             f"with suggested classes")
+    patch = patch_size_of(cfg)
+    good, failures = [], []
+    for path in images:
+        try:
+            check_image_header(path, cfg, patch)
+            good.append(path)
+        except ImageReadError as error:
+            say(f"cliper: skipping {path}: {error}")
+            failures.append((path, str(error)))
+    return good, failures
+
+
+def segment_images(model, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
+                   progress: bool = True, say: Callable[[str], None] | None = None,
+                   result: BatchResult | None = None) -> BatchResult:
+    """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to `out`
+    (stems from `output_stems`), each image's three together or not at all. An image that cannot be read or
+    segmented is reported through `say` and skipped; a full disk raises BatchStopped."""
+    from tqdm.auto import tqdm
+
+    from ..method.text import parse_class_names, split_background_line
+    from .viz import save_label_png, save_overlay_png
+
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    result = result if result is not None else BatchResult()
+    suggestions = suggested_classes_by_image()
+    bg_words = split_background_line(background) if background is not None else None
+    text_cache: dict[str, Any] = {}
+    stems = output_stems(images)
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # made by the first write
+    try:
+        for path in tqdm(images, desc="segment", unit="image", disable=not progress):
+            names_text = classes or suggestions.get(path.name)
+            try:
+                if names_text is None:
+                    raise ValueError(f"no --classes given and {path.name} is not a bundled sample")
+                image = read_image(path)
+                if names_text not in text_cache:
+                    text_cache[names_text] = model.encode_text(parse_class_names(names_text), bg_words)
+                text = text_cache[names_text]
+                segmented = model.segment(image, text=text)
+            except (ValueError, RuntimeError, MemoryError) as error:  # this image only: name it and go on
+                say(f"cliper: skipping {path}: {error}")
+                result.failures.append((path, str(error)))
+                continue
+            labels = segmented.labels.numpy()
+            record = {
+                "image": str(path), "classes": text.names, "background": text.background,
+                "scores": {name: round(float(s), 6) for name, s in zip(text.names, segmented.scores)},
+                "present": segmented.present_classes(), "profile": model.cfg.profile, "preset": model.cfg.preset,
+                "refinement": model.cfg.refinement,
+                "timings_s": {k: round(v, 4) for k, v in segmented.timings.items()},
+            }
+            finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            try:
+                with atomic_group(finals) as (label_tmp, overlay_tmp, scores_tmp):
+                    save_label_png(label_tmp, labels, num_labels=len(text.names) + 1)
+                    save_overlay_png(overlay_tmp, image, labels, text.names,
+                                     title=f"{path.name}: CLIPer ({model.cfg.profile})")
+                    scores_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            except OSError as error:
+                done = f"{len(result.records)} image(s) complete in {out}" if result.records else "nothing written"
+                if error.errno in DISK_ERRNOS:
+                    raise BatchStopped(f"stopped at {path}: {error.strerror or error} while writing its outputs; "
+                                       f"none of its files were kept; {done}") from error
+                raise BatchStopped(f"cannot write the outputs of {path}: {error}; {done}") from error
+            result.written.extend(finals)
+            result.records.append(record)
+    finally:
+        for folder in missing:  # a run that wrote nothing leaves no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    return result
+
+
+def run_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
+              build_model: Callable[[CLIPerConfig], Any], progress: bool = True) -> BatchResult:
+    """Check, then build the model, then segment; returns what was written and what failed."""
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    result = BatchResult()
+    runnable, result.failures = plan_batch(cfg, images, classes, out, say)
+    if runnable:
+        model = build_model(cfg)
+        segment_images(model, runnable, classes, background, out, progress, say, result)
+    return result
+
+
+def report_failures(result: BatchResult, total: int) -> int:
+    """The summary of skipped images on stderr; the exit status (1 if any image failed)."""
+    if not result.failures:
+        return 0
+    print(f"cliper: {len(result.failures)} of {total} image(s) failed:", file=sys.stderr)
+    for path, why in result.failures:
+        print(f"  {path}: {why}", file=sys.stderr)
+    return 1

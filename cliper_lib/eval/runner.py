@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import PRESET_DIR, CLIPerConfig, ConfigError, parse_overrides
+from ..files import OutputPathError, check_output_file
 from ..method.text import read_class_file
 from ..weights.hub import WeightsMissingError
 from .benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
@@ -169,7 +170,13 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
                 existing = shard_checkpoint_path(job.checkpoint, rank, world_size)
                 if existing.exists():
                     raise CheckpointError(f"checkpoint {existing} exists: pass --resume to continue it, or delete it")
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as error:
+        for job in jobs:  # before the first image: a result that cannot be written would be lost at the end
+            check_output_file(job.out, "--out" if args.out else "results file")
+            if job.checkpoint is not None:
+                check_output_file(job.checkpoint, "checkpoint")
+        if args.table:
+            check_output_file(args.table, "--table")
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, OutputPathError) as error:
         say(f"cliper eval: {error}", err=True)
         return 2
 

@@ -68,11 +68,10 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     from tqdm.auto import tqdm
 
     from ..files import atomic_write_json
-    from ..method.text import parse_class_names, split_background_line
+    from .background import resolve_vocabulary
     from .viz import save_label_png, save_overlay_png
 
     suggestions = suggested_classes_by_image()
-    bg_words = split_background_line(background) if background is not None else None
     text_cache: dict[str, Any] = {}
     records = []
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,10 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
         if names_text is None:
             raise ValueError(f"no --classes given and {path.name} is not a bundled sample with suggested classes")
         if names_text not in text_cache:
-            text_cache[names_text] = model.encode_text(parse_class_names(names_text), bg_words)
+            vocab = resolve_vocabulary(model, names_text, background)  # README "Background words"
+            for notice in vocab.notices:
+                print(f"cliper: {notice}", file=sys.stderr)
+            text_cache[names_text] = model.encode_text(vocab.classes, vocab.background)
         text = text_cache[names_text]
         result = model.segment(image, text=text)
         stem = path.stem
@@ -211,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment your images with any class names")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--classes", help='class names separated by ";" (default: a sample\'s suggested classes)')
-    p.add_argument("--background", help="background words that compete in the softmax but are never labels "
-                                         "(default: the preset's background vocabulary)")
+    p.add_argument("--background", help="background words that compete in the softmax but are never labels, "
+                                         "';'-separated like --classes, or 'auto' (default: the preset's "
+                                         "vocabulary minus your classes)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
     add_model_arguments(p)

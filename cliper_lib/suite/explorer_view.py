@@ -26,9 +26,9 @@ def scored_legend(classes: Sequence[str], scores: np.ndarray, labels: np.ndarray
         if k in present:
             handles.append(Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5, label=f"{name}  {score:.3f}"))
         else:
-            why = "below threshold" if score <= threshold else "no pixels"
+            why = "≤ threshold" if score <= threshold else "no pixels"
             handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", linewidth=0.5,
-                                 label=f"{name}  {score:.3f} (absent: {why})"))
+                                 label=f"{name}  {score:.3f}  absent ({why})"))
     return handles
 
 

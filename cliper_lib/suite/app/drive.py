@@ -34,10 +34,11 @@ def find_chromium() -> str | None:
 
 def browser_unavailable() -> str | None:
     """Why no browser test can run here, or None when Playwright and a Chromium are both present."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright)"
+    import importlib.util
+
+    for module, package in (("playwright", "playwright"), ("voila", "voila")):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install {package})"
     if find_chromium() is None:
         return f"no Chromium found ({', '.join(CHROMIUM_NAMES)} or $CLIPER_CHROMIUM); apt-get install chromium"
     return None

@@ -6,7 +6,7 @@ OUT     ?= outputs/demo
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.cliper-installed
 
-.PHONY: demo test setup notebooks lab voila bench clean-outputs
+.PHONY: demo test setup notebooks lab voila app bench clean-outputs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lab: $(STAMP)
 ## The tuning notebook as an app.
 voila: $(STAMP)
 	$(BIN)/voila notebooks/06_interactive_layer_tuning.ipynb
+
+## The explorer as an app (PROFILE=smoke: tiny random models, offline).
+app: $(STAMP)
+	$(BIN)/cliper app --profile $(PROFILE)
 
 ## Speed benchmarks (not tests).
 bench: $(STAMP)

@@ -127,3 +127,22 @@ def test_mark_patch_outlines_the_right_pixels():
     mark_patch(ax, (1, 2), (4, 8), (100, 400))  # patches of 25 x 50 px
     (rect,) = ax.patches
     assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (100.0, 25.0, 50.0, 25.0)
+
+
+def test_colourbars_of_nearly_flat_maps_read_as_plain_numbers():
+    flat = np.full((6, 8), 0.14936, np.float32)
+    flat[0, 0] += 1e-6  # the refined map of a smoke run: one value plus rounding noise
+    ramp = np.linspace(0.0, 1.0, 48, dtype=np.float32).reshape(6, 8)
+    fig = viz.heatmap_grid(np.stack([flat, ramp]), ["refined", "coarse"], ncols=2)
+    fig.canvas.draw()
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    for bar in bars:
+        assert bar.yaxis.get_offset_text().get_text() == ""  # no '1e-6+1.4936e-1'
+        labels = [t.get_text().replace("\u2212", "-") for t in bar.get_yticklabels() if t.get_text()]
+        assert labels
+        [float(text) for text in labels]  # every tick is a plain number (float() raises on '1e-6+1.49e-1')
+    flat_labels = [float(t.get_text().replace("\u2212", "-")) for t in bars[0].get_yticklabels() if t.get_text()]
+    assert all(abs(v - 0.14936) < 1e-3 for v in flat_labels)  # the ticks say the map's value
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert "nearly flat" in titles[0] and "nearly flat" not in titles[1]

@@ -149,13 +149,12 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     segmented is reported through `say` and skipped; a full disk raises BatchStopped."""
     from tqdm.auto import tqdm
 
-    from ..method.text import parse_class_names, split_background_line
+    from .background import resolve_vocabulary
     from .viz import save_label_png, save_overlay_png
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     result = result if result is not None else BatchResult()
     suggestions = suggested_classes_by_image()
-    bg_words = split_background_line(background) if background is not None else None
     text_cache: dict[str, Any] = {}
     stems = output_stems(images)
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # made by the first write
@@ -167,7 +166,10 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
                     raise ValueError(f"no --classes given and {path.name} is not a bundled sample")
                 image = read_image(path)
                 if names_text not in text_cache:
-                    text_cache[names_text] = model.encode_text(parse_class_names(names_text), bg_words)
+                    vocab = resolve_vocabulary(model, names_text, background)  # README "Background words"
+                    for notice in vocab.notices:
+                        say(f"cliper: {notice}")
+                    text_cache[names_text] = model.encode_text(vocab.classes, vocab.background)
                 text = text_cache[names_text]
                 segmented = model.segment(image, text=text)
             except (ValueError, RuntimeError, MemoryError) as error:  # this image only: name it and go on

@@ -1,4 +1,4 @@
-"""`cliper segment | demo | eval | reproduce | download | presets`: the suite for people who never open Jupyter.
+"""`cliper segment | demo | eval | reproduce | download | presets | app`: the suite for people who never open Jupyter.
 
 Every argument parser of the package is here; the choices come from the config's constants.
 """
@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment your images with any class names")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--classes", help='class names separated by ";" (default: a sample\'s suggested classes)')
-    p.add_argument("--background", help="background words that compete in the softmax but are never labels "
-                                         "(default: the preset's background vocabulary)")
+    p.add_argument("--background", help="background words that compete in the softmax but are never labels, "
+                                         "';'-separated like --classes, or 'auto' (default: the preset's "
+                                         "vocabulary minus your classes)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true")
     add_model_arguments(p)
@@ -181,10 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the bundled presets")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("app", help="the explorer as a web app (Voila): upload, classes, sliders, export")
+    p.add_argument("images", nargs="*", help="images to open with (first one shown), before the bundled samples")
+    p.add_argument("--preset", default="vit-b-16/voc21", help="preset name or YAML path: the opening state")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="paper: real weights (default); smoke: tiny random")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default=None)
+    p.add_argument("--classes", default=None, help="';'-separated (default: the first image's suggested classes)")
+    p.add_argument("--background", default=None, help="';'-separated words or auto (default: preset's minus classes)")
+    p.add_argument("--out", default="outputs/app", help="folder the export button writes to")
+    p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 shares it on the network)")
+    p.add_argument("--cull-idle-after", type=int, default=600, metavar="SECONDS",
+                   help="shut down a visit's kernel (and free its models) after this long idle with no page open")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(func=cmd_app)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a --debug given before it
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app.server import app_settings, serve
+
+    CLIPerConfig.from_preset(args.preset, profile=args.profile, device=args.device, dtype=args.dtype)  # fail early
+    images = expand_images(args.images) if args.images else []
+    settings = app_settings(args.preset, args.profile, args.device, args.dtype, images, args.classes,
+                            args.background, args.out)
+    serve(settings, args.port, not args.no_browser, args.host, args.cull_idle_after)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

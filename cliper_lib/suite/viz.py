@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import ScalarFormatter
 from PIL import Image
 
 from ..files import atomic_path
@@ -254,14 +255,38 @@ def heatmap_grid(
                            vmin=vmin, vmax=vmax)
         else:
             im = ax.imshow(m, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
-        ax.set_title(str(t), fontsize="small")
+        flat = not shared_scale and _widen_flat_scale(im)
+        ax.set_title(str(t) + (f"\n(nearly flat: spread {float(np.ptp(m)):.1e})" if flat else ""), fontsize="small")
         ax.set_xticks([])
         ax.set_yticks([])
         if not shared_scale:
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar_label)
+            _plain_ticks(fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar_label))
     if shared_scale:
-        fig.colorbar(im, ax=list(axes[: arr.shape[0]]), shrink=0.8, label=colorbar_label)
+        _plain_ticks(fig.colorbar(im, ax=list(axes[: arr.shape[0]]), shrink=0.8, label=colorbar_label))
     return fig
+
+
+def _widen_flat_scale(im: Any) -> bool:
+    """A map whose values differ by < 0.1% of their size gets a colour range of ±0.05% around its middle.
+
+    Otherwise matplotlib stretches the rounding noise over the whole colour map and labels the bar with an
+    offset (`1e-6+1.4936e-1`); the title then says the map is flat instead.
+    """
+    lo, hi = im.get_clim()
+    if hi - lo >= 1e-3 * max(abs(lo), abs(hi), 1e-6):
+        return False
+    middle = (lo + hi) / 2
+    pad = 5e-4 * max(abs(middle), 1e-3)
+    im.set_clim(middle - pad, middle + pad)
+    return True
+
+
+def _plain_ticks(colorbar: Any) -> None:
+    """Colour-bar ticks as plain numbers (no offset like `1e-6+1.49e-1`; scientific only below 1e-3)."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_powerlimits((-3, 4))
+    colorbar.formatter = formatter
+    colorbar.update_ticks()
 
 
 def mark_patch(ax: Axes, patch: tuple[int, int], grid: tuple[int, int], image_size: tuple[int, int]) -> None:

@@ -21,22 +21,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from ..config import REFINEMENTS, CLIPerConfig
+from ..config import CLIPerConfig
 from ..images import content_id, read_image, rgb_array
 from ..method.pipeline import CLIPer
-from ..method.text import parse_class_names, read_class_file, split_background_line
+from ..method.text import read_class_file
+from .explorer_controls import DEFAULT_CROP, build_controls, build_layout
+from .background import Vocabulary, resolve_vocabulary
+from .explorer_view import maps_figure, overlay_figure, scores_figure, status_html
+from .export import download_links_html, export_result
 from .samples import sample_images, suggested_classes
 from .tuning import STAGES, StageCache, StageOutputs
-from .viz import figure_output, heatmap_grid, overlay, palette, show_segmentation
+from .viz import figure_output, overlay
 
 #: the controls that change the computation (everything but the class shown in the map panel).
 COMPUTE_CONTROLS = ("image", "classes", "background", "fuse_layers", "select_layer", "attention_thr",
                     "score_threshold", "bkg_thre", "is_normalize", "sliding", "refinement", "selection_head")
-#: crop size used when the sliding window is switched on for a preset without one (the authors' other value).
-DEFAULT_CROP = 224
 
 
 @dataclass
@@ -52,6 +53,8 @@ class ExplorerState:
     scores: np.ndarray | None = None  # (C,)
     overlay: np.ndarray | None = None  # (H0, W0, 3) uint8, the image with the label colours
     outputs: StageOutputs | None = None  # every stage result of the last run
+    background: list[str] = field(default_factory=list)  # the words the classes competed with
+    notices: list[str] = field(default_factory=list)  # what the background rules changed in the input
     recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, last move
     compute_seconds: float = 0.0
     render_seconds: float = 0.0
@@ -62,8 +65,10 @@ class Explorer:
     """Controls for the image, classes, fused layer range, thresholds, sliding window and refinement; live outputs.
 
     `controls` maps names to widgets: image, upload, classes, background, fuse_layers, select_layer,
-    attention_thr, score_threshold, bkg_thre, is_normalize, sliding, refinement, selection_head, map_class.
-    `widget` is the whole layout, `state` the current result, `history` one record per move.
+    attention_thr, score_threshold, bkg_thre, is_normalize, sliding, refinement, selection_head, map_class;
+    `buttons` holds reset (back to the opening state) and export (`export()`). `widget` is the whole layout,
+    `state` the current result, `history` one record per move. `defer=True` builds the controls without the
+    first run (call `update()` once the page shows them). Background words follow `background.resolve_vocabulary`.
     """
 
     def __init__(
@@ -78,6 +83,8 @@ class Explorer:
         alpha: float = 0.5,
         raise_errors: bool = False,
         dpi: int = 90,
+        export_dir: str | Path = "outputs/explorer",
+        defer: bool = False,
     ):
         import ipywidgets as W
 
@@ -89,6 +96,7 @@ class Explorer:
         self.alpha = alpha
         self.dpi = dpi
         self.raise_errors = raise_errors
+        self.export_dir = Path(export_dir)
         self.state = ExplorerState()
         self.history: list[dict[str, Any]] = []
         self._images: dict[str, Any] = dict(images) if images is not None else dict(sample_images())
@@ -106,69 +114,33 @@ class Explorer:
             classes = suggested_classes(image) or "; ".join(read_class_file(self.cfg.classes).names)
         classes_text = classes if isinstance(classes, str) else "; ".join(classes)
         if background is None:
-            background = read_class_file(model.cfg.classes).background
-        background_text = background if isinstance(background, str) else ", ".join(background)
+            background = read_class_file(self.cfg.classes).background
+        background_text = background if isinstance(background, str) else "; ".join(background)
 
-        c = self.cfg
-        top = self.num_layers - 2
-        fuse = (0, top) if c.fuse_layers is None else tuple(c.fuse_layers)
-        wide = {"description_width": "initial"}
-        slider = dict(continuous_update=False, style=wide, layout=W.Layout(width="340px"))
-        has_sd = model.sd is not None
-        self._crop = c.sliding_crop_size or DEFAULT_CROP
-        self.controls: dict[str, Any] = {
-            "image": W.Dropdown(options=list(self._images), value=image, description="image"),
-            "upload": W.FileUpload(accept="image/*", multiple=False, description="upload"),
-            "classes": W.Text(value=classes_text, description="classes", continuous_update=False,
-                              placeholder="cat; sofa; wall (';'-separated)", layout=W.Layout(width="420px")),
-            "background": W.Text(value=background_text, description="background", continuous_update=False,
-                                 placeholder="background words (commas); empty = none",
-                                 layout=W.Layout(width="420px")),
-            "fuse_layers": W.IntRangeSlider(value=fuse, min=0, max=top, description="fused layers", **slider),
-            "select_layer": W.IntSlider(value=c.select_layer, min=-self.num_layers, max=self.num_layers - 1,
-                                        description="select layer", **slider),
-            "attention_thr": W.FloatSlider(value=c.attention_thr, min=0.0, max=1.0, step=0.01,
-                                           description="attention_thr", **slider),
-            "sliding": W.Checkbox(value=c.sliding_crop_size > 0, description=f"sliding window ({self._crop} px)",
-                                  indent=False),
-            "refinement": W.Dropdown(options=list(REFINEMENTS) if has_sd else ["none"],
-                                     value=c.refinement if has_sd else "none", description="refinement",
-                                     disabled=not has_sd,
-                                     tooltip=None if has_sd else "this model was built without Stable Diffusion"),
-            "selection_head": W.IntSlider(value=c.selection_head, min=0,
-                                          max=max(c.selection_head, 5 * len(c.sd_layers) - 1),
-                                          description="selection head", **slider),
-            "score_threshold": W.FloatSlider(value=c.score_threshold, min=0.0, max=1.0, step=0.01,
-                                             description="score_threshold", **slider),
-            "bkg_thre": W.FloatSlider(value=c.bkg_thre, min=0.0, max=1.0, step=0.001, readout_format=".3f",
-                                      description="bkg_thre", **slider),
-            "is_normalize": W.Checkbox(value=c.is_normalize, description="min-max normalise maps", indent=False),
-            "map_class": W.Dropdown(options=[], description="class map"),
-        }
-        self.controls["selection_head"].disabled = self.controls["refinement"].value != "selection"
+        self._crop = self.cfg.sliding_crop_size or DEFAULT_CROP
+        self.controls = build_controls(self.cfg, self.num_layers, list(self._images), image, classes_text,
+                                       background_text, model.sd is not None)
         self.outputs = {name: W.Output(layout=W.Layout(border="1px solid #ddd"))
                         for name in ("overlay", "maps", "scores")}
         self.status = W.HTML(value="")
         self.hint = W.HTML(value="")
+        self.buttons = {"reset": W.Button(description="reset", tooltip="back to the opening state"),
+                        "export": W.Button(description="export", icon="download",
+                                           tooltip="label PNG, overlay PNG, scores JSON, config YAML")}
+        self.exported = W.HTML(value="")
+        self.buttons["reset"].on_click(lambda _: self.reset())
+        self.buttons["export"].on_click(lambda _: self._export_clicked())
 
         for name in COMPUTE_CONTROLS:
             self.controls[name].observe(lambda change, name=name: self._on_change(name, change), names="value")
         self.controls["upload"].observe(self._on_upload, names="value")
         self.controls["map_class"].observe(self._on_map_class, names="value")
 
-        k = self.controls
-        header = W.VBox([W.HBox([k["image"], k["upload"]]), W.HBox([k["classes"], self.hint]), k["background"]])
-        fusion_box = W.VBox([W.HTML("<b>early-layer fusion</b>"), k["fuse_layers"], k["select_layer"],
-                             k["attention_thr"], k["sliding"]])
-        refine_box = W.VBox([W.HTML("<b>fine-grained compensation</b>"), k["refinement"], k["selection_head"]])
-        label_box = W.VBox([W.HTML("<b>scores and labels</b>"), k["score_threshold"], k["bkg_thre"],
-                            k["is_normalize"]])
-        panel = W.VBox([fusion_box, refine_box, label_box], layout=W.Layout(min_width="360px"))
-        results = W.VBox([self.outputs["overlay"],
-                          W.HBox([W.VBox([k["map_class"], self.outputs["maps"]]), self.outputs["scores"]])])
-        self.widget = W.VBox([W.HTML("<h3>CLIPer explorer</h3>"), header, W.HBox([panel, results]), self.status])
+        self.widget = build_layout(self.controls, self.outputs, self.buttons, self.hint, self.exported, self.status)
+        self._opening = {name: box.value for name, box in self.controls.items() if name in COMPUTE_CONTROLS}
         self._show_hint(image)
-        self.update("init")
+        if not defer:
+            self.update("init")
 
     # --- reading the controls ----------------------------------------------------------------------------------
     def current_config(self) -> CLIPerConfig:
@@ -187,11 +159,16 @@ class Explorer:
             is_normalize=bool(k["is_normalize"].value),
         )
 
+    def vocabulary(self) -> Vocabulary:
+        """The classes and background words the boxes describe, after the rules of `background`."""
+        return resolve_vocabulary(self.model, self.controls["classes"].value, self.controls["background"].value,
+                                  self.cfg)
+
     def current_classes(self) -> list[str]:
-        return parse_class_names(self.controls["classes"].value)
+        return self.vocabulary().classes
 
     def current_background(self) -> list[str]:
-        return split_background_line(self.controls["background"].value.replace(";", ","))
+        return self.vocabulary().background
 
     def image_array(self, name: str | None = None) -> np.ndarray:
         """The (H, W, 3) uint8 pixels of an image in the chooser (loaded once)."""
@@ -266,9 +243,9 @@ class Explorer:
             name = self.controls["image"].value
             image = self.image_array(name)
             cfg = self.current_config()
-            classes = self.current_classes()
+            vocab = self.vocabulary()
             start = time.perf_counter()
-            out = self.cache.run(image, cfg, classes, self.current_background(), image_id=self._ids[name])
+            out = self.cache.run(image, cfg, vocab.classes, vocab.background, image_id=self._ids[name])
             compute = time.perf_counter() - start
         except Exception as error:  # a bad value typed into a box: say so in the status line, keep the last result
             state.error = f"{type(error).__name__}: {error}"
@@ -285,6 +262,7 @@ class Explorer:
                 self._suspended = False
         state.error = None
         state.image_name, state.cfg, state.classes, state.outputs = name, cfg, list(out.class_names), out
+        state.background, state.notices = list(out.text.background), list(vocab.notices)
         state.labels = out.labels.cpu().numpy()
         state.coarse, state.refined = out.coarse, out.refined
         state.scores = out.scores.float().cpu().numpy()
@@ -325,12 +303,36 @@ class Explorer:
 
     def _status_html(self) -> str:
         s = self.state
-        done = ", ".join(f"{stage} {sec:.2f} s" for stage, sec in s.recomputed.items()) or "nothing (all cached)"
         kept = [st for st in STAGES if st in s.outputs.keys and st not in s.recomputed]
-        present = [s.classes[i - 1] for i in np.unique(s.labels) if i > 0]
-        return (f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; compute {s.compute_seconds:.2f} s, "
-                f"drawing {s.render_seconds:.2f} s &nbsp;·&nbsp; <b>cached</b>: {', '.join(kept) or '-'}"
-                f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}")
+        return status_html(s, kept, s.notices)
+
+    # --- reset and export --------------------------------------------------------------------------------------
+    def reset(self) -> dict[str, Any]:
+        """Every control back to its opening value (the preset's state), in one move."""
+        self._suspended = True
+        try:
+            for name, value in self._opening.items():
+                self.controls[name].value = value
+            self.controls["selection_head"].disabled = self.controls["refinement"].value != "selection"
+        finally:
+            self._suspended = False
+        return self.update("reset")
+
+    def export(self, folder: str | Path | None = None) -> dict[str, Path]:
+        """Write the label PNG, overlay PNG, scores JSON and config YAML of what is shown; {kind: path}."""
+        s = self.state
+        if s.labels is None:
+            raise ValueError("nothing to export yet: no result is shown")
+        source = self._images.get(s.image_name)
+        image_path = str(Path(source).resolve()) if isinstance(source, (str, Path)) else s.image_name
+        return export_result(folder or self.export_dir, Path(s.image_name).stem, s.outputs.image, s.labels,
+                             s.classes, s.background, s.scores, s.cfg, image_path=image_path, alpha=self.alpha)
+
+    def _export_clicked(self) -> None:
+        try:
+            self.exported.value = download_links_html(self.export())
+        except Exception as error:  # a full disk or no result yet: say so beside the button
+            self.exported.value = f"<span style='color:#b00'>{html.escape(f'{type(error).__name__}: {error}')}</span>"
 
     # --- drawing -----------------------------------------------------------------------------------------------------
     def _show(self, panel: str, fig: Figure) -> None:
@@ -342,15 +344,7 @@ class Explorer:
         s.overlay = overlay(s.outputs.image, s.labels, alpha=self.alpha)
         if self._drawn.get("overlay") == key:
             return
-        h, w = s.labels.shape
-        fig = Figure(figsize=(7.5, max(2.5, 5.0 * h / max(w, 1))), layout="constrained")
-        ax = fig.add_subplot()
-        cfg = s.cfg
-        show_segmentation(ax, s.outputs.image, s.labels, s.classes, alpha=self.alpha,
-                          title=f"{s.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
-                                f"{cfg.bkg_thre:.3g}, refinement {self.cache.effective_refinement(cfg)})")
-        fig.suptitle(f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}")
-        self._show("overlay", fig)
+        self._show("overlay", overlay_figure(s, self.cache.effective_refinement(s.cfg), self.alpha))
         self._drawn["overlay"] = key
 
     def _draw_scores(self) -> None:
@@ -358,19 +352,7 @@ class Explorer:
         key = (s.outputs.keys["labels"],)
         if self._drawn.get("scores") == key:
             return
-        names, scores = s.classes, s.scores
-        fig = Figure(figsize=(4.2, 0.5 + 0.35 * len(names) + 0.8), layout="constrained")
-        ax = fig.add_subplot()
-        colours = palette(len(names) + 1)[1:] / 255.0
-        ax.barh(np.arange(len(names)), scores, color=colours, edgecolor="black", linewidth=0.5)
-        ax.axvline(s.cfg.score_threshold, color="crimson", linestyle="--", label="score_threshold")
-        ax.set_yticks(np.arange(len(names)), labels=names)
-        ax.invert_yaxis()
-        ax.set_xlabel("score s = ½·max S_f + ½·max S_c")
-        ax.set_ylabel("class")
-        ax.legend(loc="lower right", fontsize="small")
-        fig.suptitle("class scores (present: score > threshold)")
-        self._show("scores", fig)
+        self._show("scores", scores_figure(s.classes, s.scores, s.cfg.score_threshold))
         self._drawn["scores"] = key
 
     def _draw_maps(self, force: bool = False) -> None:
@@ -381,14 +363,5 @@ class Explorer:
         key = (s.outputs.keys["refine"], name)
         if not force and self._drawn.get("maps") == key:
             return
-        c = s.classes.index(name)
-        image = s.outputs.image
-        size = image.shape[:2]
-        up = [F.interpolate(m[c][None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-              for m in (s.coarse, s.refined)]  # (H0, W0) each
-        kind = self.cache.effective_refinement(s.cfg)
-        fig = heatmap_grid(torch.stack(up), titles=[f"coarse S_c: {name}", f"refined S_f ({kind}): {name}"],
-                           ncols=2, suptitle=f"class maps of '{name}' (score {s.scores[c]:.3f})", image=image,
-                           colorbar_label="map value", panel_size=2.8)
-        self._show("maps", fig)
+        self._show("maps", maps_figure(s, name, self.cache.effective_refinement(s.cfg)))
         self._drawn["maps"] = key

@@ -1,0 +1,204 @@
+"""Drive the app in a real browser (Playwright on a system Chromium): used by the browser test and bench_app.py.
+
+    with AppServer(["--profile", "smoke"]) as server, chromium() as browser:
+        app = AppDriver(new_page(browser), server.url)
+        app.open()                              # seconds to the placeholder, the controls, the first result
+        app.move_layer_range_start(+1)          # the lower handle of the fused-layer slider, one step
+
+Every widget of the explorer carries a CSS class `cliper-<control>` (explorer_controls.build_layout); a move is
+done when the status line is rewritten with the move's result and the overlay image has been redrawn.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """A system Chromium: $CLIPER_CHROMIUM, else the first of CHROMIUM_NAMES on PATH."""
+    explicit = os.environ.get("CLIPER_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
+
+
+def browser_unavailable() -> str | None:
+    """Why no browser test can run here, or None when Playwright and a Chromium are both present."""
+    import importlib.util
+
+    for module, package in (("playwright", "playwright"), ("voila", "voila")):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install {package})"
+    if find_chromium() is None:
+        return f"no Chromium found ({', '.join(CHROMIUM_NAMES)} or $CLIPER_CHROMIUM); apt-get install chromium"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class AppServer:
+    """`cliper app ARGS --no-browser --port <free>` in a subprocess (environment inherited); stopped on exit."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 180.0,
+                 log: str | os.PathLike | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.args = [sys.executable, "-m", "cliper_lib", "app", *args, "--no-browser", f"--port={self.port}"]
+        self.env = {**os.environ, **(env or {})}
+        self.timeout = timeout
+        self.log_path = Path(log) if log else None
+        self.process: subprocess.Popen | None = None
+        self.started_s = 0.0
+
+    def __enter__(self) -> "AppServer":
+        start = time.perf_counter()
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        while time.perf_counter() - start < self.timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cliper app exited with {self.process.returncode} (log: {self.log_path})")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                self.started_s = time.perf_counter() - start
+                return self
+            time.sleep(0.25)
+        self.__exit__()
+        raise TimeoutError(f"cliper app did not listen on {self.port} within {self.timeout:.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and the kernels it started (its own session)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """The system Chromium under Playwright (headless); open pages with `new_page(browser)`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser, width: int = 1400, height: int = 1000):
+    return browser.new_page(viewport={"width": width, "height": height})
+
+
+class AppDriver:
+    """The moves a visitor makes, each returning the seconds until the page showed its result."""
+
+    def __init__(self, page, url: str, timeout_s: float = 180.0):
+        self.page = page
+        self.url = url
+        self.timeout_ms = timeout_s * 1000
+
+    # --- reading the page --------------------------------------------------------------------------------------
+    def overlay_src(self) -> str:
+        return self.page.locator(".cliper-out-overlay img").first.get_attribute("src") or ""
+
+    def status(self) -> str:
+        return self.page.locator(".cliper-status").inner_text()
+
+    def text(self, selector: str) -> str:
+        return self.page.locator(selector).first.inner_text()
+
+    def _wait_redrawn(self, before_src: str, before_status: str) -> None:
+        """Until the status line holds a new result (not an error) and the overlay image changed."""
+        self.page.wait_for_function(
+            """([src, status]) => {
+                 const img = document.querySelector('.cliper-out-overlay img');
+                 const line = document.querySelector('.cliper-status');
+                 return img && line && img.src !== src && line.innerText !== status
+                        && line.innerText.includes('recomputed');
+               }""", arg=[before_src, before_status], timeout=self.timeout_ms)
+
+    def _move(self, action) -> float:
+        src, status = self.overlay_src(), self.status()
+        start = time.perf_counter()
+        action()
+        self._wait_redrawn(src, status)
+        return time.perf_counter() - start
+
+    # --- moves -------------------------------------------------------------------------------------------------
+    def open(self) -> dict[str, float]:
+        """Load the page: seconds to the placeholder, the controls, and the first result."""
+        start = time.perf_counter()
+        self.page.goto(self.url, timeout=self.timeout_ms)
+        marks = {}
+        for mark, selector in [("placeholder", ".cliper-app"), ("controls", ".cliper-fuse-layers"),
+                               ("result", ".cliper-out-overlay img")]:
+            self.page.wait_for_selector(selector, timeout=self.timeout_ms)
+            marks[mark] = time.perf_counter() - start
+        self.page.wait_for_function("document.querySelector('.cliper-status').innerText.includes('recomputed')",
+                                    timeout=self.timeout_ms)
+        marks["result"] = time.perf_counter() - start
+        return marks
+
+    def move_layer_range_start(self, steps: int = 1) -> float:
+        """Move the lower handle of the fused-layer slider by `steps` with the keyboard."""
+        handle = self.page.locator(".cliper-fuse-layers .noUi-handle-lower")
+        key = "ArrowRight" if steps > 0 else "ArrowLeft"
+
+        def press():
+            handle.focus()
+            for _ in range(abs(steps)):
+                handle.press(key)
+        return self._move(press)
+
+    def move_slider(self, name: str, steps: int = 1) -> float:
+        """Move a one-handle slider (e.g. score_threshold) by `steps` with the keyboard."""
+        handle = self.page.locator(f".cliper-{name.replace('_', '-')} .noUi-handle")
+        key = "ArrowRight" if steps > 0 else "ArrowLeft"
+
+        def press():
+            handle.focus()
+            for _ in range(abs(steps)):
+                handle.press(key)
+        return self._move(press)
+
+    def type_text(self, name: str, value: str) -> float:
+        """Type into a text box (classes, background) and press Enter."""
+        box = self.page.locator(f".cliper-{name} input")
+        return self._move(lambda: (box.fill(value), box.press("Enter")))
+
+    def upload(self, path: str | os.PathLike) -> float:
+        """Upload an image file; it becomes the shown image."""
+        def choose():
+            with self.page.expect_file_chooser(timeout=self.timeout_ms) as chooser:
+                self.page.locator(".cliper-upload").first.click()  # the widget opens the system file dialog
+            chooser.value.set_files(str(path))
+        return self._move(choose)
+
+    def export(self) -> float:
+        """Click export and wait for the four download links."""
+        start = time.perf_counter()
+        self.page.locator(".cliper-export").first.click()
+        self.page.wait_for_function("document.querySelectorAll('.cliper-exported a.cliper-download').length === 4",
+                                    timeout=self.timeout_ms)
+        return time.perf_counter() - start
+
+    def map_classes(self) -> list[str]:
+        return self.page.locator(".cliper-map-class select option").all_inner_texts()

@@ -1,0 +1,86 @@
+"""The explorer's figures and status line: overlay with a scored legend, class scores, coarse and refined maps.
+
+Pure functions of what the explorer shows (`widgets.ExplorerState`); they return `Figure`s not registered with
+pyplot (any backend) or HTML text, so the explorer, the app and tests draw the same things.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .viz import heatmap_grid, palette, show_segmentation
+
+
+def scored_legend(classes: Sequence[str], scores: np.ndarray, labels: np.ndarray, threshold: float) -> list[Patch]:
+    """One legend entry per class with its score: present ones in their label colour, absent ones hatched grey."""
+    present = set(int(k) for k in np.unique(labels) if k > 0)
+    colours = palette(len(classes) + 1) / 255.0
+    handles = []
+    for k, (name, score) in enumerate(zip(classes, scores), start=1):
+        if k in present:
+            handles.append(Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5, label=f"{name}  {score:.3f}"))
+        else:
+            why = "≤ threshold" if score <= threshold else "no pixels"
+            handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", linewidth=0.5,
+                                 label=f"{name}  {score:.3f}  absent ({why})"))
+    return handles
+
+
+def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
+    """The image with its label colours and a legend listing every class with its score (absent ones marked)."""
+    h, w = state.labels.shape
+    fig = Figure(figsize=(7.5, max(2.5, 5.0 * h / max(w, 1))), layout="constrained")
+    ax = fig.add_subplot()
+    cfg = state.cfg
+    show_segmentation(ax, state.outputs.image, state.labels, state.classes, alpha=alpha, legend=False,
+                      title=f"{state.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
+                            f"{cfg.bkg_thre:.3g}, refinement {refinement})")
+    ax.legend(handles=scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold),
+              title="class  score", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              fontsize="small", title_fontsize="small")
+    fig.suptitle(f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}")
+    return fig
+
+
+def scores_figure(classes: Sequence[str], scores: np.ndarray, threshold: float) -> Figure:
+    """Horizontal bars of the class scores with the score threshold."""
+    fig = Figure(figsize=(4.2, 0.5 + 0.35 * len(classes) + 0.8), layout="constrained")
+    ax = fig.add_subplot()
+    colours = palette(len(classes) + 1)[1:] / 255.0
+    ax.barh(np.arange(len(classes)), scores, color=colours, edgecolor="black", linewidth=0.5)
+    ax.axvline(threshold, color="crimson", linestyle="--", label="score_threshold")
+    ax.set_yticks(np.arange(len(classes)), labels=classes)
+    ax.invert_yaxis()
+    ax.set_xlabel("score s = ½·max S_f + ½·max S_c")
+    ax.set_ylabel("class")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.suptitle("class scores (present: score > threshold)")
+    return fig
+
+
+def maps_figure(state: Any, name: str, refinement: str) -> Figure:
+    """The coarse map S_c and the refined map S_f of one class, stretched over the image, each with a colour bar."""
+    c = state.classes.index(name)
+    image = state.outputs.image
+    size = image.shape[:2]
+    up = [F.interpolate(m[c][None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+          for m in (state.coarse, state.refined)]  # (H0, W0) each
+    return heatmap_grid(torch.stack(up), titles=[f"coarse S_c: {name}", f"refined S_f ({refinement}): {name}"],
+                        ncols=2, suptitle=f"class maps of '{name}' (score {state.scores[c]:.3f})", image=image,
+                        colorbar_label="map value", panel_size=2.8)
+
+
+def status_html(state: Any, cached: Sequence[str], notices: Sequence[str]) -> str:
+    """What the last move recomputed and cost, what stayed cached, the classes present, and any notices."""
+    done = ", ".join(f"{stage} {sec:.2f} s" for stage, sec in state.recomputed.items()) or "nothing (all cached)"
+    present = [state.classes[i - 1] for i in np.unique(state.labels) if i > 0]
+    notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in notices)
+    return (f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; compute {state.compute_seconds:.2f} s, "
+            f"drawing {state.render_seconds:.2f} s &nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
+            f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}{notes}")

@@ -1,11 +1,11 @@
 """Build the models a config names and hand them to the method: `CLIPer.from_config(cfg)`."""
 from __future__ import annotations
 
-from ..config import SD_REFINEMENTS, VFM_REFINEMENTS, CLIPerConfig, resolve_device
+from ..config import SD_REFINEMENTS, CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from .clip import load_clip
 from .sd import load_sd_extractor
-from .vfm import VFMLoader
+from .vfm import VFMLoader, vfms_used
 
 
 class CLIPer(_MethodCLIPer):
@@ -25,8 +25,6 @@ class CLIPer(_MethodCLIPer):
         if cfg.refinement in SD_REFINEMENTS:
             sd = load_sd_extractor(cfg, device=device, allow_download=allow_download)
         vfm = VFMLoader(cfg, device, allow_download)
-        if cfg.last_layer_attention == "proxy":
-            vfm(cfg.proxy_model)
-        if cfg.refinement in VFM_REFINEMENTS:
-            vfm(cfg.refinement)
+        for name in vfms_used(cfg):
+            vfm(name)
         return cls(cfg, clip, sd, text_cache_dir=text_cache_dir, vfm=vfm)

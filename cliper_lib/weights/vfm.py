@@ -6,6 +6,7 @@ Never torch.hub (it fetches code from GitHub at run time). Offline and uncached,
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,10 +87,34 @@ def load_vfm(name: str, cfg: CLIPerConfig, device: torch.device | str | None = N
         model = _from_pretrained(repo, local_files_only=True)
     except (OSError, ValueError) as error:
         if not (allow_download and hub_reachable()):
-            message = missing_weights_message(f"VFM {name}", repo, VFM_WEIGHT_FILES, f"hf download {repo}")
+            message = missing_weights_message(f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}")
             raise WeightsMissingError(message) from error
         model = _from_pretrained(repo, local_files_only=False)
     return wrap_vfm(model.to(device=device, dtype=dtype), name, repo)
+
+
+def vfms_used(cfg: CLIPerConfig) -> list[str]:
+    """The VFMs a config runs: proxy_model with last_layer_attention=proxy, and a VFM refinement."""
+    names = [cfg.proxy_model] if cfg.last_layer_attention == "proxy" else []
+    return names + [cfg.refinement] if cfg.refinement in VFM_MODELS and cfg.refinement not in names else names
+
+
+def download_vfm_weights(name: str) -> Path:
+    """Fetch VFM `name`'s config and weights into the hub cache; return the snapshot folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo = VFM_MODELS[name]
+    if not hub_reachable():
+        raise WeightsMissingError(missing_weights_message(f"VFM {name}", repo, VFM_WEIGHT_FILES,
+                                                          f"cliper download --vfm {name}"))
+    try:  # safetensors where the repo has them, else the PyTorch pickle
+        snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors"]))
+        if not list(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "pytorch_model.bin"]))
+    except HfHubHTTPError as error:
+        raise WeightsMissingError(f"could not download {name} from '{repo}': {error}") from error
+    return snapshot
 
 
 class VFMLoader:

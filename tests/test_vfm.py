@@ -252,3 +252,21 @@ def test_the_cli_offers_the_vfm_refinements_and_the_proxy_variant():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["segment", "image.jpg", "--out", "o", "--refinement", "dino-b32"])
     assert vfms_used(cfg) == ["dino-b8", "dinov2-b14"]
+
+
+def test_compare_refinements_times_only_the_refinement_stages(proxy_model, image):
+    from cliper_lib.suite.refinements import compare_refinements
+    from cliper_lib.suite.tuning import StageCache
+
+    cfg = proxy_model.cfg.replace(last_layer_attention="fused", sliding_crop_size=0)
+    cache = StageCache(proxy_model)
+    cache.run(image, cfg, CLASSES)  # the CLIP stages, cached
+    table, runs = compare_refinements(cache, image, CLASSES, {"none": cfg, "dino": cfg.replace(refinement="dino-s16")})
+    dino = runs["dino"]
+    assert set(dino.seconds) == {"vfm", "refine"} and set(runs["none"].seconds) == {"refine"}
+    expected = proxy_model.segment(image, classes=CLASSES, cfg=cfg.replace(refinement="dino-s16"))
+    assert torch.equal(dino.run["refine"], expected.refined) and torch.equal(dino.labels, expected.labels)
+    features = dino.run["vfm"]
+    assert dino.affinity_mib == features.numel() * 4 / 2**20 and runs["none"].affinity_mib == 0
+    assert list(table["refinement"]) == ["none", "dino"] and table["label agreement with first"][0] == 1.0
+    assert table["S_f grid"][1] == "×".join(map(str, features.shape[:2]))

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from ..config import REFINEMENTS, CLIPerConfig
 from ..images import content_id, read_image, rgb_array
 from ..method.pipeline import CLIPer
+from ..method.stages import refinement_in_effect
 from ..method.text import parse_class_names, read_class_file, split_background_line
 from .samples import sample_images, suggested_classes
 from .tuning import STAGES, StageCache, StageOutputs
@@ -114,7 +115,9 @@ class Explorer:
         fuse = (0, top) if c.fuse_layers is None else tuple(c.fuse_layers)
         wide = {"description_width": "initial"}
         slider = dict(continuous_update=False, style=wide, layout=W.Layout(width="340px"))
-        has_sd = model.sd is not None
+        # the refinements this model can run: the SD ones with an SD extractor, the VFM ones with a VFM loader
+        refinements = [r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)) == r]
+        has_sd = len(refinements) > 1
         self._crop = c.sliding_crop_size or DEFAULT_CROP
         self.controls: dict[str, Any] = {
             "image": W.Dropdown(options=list(self._images), value=image, description="image"),
@@ -131,8 +134,9 @@ class Explorer:
                                            description="attention_thr", **slider),
             "sliding": W.Checkbox(value=c.sliding_crop_size > 0, description=f"sliding window ({self._crop} px)",
                                   indent=False),
-            "refinement": W.Dropdown(options=list(REFINEMENTS) if has_sd else ["none"],
-                                     value=c.refinement if has_sd else "none", description="refinement",
+            "refinement": W.Dropdown(options=refinements,
+                                     value=c.refinement if c.refinement in refinements else "none",
+                                     description="refinement",
                                      disabled=not has_sd,
                                      tooltip=None if has_sd else "this model was built without Stable Diffusion"),
             "selection_head": W.IntSlider(value=c.selection_head, min=0,

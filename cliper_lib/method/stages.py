@@ -110,7 +110,7 @@ GRAPH: tuple[Stage, ...] = (
     Stage("fusion", ("clip_walk", "proxy"), ("fuse_layers", "normalization_rounds", "last_layer_attention"),
           settings=lambda m, c: (_fused_range(m, c), c.normalization_rounds, c.last_layer_attention),
           compute=lambda m, c, features, proxy=None: m.fusion(features, c, proxy),
-          select=lambda m, c: ("clip_walk", "proxy")[: 1 + (c.last_layer_attention == "proxy")]),
+          select=lambda m, c: ("clip_walk", "proxy") if c.last_layer_attention == "proxy" else ("clip_walk",)),
     Stage("layer_maps", ("clip_walk", "fusion", "text"), ("logit_scale",),
           settings=lambda m, c: (float(c.logit_scale),),
           compute=lambda m, c, features, fused, text: m.layer_maps(features, fused, text, c)),

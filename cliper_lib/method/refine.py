@@ -77,7 +77,7 @@ def refine_coarse_maps(
     the device of head_maps; each map is normalised just before use, so only one extra (T, T) buffer is alive.
     """
     if variant not in (*SD_REFINEMENTS, "none"):
-        raise ValueError(f"refinement {variant!r} is not an SD variant; use {', '.join(SD_REFINEMENTS)} or none")
+        raise ValueError(f"SD refinement variant {variant!r} is unknown; use {', '.join(SD_REFINEMENTS)} or none")
     if coarse.ndim != 3:
         raise ValueError(f"coarse maps must have shape (C, h, w), got {tuple(coarse.shape)}")
     if head_maps is None:

@@ -270,3 +270,12 @@ def test_compare_refinements_times_only_the_refinement_stages(proxy_model, image
     assert dino.affinity_mib == features.numel() * 4 / 2**20 and runs["none"].affinity_mib == 0
     assert list(table["refinement"]) == ["none", "dino"] and table["label agreement with first"][0] == 1.0
     assert table["S_f grid"][1] == "×".join(map(str, features.shape[:2]))
+
+
+def test_records_name_the_vfm_weights_and_no_sd_for_a_vfm_refinement():
+    from cliper_lib.eval.records import weights_ids
+
+    paper = CLIPerConfig(refinement="dino-b8", last_layer_attention="proxy", proxy_model="dinov2-s14")
+    assert weights_ids(None, paper) == {"clip": "ViT-B-16/openai", "sd": None, "vfm": {
+        "dinov2-s14": "facebook/dinov2-small", "dino-b8": "facebook/dino-vitb8"}}
+    assert "vfm" not in weights_ids(None, CLIPerConfig())  # CLIPer itself runs no VFM

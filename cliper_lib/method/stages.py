@@ -124,8 +124,7 @@ GRAPH: tuple[Stage, ...] = (
           compute=lambda m, c, image: m.sd_attention(image, c)),
     Stage("vfm", ("image",), ("refinement",), settings=lambda m, c: (c.refinement,),  # a VFM refinement's features
           compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image)),
-    Stage("refine", ("coarse", "sd_attention", "vfm"), ("refinement", "selection_head", "attention_thr",
-                                                         "sd_attention_thr"),
+    Stage("refine", ("coarse", "sd_attention", "vfm"), ("refinement", "selection_head", "attention_thr", "sd_attention_thr"),
           settings=_refine_settings, compute=_refine, select=_refine_needs),
     Stage("labels", ("refine", "coarse", "image"), ("score_threshold", "bkg_thre", "is_normalize"),
           settings=lambda m, c: (float(c.score_threshold), float(c.bkg_thre), bool(c.is_normalize)),

@@ -17,3 +17,5 @@ for backbone in ViT-B-16 ViT-L-14; do
   done
 done
 python benchmarks/bench_refine.py --device cuda --tokens 4096 2>&1 | tee "$OUT/refine.txt"
+python benchmarks/bench_vfm.py --device cuda --vfm dino-b8 dinov2-b14 dinov2-l14 --repeats 5 \
+  --out "$OUT/bench_vfm.json" 2>&1 | grep -v WARN | tee "$OUT/vfm.txt"

@@ -13,8 +13,16 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 PROFILES = ("paper", "smoke")
 TEMPLATE_SETS = ("cliper", "openai")
-LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity")
-REFINEMENTS = ("sfsa", "mean", "selection", "none")
+LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity", "proxy")
+#: vision foundation models (DINO, DINOv2) by short name -> Hugging Face hub repo (`proxy_model`, VFM refinements).
+VFM_MODELS = {
+    "dino-s8": "facebook/dino-vits8", "dino-b8": "facebook/dino-vitb8", "dino-s16": "facebook/dino-vits16",
+    "dino-b16": "facebook/dino-vitb16", "dinov2-s14": "facebook/dinov2-small", "dinov2-b14": "facebook/dinov2-base",
+    "dinov2-l14": "facebook/dinov2-large", "dinov2-g14": "facebook/dinov2-giant",
+}
+SD_REFINEMENTS = ("sfsa", "mean", "selection")
+VFM_REFINEMENTS = tuple(VFM_MODELS)  # refine with a VFM's patch affinities instead of SD's self-attention
+REFINEMENTS = (*SD_REFINEMENTS, "none", *VFM_REFINEMENTS)
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
@@ -53,7 +61,11 @@ class CLIPerConfig:
     size: int = 336  # short side of the CLIP input in pixels
     fuse_layers: list[int] | None = None  # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
     normalization_rounds: str | int = "cumulative"  # Sinkhorn rounds: "cumulative" (authors) or a fixed count
-    last_layer_attention: str = "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity
+    last_layer_attention: str = "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
+    proxy_model: str = "dino-b8"  # the VFM behind last_layer_attention=proxy (a VFM_MODELS name)
+    # proxy only: feed the VFM the CLIP-normalised input normalised again with its own statistics, as the authors'
+    # published code does (False: the intended single normalisation of the [0, 1] image)
+    proxy_double_normalization: bool = False
     select_layer: int = -1  # which per-layer map is refined by Â (negative = from the end)
     logit_scale: float = 100.0
     attention_thr: float = 0.1  # coarse-map threshold, and the SD head-map threshold
@@ -61,7 +73,7 @@ class CLIPerConfig:
     sliding_stride: int = 112
 
     # --- fine-grained compensation ------------------------------------------------------------
-    refinement: str = "sfsa"  # sfsa | mean | selection | none
+    refinement: str = "sfsa"  # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
     selection_head: int = 0  # head index used by refinement=selection
     # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of the authors' code
     # hard-codes 0.1 here instead: set 0.1 to reproduce that version.
@@ -105,6 +117,9 @@ class CLIPerConfig:
         choice("templates", TEMPLATE_SETS)
         choice("last_layer_attention", LAST_LAYER_ATTENTIONS)
         choice("refinement", REFINEMENTS)
+        choice("proxy_model", tuple(VFM_MODELS))
+        if not isinstance(self.proxy_double_normalization, bool):
+            raise ConfigError(f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or false")
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):

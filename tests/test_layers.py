@@ -36,6 +36,7 @@ def test_the_layers_import_only_downwards():
     ("method/labels.py", "from ..suite import viz  # an upward import\n"),  # method -> suite
     ("eval/metrics.py", "from ..weights import hub  # an upward import\n"),  # eval -> weights is fine ...
     ("config.py", "from .method import stages  # an upward import\n"),  # the bottom -> method
+    ("vfm/affinity.py", "from ..method import stages  # an upward import\n"),  # vfm -> method
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
     copy = tmp_path / "cliper_lib"

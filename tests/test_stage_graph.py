@@ -32,11 +32,20 @@ ALTERNATIVES = {
     "dataset": "ade20k", "classes": "context60", "templates": "openai", "ignore_labels": [0, 255],
     "size": 128, "fuse_layers": [1, 2], "normalization_rounds": 2, "last_layer_attention": "vanilla",
     "select_layer": -2, "logit_scale": 50.0, "attention_thr": 0.3, "sliding_crop_size": 0, "sliding_stride": 48,
-    "refinement": "sfsa", "selection_head": 0, "sd_attention_thr": 0.25, "sd_layers": ["up_blocks.3.attentions.0"],
+    "refinement": "dino-s16", "selection_head": 0, "sd_attention_thr": 0.25, "sd_layers": ["up_blocks.3.attentions.0"],
     "sd_timestep_index": 30, "sd_num_steps": 60, "sd_image_size": 128, "sd_resize": "bilinear",
     "score_threshold": 0.2, "bkg_thre": 0.3, "is_normalize": False, "preset": "my-own",
-    "paper_miou": 12.5, "paper_miou_no_fgc": 10.0,
+    "paper_miou": 12.5, "paper_miou_no_fgc": 10.0, "proxy_model": "dino-s16", "proxy_double_normalization": True,
 }
+#: fields that matter only with the ProxyCLIP-style last layer: their base is BASE with last_layer_attention=proxy.
+PROXY_BASE = BASE.replace(last_layer_attention="proxy")
+PROXY_FIELDS = ("proxy_model", "proxy_double_normalization")
+#: the stages only the VFM alternatives need (proxy attention, VFM refinement): a BASE run skips them.
+VFM_STAGES = {"proxy", "vfm"}
+
+
+def base_of(name: str) -> CLIPerConfig:
+    return PROXY_BASE if name in PROXY_FIELDS else BASE
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +66,14 @@ def primed(model, image) -> StageCache:
     return cache
 
 
+@pytest.fixture(scope="module")
+def primed_proxy(model, image, primed) -> StageCache:
+    """A cache that has run BASE and PROXY_BASE once."""
+    cache = primed.copy()
+    cache.run(image, PROXY_BASE, CLASSES)
+    return cache
+
+
 def assert_same_run(out, result) -> None:
     """A cached run and a fresh `segment` agree on every intermediate, exactly (same operations, same order)."""
     assert out.text.names == result.class_names and out.text.background == result.background
@@ -70,7 +87,7 @@ def assert_same_run(out, result) -> None:
 def test_every_config_field_has_an_alternative_that_matters():
     assert set(ALTERNATIVES) == {f.name for f in fields(CLIPerConfig)}
     for name, value in ALTERNATIVES.items():
-        assert getattr(BASE, name) != value, name
+        assert getattr(base_of(name), name) != value, name
 
 
 def test_declarations_name_real_fields_and_inputs():
@@ -80,37 +97,39 @@ def test_declarations_name_real_fields_and_inputs():
         earlier = set(STAGES[:i]) | set(stages.RUN_INPUTS)
         assert set(stage.needs) <= earlier, f"{stage.name} needs a later stage"  # the graph is in topological order
     assert downstream(["fusion"]) == ("fusion", "layer_maps", "coarse", "refine", "labels")
-    assert invalidated_by("image") == ("clip_walk", "fusion", "layer_maps", "coarse", "sd_attention", "refine",
-                                       "labels")
+    assert invalidated_by("image") == ("clip_walk", "proxy", "fusion", "layer_maps", "coarse", "sd_attention", "vfm",
+                                       "refine", "labels")
     assert invalidated_by("dataset") == () and invalidated_by("backbone") == ()
 
 
 @pytest.mark.parametrize("name", sorted(ALTERNATIVES))
-def test_a_field_recomputes_exactly_the_stages_that_declare_it(model, image, primed, name):
-    changed = BASE.replace(**{name: ALTERNATIVES[name]})
-    out = primed.copy().run(image, changed, CLASSES)
+def test_a_field_recomputes_exactly_the_stages_that_declare_it(model, image, primed, primed_proxy, name):
+    base = base_of(name)
+    changed = base.replace(**{name: ALTERNATIVES[name]})
+    out = (primed_proxy if base is PROXY_BASE else primed).copy().run(image, changed, CLASSES)
     declared = {stage.name for stage in GRAPH if name in stage.fields}
-    assert set(out.recomputed) == set(downstream(declared)), (name, sorted(declared))
-    fresh = MethodCLIPer(changed, model.clip, model.sd, text_cache_dir=False)
+    unused = VFM_STAGES - set(out.keys)  # e.g. proxy feeds on clip_walk but runs only for last_layer_attention=proxy
+    assert set(out.recomputed) == set(downstream(declared)) - unused, (name, sorted(declared))
+    fresh = MethodCLIPer(changed, model.clip, model.sd, text_cache_dir=False, vfm=model.vfm)
     fresh.text_cache = model.text_cache
     # A field SD does not declare cannot reach it (the stage's config view refuses it), so the fresh run may
     # reuse the base head maps there: the slowest stage runs only for the fields it reads.
     reads_sd = name in stages.BY_NAME["sd_attention"].fields
-    head_maps = None if reads_sd else primed.run(image, BASE, CLASSES).head_maps
+    head_maps = None if reads_sd else primed.run(image, base, CLASSES).head_maps
     assert_same_run(out, fresh.segment(image, classes=CLASSES, head_maps=head_maps))
 
 
 def test_run_inputs_recompute_their_readers(model, image):
     cache = StageCache(model)
     first = cache.run(image, BASE, CLASSES)
-    assert set(first.recomputed) == set(STAGES)
+    assert set(first.recomputed) == set(STAGES) - VFM_STAGES
     branch = cache.copy()
     assert branch.run(image, BASE, CLASSES).recomputed == {} and branch.recomputed["clip_walk"] == 0
     assert set(cache.run(image, BASE, CLASSES[:2]).recomputed) == set(invalidated_by("classes"))
     assert set(cache.run(image, BASE, CLASSES[:2], background="ground").recomputed) == set(
         invalidated_by("background"))
     other = np.ascontiguousarray(image[:, ::-1])
-    assert set(cache.run(other, BASE, CLASSES).recomputed) == set(invalidated_by("image"))
+    assert set(cache.run(other, BASE, CLASSES).recomputed) == set(invalidated_by("image")) - VFM_STAGES
     assert cache.run(image, BASE, CLASSES).recomputed == {}  # everything seen before is a hit
 
 
@@ -125,6 +144,20 @@ def test_a_prefix_of_the_graph_computes_only_what_it_needs(model, image):
     assert "sd_attention" not in no_refinement.recomputed  # refine needs SD only while a refinement runs
     with pytest.raises(ValueError, match="unknown stage"):
         model.run(image, CLASSES, until="everything")
+
+
+def test_the_vfm_stages_run_when_used_and_survive_threshold_moves(image, primed):
+    cache = primed.copy()  # VFMs no other test here runs, so that nothing of them is cached yet
+    dino = BASE.replace(refinement="dinov2-s14")
+    assert set(cache.run(image, dino, CLASSES).recomputed) == {"vfm", "refine", "labels"}
+    assert set(cache.run(image, dino.replace(attention_thr=0.3), CLASSES).recomputed) == {"coarse", "refine", "labels"}
+    assert set(cache.run(image, dino.replace(score_threshold=0.2), CLASSES).recomputed) == {"labels"}
+    assert set(cache.run(image, BASE.replace(refinement="sfsa"), CLASSES).recomputed) == {"refine", "labels"}
+    assert cache.run(image, dino, CLASSES).recomputed == {}  # back to the VFM refinement: all cached
+    proxy = PROXY_BASE.replace(proxy_model="dinov2-s14")
+    assert set(cache.run(image, proxy, CLASSES).recomputed) == set(downstream(["proxy"]))
+    moved = cache.run(image, proxy.replace(attention_thr=0.3), CLASSES)
+    assert set(moved.recomputed) == {"coarse", "refine", "labels"}  # the VFM attention is not recomputed
 
 
 def test_a_stage_sees_only_its_declared_fields():

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .. import provenance
-from ..config import CLIPerConfig
+from ..config import SD_REFINEMENTS, VFM_MODELS, CLIPerConfig
 from ..files import atomic_write_text
+from ..weights.vfm import vfms_used
 from .loop import EvalResult
 
 MARKDOWN_HEADER = "| preset | our mIoU | paper mIoU |\n|---|---|---|"
@@ -33,10 +34,15 @@ def weights_ids(model: Any, cfg: CLIPerConfig) -> dict[str, Any]:
     clip = getattr(getattr(model, "clip", None), "weights_id", None)
     sd = getattr(getattr(model, "sd", None), "weights_id", None)
     smoke = cfg.profile == "smoke"
-    return {
+    vfms = vfms_used(cfg)
+    ids = {
         "clip": clip or (f"random-seed-{cfg.seed}" if smoke else f"{cfg.backbone}/{cfg.pretrained}"),
-        "sd": None if cfg.refinement == "none" else sd or (f"random-seed-{cfg.seed}" if smoke else cfg.sd_repo),
+        "sd": None if cfg.refinement not in SD_REFINEMENTS else sd or (
+            f"random-seed-{cfg.seed}" if smoke else cfg.sd_repo),
     }
+    if vfms:  # DINO / DINOv2 (proxy attention, VFM refinement): hub repo ids, or the smoke models' seed
+        ids["vfm"] = {name: f"random-seed-{cfg.seed}" if smoke else VFM_MODELS[name] for name in vfms}
+    return ids
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -11,9 +11,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import LAST_LAYER_ATTENTIONS
 from .clip_backbone import LayerWalk, project_tokens, walk_layers
-
-LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity")
 
 
 # --- fused attention, one step at a time -----------------------------------------------------------------------
@@ -147,6 +146,7 @@ def fuse_layers(
     fuse: Sequence[int] | None = None,
     rounds: str | int = "cumulative",
     last_layer_attention: str = "fused",
+    proxy: torch.Tensor | None = None,  # (B, 1, N, N): the VFM attention of last_layer_attention="proxy"
 ) -> FusionOutput:
     """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and Â_{L-1}."""
     blocks = visual.transformer.resblocks
@@ -155,6 +155,8 @@ def fuse_layers(
         raise ValueError(f"the walk covers {walk.num_walked} blocks; ELF needs the first {num_layers - 1}")
     if last_layer_attention not in LAST_LAYER_ATTENTIONS:
         raise ValueError(f"last_layer_attention={last_layer_attention!r}; choose one of {LAST_LAYER_ATTENTIONS}")
+    if (last_layer_attention == "proxy") != (proxy is not None):
+        raise ValueError("a proxy attention is needed for, and only taken by, last_layer_attention='proxy'")
     fuse = default_fuse_layers(num_layers) if fuse is None else list(fuse)
     if any(not 0 <= i <= num_layers - 2 for i in fuse):
         raise ValueError(f"fused layers {fuse} must lie in 0 .. {num_layers - 2}")
@@ -164,7 +166,7 @@ def fuse_layers(
     fused_iter = (
         iter_fused_attentions(sum_attention(walk.attentions, fuse), num_layers, rounds)
         if last_layer_attention == "fused"
-        else None
+        else (proxy for _ in features) if proxy is not None else None
     )
     embeddings, attention = [], None
     for feature in features:

@@ -13,9 +13,10 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import torch
 
-from ..config import CLIPerConfig
+from ..config import VFM_REFINEMENTS, CLIPerConfig
 from ..files import default_cache_dir
 from ..images import content_id, rgb_array
+from ..vfm import refine_with_features
 from . import fusion as elf
 from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, resized_shape, walk_layers
 from .labels import class_scores, labels_from_maps, scaled_maps
@@ -119,11 +120,13 @@ class CLIPer:
         clip: ClipBundle,
         sd: Any | None = None,
         text_cache_dir: str | None | bool = True,
+        vfm: Any | None = None,  # name -> cliper_lib.vfm.VFMEncoder (proxy attention, VFM refinements)
     ):
         cfg.check_against_depth(clip.num_layers)
         self.cfg = cfg
         self.clip = clip
         self.sd = sd
+        self.vfm = vfm
         self.device = next(clip.model.parameters()).device
         folder = default_cache_dir() / "text" if text_cache_dir is True else (text_cache_dir or None)
         self.text_cache = TextEmbeddingCache(folder)
@@ -168,13 +171,14 @@ class CLIPer:
         return ClipFeatures(array, x, walk, crop_walk, cfg.sliding_crop_size, cfg.sliding_stride)
 
     @torch.no_grad()
-    def fusion(self, features: ClipFeatures, cfg: CLIPerConfig | None = None) -> FusedLayers:
-        """Stage fusion (fuse_layers, normalization_rounds, last_layer_attention)."""
+    def fusion(self, features: ClipFeatures, cfg: CLIPerConfig | None = None, proxy=None) -> FusedLayers:
+        """Stage fusion (fuse_layers, normalization_rounds, last_layer_attention); `proxy`: stage proxy's output."""
         cfg = cfg or self.cfg
         fuse = None if cfg.fuse_layers is None else range(cfg.fuse_layers[0], cfg.fuse_layers[1] + 1)
         args = (fuse, cfg.normalization_rounds, cfg.last_layer_attention)
-        whole = elf.fuse_layers(self.clip.visual, features.walk, *args)
-        crops = elf.fuse_layers(self.clip.visual, features.crop_walk, *args) if features.crop_walk else None
+        whole_proxy, crops_proxy = proxy or (None, None)  # stage proxy's (1, 1, N, N), (K, 1, N', N')
+        whole = elf.fuse_layers(self.clip.visual, features.walk, *args, whole_proxy)
+        crops = elf.fuse_layers(self.clip.visual, features.crop_walk, *args, crops_proxy) if features.crop_walk else None
         return FusedLayers(whole, crops)
 
     @torch.no_grad()
@@ -217,6 +221,8 @@ class CLIPer:
         S_c itself when the refinement is none or there are no head maps.
         """
         cfg = cfg or self.cfg
+        if cfg.refinement in VFM_REFINEMENTS:  # head_maps: stage vfm's patch features (fh, fw, D) -> S_f (C, fh, fw)
+            return refine_with_features(coarse.float(), head_maps)
         if cfg.refinement == "none" or head_maps is None:
             return coarse.float()
         return refine_coarse_maps(coarse.float(), head_maps, cfg.refinement, cfg.effective_sd_attention_thr,

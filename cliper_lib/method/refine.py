@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from ..config import REFINEMENTS
+from ..config import SD_REFINEMENTS
 
 EPS = 1e-5  # the authors' guard against empty columns/rows
 
@@ -76,8 +76,8 @@ def refine_coarse_maps(
     map; none = S_c↑ itself (head_maps may then be None if `side` is given). Computed in at least float32, on
     the device of head_maps; each map is normalised just before use, so only one extra (T, T) buffer is alive.
     """
-    if variant not in REFINEMENTS:
-        raise ValueError(f"refinement variant {variant!r} is unknown; use one of {', '.join(REFINEMENTS)}")
+    if variant not in (*SD_REFINEMENTS, "none"):
+        raise ValueError(f"SD refinement variant {variant!r} is unknown; use {', '.join(SD_REFINEMENTS)} or none")
     if coarse.ndim != 3:
         raise ValueError(f"coarse maps must have shape (C, h, w), got {tuple(coarse.shape)}")
     if head_maps is None:

@@ -17,7 +17,9 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequenc
 
 import torch
 
-from ..config import CLIPerConfig
+from ..config import VFM_REFINEMENTS, CLIPerConfig
+from ..vfm import encoder_of, proxy_attentions, refinement_features
+from .fusion import crop_boxes
 
 #: what a run is given rather than computes.
 RUN_INPUTS = ("image", "classes", "background")
@@ -54,8 +56,8 @@ class ConfigView:
 
 
 def refinement_in_effect(model: Any, cfg: Any) -> str:
-    """The refinement that runs: the configured one, or 'none' when the model has no SD extractor."""
-    return "none" if model.sd is None else cfg.refinement
+    """The refinement that runs: the configured one, or 'none' when the model lacks its SD extractor / VFMs."""
+    return "none" if (model.vfm if cfg.refinement in VFM_REFINEMENTS else model.sd) is None else cfg.refinement
 
 
 def _fused_range(model: Any, cfg: Any) -> tuple[int, int]:
@@ -79,13 +81,14 @@ class Stage:
 
 
 def _refine_needs(model: Any, cfg: Any) -> tuple[str, ...]:
-    return ("coarse",) if refinement_in_effect(model, cfg) == "none" else ("coarse", "sd_attention")
+    kind = refinement_in_effect(model, cfg)
+    return ("coarse",) if kind == "none" else ("coarse", "vfm" if kind in VFM_REFINEMENTS else "sd_attention")
 
 
 def _refine_settings(model: Any, cfg: Any) -> Hashable:
     kind = refinement_in_effect(model, cfg)
-    if kind == "none":
-        return ("none",)
+    if kind == "none" or kind in VFM_REFINEMENTS:
+        return (kind,)
     return (kind, float(cfg.effective_sd_attention_thr), cfg.selection_head if kind == "selection" else None)
 
 
@@ -100,9 +103,14 @@ GRAPH: tuple[Stage, ...] = (
     Stage("clip_walk", ("image",), ("size", "sliding_crop_size", "sliding_stride"),
           settings=lambda m, c: (c.size, c.sliding_crop_size, c.sliding_stride if c.sliding_crop_size else 0),
           compute=lambda m, c, image: m.clip_features(image, c)),
-    Stage("fusion", ("clip_walk",), ("fuse_layers", "normalization_rounds", "last_layer_attention"),
+    Stage("proxy", ("clip_walk",), ("proxy_model", "proxy_double_normalization"),  # VFM attention: image, crops
+          settings=lambda m, c: (c.proxy_model, c.proxy_double_normalization),
+          compute=lambda m, c, f: proxy_attentions(encoder_of(m.vfm, c.proxy_model), m.clip, f.input, crop_boxes(
+              *f.input.shape[1:], f.crop_size, f.stride) if f.crop_walk else [], c.proxy_double_normalization)),
+    Stage("fusion", ("clip_walk", "proxy"), ("fuse_layers", "normalization_rounds", "last_layer_attention"),
           settings=lambda m, c: (_fused_range(m, c), c.normalization_rounds, c.last_layer_attention),
-          compute=lambda m, c, features: m.fusion(features, c)),
+          compute=lambda m, c, features, proxy=None: m.fusion(features, c, proxy),
+          select=lambda m, c: ("clip_walk", "proxy") if c.last_layer_attention == "proxy" else ("clip_walk",)),
     Stage("layer_maps", ("clip_walk", "fusion", "text"), ("logit_scale",),
           settings=lambda m, c: (float(c.logit_scale),),
           compute=lambda m, c, features, fused, text: m.layer_maps(features, fused, text, c)),
@@ -114,7 +122,9 @@ GRAPH: tuple[Stage, ...] = (
           settings=lambda m, c: (tuple(c.sd_layers), c.sd_timestep_index, c.sd_num_steps, c.effective_sd_image_size,
                                  c.sd_resize, c.seed),
           compute=lambda m, c, image: m.sd_attention(image, c)),
-    Stage("refine", ("coarse", "sd_attention"), ("refinement", "selection_head", "attention_thr", "sd_attention_thr"),
+    Stage("vfm", ("image",), ("refinement",), settings=lambda m, c: (c.refinement,),  # a VFM refinement's features
+          compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image)),
+    Stage("refine", ("coarse", "sd_attention", "vfm"), ("refinement", "selection_head", "attention_thr", "sd_attention_thr"),
           settings=_refine_settings, compute=_refine, select=_refine_needs),
     Stage("labels", ("refine", "coarse", "image"), ("score_threshold", "bkg_thre", "is_normalize"),
           settings=lambda m, c: (float(c.score_threshold), float(c.bkg_thre), bool(c.is_normalize)),

@@ -12,9 +12,11 @@ from typing import Sequence
 from ..config import (
     BENCHMARKS,
     DTYPES,
+    LAST_LAYER_ATTENTIONS,
     PAPER_PRETRAINED,
     PROFILES,
     REFINEMENTS,
+    VFM_MODELS,
     CLIPerConfig,
     ConfigError,
     list_presets,
@@ -29,6 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="paper: real weights (default); smoke: tiny random models, works offline")
     parser.add_argument("--refinement", choices=REFINEMENTS, default=None)
+    parser.add_argument("--last-layer-attention", choices=LAST_LAYER_ATTENTIONS, default=None)
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", choices=DTYPES, default=None)
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -37,7 +40,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CLIPerConfig:
     overrides = parse_overrides(getattr(args, "overrides", None))
-    for name in ("profile", "refinement", "device", "dtype"):
+    for name in ("profile", "refinement", "last_layer_attention", "device", "dtype"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -86,6 +89,10 @@ def cmd_download(args: argparse.Namespace) -> int:
         from ..weights.sd import download_sd_weights
 
         print(f"Stable Diffusion ({cfg.sd_repo}): {download_sd_weights(cfg.sd_repo)}")
+    from ..weights.vfm import download_vfm_weights, vfms_used
+
+    for name in args.vfm or vfms_used(cfg):
+        print(f"VFM {name} ({VFM_MODELS[name]}): {download_vfm_weights(name)}")
     return 0
 
 
@@ -177,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", action="append", choices=list(PAPER_PRETRAINED),
                    help="CLIP backbone(s) to fetch (default: the preset's)")
     p.add_argument("--skip-sd", action="store_true", help="do not fetch Stable Diffusion")
+    p.add_argument("--vfm", action="append", choices=list(VFM_MODELS),
+                   help="DINO / DINOv2 model(s) to fetch (default: those the config uses)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_download)
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..config import REFINEMENTS, CLIPerConfig
+from ..method.stages import refinement_in_effect
 
 #: crop size used when the sliding window is switched on for a preset without one (the authors' other value).
 DEFAULT_CROP = 224
 
 
+def runnable_refinements(model: Any, c: CLIPerConfig) -> list[str]:
+    """The refinements this model can run: the SD ones with an SD extractor, the VFM ones with a VFM loader."""
+    return [r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)) == r]
+
+
 def build_controls(c: CLIPerConfig, num_layers: int, images: Sequence[str], image: str, classes_text: str,
-                   background_text: str, has_sd: bool) -> dict[str, Any]:
+                   background_text: str, refinements: Sequence[str]) -> dict[str, Any]:
     """The controls, opening at the config's values: image, upload, classes, background, fuse_layers,
     select_layer, attention_thr, sliding, refinement, selection_head, score_threshold, bkg_thre, is_normalize,
     map_class."""
@@ -39,10 +45,10 @@ def build_controls(c: CLIPerConfig, num_layers: int, images: Sequence[str], imag
         "attention_thr": W.FloatSlider(value=c.attention_thr, min=0.0, max=1.0, step=0.01,
                                        description="attention_thr", **slider),
         "sliding": W.Checkbox(value=c.sliding_crop_size > 0, description=f"sliding window ({crop} px)", indent=False),
-        "refinement": W.Dropdown(options=list(REFINEMENTS) if has_sd else ["none"],
-                                 value=c.refinement if has_sd else "none", description="refinement",
-                                 disabled=not has_sd,
-                                 tooltip=None if has_sd else "this model was built without Stable Diffusion"),
+        "refinement": W.Dropdown(options=list(refinements),
+                                 value=c.refinement if c.refinement in refinements else "none",
+                                 description="refinement", disabled=len(refinements) < 2,
+                                 tooltip=None if len(refinements) > 1 else "this model was built without a refinement"),
         "selection_head": W.IntSlider(value=c.selection_head, min=0,
                                       max=max(c.selection_head, 5 * len(c.sd_layers) - 1),
                                       description="selection head", **slider),

@@ -27,7 +27,7 @@ from ..method.text import TextSet, parse_class_names
 #: how many results each stage keeps (least recently used goes first). The walk and the SD head maps are the
 #: large ones (hundreds of MB per image at paper size), the later stages are small.
 DEFAULT_CAPACITY = {"text": 32, "clip_walk": 2, "fusion": 4, "layer_maps": 8, "coarse": 8, "sd_attention": 2,
-                    "refine": 8, "labels": 8}
+                    "refine": 8, "labels": 8, "proxy": 4, "vfm": 2}
 
 #: the config fields (or run inputs) behind each explorer control.
 CONTROL_FIELDS = {

@@ -27,7 +27,7 @@ from ..config import CLIPerConfig
 from ..images import content_id, read_image, rgb_array
 from ..method.pipeline import CLIPer
 from ..method.text import read_class_file
-from .explorer_controls import DEFAULT_CROP, build_controls, build_layout
+from .explorer_controls import DEFAULT_CROP, build_controls, build_layout, runnable_refinements
 from .background import Vocabulary, resolve_vocabulary
 from .explorer_view import maps_figure, overlay_figure, scores_figure, status_html
 from .export import download_links_html, export_result
@@ -119,7 +119,7 @@ class Explorer:
 
         self._crop = self.cfg.sliding_crop_size or DEFAULT_CROP
         self.controls = build_controls(self.cfg, self.num_layers, list(self._images), image, classes_text,
-                                       background_text, model.sd is not None)
+                                       background_text, runnable_refinements(model, self.cfg))
         self.outputs = {name: W.Output(layout=W.Layout(border="1px solid #ddd"))
                         for name in ("overlay", "maps", "scores")}
         self.status = W.HTML(value="")

@@ -1,10 +1,11 @@
 """Build the models a config names and hand them to the method: `CLIPer.from_config(cfg)`."""
 from __future__ import annotations
 
-from ..config import CLIPerConfig, resolve_device
+from ..config import SD_REFINEMENTS, CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from .clip import load_clip
 from .sd import load_sd_extractor
+from .vfm import VFMLoader, vfms_used
 
 
 class CLIPer(_MethodCLIPer):
@@ -13,10 +14,17 @@ class CLIPer(_MethodCLIPer):
     @classmethod
     def from_config(cls, cfg: CLIPerConfig, allow_download: bool = True,
                     text_cache_dir: str | None | bool = True) -> "CLIPer":
-        """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models)."""
+        """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models).
+
+        The VFMs the config uses (proxy_model for last_layer_attention=proxy, a VFM refinement) are loaded now, so
+        missing weights stop here; other VFMs load on first use (the explorer switching refinements).
+        """
         device = resolve_device(cfg.device)
         clip = load_clip(cfg, device=device, allow_download=allow_download)
         sd = None
-        if cfg.refinement != "none":
+        if cfg.refinement in SD_REFINEMENTS:
             sd = load_sd_extractor(cfg, device=device, allow_download=allow_download)
-        return cls(cfg, clip, sd, text_cache_dir=text_cache_dir)
+        vfm = VFMLoader(cfg, device, allow_download)
+        for name in vfms_used(cfg):
+            vfm(name)
+        return cls(cfg, clip, sd, text_cache_dir=text_cache_dir, vfm=vfm)

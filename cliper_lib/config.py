@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-PRESET_DIR = Path(__file__).parent / "presets"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Package data, found where the package is installed (a checkout, an editable install or a wheel alike).
+_PACKAGE_ROOT = Path(str(importlib.resources.files(__package__)))
+PRESET_DIR = _PACKAGE_ROOT / "presets"
+#: the bundled class lists, templates, split lists and sample photos (benchmark data sets are not bundled).
+DATA_DIR = _PACKAGE_ROOT / "data"
 
 PROFILES = ("paper", "smoke")
 TEMPLATE_SETS = ("cliper", "openai")
@@ -45,7 +49,7 @@ class CLIPerConfig:
 
     # --- data set / text -------------------------------------------------------------------
     dataset: str = "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
-    classes: str = "voc21"  # class file in data/classes (name without .txt, or a path to one)
+    classes: str = "voc21"  # class file in cliper_lib/data/classes (name without .txt, or a path to one)
     templates: str = "cliper"  # cliper (15 templates) | openai (80 ImageNet templates)
     ignore_labels: list[int] = field(default_factory=lambda: [255])  # ground-truth labels skipped by the metric
 

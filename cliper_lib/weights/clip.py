@@ -6,10 +6,12 @@ where it was looked for and how to get it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -60,6 +62,21 @@ def fetch_clip_weights(backbone: str, pretrained: str, allow_download: bool = Tr
     )
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (root logger) while building a
+    model whose weights we load ourselves, or that is random on purpose: a warning nobody can act on."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def uses_quick_gelu(cfg: CLIPerConfig, from_file: bool) -> bool:
     """Whether to build the backbone with QuickGELU: `quick_gelu` true/false, or auto (docs/method.md 4.8).
 
@@ -86,7 +103,7 @@ def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_downl
     register_tiny_clip()  # so the tiny architecture can also be loaded from a local checkpoint
     if cfg.profile == "smoke":
         name = TINY_CLIP_NAME
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():  # random on purpose
             torch.manual_seed(cfg.seed)
             model = open_clip.create_model(name, pretrained=None)
         weights_id = f"random-seed-{cfg.seed}"
@@ -103,7 +120,8 @@ def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_downl
             weights = fetch_clip_weights(name, pretrained, allow_download)
         state_dict = read_clip_checkpoint(weights)
         check_architecture(state_dict, name, weights)  # before building the model: a wrong file costs nothing
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg, from_file))
+        with _quiet_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg, from_file))
         load_clip_state_dict(model, state_dict, name, weights)
         weights_id = f"{name}/{pretrained}"
     model = model.eval().to(device=device, dtype=resolve_dtype(cfg.dtype))

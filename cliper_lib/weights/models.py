@@ -4,6 +4,8 @@ from __future__ import annotations
 from ..config import CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from .clip import load_clip
+from .hub import WeightsMissingError, hub_reachable
+from .inventory import missing_weight_files, offline_report
 from .sd import load_sd_extractor
 
 
@@ -14,6 +16,10 @@ class CLIPer(_MethodCLIPer):
     def from_config(cls, cfg: CLIPerConfig, allow_download: bool = True,
                     text_cache_dir: str | None | bool = True) -> "CLIPer":
         """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models)."""
+        if cfg.profile == "paper":  # offline, name every missing file at once (CLIP and SD), not the first
+            missing = missing_weight_files(cfg)
+            if missing and not (allow_download and hub_reachable()):
+                raise WeightsMissingError(offline_report(missing))
         device = resolve_device(cfg.device)
         clip = load_clip(cfg, device=device, allow_download=allow_download)
         sd = None

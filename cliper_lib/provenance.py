@@ -57,6 +57,22 @@ def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def changed_files(root: Path = REPO_ROOT, limit: int = 50) -> list[str] | None:
+    """Tracked files that differ from the commit (paths relative to the repository), at most `limit` and then
+    "... and N more"; None outside a checkout. What a record made from an uncommitted tree ran on."""
+    if root == REPO_ROOT and not IN_CHECKOUT:
+        return None
+    try:
+        res = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    paths = [line[3:] for line in res.stdout.splitlines() if line.strip()]
+    return paths[:limit] + ([f"... and {len(paths) - limit} more"] if len(paths) > limit else [])
+
+
 def device_info() -> dict[str, Any]:
     """cpu/cuda and the accelerator name, probed in a child process so the caller never holds a CUDA context."""
     probe = (

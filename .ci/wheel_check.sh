@@ -3,7 +3,8 @@
 # the checkout, and from an empty folder run `cliper segment`, `cliper demo` and `cliper eval --dataset synthetic`
 # on the smoke profile (offline). Nothing is written into the checkout.
 #   PYTHON=python3.12 .ci/wheel_check.sh                                   # another interpreter
-#   WHEEL_CHECK_TORCH="torch==2.13.0 torchvision==0.28.0" .ci/wheel_check.sh   # another torch (default: the Makefile's pin)
+#   WHEEL_CHECK_VENV=/tmp/venv312 .ci/wheel_check.sh     # a venv that already holds torch (skips its ~7 min install)
+#   WHEEL_CHECK_TORCH="torch==2.15.0 torchvision==0.30.0" .ci/wheel_check.sh   # another torch (default: the Makefile's pin)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -12,6 +13,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/cliper-wheel-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 unset PYTHONPATH  # the installed wheel, never the checkout, must answer
 export HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }  # local index noise
 t0=$SECONDS
 
 echo "== wheel: build from the tracked files of $REPO"
@@ -21,16 +23,22 @@ if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
 else
     cp -r "$REPO"/. "$WORK/src"
 fi
-"$PYTHON" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$WORK/src"
+pip_quiet "$PYTHON" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$WORK/src"
 WHEEL="$(ls "$WORK"/dist/*.whl)"
 echo "   $(basename "$WHEEL") ($(du -k "$WHEEL" | cut -f1) kB)"
 
-echo "== fresh venv ($("$PYTHON" -V)), $TORCH_SPEC, then the wheel with its core dependencies"
-"$PYTHON" -m venv "$WORK/venv"
-BIN="$WORK/venv/bin"
-# shellcheck disable=SC2086
-"$BIN/python" -m pip install --quiet $TORCH_SPEC
-"$BIN/python" -m pip install --quiet "$WHEEL"
+if [ -n "${WHEEL_CHECK_VENV:-}" ]; then  # a venv made earlier by this script's steps, torch already in it
+    BIN="$WHEEL_CHECK_VENV/bin"
+    echo "== reused venv $WHEEL_CHECK_VENV ($("$BIN/python" -V)), then the wheel with its core dependencies"
+else
+    echo "== fresh venv ($("$PYTHON" -V)), $TORCH_SPEC, then the wheel with its core dependencies"
+    "$PYTHON" -m venv "$WORK/venv"
+    BIN="$WORK/venv/bin"
+    # shellcheck disable=SC2086
+    pip_quiet "$BIN/python" -m pip install --quiet $TORCH_SPEC
+fi
+pip_quiet "$BIN/python" -m pip install --quiet --force-reinstall --no-deps "$WHEEL"
+pip_quiet "$BIN/python" -m pip install --quiet "$WHEEL"
 echo "   installed in $((SECONDS - t0)) s"
 
 mkdir -p "$WORK/run" && cd "$WORK/run"
@@ -54,6 +62,8 @@ echo "== cliper eval --dataset synthetic --profile smoke"
 test -s eval/synthetic.json
 echo "== cliper reproduce outside a checkout says what it needs"
 if "$BIN/cliper" reproduce --plan smoke 2>reproduce.err; then echo "reproduce ran outside a checkout?"; exit 1; fi
-grep -q "needs a checkout" reproduce.err && sed 's/^/   /' reproduce.err | cut -c1-160
-test ! -e "$BIN/jupyter" && echo "   core install: no Jupyter pulled in"
+grep -q "needs a checkout" reproduce.err || { cat reproduce.err; exit 1; }
+sed 's/^/   /' reproduce.err | cut -c1-160
+if [ -e "$BIN/jupyter" ]; then echo "the core install pulled in Jupyter"; exit 1; fi
+echo "   core install: no Jupyter pulled in"
 echo "== wheel check passed in $((SECONDS - t0)) s"

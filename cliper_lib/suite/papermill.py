@@ -249,10 +249,13 @@ def run_plan(
     Raises PlanError before anything runs if the plan is malformed or a selected notebook is missing, and
     NotebookFailed (after writing the partial summary) when a notebook raises.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    plan = load_plan(plan_name_or_path)
+    plan = load_plan(plan_name_or_path)  # first: outside a checkout this says the notebooks are not installed
+    try:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError as error:
+        raise PlanError("running notebooks needs the notebooks extra: pip install 'cliper-suite[notebooks]' "
+                        f"(or `make setup` in the checkout); {error}") from None
     selected = _select(plan, only)
     # check everything before the first kernel starts: a typo should not cost a long run
     missing = [str(r.notebook) for r in selected if not r.notebook.exists()]

@@ -4,23 +4,30 @@ VENV    ?= .venv
 PROFILE ?= paper
 OUT     ?= outputs/demo
 BIN     := $(VENV)/bin
+CORE    := $(VENV)/.cliper-core
 STAMP   := $(VENV)/.cliper-installed
 
-.PHONY: demo test setup notebooks lab voila app bench clean-outputs
+.PHONY: demo test setup notebooks lab voila app bench clean-outputs wheel-check
 
-$(STAMP): pyproject.toml
+# The core package (what `cliper segment | eval | download | demo` need), with the torch build the suite is tested on.
+$(CORE): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch and torchvision are pinned together (torchvision imports only beside its own torch build)
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[notebooks,test]"
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(CORE)
+
+# Everything: the notebooks, the app and the tests, and a Jupyter kernel running this venv.
+$(STAMP): $(CORE)
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,app,test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
 ## Segment the bundled sample photos with the full method (PROFILE=smoke: tiny random models, offline).
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/cliper demo --profile $(PROFILE) --out $(OUT)
 
 ## Unit tests + every notebook executed by papermill on the smoke profile.
@@ -45,3 +52,7 @@ bench: $(STAMP)
 
 clean-outputs:
 	rm -rf outputs
+
+## Build the wheel, install it in a fresh venv outside the checkout, run `cliper segment` and `cliper eval` there.
+wheel-check:
+	.ci/wheel_check.sh

@@ -88,13 +88,17 @@ def main() -> None:
     rows = {stage: statistics.median(v) for stage, v in per_stage.items()}
     rows["total"] = statistics.median(totals)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # peak GPU memory over model building and every run (weights + activations): the README's GPU section
+    peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     print(f"{args.backbone} preset {preset} ({cfg.size}px, slide {cfg.sliding_crop_size}) image {h}x{w}, "
           f"{args.classes} classes, {args.dtype} on {name}, median of {args.repeats}")
     for stage, seconds in rows.items():
         print(f"  {stage:14s} {seconds * 1000:10.1f} ms")
+    if peak_gb is not None:
+        print(f"  peak GPU memory {peak_gb:.2f} GiB")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "device": name, "median_s": rows}, f, indent=2)
+            json.dump({"args": vars(args), "device": name, "median_s": rows, "peak_gpu_gib": peak_gb}, f, indent=2)
 
 
 if __name__ == "__main__":

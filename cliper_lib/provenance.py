@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: True when the package runs from a checkout of the repository (notebooks, run plans and git beside it); False
+#: for an installed wheel, where REPO_ROOT is site-packages and nothing may be read from or written there.
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir()
 
 #: the distributions whose versions decide (or record how we got) the numbers, by their pip names.
 VERSIONED_PACKAGES = ("cliper-suite", "torch", "torchvision", "open_clip_torch", "diffusers", "transformers",
@@ -34,7 +37,13 @@ def package_versions(packages: Sequence[str] | Mapping[str, str] = VERSIONED_PAC
 
 
 def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str, Any]:
-    """Commit and dirty flag of the repository (None values when git or the repo is unavailable)."""
+    """Commit and dirty flag of the repository (None values when git or the repo is unavailable).
+
+    An installed package has no repository of its own: None values, never the state of whatever git repository
+    happens to enclose site-packages.
+    """
+    if root == REPO_ROOT and not IN_CHECKOUT:
+        return {"commit": None, "dirty": None}
 
     def git(*args: str) -> str | None:
         try:
@@ -46,6 +55,22 @@ def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", f"--untracked-files={'normal' if untracked_files else 'no'}") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def changed_files(root: Path = REPO_ROOT, limit: int = 50) -> list[str] | None:
+    """Tracked files that differ from the commit (paths relative to the repository), at most `limit` and then
+    "... and N more"; None outside a checkout. What a record made from an uncommitted tree ran on."""
+    if root == REPO_ROOT and not IN_CHECKOUT:
+        return None
+    try:
+        res = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    paths = [line[3:] for line in res.stdout.splitlines() if line.strip()]
+    return paths[:limit] + ([f"... and {len(paths) - limit} more"] if len(paths) > limit else [])
 
 
 def device_info() -> dict[str, Any]:

@@ -64,7 +64,8 @@ def test_demo_offline_without_weights_explains_what_is_missing(offline_empty_cac
 
 def test_download_offline_fails_clearly(offline_empty_cache, capsys):
     assert main(["download", "--skip-sd"]) == 2
-    assert "not available offline" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs internet" in err and "timm/vit_base_patch16_clip_224.openai" in err and "stable-diffusion" not in err
 
 
 def test_bad_inputs(tmp_path, capsys):

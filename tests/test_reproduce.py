@@ -74,7 +74,7 @@ def test_run_plan_records_everything(tmp_path, notebooks):
     assert Path(m["cwd"]) == notebooks["metric"].parent  # cwd = the notebook's folder
     assert Path(m["files"]) == (out / "work" / "10_metric").resolve()
     assert {"torch", "open_clip_torch", "diffusers", "papermill", "python"} <= set(rec["versions"])
-    assert set(rec["git"]) == {"commit", "dirty"} and rec["device"]["type"] in ("cpu", "cuda")
+    assert set(rec["git"]) == {"commit", "dirty", "changed"} and rec["device"]["type"] in ("cpu", "cuda")
     assert rec["started"] <= rec["finished"] and rec["duration_s"] > 0
 
     data = json.loads((out / "summary.json").read_text())

@@ -27,7 +27,7 @@ BASE = CLIPerConfig.from_preset(
 
 #: one other value for every config field, chosen so that its effective value changes.
 ALTERNATIVES = {
-    "profile": "paper", "backbone": "ViT-L-14", "pretrained": "laion2b_s32b_b79k", "force_quick_gelu": False,
+    "profile": "paper", "backbone": "ViT-L-14", "pretrained": "laion2b_s32b_b79k", "quick_gelu": False,
     "sd_repo": "someone/another-sd-mirror", "device": "auto", "dtype": "bfloat16", "seed": 7,
     "dataset": "ade20k", "classes": "context60", "templates": "openai", "ignore_labels": [0, 255],
     "size": 128, "fuse_layers": [1, 2], "normalization_rounds": 2, "last_layer_attention": "vanilla",

@@ -47,38 +47,38 @@ LAYOUTS: dict[str, str] = {
         "  VOCdevkit/VOC2012/\n"
         "    JPEGImages/<name>.jpg            (e.g. 2007_000033.jpg)\n"
         "    SegmentationClassAug/<name>.png  (0 background, 1..20, 255 ignore)\n"
-        "  names: data/splits/voc12_val.txt (1449)"
+        "  names: cliper_lib/data/splits/voc12_val.txt (1449)"
     ),
     "context": (
         "  VOCdevkit/VOC2010/\n"
         "    JPEGImages/<name>.jpg                (e.g. 2008_000002.jpg)\n"
         "    SegmentationClassContext/<name>.png  (0 background, 1..59 in context60.txt order)\n"
-        "  names: data/splits/context_val.txt (5104)"
+        "  names: cliper_lib/data/splits/context_val.txt (5104)"
     ),
     "coco_object": (
         "  coco2014/\n"
         "    val2014/<name>.jpg               (e.g. COCO_val2014_000000182611.jpg)\n"
         "    SegmentationObject/<name>.png    (pre-rendered label maps: 0 background, 1..80 in\n"
         "                                      coco_object81.txt order, 255 ignore)\n"
-        "  names: data/splits/coco_object_val5k.txt (5000)"
+        "  names: cliper_lib/data/splits/coco_object_val5k.txt (5000)"
     ),
     "coco_stuff": (
         "  coco_stuff164k/\n"
         "    images/val2017/<name>.jpg                     (e.g. 000000000139.jpg)\n"
         "    annotations/val2017/<name>_labelTrainIds.png  (0..170, 255 ignore; loaded as 1..171)\n"
-        "  names: data/splits/coco_stuff164_val.txt (5000)"
+        "  names: cliper_lib/data/splits/coco_stuff164_val.txt (5000)"
     ),
     "ade20k": (
         "  ADEChallengeData2016/\n"
         "    images/validation/<name>.jpg       (e.g. ADE_val_00000001.jpg)\n"
         "    annotations/validation/<name>.png  (0 other, 1..150)\n"
-        "  names: data/splits/ade20k_val.txt (2000)"
+        "  names: cliper_lib/data/splits/ade20k_val.txt (2000)"
     ),
     "cityscapes": (
         "  cityscapes/\n"
         "    leftImg8bit/val/<city>/<name>_leftImg8bit.png        (e.g. frankfurt/frankfurt_000000_000294)\n"
         "    gtFine/val/<city>/<name>_gtFine_labelTrainIds.png    (0..18, 255 ignore; loaded as 1..19)\n"
-        "  names: data/splits/cityscapes_val.txt (500 city/name; each image gives a left and a right half)"
+        "  names: cliper_lib/data/splits/cityscapes_val.txt (500 city/name; each image gives a left and a right half)"
     ),
 }
 

@@ -56,7 +56,7 @@ def num_classes_of(name: str | os.PathLike) -> int:
 
 
 def read_split(name: str | os.PathLike) -> list[str]:
-    """Sample names of a split list in data/splits (`voc12_val`) or at a path; one name per line."""
+    """Sample names of a split list in cliper_lib/data/splits (`voc12_val`) or at a path; one name per line."""
     path = Path(name)
     if not (path.suffix == ".txt" and path.exists()):
         path = SPLIT_DIR / f"{name}.txt"

@@ -32,7 +32,7 @@ def split_background_line(line: str) -> list[str]:
 
 
 def class_file_path(name_or_path: str | os.PathLike) -> Path:
-    """A class file by name (data/classes/<name>.txt) or path."""
+    """A class file by name (cliper_lib/data/classes/<name>.txt) or path."""
     path = Path(name_or_path)
     if path.exists():
         return path

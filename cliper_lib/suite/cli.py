@@ -77,22 +77,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..weights.clip import fetch_clip_weights
+    from ..weights.inventory import download_weights
 
-    cfg = config_from_args(args)
-    backbones = args.backbone or [cfg.backbone]
-    for backbone in backbones:
-        pretrained = PAPER_PRETRAINED.get(backbone, cfg.pretrained) if args.backbone else cfg.pretrained
-        path = fetch_clip_weights(backbone, pretrained, allow_download=True)
-        print(f"CLIP {backbone} ({pretrained}): {path}")
-    if not args.skip_sd:
-        from ..weights.sd import download_sd_weights
-
-        print(f"Stable Diffusion ({cfg.sd_repo}): {download_sd_weights(cfg.sd_repo)}")
-    from ..weights.vfm import download_vfm_weights, vfms_used
-
-    for name in args.vfm or vfms_used(cfg):
-        print(f"VFM {name} ({VFM_MODELS[name]}): {download_vfm_weights(name)}")
+    for line in download_weights(config_from_args(args), args.backbone, args.skip_sd, args.vfm):
+        print(line)
     return 0
 
 

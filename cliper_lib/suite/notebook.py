@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..files import atomic_write_json
-from ..provenance import REPO_ROOT
+from ..provenance import IN_CHECKOUT, REPO_ROOT
 
 #: env var naming the JSON file `publish` appends to; set by the runner for each notebook.
 METRICS_ENV = "CLIPER_METRICS_FILE"
@@ -65,14 +65,20 @@ def published() -> dict[str, Any]:
     return dict(_PUBLISHED)
 
 
+def base_dir() -> Path:
+    """Where relative paths start: the repository root in a checkout, else (an installed package) the cwd."""
+    return REPO_ROOT if IN_CHECKOUT else Path.cwd()
+
+
 def repo_path(path: str | os.PathLike) -> Path:
-    """An absolute path: absolute paths stay, relative ones are taken from the repository root (not the cwd)."""
+    """An absolute path: absolute paths stay, relative ones are taken from `base_dir()` (the repository root in a
+    checkout, so a notebook finds the same file whatever its working directory; the cwd for an installed package)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
+    return p if p.is_absolute() else base_dir() / p
 
 
 def output_dir(name: str) -> Path:
-    """Folder for a notebook's files: the runner's per-run folder, else outputs/<name> in the repo; created."""
-    folder = Path(os.environ.get(OUTPUT_DIR_ENV) or REPO_ROOT / "outputs" / name)
+    """Folder for a notebook's files: the runner's per-run folder, else outputs/<name> under `base_dir()`; created."""
+    folder = Path(os.environ.get(OUTPUT_DIR_ENV) or base_dir() / "outputs" / name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -21,9 +21,9 @@ from typing import Any, Iterator, Mapping, Sequence
 from .. import provenance
 from ..config import ConfigError, parse_overrides
 from ..files import atomic_write_json, atomic_write_text
-from ..provenance import REPO_ROOT
 from .notebook import METRICS_ENV, OUTPUT_DIR_ENV, RUN_NAME_ENV
 from .plans import PLAN_DIR, Plan, PlanError, Run, _resolve_parameters, _select, load_plan
+from .run_links import regenerate_note, repo_relative, run_cell
 
 #: the kernel spec registered for this interpreter when no usable one exists.
 FALLBACK_KERNEL = "cliper-suite"
@@ -153,13 +153,15 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["out_dir"] = str(self.out_dir)
+        d["out_dir"] = _rel(self.out_dir)
         return d
 
     def to_markdown(self) -> str:
         """The summary table (one row per run) with a header naming plan, commit and device."""
         commit = self.git.get("commit") or "unknown"
-        dirty = " (uncommitted changes)" if self.git.get("dirty") else ""
+        changed = self.git.get("changed") or []
+        dirty = f" plus uncommitted changes to {', '.join(changed) or 'tracked files'}" if self.git.get("dirty") else ""
+        note = regenerate_note(self.out_dir, self.plan)
         lines = [
             f"# Plan `{self.plan}`: {self.status}",
             "",
@@ -167,6 +169,7 @@ class Summary:
             f"- started {self.started}, finished {self.finished}",
             f"- commit `{commit[:12]}`{dirty}; device {self.device.get('type')} ({self.device.get('name')})",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items() if v),
+            *([note] if note else []),
             "",
             "| run | status | duration (s) | parameters | metrics |",
             "|---|---|---|---|---|",
@@ -178,8 +181,7 @@ class Summary:
                 status += f": {r.error.get('ename')} in cell {r.error.get('cell_index')}"
             if r.reused:
                 status += f" (earlier run, {r.finished})"
-            # link only copies that exist (a relative link: the summary sits beside them)
-            name = f"[{r.name}]({Path(r.output).name})" if Path(r.output).exists() else r.name
+            name = run_cell(self.out_dir, r.name, r.notebook)  # links that resolve where the summary is read
             lines.append(f"| {name} | {status} | {dur} | {_cell(r.parameters)} | {_cell(r.metrics)} |")
         return "\n".join(lines) + "\n"
 
@@ -195,10 +197,7 @@ def _cell(values: Mapping[str, Any]) -> str:
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return repo_relative(path)  # records stay valid on another machine / checkout
 
 
 def _previous_record(path: Path) -> RunRecord | None:
@@ -250,10 +249,13 @@ def run_plan(
     Raises PlanError before anything runs if the plan is malformed or a selected notebook is missing, and
     NotebookFailed (after writing the partial summary) when a notebook raises.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    plan = load_plan(plan_name_or_path)
+    plan = load_plan(plan_name_or_path)  # first: outside a checkout this says the notebooks are not installed
+    try:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError as error:
+        raise PlanError("running notebooks needs the notebooks extra: pip install 'cliper-suite[notebooks]' "
+                        f"(or `make setup` in the checkout); {error}") from None
     selected = _select(plan, only)
     # check everything before the first kernel starts: a typo should not cost a long run
     missing = [str(r.notebook) for r in selected if not r.notebook.exists()]
@@ -270,13 +272,14 @@ def run_plan(
     out = Path(out_dir) if out_dir is not None else PLAN_DIR / plan.name
     out.mkdir(parents=True, exist_ok=True)
     versions, git, device = provenance.package_versions(), provenance.git_state(), provenance.device_info()
+    git["changed"] = (provenance.changed_files() or []) if git.get("dirty") else []  # exactly what differed
     summary = Summary(plan=plan.name, description=plan.description, out_dir=out, status="ok", records=[],
                       started=_now(), finished=_now(), git=git, device=device, versions=versions)
     records: dict[str, RunRecord] = {}
     for r in plan.runs:  # rows for runs not selected this time keep their earlier result, if any
         if r not in selected:
             records[r.name] = _previous_record(out / f"{r.name}.json") or RunRecord(
-                name=r.name, notebook=_rel(r.notebook), output=str(out / f"{r.name}.ipynb"), status="skipped")
+                name=r.name, notebook=_rel(r.notebook), output=_rel(out / f"{r.name}.ipynb"), status="skipped")
 
     failure: NotebookFailed | None = None
     finished_loop = False
@@ -284,7 +287,7 @@ def run_plan(
         for i, run in enumerate(selected):
             if failure is not None:
                 records[run.name] = RunRecord(name=run.name, notebook=_rel(run.notebook),
-                                              output=str(out / f"{run.name}.ipynb"), status="not run")
+                                              output=_rel(out / f"{run.name}.ipynb"), status="not run")
                 continue
             print(f"[{plan.name} {i + 1}/{len(selected)}] {_rel(run.notebook)}", file=sys.stderr, flush=True)
             rec, failure = _execute(run, params[run.name], out, kernel, plan, log_output, progress_bar,
@@ -296,7 +299,7 @@ def run_plan(
     finally:
         # written even when interrupted, so a long plan always leaves an account of what happened
         summary.records = [records.get(r.name) or RunRecord(
-            name=r.name, notebook=_rel(r.notebook), output=str(out / f"{r.name}.ipynb"), status="not run")
+            name=r.name, notebook=_rel(r.notebook), output=_rel(out / f"{r.name}.ipynb"), status="not run")
             for r in plan.runs]
         summary.finished = _now()
         failed_here = any(records.get(r.name) and records[r.name].status != "ok" for r in selected)
@@ -329,8 +332,8 @@ def _execute(run: Run, params: dict[str, Any], out: Path, kernel: str, plan: Pla
     metrics_file = out / f".{run.name}.metrics.json"
     metrics_file.unlink(missing_ok=True)  # a stale file would leak an earlier run's metrics into this one
     files_dir = out / "work" / run.name
-    rec = RunRecord(name=run.name, notebook=_rel(run.notebook), output=str(executed), status="ok",
-                    parameters=params, kernel=kernel, cwd=str(run.notebook.parent), plan=plan.name)
+    rec = RunRecord(name=run.name, notebook=_rel(run.notebook), output=_rel(executed), status="ok",
+                    parameters=params, kernel=kernel, cwd=_rel(run.notebook.parent), plan=plan.name)
     env = {METRICS_ENV: str(metrics_file.resolve()), OUTPUT_DIR_ENV: str(files_dir.resolve()),
            RUN_NAME_ENV: f"{plan.name}/{run.name}"}
     failure: NotebookFailed | None = None

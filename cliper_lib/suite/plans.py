@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..provenance import REPO_ROOT
+from ..provenance import IN_CHECKOUT, REPO_ROOT
 from .notebook import repo_path
 
 PLAN_DIR = REPO_ROOT / "papermill_runs"
@@ -58,6 +58,11 @@ def _plan_path(plan: str | os.PathLike) -> Path:
         if repo_path(p).exists():
             return repo_path(p)
         raise PlanError(f"run plan file {plan} does not exist")
+    if not IN_CHECKOUT:
+        raise PlanError(f"`cliper reproduce --plan {plan}` needs a checkout of the repository: the notebooks and "
+                        f"the run plans (papermill_runs/) are not part of the installed package. Clone the "
+                        f"repository and run it there (`make setup`, then `.venv/bin/cliper reproduce`), or pass "
+                        f"a plan .yaml whose notebook paths are absolute")
     named = PLAN_DIR / f"{plan}.yaml"
     if named.exists():
         return named

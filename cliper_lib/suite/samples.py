@@ -1,4 +1,4 @@
-"""The bundled sample photos (data/samples) and the class names data/samples/samples.yaml suggests for each."""
+"""The bundled sample photos (cliper_lib/data/samples) and the class names its samples.yaml suggests for each."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,3 +33,22 @@ def suggested_classes(name: str, folder: str | Path | None = None) -> str | None
     if name in suggestions:
         return suggestions[name]
     return next((classes for file, classes in suggestions.items() if Path(file).stem == name), None)
+
+
+def sample_path(name_or_path: str | Path) -> Path:
+    """A bundled sample photo by file name or stem (`chelsea.jpg`, `chelsea`), or any existing image path.
+
+    Relative paths are tried from the current directory; the error lists the bundled names.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    samples = sample_images()
+    name = path.name
+    if name in samples:
+        return samples[name]
+    by_stem = {p.stem: p for p in samples.values()}
+    if name in by_stem:
+        return by_stem[name]
+    raise FileNotFoundError(f"{str(name_or_path)!r} is neither an image file nor a bundled sample "
+                            f"({', '.join(samples)} in {SAMPLES_DIR})")

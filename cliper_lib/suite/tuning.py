@@ -288,3 +288,38 @@ def best_range(rows: Sequence[Mapping[str, Any]], metric: str = "miou") -> Mappi
         return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     return max(rows, key=value)
+
+
+def sweep_samples(cfg: CLIPerConfig, dataset: str, data_root: str | None, limit: int, proxy: str = "coarse",
+                  mask_dir: str | None = None) -> tuple[Any | None, str]:
+    """The images with ground truth a layer-range sweep scores, and a line saying what they are.
+
+    smoke: synthetic shapes with exact masks. paper: the first `limit` images of benchmark `dataset` under
+    `data_root`, or with `dataset="folder"` any folder of images (`data_root`) with label-map PNGs (`mask_dir`)
+    whose labels index `cfg.classes`.
+    When that data is not there, (None, why and what to point at): a notebook skips the sweep instead of failing.
+    """
+    from ..eval.datasets import DatasetError, FolderDataset
+    from ..eval.synthetic import SyntheticDataset
+
+    if cfg.profile == "smoke":
+        samples: Any = SyntheticDataset(num_images=limit, classes=6, size=128, seed=0)
+        return samples, f"{proxy} proxy: agreement (mIoU) with synthetic ground truth, {len(samples)} images"
+    try:
+        if dataset == "folder":
+            if not data_root or not mask_dir:
+                raise DatasetError("sweep_dataset 'folder' needs data_root (the images) and a mask folder")
+            folder = FolderDataset(data_root, cfg.classes, mask_dir)
+            samples = [folder[i] for i in range(min(limit, len(folder)))]
+            where = f"images in {data_root}"
+        else:
+            from ..eval.benchmarks import load_benchmark
+
+            samples = load_benchmark(dataset, root=data_root or None, limit=limit)
+            where = f"the first images of {dataset}"
+    except DatasetError as error:
+        first = str(error).splitlines()[0]
+        return None, (f"layer-range sweep skipped: it needs images with ground truth, and {first}. Point data_root "
+                      f"at the benchmarks (or set $CLIPER_DATA), or set sweep_dataset='folder' with data_root (an "
+                      f"image folder) and sweep_mask_dir (label-map PNGs named like the images).")
+    return samples, f"{proxy} proxy: mIoU on {len(samples)} {where}"

@@ -101,7 +101,7 @@ class Explorer:
         self.history: list[dict[str, Any]] = []
         self._images: dict[str, Any] = dict(images) if images is not None else dict(sample_images())
         if not self._images:
-            raise ValueError("no images: pass `images` (name -> path or array) or add photos to data/samples")
+            raise ValueError("no images: pass `images` (name -> path or array) or add photos to cliper_lib/data/samples")
         self._arrays: dict[str, np.ndarray] = {}
         self._ids: dict[str, str] = {}
         self._suspended = False

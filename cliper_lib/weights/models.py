@@ -4,6 +4,8 @@ from __future__ import annotations
 from ..config import SD_REFINEMENTS, CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from .clip import load_clip
+from .hub import WeightsMissingError, hub_reachable
+from .inventory import missing_weight_files, offline_report
 from .sd import load_sd_extractor
 from .vfm import VFMLoader, vfms_used
 
@@ -19,6 +21,10 @@ class CLIPer(_MethodCLIPer):
         The VFMs the config uses (proxy_model for last_layer_attention=proxy, a VFM refinement) are loaded now, so
         missing weights stop here; other VFMs load on first use (the explorer switching refinements).
         """
+        if cfg.profile == "paper":  # offline, name every missing file at once (CLIP and SD), not the first
+            missing = missing_weight_files(cfg)
+            if missing and not (allow_download and hub_reachable()):
+                raise WeightsMissingError(offline_report(missing))
         device = resolve_device(cfg.device)
         clip = load_clip(cfg, device=device, allow_download=allow_download)
         sd = None

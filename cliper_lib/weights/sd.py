@@ -232,17 +232,29 @@ def load_sd_components(
 
     repo = cfg.sd_repo
     # Cache first, with no network at all: offline, diffusers/transformers would otherwise retry for a while.
+    # The cached snapshot is loaded as a local folder: diffusers' hub path passes huggingface_hub a deprecated
+    # argument (a warning on every load that no user can act on).
     try:
-        components = _load_any_variant(repo)
+        components = _load_any_variant(str(_cached_snapshot(repo)))
     except (OSError, ValueError) as error:
         if not (allow_download and hub_reachable()):
             message = missing_weights_message(
                 "Stable Diffusion", repo, f"{', '.join(SD_SUBFOLDERS)} (configs and weights)", "cliper download"
             )
             raise WeightsMissingError(message) from error
-        download_sd_weights(repo)
-        components = _load_any_variant(repo)
+        components = _load_any_variant(str(download_sd_weights(repo)))
+    components.source = repo
     return components.to(device, dtype)
+
+
+def _cached_snapshot(repo: str) -> Path:
+    """The folder of `repo`'s cached snapshot (the one refs/main names); OSError when nothing is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(repo, "model_index.json")
+    if not isinstance(index, str):
+        raise OSError(f"'{repo}' is not in the Hugging Face cache")
+    return Path(index).parent
 
 
 def sd_allow_patterns(variant: str | None = None) -> list[str]:

@@ -44,7 +44,7 @@ def test_missing_weights_show_the_cli_message(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     page = AppPage(AppSettings(profile="paper", device="cpu"))
     page.load()
-    assert page.explorer is None and "not available offline" in page.error
+    assert page.explorer is None and "missing from the local Hugging Face cache" in page.error  # the offline report
     (shown,) = page.widget.children
     assert "cliper: " in shown.value and "cliper download" in shown.value and "Traceback" not in shown.value
 

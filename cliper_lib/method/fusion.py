@@ -57,8 +57,17 @@ def clamp_nonnegative(attention: torch.Tensor) -> torch.Tensor:
 
 
 def finish_fused_attention(balanced: torch.Tensor) -> torch.Tensor:
-    """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise."""
-    return normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced))))
+    """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise.
+
+    The same operations as normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced)))), in place on
+    one new buffer: on a CPU each fresh (B, H, N, N) temporary costs as much as the arithmetic on it.
+    """
+    out = balanced + balanced.transpose(-2, -1)
+    out /= 2
+    out -= out.mean(dim=-2, keepdim=True)
+    out.clamp_(min=0)
+    out /= out.sum(dim=-1, keepdim=True)
+    return out
 
 
 def iter_fused_attentions(
@@ -69,15 +78,18 @@ def iter_fused_attentions(
     rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output, so output
     k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds.
     """
+    balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
+
+    def round_() -> None:
+        balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
+
     if rounds == "cumulative":
-        balanced = summed
         for _ in range(num_outputs):
-            balanced = sinkhorn_round(balanced)
+            round_()
             yield finish_fused_attention(balanced)
     else:
-        balanced = summed
         for _ in range(int(rounds)):
-            balanced = sinkhorn_round(balanced)
+            round_()
         fused = finish_fused_attention(balanced)
         for _ in range(num_outputs):
             yield fused
@@ -113,7 +125,8 @@ def value_path(block: torch.nn.Module, normed: torch.Tensor, attention: torch.Te
 
     No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
     """
-    _, _, v = qkv_heads(block, normed)  # (B, H, N, d)
+    attn, width = block.attn, normed.shape[-1]  # only V: a third of the in-projection
+    v = _split_heads(F.linear(normed, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :]), attn.num_heads)
     mixed = attention.to(v.dtype) @ v  # (B, H, N, d)
     b, h, n, d = mixed.shape
     mixed = mixed.transpose(1, 2).reshape(b, n, h * d)  # (B, N, D)
@@ -128,10 +141,6 @@ class FusionOutput:
     embeddings: torch.Tensor  # (L, B, N, E): ln_post + proj of every Z_k, CLS token first
     last_attention: torch.Tensor  # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
     grid: tuple[int, int]
-
-
-def default_fuse_layers(num_layers: int) -> list[int]:
-    return list(range(num_layers - 1))
 
 
 @torch.no_grad()
@@ -149,7 +158,7 @@ def fuse_layers(
         raise ValueError(f"the walk covers {walk.num_walked} blocks; ELF needs the first {num_layers - 1}")
     if last_layer_attention not in LAST_LAYER_ATTENTIONS:
         raise ValueError(f"last_layer_attention={last_layer_attention!r}; choose one of {LAST_LAYER_ATTENTIONS}")
-    fuse = default_fuse_layers(num_layers) if fuse is None else list(fuse)
+    fuse = list(range(num_layers - 1)) if fuse is None else list(fuse)
     if any(not 0 <= i <= num_layers - 2 for i in fuse):
         raise ValueError(f"fused layers {fuse} must lie in 0 .. {num_layers - 2}")
     last = blocks[num_layers - 1]

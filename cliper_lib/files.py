@@ -1,12 +1,14 @@
-"""Files: atomic writes (a reader sees the old file or the new one, never half of one) and the suite's cache folder."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one), the suite's cache folder,
+and a cache of tensors on disk."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 _UMASK = os.umask(0o22)  # read the process umask (the only way is to set it) and put it back at once
 os.umask(_UMASK)
@@ -118,3 +120,44 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
 def default_cache_dir() -> Path:
     """The suite's own cache (text embeddings, the smoke tokenizer): CLIPER_CACHE, else ~/.cache/cliper."""
     return Path(os.environ.get("CLIPER_CACHE", Path.home() / ".cache" / "cliper"))
+
+
+class TensorCache:
+    """Tensors on disk, one .pt file per key (text embeddings, the SD empty-prompt embedding); a folder of None
+    caches nothing. Written atomically; a corrupt file is recomputed, never trusted."""
+
+    def __init__(self, folder: str | os.PathLike | None):
+        self.folder = Path(folder) if folder is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        """A digest of JSON-able parts (what identifies the weights and the inputs)."""
+        return hashlib.sha256(json.dumps(list(parts), ensure_ascii=False).encode()).hexdigest()[:32]
+
+    def lookup(self, key: str) -> Any | None:
+        path = self.folder / f"{key}.pt" if self.folder is not None else None
+        if path is not None and path.exists():
+            import torch
+
+            try:
+                value = torch.load(path, weights_only=True)
+                self.hits += 1
+                return value
+            except Exception:  # a corrupt cache file is recomputed, never trusted
+                path.unlink(missing_ok=True)
+        return None
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        value = self.lookup(key)
+        if value is not None:
+            return value
+        self.misses += 1
+        value = compute()
+        if self.folder is not None:
+            import torch
+
+            with atomic_path(self.folder / f"{key}.pt") as tmp:  # a reader never sees half a file
+                torch.save(value.cpu(), tmp)
+        return value

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cliper_lib.method.refine import (
+    HeadChain,
     chain_apply,
-    chain_apply_streaming,
     normalize_head_maps,
     refine_coarse_maps,
     upsample_coarse,
@@ -85,23 +85,28 @@ def test_chain_equals_explicit_left_to_right_product() -> None:
     torch.testing.assert_close(chain_apply(maps, S), explicit, rtol=1e-12, atol=1e-12)
 
 
-def test_streaming_equals_batch_and_order_matters() -> None:
-    maps = random_stochastic(5, 16, seed=5)
-    S = torch.rand(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    batch = chain_apply(maps, S)
-    streamed = chain_apply_streaming(iter([maps[k] for k in reversed(range(5))]), S)  # A_m first
-    assert torch.equal(streamed, batch)
-    wrong_order = chain_apply_streaming(iter(maps), S)  # A_1 first computes A_m ... A_1 S: a different product
-    assert not torch.allclose(wrong_order, batch)
-    assert torch.equal(chain_apply_streaming([], S), S)  # no maps: the identity
+def test_head_chain_streams_last_first_and_order_matters() -> None:
+    maps = random_stochastic(4, 16, seed=5)  # two layers of two heads: "a" = maps 0, 1; "b" = maps 2, 3
+    coarse = torch.rand(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    S = upsample_coarse(coarse, 4).reshape(3, 16).T  # (T, C)
+    expected = chain_apply(normalize_head_maps(maps, 0.1), S)
+
+    def feed(chain: HeadChain) -> torch.Tensor:  # as a UNet would: layer "a" first, each layer's last head first
+        for layer, offset in (("a", 0), ("b", 2)):
+            for head in (1, 0):
+                chain(layer, head, 2, maps[offset + head][None])  # (1, T, T)
+        return chain.S[0]
+
+    in_order = HeadChain([coarse], ["a", "b"], 0.1)  # "b" is due first: "a" waits for it
+    torch.testing.assert_close(feed(in_order), expected, rtol=1e-12, atol=1e-12)
+    assert not in_order.waiting and not in_order.due and in_order.count == 4
+    assert not torch.allclose(feed(HeadChain([coarse], ["b", "a"], 0.1)), expected)  # another product
 
 
 def test_chain_shape_errors() -> None:
     maps = random_stochastic(2, 16)
     with pytest.raises(ValueError, match="S must have shape"):
         chain_apply(maps, torch.rand(9, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="expected"):
-        chain_apply_streaming([torch.rand(9, 9)], torch.rand(16, 2))
 
 
 @pytest.mark.parametrize("variant", ["sfsa", "mean", "selection"])

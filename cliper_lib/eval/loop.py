@@ -144,6 +144,25 @@ def _prefetch(dataset: Sequence[Sample], indices: Sequence[int], depth: int) -> 
             yield i, future.result()  # a decoding error surfaces here, naming its file
 
 
+def _segmented(samples: Iterable[tuple[int, Sample]], segmenter: Segmenter,
+               segment_many: Callable[[list[np.ndarray]], Sequence[Any]] | None, batch_size: int
+               ) -> Iterator[tuple[int, Sample, Any]]:
+    """(index, sample, segmenter output), segmenting `batch_size` samples at a time (one call per batch)."""
+    batch: list[tuple[int, Sample]] = []
+    for index, sample in samples:
+        if sample.mask is None:
+            raise DatasetError(f"sample {sample.name!r} has no annotation to score against")
+        batch.append((index, sample))
+        if len(batch) < batch_size:
+            continue
+        outputs = segment_many([s.image for _, s in batch]) if batch_size > 1 else [segmenter(sample.image)]
+        yield from ((i, s, out) for (i, s), out in zip(batch, outputs, strict=True))
+        batch = []
+    if batch:
+        outputs = segment_many([s.image for _, s in batch])
+        yield from ((i, s, out) for (i, s), out in zip(batch, outputs, strict=True))
+
+
 def _all_reduce_floats(values: list[float]) -> list[float]:
     import torch.distributed as dist
 
@@ -171,6 +190,8 @@ def evaluate(
     run_key: str | None = None,
     prefetch: int = 2,
     on_sample: Callable[[int, Sample, np.ndarray], Any] | None = None,
+    batch_size: int = 1,
+    segment_many: Callable[[list[np.ndarray]], Sequence[Any]] | None = None,
 ) -> EvalResult:
     """Score `segmenter` on the first `limit` samples of `dataset`; this rank takes samples rank, rank+W, ...
 
@@ -179,8 +200,11 @@ def evaluate(
     model and settings) is stored in the checkpoint and must match on resume. Under torch.distributed the
     matrices are all-reduced, so every rank returns the full result; without a process group each rank returns
     its own shard (`ConfusionMatrix.merge` them). `on_sample(index, sample, labels)` is called after each
-    sample is counted (per-image scores, kept examples): a hook sees exactly what the metric saw.
+    sample is counted (per-image scores, kept examples): a hook sees exactly what the metric saw. With
+    `batch_size` > 1, `segment_many(images)` (one output per image) segments that many samples at a time.
     """
+    if batch_size < 1 or (batch_size > 1 and segment_many is None):
+        raise ValueError(f"batch_size={batch_size}: give batch_size >= 1, and segment_many when it is above 1")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -208,10 +232,9 @@ def evaluate(
     start = time.perf_counter()
     try:
         tick = time.perf_counter()
-        for index, sample in _prefetch(dataset, todo, prefetch):
-            if sample.mask is None:
-                raise DatasetError(f"sample {sample.name!r} has no annotation to score against")
-            labels = _label_map(segmenter(sample.image))
+        for index, sample, output in _segmented(_prefetch(dataset, todo, prefetch), segmenter, segment_many,
+                                                batch_size):
+            labels = _label_map(output)
             if tuple(labels.shape) != tuple(sample.mask.shape):
                 raise ValueError(
                     f"sample {sample.name!r}: prediction {tuple(labels.shape)} and annotation "

@@ -157,6 +157,9 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
     try:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+        batch_size = 1 if getattr(args, "batch_size", None) is None else args.batch_size
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         jobs = _plan(args)
         if world_size > 1:
             device = args.device or jobs[0].cfg.device
@@ -195,6 +198,11 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
         def segmenter(image: np.ndarray, model: Any = model, text: Any = text) -> Any:
             return model.segment(image, text=text).labels
 
+        def segment_many(images: list[np.ndarray], model: Any = model, text: Any = text) -> list[Any]:
+            from .batching import segment_batch  # B images per CLIP walk, VAE encode and UNet pass
+
+            return segment_batch(model, images, text)
+
         num_classes = len(classes) + 1
         spec = DATASETS.get(job.source)
         if spec is not None and sorted(set(cfg.ignore_labels)) != sorted(spec.ignore_labels):
@@ -207,7 +215,7 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
                 segmenter, job.dataset, num_classes, cfg.ignore_labels, limit=args.limit,
                 checkpoint_path=job.checkpoint, checkpoint_every=args.checkpoint_every, rank=rank,
                 world_size=world_size, progress=not args.no_progress, resume=args.resume,
-                run_key=_run_key(cfg, job.source, job.dataset),
+                run_key=_run_key(cfg, job.source, job.dataset), batch_size=batch_size, segment_many=segment_many,
             )
         except (DatasetError, CheckpointError) as error:
             say(f"cliper eval: {error}", err=True)
@@ -229,7 +237,7 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
         say(f"{cfg.preset}: mIoU {result.miou:.2f} (paper {_fmt(cfg.paper_miou)}), mAcc "
             f"{result.metrics['mAcc_pct']:.2f}, pAcc {result.metrics['pAcc_pct']:.2f} on {result.num_images} "
             f"images, {result.seconds_per_image:.3f} s/image -> {job.out}")
-        del model, text, segmenter
+        del model, text, segmenter, segment_many
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

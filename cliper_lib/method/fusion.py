@@ -58,12 +58,18 @@ def clamp_nonnegative(attention: torch.Tensor) -> torch.Tensor:
 def finish_fused_attention(balanced: torch.Tensor) -> torch.Tensor:
     """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise.
 
-    A row left all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch
-    image) becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
+    The same operations as normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced)))), in place on
+    one new buffer: on a CPU each fresh (B, H, N, N) temporary costs as much as the arithmetic on it. A row left
+    all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch image)
+    becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
     """
-    clamped = clamp_nonnegative(center_columns(symmetrize(balanced)))
-    clamped.masked_fill_(clamped.sum(dim=-1, keepdim=True) == 0, 1.0)  # in place: the clamp's own output
-    return normalize_rows(clamped)
+    out = balanced + balanced.transpose(-2, -1)
+    out /= 2
+    out -= out.mean(dim=-2, keepdim=True)
+    out.clamp_(min=0)
+    out.masked_fill_(out.sum(dim=-1, keepdim=True) == 0, 1.0)
+    out /= out.sum(dim=-1, keepdim=True)
+    return out
 
 
 def iter_fused_attentions(
@@ -74,15 +80,18 @@ def iter_fused_attentions(
     rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output, so output
     k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds.
     """
+    balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
+
+    def round_() -> None:
+        balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
+
     if rounds == "cumulative":
-        balanced = summed
         for _ in range(num_outputs):
-            balanced = sinkhorn_round(balanced)
+            round_()
             yield finish_fused_attention(balanced)
     else:
-        balanced = summed
         for _ in range(int(rounds)):
-            balanced = sinkhorn_round(balanced)
+            round_()
         fused = finish_fused_attention(balanced)
         for _ in range(num_outputs):
             yield fused
@@ -118,7 +127,8 @@ def value_path(block: torch.nn.Module, normed: torch.Tensor, attention: torch.Te
 
     No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
     """
-    _, _, v = qkv_heads(block, normed)  # (B, H, N, d)
+    attn, width = block.attn, normed.shape[-1]  # only V: a third of the in-projection
+    v = _split_heads(F.linear(normed, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :]), attn.num_heads)
     mixed = attention.to(v.dtype) @ v  # (B, H, N, d)
     b, h, n, d = mixed.shape
     mixed = mixed.transpose(1, 2).reshape(b, n, h * d)  # (B, N, D)
@@ -133,10 +143,6 @@ class FusionOutput:
     embeddings: torch.Tensor  # (L, B, N, E): ln_post + proj of every Z_k, CLS token first
     last_attention: torch.Tensor  # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
     grid: tuple[int, int]
-
-
-def default_fuse_layers(num_layers: int) -> list[int]:
-    return list(range(num_layers - 1))
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ builds them from a config, tests and benchmarks build them by hand.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
@@ -20,7 +21,7 @@ from ..vfm import refine_with_features
 from . import fusion as elf
 from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, resized_shape, walk_layers
 from .labels import class_scores, labels_from_maps, scaled_maps
-from .refine import refine_coarse_maps
+from .refine import HeadChain, refine_coarse_maps
 from .stages import StageRun, StageStore, run_stages
 from .text import (
     TextEmbeddingCache,
@@ -64,6 +65,16 @@ class LayerMaps:
 
 
 @dataclass
+class StreamedHeadMaps:
+    """Stage sd_attention when nobody keeps the maps: `refine` runs the UNet and applies each map as it comes."""
+
+    image: np.ndarray
+    cfg: CLIPerConfig  # the run's whole config (the refine stage's view does not hold the sd_* fields)
+    shape: tuple[int, ...] = ()  # (m, T, T) once refined
+    seconds: float = 0.0  # the UNet pass, with the chain applied inside it (the rest is refine's)
+
+
+@dataclass
 class SegmentationResult:
     """Every intermediate of one `segment` call; shapes in the comments (C classes, h×w patch grid)."""
 
@@ -94,16 +105,19 @@ class SegmentationResult:
         scores, scaled, labels = run["labels"]
         head_maps = run.values.get("sd_attention") if "sd_attention" in run.keys else None
         summary: dict[str, Any] = {}
-        if head_maps is not None:
+        if head_maps is not None and head_maps.shape:
             summary = {"count": int(head_maps.shape[0]), "tokens": int(head_maps.shape[-1]),
                        "layers": list(run.cfg.sd_layers)}
+        timings = dict(run.recomputed)
+        if isinstance(head_maps, StreamedHeadMaps) and "refine" in timings:
+            timings["sd_attention"], timings["refine"] = head_maps.seconds, timings["refine"] - head_maps.seconds
         attention = fused.whole.last_attention[0]  # (H, N, N)
         return cls(
             class_names=text.names, background=text.background, image_size=tuple(run["image"].shape[:2]),
             grid=fused.whole.grid, layer_embeddings=fused.whole.embeddings[:, 0], fused_attention=attention,
             fused_attention_mean=attention.mean(0)[1:, 1:], layer_maps_whole=maps.whole, layer_maps=maps.blended,
             sliding=maps.sliding, select_map=select_map, coarse=coarse, refined=run["refine"],
-            head_maps_summary=summary, scores=scores, maps=scaled, labels=labels.cpu(), timings=dict(run.recomputed),
+            head_maps_summary=summary, scores=scores, maps=scaled, labels=labels.cpu(), timings=timings,
         )
 
     def present_classes(self) -> list[str]:
@@ -114,19 +128,10 @@ class SegmentationResult:
 class CLIPer:
     """The CLIPer method on injected models: a CLIP bundle and (unless refinement is none) an SD extractor."""
 
-    def __init__(
-        self,
-        cfg: CLIPerConfig,
-        clip: ClipBundle,
-        sd: Any | None = None,
-        text_cache_dir: str | None | bool = True,
-        vfm: Any | None = None,  # name -> cliper_lib.vfm.VFMEncoder (proxy attention, VFM refinements)
-    ):
+    def __init__(self, cfg: CLIPerConfig, clip: ClipBundle, sd: Any | None = None,
+                 text_cache_dir: str | None | bool = True, vfm: Any | None = None):  # vfm: name -> vfm.VFMEncoder
         cfg.check_against_depth(clip.num_layers)
-        self.cfg = cfg
-        self.clip = clip
-        self.sd = sd
-        self.vfm = vfm
+        self.cfg, self.clip, self.sd, self.vfm = cfg, clip, sd, vfm
         self.device = next(clip.model.parameters()).device
         folder = default_cache_dir() / "text" if text_cache_dir is True else (text_cache_dir or None)
         self.text_cache = TextEmbeddingCache(folder)
@@ -163,11 +168,9 @@ class CLIPer:
         array = rgb_array(image)
         x = preprocess_image(array, cfg.size, clip.patch_size, clip.mean, clip.std).to(self.device)
         x = x.to(next(clip.model.parameters()).dtype)  # the input in the weights' dtype
-        depth = clip.num_layers - 1
-        walk = walk_layers(clip.visual, x[None], num_blocks=depth)
-        crop_walk = None
-        if cfg.sliding_crop_size > 0:
-            crop_walk = elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride)
+        walk = walk_layers(clip.visual, x[None], num_blocks=clip.num_layers - 1)
+        sliding = cfg.sliding_crop_size > 0
+        crop_walk = elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride) if sliding else None
         return ClipFeatures(array, x, walk, crop_walk, cfg.sliding_crop_size, cfg.sliding_stride)
 
     @torch.no_grad()
@@ -225,8 +228,23 @@ class CLIPer:
             return refine_with_features(coarse.float(), head_maps)
         if cfg.refinement == "none" or head_maps is None:
             return coarse.float()
+        if isinstance(head_maps, StreamedHeadMaps):
+            if cfg.refinement == "sfsa":
+                start = time.perf_counter()
+                chain = self.refine_streamed([head_maps.image], [coarse], head_maps.cfg)
+                head_maps.seconds = time.perf_counter() - start
+                head_maps.shape = (chain.count, chain.S.shape[1], chain.S.shape[1])
+                return chain.refined[0]
+            head_maps = self.sd(head_maps.image, head_maps.cfg)  # mean / selection read the maps as a whole
         return refine_coarse_maps(coarse.float(), head_maps, cfg.refinement, cfg.effective_sd_attention_thr,
                                   cfg.selection_head)
+
+    @torch.no_grad()
+    def refine_streamed(self, images: Sequence[Any], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig) -> HeadChain:
+        """sfsa for B images in one UNet pass: B coarse maps (C, h_b, w_b) -> the chain; `refined` (B, C, s, s)."""
+        chain = HeadChain([c.float() for c in coarse], cfg.sd_layers, cfg.effective_sd_attention_thr)
+        self.sd.capture(images, chain, cfg=cfg)
+        return chain
 
     @torch.no_grad()
     def labels(self, refined: torch.Tensor, coarse: torch.Tensor, image_size: tuple[int, int],
@@ -243,12 +261,13 @@ class CLIPer:
     def run(self, image, classes: Sequence[str] | str | None = None, background: Sequence[str] | str | None = None,
             cfg: CLIPerConfig | None = None, until: str | Sequence[str] = "labels", *, text: TextSet | None = None,
             head_maps: torch.Tensor | None = None, image_id: Hashable | None = None,
-            store: StageStore | None = None) -> StageRun:
+            store: StageStore | None = None, features: ClipFeatures | None = None) -> StageRun:
         """Run the stage graph up to `until` (a stage, or several) and return every stage reached.
 
         `classes` is a list or a ';'-separated string (default: the config's class file), `background` a list or
-        a comma-separated string (default: the class file's vocabulary); `text` (from `encode_text`) and
-        `head_maps` skip those stages; `store` memoises stages under `image_id` (default: a hash of the pixels).
+        a comma-separated string (default: the class file's vocabulary); `text` (from `encode_text`), `head_maps`
+        and `features` (clip_walk) skip those stages; `store` memoises stages under `image_id` (default: a hash
+        of the pixels). Without a store, head maps that are not a target are streamed (`StreamedHeadMaps`).
         """
         cfg = (cfg or self.cfg).validate()  # a config edited after construction is checked where it is used
         array = rgb_array(image)  # (H0, W0, 3) uint8: what both halves see
@@ -264,9 +283,13 @@ class CLIPer:
         given = {}
         if text is not None:
             given["text"] = (("encoded", tuple(text.names), tuple(text.background), id(text)), text)
+        targets = (until,) if isinstance(until, str) else tuple(until)
+        if head_maps is None and store is None and self.sd is not None and "sd_attention" not in targets:
+            head_maps = StreamedHeadMaps(array, cfg)  # nobody keeps the maps: stream them through refine
         if head_maps is not None:
             given["sd_attention"] = (("head_maps", id(head_maps)), head_maps)
-        targets = (until,) if isinstance(until, str) else tuple(until)
+        if features is not None:
+            given["clip_walk"] = (("features", id(features)), features)
         inputs = {"image": array, "classes": classes, "background": background}
         return run_stages(self, cfg, inputs, keys, targets, store=store, given=given)
 

@@ -7,7 +7,7 @@ the T x T product A_f is never formed (at T = 4096 that is 9 matrix-matrix produ
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,35 +31,66 @@ def normalize_head_maps(maps: torch.Tensor, attention_thr: float) -> torch.Tenso
     return out
 
 
-def chain_apply_streaming(maps_last_first: Iterable[torch.Tensor], S: torch.Tensor) -> torch.Tensor:
-    """A_1(A_2(...(A_m S))) from maps given LAST FIRST (A_m, A_{m-1}, ..., A_1), each (T, T); S (T, C) -> (T, C).
-
-    Each map multiplies the running (T, C) result from the left, so the map applied first is the rightmost
-    factor of the chain: a producer that streams maps must yield them in reverse chain order. Given in chain
-    order instead, one would have to keep the (T, T) prefix product A_1 ... A_k, which is what this avoids.
-    """
-    if S.ndim != 2:
-        raise ValueError(f"S must have shape (T, C), got {tuple(S.shape)}")
-    result = S
-    for k, A in enumerate(maps_last_first):
-        if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[1] != result.shape[0]:
-            raise ValueError(f"map {k} (counted from the last) has shape {tuple(A.shape)}; expected (T, T) with "
-                             f"T = {result.shape[0]}")
-        result = A @ result.to(A.dtype)  # (T, T) @ (T, C) -> (T, C)
-    return result
-
-
 def chain_apply(maps: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """A_1 (A_2 (... (A_m S))) for maps (m, T, T) in chain order and S (T, C) -> (T, C), right to left."""
+    """A_1 (A_2 (... (A_m S))) for maps (m, T, T) in chain order and S (T, C) -> (T, C), right to left: the map
+    applied first is the last of the chain (a producer streaming maps yields them last first, see HeadChain)."""
     _check_maps(maps)
     if S.ndim != 2 or S.shape[0] != maps.shape[-1]:
         raise ValueError(f"S must have shape (T={maps.shape[-1]}, C), got {tuple(S.shape)}")
-    return chain_apply_streaming(reversed(maps.unbind(0)), S.to(maps.dtype))  # unbind: views, no copy
+    result = S.to(maps.dtype)
+    for A in reversed(maps.unbind(0)):  # unbind: views, no copy
+        result = A @ result  # (T, T) @ (T, C) -> (T, C)
+    return result
 
 
 def upsample_coarse(coarse: torch.Tensor, side: int) -> torch.Tensor:
     """S_c (C, h, w) -> S_c↑ (C, side, side), bilinear with align_corners=False (as the authors)."""
     return F.interpolate(coarse[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+
+
+class HeadChain:
+    """S_f = A_1 ... A_m S_c↑ for B coarse maps (C, h_b, w_b), applied as the raw head maps (B, T, T) arrive from
+    `SDSelfAttention.capture`, a layer's heads last first. Right to left: `layers[-1]` is due first; a layer the
+    UNet runs before its turn waits (with the paper's layers none does), else one head map exists at a time."""
+
+    def __init__(self, coarse: Sequence[torch.Tensor], layers: Sequence[str], attention_thr: float) -> None:
+        self.coarse, self.due, self.thr = coarse, list(reversed(layers)), attention_thr
+        self.waiting: dict[str, list[torch.Tensor]] = {}
+        self.S: torch.Tensor | None = None  # (B, T, C), made when the first map gives T
+        self.count = 0
+
+    def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
+        if not self.due or path != self.due[0]:
+            self.waiting.setdefault(path, []).append(probabilities)
+            return
+        self._apply(probabilities)
+        if head == 0:  # a layer's first head comes last: the layer before it in the chain is due
+            self.due.pop(0)
+            while self.due and self.due[0] in self.waiting:
+                for waiting in self.waiting.pop(self.due.pop(0)):
+                    self._apply(waiting)
+
+    def _apply(self, probabilities: torch.Tensor) -> None:
+        T = probabilities.shape[-1]
+        if self.S is None:
+            s = math.isqrt(T)
+            if s * s != T:
+                raise ValueError(f"head maps have T={T} tokens, which is not a square grid (s x s)")
+            dtype = torch.promote_types(probabilities.dtype, torch.float32)
+            self.S = torch.stack([upsample_coarse(c.to(probabilities.device, dtype), s).reshape(len(c), T).T
+                                  for c in self.coarse])  # (B, T, C)
+        if probabilities.shape[-2:] != (T, T) or T != self.S.shape[1]:
+            raise ValueError(f"head map of shape {tuple(probabilities.shape)} does not fit T = {self.S.shape[1]}")
+        for b in range(len(self.S)):
+            A = normalize_head_maps(probabilities[b : b + 1].to(self.S.dtype), self.thr)[0]  # (T, T)
+            self.S[b] = A @ self.S[b]  # (T, T) @ (T, C)
+        self.count += 1
+
+    @property
+    def refined(self) -> torch.Tensor:
+        """S_f (B, C, s, s)."""
+        B, T, C = self.S.shape
+        return self.S.transpose(1, 2).reshape(B, C, math.isqrt(T), math.isqrt(T))
 
 
 def refine_coarse_maps(
@@ -97,6 +128,11 @@ def refine_coarse_maps(
     if variant == "selection" and not 0 <= selection_head < m:
         raise ValueError(f"selection_head={selection_head} is out of range for {m} head maps (0 .. {m - 1})")
 
+    if variant == "sfsa":
+        chain = HeadChain([coarse], ["maps"], attention_thr)
+        for k in reversed(range(m)):
+            chain("maps", k, m, head_maps[k : k + 1])  # (1, T, T)
+        return chain.refined[0]
     dtype = torch.promote_types(head_maps.dtype, torch.float32)  # fp16 maps are refined in float32
     C = coarse.shape[0]
     coarse_up = upsample_coarse(coarse.to(device=head_maps.device, dtype=dtype), s)  # (C, s, s)
@@ -107,9 +143,7 @@ def refine_coarse_maps(
     def normalized(k: int) -> torch.Tensor:
         return normalize_head_maps(head_maps[k : k + 1].to(dtype), attention_thr)[0]  # (T, T)
 
-    if variant == "sfsa":
-        refined = chain_apply_streaming((normalized(k) for k in reversed(range(m))), S)  # (T, C)
-    elif variant == "mean":
+    if variant == "mean":
         mean_map = normalized(0)
         for k in range(1, m):
             mean_map += normalized(k)  # accumulate: never m normalised maps at once

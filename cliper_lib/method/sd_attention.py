@@ -1,15 +1,15 @@
 """Stable Diffusion self-attention for fine-grained compensation (docs/method.md, "Fine-grained compensation").
 
-The image is resized to the SD side, VAE-encoded, noised at one timestep and passed once through the UNet with
-the empty prompt. An attention processor installed on the `attn1` of the named UNet layers computes the same
-output as diffusers' default processor and records the per-head self-attention probabilities (in float32).
-The components come from `cliper_lib.weights` (real or tiny random weights) or are built by hand.
+The image is resized to the SD side, VAE-encoded, noised at one timestep and passed through the UNet with the
+empty prompt, up to the last named layer it reaches (nothing after it is read). A processor on the `attn1` of
+the named layers computes diffusers' default output head by head and hands each head's float32 probabilities to
+a sink: a store of maps, or the refinement chain itself. Components: `cliper_lib.weights`, or built by hand.
 """
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,111 +21,76 @@ from PIL import Image
 from ..config import CLIPerConfig
 from ..images import ImageLike, float_tensor
 
-#: the pipeline components loaded from a diffusers folder / hub repo, by subfolder.
-SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 @dataclass
 class SDComponents:
-    """The parts of a Stable Diffusion pipeline that the one-step extraction needs."""
+    """The parts of a Stable Diffusion pipeline the one-step extraction needs (`cliper_lib.weights.sd` loads and
+    moves them). The text encoder only encodes "": the extraction reads `empty_embedding`, not the encoder."""
 
     unet: Any  # diffusers UNet2DConditionModel (eval mode)
-    vae: Any  # diffusers AutoencoderKL (eval mode)
-    text_encoder: Any  # transformers CLIPTextModel (eval mode)
-    tokenizer: Any  # transformers CLIPTokenizer (model_max_length 77)
+    vae: Any  # diffusers AutoencoderKL (eval mode; only its encoder is used)
+    text_encoder: Any  # transformers CLIPTextModel (eval mode), or None with `empty_embedding`
+    tokenizer: Any  # transformers CLIPTokenizer (model_max_length 77), or None with `empty_embedding`
     scheduler: Any  # a diffusers scheduler (DDIM, PNDM, ...), as shipped with the weights
     source: str  # repo id, local folder, "random-seed-N" or "random-full-size-seed-N"
-
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> SDComponents:
-        """Move the three networks to `device`/`dtype` (in place) and return self."""
-        cast = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat16"}
-        if dtype not in cast:
-            raise ValueError(f"dtype={dtype}: use float32, float16 or bfloat16")
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device)
-            # .half()/.float() rather than .to(dtype): diffusers logs a warning on every .to(dtype) call
-            getattr(module, cast[dtype])().eval().requires_grad_(False)
-        return self
+    empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # attention capture
 # ---------------------------------------------------------------------------------------------------------------
-class AttentionStore(dict):
-    """Shared store of captured attention: path -> float32 probabilities (heads, T, S); the latest call wins."""
+#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first
+HeadSink = Callable[[str, int, int, torch.Tensor], None]
 
-    def record(self, path: str, probabilities: torch.Tensor) -> None:
-        # (B, heads, T, S) -> (heads, T, S): the store holds one image
-        if probabilities.shape[0] != 1:
-            raise ValueError(
-                f"attention capture at {path!r} got a batch of {probabilities.shape[0]}; it stores one image "
-                f"(batch 1), e.g. no classifier-free guidance"
-            )
-        self[path] = probabilities[0].detach()
+
+class AttentionStore(dict):
+    """A sink keeping every captured head: path -> float32 probabilities (B, heads, T, S); the latest call wins."""
+
+    def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
+        if head == heads - 1:  # the first head of a call (they come last first): a fresh buffer
+            self[path] = probabilities.new_empty(probabilities.shape[0], heads, *probabilities.shape[1:])
+        self[path][:, head] = probabilities
+
+
+class _EndOfCapture(Exception):
+    """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is never read."""
 
 
 class CaptureAttnProcessor:
-    """Attention processor: diffusers' default computation, plus per-head probabilities (float32) into a store."""
+    """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist at once),
+    each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths still to capture in
+    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink."""
 
-    def __init__(self, store: AttentionStore, path: str) -> None:
-        self.store = store
-        self.path = path
+    def __init__(self, sink: HeadSink, path: str, pending: set[str] | None = None) -> None:
+        self.sink, self.path, self.pending = sink, path, pending
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError(f"{self.path}: the capture computes plain self-attention (no context, no mask)")
+        residual, input_ndim = hidden_states, hidden_states.ndim
         if input_ndim == 4:
             batch, channels, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)  # (B, T, c)
-
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, source_len, _ = context.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, source_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])  # (B, h, 1|T, S)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        elif attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(context)
-        value = attn.to_v(context)
-
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, T, d)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, S, d)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, S, d)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        # float32 even for fp16 models: the probabilities are multiplied along a chain of ~10 maps later.
-        # Scaling q first avoids a second (h, T, S) temporary; attn.scale is head_dim ** -0.5 in SD.
-        scores = (query.float() * attn.scale) @ key.float().transpose(-1, -2)  # (B, h, T, S)
-        if attention_mask is not None:
-            scores = scores + attention_mask.float()
-        probabilities = scores.softmax(dim=-1)  # (B, h, T, S)
-        del scores
-        out = probabilities @ value.float()  # (B, h, T, d)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)  # (B, T, h*d)
-        self.store.record(self.path, probabilities)
-
-        out = attn.to_out[0](out)  # linear projection
-        out = attn.to_out[1](out)  # dropout
+        batch, heads = hidden_states.shape[0], attn.heads
+        query, key, value = (project(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
+                             for project in (attn.to_q, attn.to_k, attn.to_v))  # (B, h, T, d) each
+        if self.pending is not None:
+            self.pending.discard(self.path)
+        last = self.pending is not None and not self.pending
+        out = None if last else query.new_empty(query.shape, dtype=torch.float32)  # (B, h, T, d)
+        # Last head first: the refinement chain applies the maps right to left. float32 even for fp16 models: the
+        # probabilities are multiplied along a chain of ~10 maps later. Scaling q first avoids a (T, S) temporary.
+        for head in reversed(range(heads)):
+            scores = (query[:, head].float() * attn.scale) @ key[:, head].float().transpose(-1, -2)  # (B, T, S)
+            probabilities = scores.softmax(dim=-1)  # (B, T, S)
+            del scores
+            if out is not None:
+                out[:, head] = probabilities @ value[:, head].float()  # (B, T, d)
+            self.sink(self.path, head, heads, probabilities)
+        if last:
+            raise _EndOfCapture
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).to(query.dtype)))  # (B, T, c): proj, dropout
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)  # (B, c, H, W)
         if attn.residual_connection:
@@ -160,27 +125,48 @@ def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
             f"{path!r} names no self-attention of this UNet; use a transformer layer (its "
             f"transformer_blocks.0.attn1 is captured) or an '...attn1' path. Transformer layers: {', '.join(valid)}"
         )
+    unsupported = [name for name in ("spatial_norm", "group_norm", "norm_q", "norm_k")
+                   if getattr(module, name, None) is not None]
+    if unsupported:
+        raise ValueError(f"{path!r}: the capture does not handle attention with {', '.join(unsupported)}")
     return module
 
 
 @contextlib.contextmanager
-def capture_self_attention(unet: torch.nn.Module, paths: Sequence[str]) -> Iterator[AttentionStore]:
-    """Install capture processors on the attn1 of each path; yield the shared store; always restore the originals."""
+def capture_self_attention(
+    unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink | None = None, early_exit: bool = False
+) -> Iterator[HeadSink]:
+    """Install capture processors on the attn1 of each path; yield the sink (default: a new AttentionStore).
+
+    With `early_exit` the capture that completes the set raises `_EndOfCapture` (use `run_until_captured`). The
+    original processors are always restored.
+    """
     modules = {path: resolve_self_attention(unet, path) for path in paths}  # all resolved before any is touched
     seen: dict[int, str] = {}
     for path, module in modules.items():
         if id(module) in seen:
             raise ValueError(f"{path!r} and {seen[id(module)]!r} name the same attention module")
         seen[id(module)] = path
-    store = AttentionStore()
+    sink = AttentionStore() if sink is None else sink
+    pending = set(modules) if early_exit else None
     originals = {path: module.processor for path, module in modules.items()}
     try:
         for path, module in modules.items():
-            module.set_processor(CaptureAttnProcessor(store, path))
-        yield store
+            module.set_processor(CaptureAttnProcessor(sink, path, pending))
+        yield sink
     finally:
         for path, module in modules.items():
             module.set_processor(originals[path])
+
+
+def run_until_captured(unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink, *args: Any, **kwargs: Any) -> None:
+    """unet(*args, **kwargs) up to the last of `paths` it reaches, with every head of those handed to `sink`."""
+    with capture_self_attention(unet, paths, sink, early_exit=True):
+        try:
+            unet(*args, **kwargs)
+        except _EndOfCapture:
+            return
+    raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
 
 
 def resize_for_sd(image: torch.Tensor, side: int, mode: str = "nearest") -> torch.Tensor:
@@ -215,24 +201,13 @@ class SDSelfAttention:
         parameter = next(components.unet.parameters())
         self.device = parameter.device
         self.dtype = parameter.dtype
-        self._empty_embedding: torch.Tensor | None = None
+        self._empty_embedding: torch.Tensor | None = components.empty_embedding
         for path in cfg.sd_layers:  # fail at construction, not after a UNet pass
             resolve_self_attention(components.unet, path)
 
     @property
     def image_size(self) -> int:
         return self.cfg.effective_sd_image_size
-
-    @torch.no_grad()
-    def empty_prompt_embedding(self) -> torch.Tensor:
-        """Text-encoder output for "" (1, 77, D), computed once (as the pipeline's encode_prompt does)."""
-        if self._empty_embedding is None:
-            tokenizer = self.components.tokenizer
-            ids = tokenizer(
-                "", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            ).input_ids  # (1, 77)
-            self._empty_embedding = self.components.text_encoder(ids.to(self.device))[0]  # (1, 77, D)
-        return self._empty_embedding
 
     def preprocess(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """Image -> VAE input (1, 3, side, side) in [-1, 1], on the model's device and dtype."""
@@ -242,7 +217,7 @@ class SDSelfAttention:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """VAE input (1, 3, side, side) -> latent mean x scaling factor (1, 4, side/8, side/8)."""
+        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8)."""
         vae = self.components.vae
         return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
@@ -257,29 +232,39 @@ class SDSelfAttention:
         return scheduler.timesteps[index]
 
     def add_noise(self, latents: torch.Tensor, timestep: torch.Tensor, cfg: CLIPerConfig | None = None) -> torch.Tensor:
-        """Noise the latents at `timestep` with noise from a CPU generator seeded by cfg.seed (same on any device)."""
+        """Noise (B, 4, s, s) latents at `timestep`, every image with the noise a CPU generator seeded by cfg.seed
+        gives one image (the same on any device and at any batch size)."""
         generator = torch.Generator("cpu").manual_seed((cfg or self.cfg).seed)
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+        noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32).to(latents.device)
         # mixed in float32, then cast: the fp16 model sees the same noisy latents up to one rounding
-        noisy = self.components.scheduler.add_noise(latents.float(), noise, timestep.reshape(1))
+        noisy = self.components.scheduler.add_noise(latents.float(), noise.expand_as(latents), timestep.reshape(1))
         return noisy.to(self.dtype)
 
     @torch.no_grad()
+    def capture(self, images: Sequence[ImageLike], sink: HeadSink, layers: Sequence[str] | None = None,
+                timestep_index: int | None = None, cfg: CLIPerConfig | None = None) -> None:
+        """One UNet pass over a batch of images, ended after the last of `layers` (default cfg.sd_layers) it
+        reaches; each head's probabilities (B, T, T) go to `sink`, last head first, as the UNet runs the layers."""
+        cfg = cfg or self.cfg
+        layers = list(cfg.sd_layers if layers is None else layers)
+        latents = self.encode(torch.cat([self.preprocess(image, cfg) for image in images]))  # (B, 4, s/8, s/8)
+        timestep = self.timestep(timestep_index, cfg)
+        noisy = self.add_noise(latents, timestep, cfg)
+        if self._empty_embedding is None:
+            raise ValueError("the SD components hold no empty-prompt embedding (the text encoder's output for '')")
+        context = self._empty_embedding.expand(len(images), -1, -1)  # (B, 77, D)
+        run_until_captured(self.components.unet, layers, sink, noisy, timestep.to(self.device),
+                           encoder_hidden_states=context, return_dict=False)
+
     def extract(
         self, image: ImageLike, layers: Sequence[str] | None = None, timestep_index: int | None = None,
         cfg: CLIPerConfig | None = None,
     ) -> dict[str, torch.Tensor]:
         """Self-attention probabilities of any attn1 `layers` at any timestep: {path: (heads, T, T) float32}."""
-        cfg = cfg or self.cfg
-        layers = list(cfg.sd_layers if layers is None else layers)
-        latents = self.encode(self.preprocess(image, cfg))  # (1, 4, side/8, side/8)
-        timestep = self.timestep(timestep_index, cfg)
-        noisy = self.add_noise(latents, timestep, cfg)
-        with capture_self_attention(self.components.unet, layers) as store:
-            self.components.unet(
-                noisy, timestep.to(self.device), encoder_hidden_states=self.empty_prompt_embedding(), return_dict=False
-            )
-        return {path: store[path] for path in layers}
+        layers = list((cfg or self.cfg).sd_layers if layers is None else layers)
+        store = AttentionStore()
+        self.capture([image], store, layers, timestep_index, cfg)
+        return {path: store[path][0] for path in layers}
 
     def __call__(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """Head maps (m, T, T) float32: all heads of cfg.sd_layers[0], then of sd_layers[1], ... (authors' order)."""

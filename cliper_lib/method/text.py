@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DATA_DIR
-from ..files import atomic_path
+from ..files import TensorCache
 
 TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_templates.txt"}
 
@@ -116,33 +115,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class TextEmbeddingCache:
-    """Class-name embeddings on disk, keyed by model, weights, templates and names (one .pt file per key)."""
-
-    def __init__(self, folder: str | os.PathLike | None):
-        self.folder = Path(folder) if folder is not None else None
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, model_id: str, fingerprint: str, templates: Sequence[str], names: Sequence[str]) -> str:
-        payload = json.dumps([model_id, fingerprint, list(templates), list(names)], ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-    def get_or_compute(self, key: str, compute) -> torch.Tensor:
-        path = self.folder / f"{key}.pt" if self.folder is not None else None
-        if path is not None and path.exists():
-            try:
-                value = torch.load(path, weights_only=True)
-                self.hits += 1
-                return value
-            except Exception:  # a corrupt cache file is recomputed, never trusted
-                path.unlink(missing_ok=True)
-        self.misses += 1
-        value = compute()
-        if path is not None:
-            with atomic_path(path) as tmp:  # a reader never sees half a file
-                torch.save(value.cpu(), tmp)
-        return value
+TextEmbeddingCache = TensorCache  # class-name embeddings, keyed by model, weights, templates and names
 
 
 @dataclass

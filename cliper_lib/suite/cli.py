@@ -119,6 +119,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="run the 8 presets of --backbone, render the full table")
     parser.add_argument("--backbone", default="vit-b-16", help="with --all: preset folder (vit-b-16 | vit-l-14)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+                        help="B images per CLIP walk, VAE encode and UNet pass (same results; for GPUs)")
 
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

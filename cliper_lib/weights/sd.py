@@ -15,8 +15,13 @@ import torch
 
 from ..config import CLIPerConfig, resolve_device, resolve_dtype
 from ..files import atomic_write_text, default_cache_dir
-from ..method.sd_attention import SD_SUBFOLDERS, SDComponents, SDSelfAttention
+from ..method.sd_attention import SDComponents, SDSelfAttention
 from .hub import WeightsMissingError, hub_reachable, missing_weights_message
+from .sd_prompt import (cached_empty_embedding, encode_empty_prompt, folder_identity, hub_snapshot_folder,
+                        random_identity)
+
+#: the pipeline components of a diffusers folder / hub repo, by subfolder.
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 #: the scheduler values of SD-2.1-base (used for the smoke profile; the paper profile loads the shipped one).
 SD21_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -138,26 +143,64 @@ def save_sd_folder(components: SDComponents, folder: str | Path) -> Path:
     return folder
 
 
+def move_components(components: SDComponents, device: torch.device | str, dtype: torch.dtype) -> SDComponents:
+    """Move the networks and the empty-prompt embedding to `device`/`dtype` (in place); return the components."""
+    cast = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat16"}
+    if dtype not in cast:
+        raise ValueError(f"dtype={dtype}: use float32, float16 or bfloat16")
+    for module in (components.unet, components.vae, components.text_encoder):
+        if module is not None:
+            module.to(device)
+            # .half()/.float() rather than .to(dtype): diffusers logs a warning on every .to(dtype) call
+            getattr(module, cast[dtype])().eval().requires_grad_(False)
+    if components.empty_embedding is not None:
+        components.empty_embedding = components.empty_embedding.to(device=device, dtype=dtype)
+    return components
+
+
+def drop_vae_decoder(vae: Any) -> Any:
+    """Free the VAE's decoder half (the extraction only encodes): about 0.2 GB of fp32 weights for SD-2.x."""
+    vae.decoder = None
+    vae.post_quant_conv = None
+    return vae
+
+
 def build_random_sd_components(
     seed: int = 0,
     full_size: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    lean: bool = False,
 ) -> SDComponents:
-    """Seeded random UNet/VAE/text encoder built from configs: tiny (tests, smoke) or SD-2.1-base size (benchmarks)."""
+    """Seeded random UNet/VAE/text encoder built from configs: tiny (tests, smoke) or SD-2.1-base size (benchmarks).
+
+    `lean` (what `load_sd_components` uses) holds the empty-prompt embedding (from the on-disk cache; the text
+    encoder is built only on a miss) instead of the text encoder and tokenizer. The weights are the same either
+    way (one seeded stream: UNet, VAE, then text encoder).
+    """
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     size = "full" if full_size else "tiny"
+    source = f"random-full-size-seed-{seed}" if full_size else f"random-seed-{seed}"
+    text_encoder = tokenizer = embedding = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**UNET_CONFIGS[size])
         vae = AutoencoderKL(**VAE_CONFIGS[size])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size]))
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_tokenizer_dir())
+        if lean:
+            def encode() -> torch.Tensor:  # a miss: the encoder from where the seeded stream stands, used once
+                encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
+                return encode_empty_prompt(CLIPTokenizer.from_pretrained(tiny_tokenizer_dir()), encoder)
+
+            embedding = cached_empty_embedding(random_identity(source, TEXT_CONFIGS[size]), encode)
+        else:
+            text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
+            tokenizer = CLIPTokenizer.from_pretrained(tiny_tokenizer_dir())
+            embedding = encode_empty_prompt(tokenizer, text_encoder)
     scheduler = PNDMScheduler.from_config(SD21_SCHEDULER_CONFIG)  # from_config drops keys PNDM does not take
-    source = f"random-full-size-seed-{seed}" if full_size else f"random-seed-{seed}"
-    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=source).to(device, dtype)
+    components = SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=source, empty_embedding=embedding)
+    return move_components(components, device, dtype)
 
 
 def _load_scheduler(source: str, local_files_only: bool) -> Any:
@@ -174,25 +217,32 @@ def _load_scheduler(source: str, local_files_only: bool) -> Any:
 
 
 def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -> SDComponents:
-    """Load the five components from a hub repo id or a diffusers folder (raises OSError when files are missing)."""
+    """Load what the extraction runs from a hub repo id or a diffusers folder (OSError when files are missing):
+    UNet, VAE encoder, scheduler and the empty-prompt embedding (cached; the text encoder is loaded on a miss)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     common = {"local_files_only": local_files_only, "variant": variant}
+
+    def encode() -> torch.Tensor:
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_files_only)
+        # transformers 5 returns a 2-token tokenizer instead of raising when the vocabulary files are absent
+        if len(tokenizer) != text_encoder.config.vocab_size:
+            raise OSError(
+                f"the tokenizer of {source} has {len(tokenizer)} tokens but its text encoder expects "
+                f"{text_encoder.config.vocab_size}: tokenizer/vocab.json and merges.txt (or tokenizer.json) are missing"
+            )
+        return encode_empty_prompt(tokenizer, text_encoder)
+
+    folder = Path(source) if Path(source).is_dir() else hub_snapshot_folder(source)
+    embedding = cached_empty_embedding(folder_identity(folder), encode)  # first: the encoder is freed before the UNet
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **common)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_files_only)
-    # transformers 5 returns a 2-token tokenizer instead of raising when the vocabulary files are absent
-    if len(tokenizer) != text_encoder.config.vocab_size:
-        raise OSError(
-            f"the tokenizer of {source} has {len(tokenizer)} tokens but its text encoder expects "
-            f"{text_encoder.config.vocab_size}: tokenizer/vocab.json and merges.txt (or tokenizer.json) are missing"
-        )
     scheduler = _load_scheduler(source, local_files_only)
-    for module in (unet, vae, text_encoder):
+    for module in (unet, vae):
         module.eval().requires_grad_(False)
-    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=source)
+    return SDComponents(unet, vae, None, None, scheduler, source=source, empty_embedding=embedding)
 
 
 def _load_any_variant(source: str) -> SDComponents:
@@ -211,10 +261,22 @@ def load_sd_components(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     allow_download: bool = True,
+    keep_vae_decoder: bool = False,
 ) -> SDComponents:
-    """The SD components of `cfg`: tiny random ones (smoke) or real weights from a local folder / the hub cache."""
+    """The SD components of `cfg`: tiny random ones (smoke) or real weights from a local folder / the hub cache.
+
+    What the extraction runs, nothing more: the cached empty-prompt embedding instead of the text encoder, and
+    no VAE decoder unless `keep_vae_decoder` (a notebook that shows decoded latents).
+    """
+    components = _load_sd_components(cfg, allow_download)
+    if not keep_vae_decoder:
+        drop_vae_decoder(components.vae)
+    return move_components(components, device, dtype)
+
+
+def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents:
     if cfg.profile == "smoke":
-        return build_random_sd_components(cfg.seed, device=device, dtype=dtype)
+        return build_random_sd_components(cfg.seed, lean=True)
 
     folder = Path(cfg.sd_repo).expanduser()
     if not folder.is_dir() and (folder.is_absolute() or cfg.sd_repo.startswith((".", "~"))):
@@ -228,7 +290,7 @@ def load_sd_components(
                 f"{folder} is not a complete diffusers Stable Diffusion folder: it needs the subfolders "
                 f"{', '.join(SD_SUBFOLDERS)} with their configs and weights (found: {present}).\n  cause: {error}"
             ) from error
-        return components.to(device, dtype)
+        return components
 
     repo = cfg.sd_repo
     # Cache first, with no network at all: offline, diffusers/transformers would otherwise retry for a while.
@@ -244,7 +306,7 @@ def load_sd_components(
             raise WeightsMissingError(message) from error
         components = _load_any_variant(str(download_sd_weights(repo)))
     components.source = repo
-    return components.to(device, dtype)
+    return components
 
 
 def _cached_snapshot(repo: str) -> Path:
@@ -304,8 +366,9 @@ def load_sd_extractor(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     allow_download: bool = True,
+    keep_vae_decoder: bool = False,
 ) -> SDSelfAttention:
     """The SD self-attention extractor of `cfg` (device/dtype default to the config's): components loaded, wrapped."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     dtype = resolve_dtype(cfg.dtype) if dtype is None else dtype
-    return SDSelfAttention(load_sd_components(cfg, device, dtype, allow_download), cfg)
+    return SDSelfAttention(load_sd_components(cfg, device, dtype, allow_download, keep_vae_decoder), cfg)

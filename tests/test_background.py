@@ -6,7 +6,7 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.method.text import read_class_file
+from cliper_lib.vocab import read_class_file
 from cliper_lib.suite import background as bg
 from cliper_lib.suite.background import general_vocabulary, resolve_vocabulary, split_terms
 

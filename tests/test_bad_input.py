@@ -30,7 +30,7 @@ from cliper_lib.method import fusion as elf
 from cliper_lib.method.clip_backbone import MAX_PATCH_TOKENS, preprocess_image, resized_shape, walk_layers
 from cliper_lib.method.pipeline import CLIPer
 from cliper_lib.method.refine import normalize_head_maps
-from cliper_lib.method.text import check_class_names
+from cliper_lib.vocab import check_class_names
 from cliper_lib.suite.batch import expand_images, output_stems
 from cliper_lib.suite.viz import load_label_png, save_label_png
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cliper_lib.method.text import (TextEmbeddingCache, encode_class_names, load_templates, parse_class_names,
-                                    read_class_file, softmax_text_set, split_background_line)
+from cliper_lib.method.text import TextEmbeddingCache, encode_class_names, softmax_text_set
+from cliper_lib.vocab import load_templates, parse_class_names, read_class_file, split_background_line
 from cliper_lib.weights.clip import TINY_CLIP_NAME, register_tiny_clip
 
 

@@ -19,8 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import DATA_DIR
 from ..images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
-from ..method import text
-from ..method.text import class_file_path
+from ..vocab import class_file_path, read_class_file
 
 SPLIT_DIR = DATA_DIR / "splits"
 #: how many missing files a layout error lists before it summarises the rest.
@@ -47,7 +46,7 @@ class Sample:
 def class_names(name: str | os.PathLike) -> list[str]:
     """Label names of a class file by label index: 'background' for 0, then one class line per label."""
     # The first line is a background vocabulary (possibly a comma list), never a label name of its own.
-    return ["background"] + list(text.read_class_file(name).names)
+    return ["background"] + list(read_class_file(name).names)
 
 
 def num_classes_of(name: str | os.PathLike) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from ..config import PRESET_DIR, CLIPerConfig, ConfigError, parse_overrides
 from ..files import OutputPathError, check_output_file
-from ..method.text import read_class_file
+from ..vocab import read_class_file
 from ..weights.hub import WeightsMissingError
 from .benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
 from .datasets import DatasetError, FolderDataset, Sample, class_file_path, class_names

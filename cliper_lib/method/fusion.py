@@ -163,7 +163,7 @@ def fuse_layers(
         raise ValueError(f"last_layer_attention={last_layer_attention!r}; choose one of {LAST_LAYER_ATTENTIONS}")
     if (last_layer_attention == "proxy") != (proxy is not None):
         raise ValueError("a proxy attention is needed for, and only taken by, last_layer_attention='proxy'")
-    fuse = default_fuse_layers(num_layers) if fuse is None else list(fuse)
+    fuse = list(range(num_layers - 1)) if fuse is None else list(fuse)
     if any(not 0 <= i <= num_layers - 2 for i in fuse):
         raise ValueError(f"fused layers {fuse} must lie in 0 .. {num_layers - 2}")
     last = blocks[num_layers - 1]

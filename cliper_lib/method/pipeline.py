@@ -23,16 +23,8 @@ from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, resized_shap
 from .labels import class_scores, labels_from_maps, scaled_maps
 from .refine import HeadChain, refine_coarse_maps
 from .stages import StageRun, StageStore, run_stages
-from .text import (
-    TextEmbeddingCache,
-    TextSet,
-    check_class_names,
-    encode_class_names,
-    load_templates,
-    model_fingerprint,
-    read_class_file,
-    split_background_line,
-)
+from ..vocab import check_class_names, load_templates, read_class_file, split_background_line
+from .text import TextEmbeddingCache, TextSet, encode_class_names, model_fingerprint
 
 
 @dataclass

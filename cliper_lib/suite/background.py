@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import DATA_DIR
-from ..method.text import parse_class_names, read_class_file
+from ..vocab import parse_class_names, read_class_file
 
 #: `auto`: how many distractors, and the cosine (with any class) from which a term counts as a near-synonym.
 AUTO_WORDS = 24

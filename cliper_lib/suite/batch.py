@@ -116,7 +116,7 @@ def plan_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, o
 
     Raises for a problem with the whole command; returns (images to run, (image, why) for those skipped).
     """
-    from ..method.text import parse_class_names
+    from ..vocab import parse_class_names
 
     check_output_folder(out, "--out")
     resolve_device(cfg.device)  # --device cuda without a GPU: said now, not after the images are read

@@ -22,7 +22,8 @@ from ..eval.metrics import ConfusionMatrix
 from ..images import content_id, rgb_array
 from ..method.pipeline import CLIPer, ClipFeatures, FusedLayers, LayerMaps
 from ..method.stages import STAGES, invalidated_by, refinement_in_effect
-from ..method.text import TextSet, parse_class_names
+from ..method.text import TextSet
+from ..vocab import parse_class_names
 
 #: how many results each stage keeps (least recently used goes first). The walk and the SD head maps are the
 #: large ones (hundreds of MB per image at paper size), the later stages are small.

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from ..config import CLIPerConfig
 from ..images import content_id, read_image, rgb_array
 from ..method.pipeline import CLIPer
-from ..method.text import read_class_file
+from ..vocab import read_class_file
 from .explorer_controls import DEFAULT_CROP, build_controls, build_layout, runnable_refinements
 from .background import Vocabulary, resolve_vocabulary
 from .explorer_view import maps_figure, overlay_figure, scores_figure, status_html

@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--baseline", action="store_true",
                         help="keep every SD component and time `segment` only (the 'before' figures)")
+    parser.add_argument("--segment-only", action="store_true",
+                        help="time `segment` only (lean components): the peak memory of segmenting alone")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -83,6 +85,8 @@ def main() -> None:
     from cliper_lib.config import DATA_DIR, CLIPerConfig
     from cliper_lib.method.pipeline import CLIPer
     from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention, capture_self_attention
+    if not args.baseline:
+        from cliper_lib.method.sd_attention import run_until_captured
     from cliper_lib.method.text import TextSet
     from cliper_lib.weights.sd import build_random_sd_components
 
@@ -119,7 +123,7 @@ def main() -> None:
             total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats)
             row = {"photo": name, "shape": list(photo.shape[:2]), "slide": slide, "total_s": total,
                    "stages_s": result.timings}
-            if not args.baseline:
+            if not (args.baseline or args.segment_only):
                 clip_s, _ = timed(lambda: model.clip_features(photo, run_cfg), args.repeats)
                 vae_s, latents = timed(lambda: sd.encode(sd.preprocess(photo, run_cfg)), args.repeats)
                 timestep = sd.timestep(cfg=run_cfg)
@@ -134,21 +138,25 @@ def main() -> None:
                             sd.components.unet(noisy, timestep, encoder_hidden_states=sd._empty_embedding)
 
                     full_s, _ = timed(full_pass, args.repeats)
-                    early_s, _ = timed(lambda: sd.capture([photo], AttentionStore(), cfg=run_cfg), args.repeats)
-                    row.update(unet_capture_full_pass_s=full_s, capture_early_exit_s=early_s,
+                    early_s, _ = timed(lambda: run_until_captured(sd.components.unet, run_cfg.sd_layers,
+                                                                  AttentionStore(), noisy, timestep,
+                                                                  encoder_hidden_states=sd._empty_embedding),
+                                       args.repeats)
+                    row.update(unet_capture_full_pass_s=full_s, unet_capture_early_exit_s=early_s,
                                unet_early_exit_speedup=full_s / early_s)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     summary = {"peak_rss_gb": peak_rss_gb(), "rss_after_building_models_gb": rss_models,
                "mean_total_s": statistics.mean(r["total_s"] for r in rows)}
-    if not args.baseline:
+    if not (args.baseline or args.segment_only):
         speedups = [r["unet_early_exit_speedup"] for r in rows if "unet_early_exit_speedup" in r]
         summary.update(total_over_floor_ratio=max(r["total_over_floor"] for r in rows),
                        total_over_floor_ratio_mean=statistics.mean(r["total_over_floor"] for r in rows),
                        unet_early_exit_speedup=statistics.mean(speedups))
     out = {"setup": {"clip": "ViT-B-16 random", "sd": "SD-2.1-base shapes random", "dtype": "float32",
                      "preset": "vit-b-16/voc21", "classes": args.classes, "baseline": args.baseline,
+                     "segment_only": args.segment_only,
                      "threads": torch.get_num_threads(), "machine": "shared 2-core CPU (indicative timings)"},
            "rows": rows, **summary}
     print(json.dumps(summary, indent=2))

@@ -4,7 +4,8 @@
     python benchmarks/bench_app.py --repeats 5 --out outputs/bench_app.json
 
 Starts `cliper app --profile smoke --no-browser` and opens it in headless Chromium. First paint: seconds from
-the request to the placeholder, to the controls, and to the first result. Moves (median over --repeats, each
+the request to the page, to the controls (drawn from the config, disabled), to the live controls (the models
+loaded: `ready`), and to the first result. Moves (median over --repeats, each
 until the new overlay is on the page): threshold (score_threshold one step: labels only), layer range (the lower
 handle of the fused-layer slider one step: fusion onward), class change (a new class list: text onward),
 upload (a new 480×640 image: every image stage, SD included). The page's own status line says what each move

@@ -43,7 +43,7 @@ def app(browser, tmp_path_factory):
 
 
 def test_the_page_opens_in_the_presets_state(app):
-    assert app.opened["controls"] <= app.opened["result"]
+    assert app.opened["controls"] <= app.opened["ready"] <= app.opened["result"]  # controls before the models
     # the preset vit-b-16/voc21 on the smoke models (3 blocks): all fusable blocks, select layer -1, its thresholds
     lower = app.page.locator(".cliper-fuse-layers .noUi-handle-lower")
     upper = app.page.locator(".cliper-fuse-layers .noUi-handle-upper")

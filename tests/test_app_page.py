@@ -64,3 +64,73 @@ def test_your_own_image_opens_first_and_asks_for_classes(tmp_path):
     cfg = explorer.current_config()
     assert (cfg.score_threshold, cfg.bkg_thre, cfg.select_layer) == (0.7, 0.6, -1)
     assert cfg.fuse_layers == [0, explorer.num_layers - 2]
+
+
+def _values(box):
+    return {name: w.value for name, w in box.items() if name not in ("upload", "map_class")}
+
+
+def _controls_of(widget) -> dict:
+    """The widgets under `widget` that carry a `cliper-<name>` class, by name."""
+    found, stack = {}, [widget]
+    while stack:
+        w = stack.pop()
+        stack.extend(getattr(w, "children", ()))
+        for css in getattr(w, "_dom_classes", ()):
+            if css.startswith("cliper-"):
+                found[css[len("cliper-"):].replace("-", "_")] = w
+    return found
+
+
+def test_controls_show_before_the_models_disabled_then_live(tmp_path):
+    import subprocess
+    import sys
+
+    # drawing the controls imports neither torch nor open_clip (what made the first paint wait)
+    code = ("import sys; from cliper_lib.suite.app.page import AppPage, AppSettings; "
+            "AppPage(AppSettings(profile='smoke', device='cpu')); "
+            "print(sorted(m for m in ('torch', 'open_clip', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+    page = AppPage(AppSettings(profile="smoke", device="cpu", out=str(tmp_path)))
+    (preview,) = page.widget.children
+    shown = _controls_of(preview)
+    assert "loading the models" in shown["status"].value and "cliper-ready" not in page.widget._dom_classes
+    assert all(w.disabled for w in shown.values() if hasattr(w, "disabled"))
+    assert {"fuse_layers", "select_layer", "classes", "refinement", "export"} <= set(shown)
+    page.load()
+    explorer = page.explorer
+    assert page.widget.children == (explorer.widget,) and "cliper-ready" in page.widget._dom_classes
+    assert not explorer.controls["fuse_layers"].disabled and not explorer.controls["classes"].disabled
+    # the preview opened in the explorer's state: same values, same layer ranges, same refinement menu
+    preview_controls = {n: w for n, w in shown.items() if n in explorer.controls}
+    assert _values(preview_controls) == _values(explorer.controls)
+    for name in ("fuse_layers", "select_layer"):
+        assert (shown[name].min, shown[name].max) == (explorer.controls[name].min, explorer.controls[name].max)
+    assert shown["refinement"].options == explorer.controls["refinement"].options
+
+
+def test_depths_without_building_match_open_clip():
+    import open_clip
+
+    from cliper_lib.config import CLIPerConfig
+    from cliper_lib.suite.explorer_controls import BACKBONE_DEPTHS, planned_refinements, vision_depth
+    from cliper_lib.weights.clip import register_tiny_clip
+
+    register_tiny_clip()
+    for name, depth in BACKBONE_DEPTHS.items():
+        assert open_clip.get_model_config(name)["vision_cfg"]["layers"] == depth, name
+    assert vision_depth(CLIPerConfig(backbone="ViT-B-32")) == 12  # not in the table: asks open_clip
+    assert vision_depth(CLIPerConfig(backbone="ViT-L-14", profile="smoke")) == 4  # smoke builds the tiny ViT
+    assert "sfsa" not in planned_refinements(CLIPerConfig(refinement="none"))
+    assert planned_refinements(CLIPerConfig(refinement="sfsa"))[:4] == ["sfsa", "mean", "selection", "none"]
+
+
+def test_a_bad_preset_shows_the_cli_message_at_once():
+    page = AppPage(AppSettings(preset="vit-b-16/no-such-benchmark", profile="smoke", device="cpu"))
+    (shown,) = page.widget.children
+    assert page.error and "cliper: " in shown.value and "Traceback" not in shown.value
+    page.load()
+    page.first_result()
+    assert page.explorer is None

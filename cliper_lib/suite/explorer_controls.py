@@ -7,15 +7,39 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import REFINEMENTS, CLIPerConfig
-from ..method.stages import refinement_in_effect
+from ..config import REFINEMENTS, SD_REFINEMENTS, CLIPerConfig
 
 #: crop size used when the sliding window is switched on for a preset without one (the authors' other value).
 DEFAULT_CROP = 224
+#: vision blocks of the backbones with presets (open_clip's `vision_cfg.layers`; tests/test_app_page.py checks
+#: them against open_clip), so the app can draw its controls before torch and open_clip are even imported.
+BACKBONE_DEPTHS = {"ViT-B-16": 12, "ViT-L-14": 24, "ViT-H-14": 32, "cliper-tiny": 4}
+
+
+def vision_depth(c: CLIPerConfig) -> int:
+    """The number of vision blocks of the CLIP model `c` builds (the tiny ViT for the smoke profile, as
+    `weights.clip.load_clip` does), without building it."""
+    backbone = "cliper-tiny" if c.profile == "smoke" else c.backbone
+    if backbone in BACKBONE_DEPTHS:
+        return BACKBONE_DEPTHS[backbone]
+    import open_clip  # another backbone: ask open_clip's config (slower: imports torch)
+
+    from ..weights.clip import register_tiny_clip
+
+    register_tiny_clip()
+    return int(open_clip.get_model_config(backbone)["vision_cfg"]["layers"])
+
+
+def planned_refinements(c: CLIPerConfig) -> list[str]:
+    """The refinements a model built from `c` will run (as `CLIPer.from_config` builds it): the SD ones only
+    when the config refines with SD (the SD extractor is built then), 'none' and the VFM ones always."""
+    return [r for r in REFINEMENTS if r not in SD_REFINEMENTS or c.refinement in SD_REFINEMENTS]
 
 
 def runnable_refinements(model: Any, c: CLIPerConfig) -> list[str]:
     """The refinements this model can run: the SD ones with an SD extractor, the VFM ones with a VFM loader."""
+    from ..method.stages import refinement_in_effect
+
     return [r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)) == r]
 
 

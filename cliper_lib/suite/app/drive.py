@@ -2,7 +2,7 @@
 
     with AppServer(["--profile", "smoke"]) as server, chromium() as browser:
         app = AppDriver(new_page(browser), server.url)
-        app.open()                              # seconds to the placeholder, the controls, the first result
+        app.open()                              # seconds to the page, the controls, the live controls, the first result
         app.move_layer_range_start(+1)          # the lower handle of the fused-layer slider, one step
 
 Every widget of the explorer carries a CSS class `cliper-<control>` (explorer_controls.build_layout); a move is
@@ -144,12 +144,13 @@ class AppDriver:
 
     # --- moves -------------------------------------------------------------------------------------------------
     def open(self) -> dict[str, float]:
-        """Load the page: seconds to the placeholder, the controls, and the first result."""
+        """Load the page: seconds to the page, the (disabled) controls, the live controls (models loaded), and the
+        first result."""
         start = time.perf_counter()
         self.page.goto(self.url, timeout=self.timeout_ms)
         marks = {}
         for mark, selector in [("placeholder", ".cliper-app"), ("controls", ".cliper-fuse-layers"),
-                               ("result", ".cliper-out-overlay img")]:
+                               ("ready", ".cliper-ready .cliper-fuse-layers"), ("result", ".cliper-out-overlay img")]:
             self.page.wait_for_selector(selector, timeout=self.timeout_ms)
             marks[mark] = time.perf_counter() - start
         self.page.wait_for_function("document.querySelector('.cliper-status').innerText.includes('recomputed')",

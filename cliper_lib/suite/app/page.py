@@ -1,8 +1,8 @@
 """The app page: settings from the environment `cliper app` sets, models loaded once per kernel, the explorer.
 
-app.ipynb is three one-line cells (`AppPage`): a placeholder at once, then the explorer's controls once the
-models are loaded (once per kernel), and only then the first result, so the controls show before the result
-does (Voila renders progressively, cell by cell). A model that cannot be built (paper weights missing offline, a bad preset) shows the same one-line
+app.ipynb is three one-line cells (`AppPage`): the explorer's controls at once (from the config alone, disabled
+while the models load), then the live controls once the models are loaded (once per kernel), and only then the
+first result (Voila renders progressively, cell by cell). A model that cannot be built (paper weights missing offline, a bad preset) shows the same one-line
 message the CLI prints, never a traceback.
 """
 from __future__ import annotations
@@ -61,21 +61,68 @@ def load_model(settings: AppSettings):
     return _MODELS[key]
 
 
-def build_explorer(settings: AppSettings, defer: bool = True):
+@dataclass
+class Opening:
+    """What the explorer opens on: its images (given ones first, then the bundled samples), the first image, its
+    classes and background words. Config and files only, so the page can draw the controls before any model."""
+
+    cfg: Any  # CLIPerConfig
+    images: dict[str, Any]
+    image: str
+    classes: str
+    background: str | None
+
+    @classmethod
+    def from_settings(cls, settings: AppSettings) -> "Opening":
+        from ...config import CLIPerConfig
+        from ...images import read_image
+        from ..samples import sample_images, suggested_classes
+
+        cfg = CLIPerConfig.from_preset(settings.preset, profile=settings.profile, device=settings.device,
+                                       dtype=settings.dtype)
+        images: dict[str, Any] = {Path(p).name: Path(p) for p in settings.images}
+        for path in settings.images:
+            read_image(path)  # an unreadable file fails here, with its name, before the page is built
+        images.update({name: path for name, path in sample_images().items() if name not in images})
+        first = next(iter(images))
+        classes = settings.classes if settings.classes is not None else (suggested_classes(first) or "")
+        return cls(cfg, images, first, classes, settings.background)
+
+    def background_text(self) -> str:
+        """The background box's opening text, as `Explorer` fills it (the preset's vocabulary when unset)."""
+        from ...vocab import read_class_file
+
+        words = read_class_file(self.cfg.classes).background if self.background is None else self.background
+        return words if isinstance(words, str) else "; ".join(words)
+
+
+def preview_widget(opening: Opening, message: str) -> Any:
+    """The explorer's layout with its controls in the opening state, all disabled, and `message` as status:
+    drawn from the config alone (the layer count from `vision_depth`), before torch is imported."""
+    import ipywidgets as W
+
+    from ..explorer_controls import build_controls, build_layout, planned_refinements, vision_depth
+
+    depth = vision_depth(opening.cfg)
+    opening.cfg.check_against_depth(depth)
+    controls = build_controls(opening.cfg, depth, list(opening.images), opening.image, opening.classes,
+                              opening.background_text(), planned_refinements(opening.cfg))
+    for box in controls.values():
+        box.disabled = True
+    outputs = {name: W.Output(layout=W.Layout(border="1px solid #ddd")) for name in ("overlay", "maps", "scores")}
+    buttons = {"reset": W.Button(description="reset", disabled=True),
+               "export": W.Button(description="export", icon="download", disabled=True)}
+    return build_layout(controls, outputs, buttons, W.HTML(), W.HTML(), W.HTML(value=message))
+
+
+def build_explorer(settings: AppSettings, defer: bool = True, opening: Opening | None = None):
     """The explorer on the settings' images (given ones first, then the bundled samples), in the preset's state."""
-    from ...images import read_image
-    from ..samples import sample_images, suggested_classes
     from ..widgets import Explorer
 
+    opening = opening or Opening.from_settings(settings)
     model = load_model(settings)
-    images: dict[str, Any] = {Path(p).name: Path(p) for p in settings.images}
-    for path in settings.images:
-        read_image(path)  # an unreadable file fails here, with its name, before the page is built
-    images.update({name: path for name, path in sample_images().items() if name not in images})
-    first = next(iter(images))
-    classes = settings.classes if settings.classes is not None else (suggested_classes(first) or "")
-    return Explorer(model, images=images, image=first, classes=classes, background=settings.background,
-                    export_dir=settings.out, defer=defer)
+    return Explorer(model, images=opening.images, image=opening.image, classes=opening.classes,
+                    background=settings.background, export_dir=settings.out, defer=defer)
 
 
 def error_html(error: BaseException) -> str:
@@ -83,11 +130,22 @@ def error_html(error: BaseException) -> str:
             f"cliper: {html.escape(str(error))}</div>")
 
 
+def _page_errors() -> tuple[type[BaseException], ...]:
+    """The errors that show as the CLI's one-line message (weights missing offline, a bad preset or image)."""
+    from ...config import ConfigError
+    from ...images import ImageReadError
+    from ...weights.hub import WeightsMissingError
+
+    return (WeightsMissingError, ConfigError, ImageReadError, FileNotFoundError, ValueError)
+
+
 class AppPage:
     """The page in three steps, one notebook cell each, so Voila shows each as soon as it is done.
 
-    `AppPage()` displays a placeholder, `load()` puts the controls in its place once the models are loaded (or
-    the CLI's one-line message when they cannot be built), `first_result()` computes what the explorer shows.
+    `AppPage()` displays the controls at once in the preset's state, disabled and marked "loading the models…"
+    (the config alone draws them: no torch yet); `load()` builds the models (once per kernel) and puts the live,
+    enabled explorer in their place (or the CLI's one-line message when they cannot be built);
+    `first_result()` computes what the explorer shows. The page gets the CSS class `cliper-ready` once live.
     """
 
     def __init__(self, settings: AppSettings | None = None):
@@ -97,27 +155,33 @@ class AppPage:
         self.settings = settings or AppSettings.from_environment()
         self.explorer = None
         self.error: str | None = None
-        self.widget = W.VBox([W.HTML(f"<i>loading the models ({html.escape(self.settings.preset)}, profile "
-                                     f"{html.escape(self.settings.profile or 'paper')})…</i>")])
+        self.opening: Opening | None = None
+        loading = (f"<i>loading the models ({html.escape(self.settings.preset)}, profile "
+                   f"{html.escape(self.settings.profile or 'paper')})…</i>")
+        try:
+            self.opening = Opening.from_settings(self.settings)
+            shown = preview_widget(self.opening, loading)
+        except _page_errors() as error:
+            self.error = str(error)
+            shown = W.HTML(error_html(error))  # the CLI's message, no traceback
+        self.widget = W.VBox([shown])
         self.widget.add_class("cliper-app")
         display(self.widget)
 
     def load(self) -> None:
         import ipywidgets as W
 
-        from ...config import ConfigError
-        from ...images import ImageReadError
-        from ...weights.hub import WeightsMissingError
-
+        if self.error is not None:
+            return
         try:
-            self.explorer = build_explorer(self.settings, defer=True)
-        except (WeightsMissingError, ConfigError, ImageReadError, FileNotFoundError, ValueError) as error:
+            self.explorer = build_explorer(self.settings, defer=True, opening=self.opening)
+        except _page_errors() as error:
             self.error = str(error)
             self.widget.children = [W.HTML(error_html(error))]  # the CLI's message, no traceback
             return
         self.widget.children = [self.explorer.widget]
+        self.widget.add_class("cliper-ready")
         self.explorer.status.value = "<i>computing the first result…</i>"
-
     def first_result(self) -> None:
         """Compute and draw the opening result (or ask for classes when there are none yet)."""
         if self.explorer is None:

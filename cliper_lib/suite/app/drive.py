@@ -158,9 +158,9 @@ class AppDriver:
         marks["result"] = time.perf_counter() - start
         return marks
 
-    def move_layer_range_start(self, steps: int = 1) -> float:
-        """Move the lower handle of the fused-layer slider by `steps` with the keyboard."""
-        handle = self.page.locator(".cliper-fuse-layers .noUi-handle-lower")
+    def _move_handle(self, selector: str, steps: int) -> float:
+        """Press the arrow keys `steps` times (right when positive) on a slider handle; seconds until redrawn."""
+        handle = self.page.locator(selector)
         key = "ArrowRight" if steps > 0 else "ArrowLeft"
 
         def press():
@@ -168,17 +168,14 @@ class AppDriver:
             for _ in range(abs(steps)):
                 handle.press(key)
         return self._move(press)
+
+    def move_layer_range_start(self, steps: int = 1) -> float:
+        """Move the lower handle of the fused-layer slider by `steps` with the keyboard."""
+        return self._move_handle(".cliper-fuse-layers .noUi-handle-lower", steps)
 
     def move_slider(self, name: str, steps: int = 1) -> float:
         """Move a one-handle slider (e.g. score_threshold) by `steps` with the keyboard."""
-        handle = self.page.locator(f".cliper-{name.replace('_', '-')} .noUi-handle")
-        key = "ArrowRight" if steps > 0 else "ArrowLeft"
-
-        def press():
-            handle.focus()
-            for _ in range(abs(steps)):
-                handle.press(key)
-        return self._move(press)
+        return self._move_handle(f".cliper-{name.replace('_', '-')} .noUi-handle", steps)
 
     def type_text(self, name: str, value: str) -> float:
         """Type into a text box (classes, background) and press Enter."""

@@ -8,7 +8,7 @@ attention input X_i, its per-head attention probabilities A_i (from `nn.Multihea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -92,10 +92,13 @@ class LayerWalk:
     normalized_inputs: list[torch.Tensor]  # X_i = ln_1_i(x_i): (B, N, D) for each walked block
     attentions: list[torch.Tensor]  # A_i: (B, H, N, N) per-head attention probabilities
     residual_inputs: list[torch.Tensor]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
+    # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`, ascending as sum_attention adds them.
+    attention_sum: torch.Tensor | None = None  # (B, H, N, N)
+    summed_layers: tuple[int, ...] | None = None  # None: the A_i are kept in `attentions`
 
     @property
     def num_walked(self) -> int:
-        return len(self.attentions)
+        return len(self.normalized_inputs)
 
     @property
     def output(self) -> torch.Tensor:
@@ -120,7 +123,11 @@ def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch
     normed = block.ln_1(x)  # X_i: (B, N, D)
     attn_out, probs = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)
     keep.normalized_inputs.append(normed)
-    keep.attentions.append(probs)  # (B, H, N, N)
+    if keep.summed_layers is None:
+        keep.attentions.append(probs)  # (B, H, N, N)
+    elif len(keep.normalized_inputs) - 1 in keep.summed_layers:  # same order and dtype steps as sum_attention
+        keep.attention_sum = probs.float().clone() if keep.attention_sum is None else keep.attention_sum.add_(probs.float())
+    del probs  # what fusion needs is kept; an unneeded (B, H, N, N) goes now
     x = x + block.ls_1(attn_out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     keep.residual_inputs.append(x)
@@ -128,14 +135,21 @@ def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch
 
 
 @torch.no_grad()
-def walk_layers(visual: torch.nn.Module, images: torch.Tensor, num_blocks: int | None = None) -> LayerWalk:
-    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and x_i."""
+def walk_layers(visual: torch.nn.Module, images: torch.Tensor, num_blocks: int | None = None,
+                sum_layers: Sequence[int] | None = None) -> LayerWalk:
+    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and x_i.
+
+    With `sum_layers` (ascending) no A_i is kept, only their float32 sum over those layers (`attention_sum`).
+    """
     if not getattr(visual.transformer, "batch_first", True):
         raise ValueError("the layer walk expects an open_clip transformer with batch_first=True")
     blocks = visual.transformer.resblocks
     num_blocks = len(blocks) if num_blocks is None else num_blocks
     x, grid = patch_embed(visual, images)
-    walk = LayerWalk(grid=grid, normalized_inputs=[], attentions=[], residual_inputs=[x])
+    if sum_layers is not None and list(sum_layers) != sorted(set(sum_layers)):
+        raise ValueError(f"summed layers {list(sum_layers)} must be ascending without repeats")
+    summed = None if sum_layers is None else tuple(sum_layers)
+    walk = LayerWalk(grid=grid, normalized_inputs=[], attentions=[], residual_inputs=[x], summed_layers=summed)
     for block in blocks[:num_blocks]:
         x = run_block(block, x, walk)
     return walk

@@ -169,8 +169,11 @@ def fuse_layers(
     last = blocks[num_layers - 1]
     # The kept features: X_0 … X_{L-2} (already ln_1-normalised) then the residual stream x_{L-1}.
     features = walk.normalized_inputs[: num_layers - 1] + [walk.residual_inputs[num_layers - 1]]
+    if last_layer_attention == "fused" and walk.summed_layers is not None and tuple(fuse) != walk.summed_layers:
+        raise ValueError(f"the walk summed layers {list(walk.summed_layers)}, not the fused layers {fuse}")
+    summed = walk.attention_sum if walk.summed_layers is not None else None  # the low-memory walk's sum
     fused_iter = (
-        iter_fused_attentions(sum_attention(walk.attentions, fuse), num_layers, rounds)
+        iter_fused_attentions(summed if summed is not None else sum_attention(walk.attentions, fuse), num_layers, rounds)
         if last_layer_attention == "fused"
         else (proxy for _ in features) if proxy is not None else None
     )
@@ -214,11 +217,12 @@ def crop_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[in
 
 
 @torch.no_grad()
-def walk_crops(visual: torch.nn.Module, image: torch.Tensor, crop: int, stride: int) -> LayerWalk:
+def walk_crops(visual: torch.nn.Module, image: torch.Tensor, crop: int, stride: int,
+               sum_layers: Sequence[int] | None = None) -> LayerWalk:
     """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one batch."""
     boxes = crop_boxes(image.shape[1], image.shape[2], crop, stride)
     crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
-    return walk_layers(visual, crops, num_blocks=len(visual.transformer.resblocks) - 1)
+    return walk_layers(visual, crops, len(visual.transformer.resblocks) - 1, sum_layers)
 
 
 @dataclass

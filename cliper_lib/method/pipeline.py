@@ -8,6 +8,7 @@ builds them from a config, tests and benchmarks build them by hand.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
@@ -25,6 +26,10 @@ from .refine import HeadChain, refine_coarse_maps
 from .stages import StageRun, StageStore, run_stages
 from ..vocab import check_class_names, load_templates, read_class_file, split_background_line
 from .text import TextEmbeddingCache, TextSet, encode_class_names, model_fingerprint
+
+
+# Set by `run` while nobody keeps the walk: the layers whose attentions fusion sums (the walk keeps only the sum).
+_WALK_SUMS: ContextVar[tuple[int, ...] | None] = ContextVar("walk_sums", default=None)
 
 
 @dataclass
@@ -160,9 +165,10 @@ class CLIPer:
         array = rgb_array(image)
         x = preprocess_image(array, cfg.size, clip.patch_size, clip.mean, clip.std).to(self.device)
         x = x.to(next(clip.model.parameters()).dtype)  # the input in the weights' dtype
-        walk = walk_layers(clip.visual, x[None], num_blocks=clip.num_layers - 1)
+        sums = _WALK_SUMS.get()  # None: keep every A_i (a store, the explorer, a walk asked for as a target)
+        walk = walk_layers(clip.visual, x[None], clip.num_layers - 1, sums)
         sliding = cfg.sliding_crop_size > 0
-        crop_walk = elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride) if sliding else None
+        crop_walk = elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride, sums) if sliding else None
         return ClipFeatures(array, x, walk, crop_walk, cfg.sliding_crop_size, cfg.sliding_stride)
 
     @torch.no_grad()
@@ -283,7 +289,15 @@ class CLIPer:
         if features is not None:
             given["clip_walk"] = (("features", id(features)), features)
         inputs = {"image": array, "classes": classes, "background": background}
-        return run_stages(self, cfg, inputs, keys, targets, store=store, given=given)
+        sums = None
+        if store is None and features is None and "clip_walk" not in targets:  # nobody reads the A_i but fusion
+            lo, hi = (0, self.clip.num_layers - 2) if cfg.fuse_layers is None else cfg.fuse_layers
+            sums = tuple(range(lo, hi + 1)) if cfg.last_layer_attention == "fused" else ()
+        token = _WALK_SUMS.set(sums)
+        try:
+            return run_stages(self, cfg, inputs, keys, targets, store=store, given=given)
+        finally:
+            _WALK_SUMS.reset(token)
 
     @torch.no_grad()
     def segment(self, image, classes: Sequence[str] | str | None = None, background: Sequence[str] | None = None,

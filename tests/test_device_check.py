@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_device_check_tiny_mode_writes_a_row_per_dtype_and_batch(tmp_path) -> None:
-    env = {**os.environ, "TINY": "1", "OUT": str(tmp_path)}
+    env = {**os.environ, "TINY": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}  # the venv need not be on PATH
     done = subprocess.run(["bash", "benchmarks/device_check.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -25,9 +24,11 @@ from ..files import atomic_group, check_output_folder
 from ..images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 from .samples import suggested_classes_by_image
 
+#: the three files of one segmented image: <stem><suffix> (the explorer's export adds a config).
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_scores.json")
+
 #: OSError numbers that mean no later image can be written either: the batch stops instead of going on.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
-OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_scores.json")
 
 
 class BatchStopped(RuntimeError):
@@ -150,7 +151,7 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     from tqdm.auto import tqdm
 
     from .background import resolve_vocabulary
-    from .viz import save_label_png, save_overlay_png
+    from .export import write_segmentation_files
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     result = result if result is not None else BatchResult()
@@ -186,11 +187,10 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
             }
             finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
             try:
-                with atomic_group(finals) as (label_tmp, overlay_tmp, scores_tmp):
-                    save_label_png(label_tmp, labels, num_labels=len(text.names) + 1)
-                    save_overlay_png(overlay_tmp, image, labels, text.names,
-                                     title=f"{path.name}: CLIPer ({model.cfg.profile})")
-                    scores_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+                with atomic_group(finals) as temporaries:
+                    write_segmentation_files(temporaries, image, labels, text.names, record,
+                                             title=f"{path.name}: CLIPer ({model.cfg.profile})",
+                                             num_labels=len(text.names) + 1)
             except OSError as error:
                 done = f"{len(result.records)} image(s) complete in {out}" if result.records else "nothing written"
                 if error.errno in DISK_ERRNOS:

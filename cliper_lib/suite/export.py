@@ -15,11 +15,20 @@ import numpy as np
 
 from ..config import CLIPerConfig
 from ..files import atomic_write_json, atomic_write_text
+from .batch import OUTPUT_SUFFIXES
 from .viz import save_label_png, save_overlay_png
 
-#: the four files of one export, by kind: the file name is <stem><suffix>.
-EXPORT_SUFFIXES = {"labels": "_labels.png", "overlay": "_overlay.png", "scores": "_scores.json",
-                   "config": "_config.yaml"}
+#: the four files of one export, by kind (<stem><suffix>): `cliper segment`'s three and the config reproducing them.
+EXPORT_SUFFIXES = {**dict(zip(("labels", "overlay", "scores"), OUTPUT_SUFFIXES)), "config": "_config.yaml"}
+
+
+def write_segmentation_files(paths: Sequence[Path], image: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                             record: dict, title: str, alpha: float = 0.5, num_labels: int | None = None) -> None:
+    """Label PNG, overlay PNG (with a legend) and scores JSON of one image, to `paths` in OUTPUT_SUFFIXES order."""
+    label_path, overlay_path, scores_path = paths
+    save_label_png(label_path, labels, num_labels=num_labels)
+    save_overlay_png(overlay_path, image, labels, classes, alpha=alpha, title=title)
+    atomic_write_json(scores_path, record)
 
 
 def reproduce_command(image: str, config_path: Path, classes: Sequence[str], background: Sequence[str],
@@ -37,15 +46,14 @@ def export_result(folder: str | Path, stem: str, image: np.ndarray, labels: np.n
     folder.mkdir(parents=True, exist_ok=True)
     paths = {kind: folder / f"{stem}{suffix}" for kind, suffix in EXPORT_SUFFIXES.items()}
     command = reproduce_command(image_path or "<your image>", paths["config"], classes, background)
-    save_label_png(paths["labels"], labels)
-    save_overlay_png(paths["overlay"], image, labels, classes, alpha=alpha,
-                     title=f"{stem}: CLIPer ({cfg.profile})")
     present = [classes[k - 1] for k in np.unique(labels) if 0 < k <= len(classes)]
-    atomic_write_json(paths["scores"], {
+    record = {
         "image": image_path, "classes": list(classes), "background": list(background),
         "scores": {name: round(float(s), 6) for name, s in zip(classes, scores)}, "present": present,
         "profile": cfg.profile, "preset": cfg.preset, "refinement": cfg.refinement, "reproduce": command,
-    })
+    }
+    write_segmentation_files([paths[kind] for kind in ("labels", "overlay", "scores")], image, labels, classes, record,
+                             title=f"{stem}: CLIPer ({cfg.profile})", alpha=alpha)
     atomic_write_text(paths["config"], f"# CLIPer config exported by the explorer. Reproduce the labels with:\n"
                                        f"#   {command}\n" + cfg.to_yaml())
     return paths

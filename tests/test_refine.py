@@ -11,6 +11,8 @@ from cliper_lib.method.refine import (
     HeadChain,
     chain_apply,
     normalize_head_maps,
+    normalize_head_maps_,
+    zero_below_,
     refine_coarse_maps,
     upsample_coarse,
 )
@@ -60,6 +62,28 @@ def test_normalize_matches_naive_loop() -> None:
         torch.testing.assert_close(normalize_head_maps(maps, thr), naive_normalize(maps, thr), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_below_is_masked_fill_exactly(dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    maps = torch.rand(2, 64, 64, generator=g).to(dtype)
+    for thr in (0.0, 0.1, 0.3, 1 / 3):  # 0.1 and 1/3 are not representable: both sides round them to `dtype`
+        tied = maps.clone()
+        tied[0, :4, :4] = torch.tensor(thr, dtype=dtype)  # exact ties (kept)
+        tied[1, 0, :3] = torch.nextafter(torch.tensor(thr, dtype=dtype), torch.tensor(-1.0, dtype=dtype))  # just below
+        tied[1, 1, 0] = float("nan")
+        expected = tied.clone().masked_fill_(tied.clone() < thr, 0)
+        out = zero_below_(tied, thr)
+        assert out is tied and torch.equal(out.isnan(), expected.isnan())
+        assert torch.equal(out.nan_to_num(-1.0), expected.nan_to_num(-1.0)), thr
+
+
+def test_in_place_normalisation_equals_the_copying_one_bit_for_bit() -> None:
+    maps = torch.softmax(torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(8)), -1)  # float32
+    expected = normalize_head_maps(maps, 0.1)
+    buffer = maps.clone()
+    assert normalize_head_maps_(buffer, 0.1) is buffer and torch.equal(buffer, expected)
+
+
 def test_normalize_rows_are_stochastic_or_empty() -> None:
     out = normalize_head_maps(random_stochastic(4, 25, seed=2), 0.2)
     sums = out.sum(-1)
@@ -94,7 +118,7 @@ def test_head_chain_streams_last_first_and_order_matters() -> None:
     def feed(chain: HeadChain) -> torch.Tensor:  # as a UNet would: layer "a" first, each layer's last head first
         for layer, offset in (("a", 0), ("b", 2)):
             for head in (1, 0):
-                chain(layer, head, 2, maps[offset + head][None])  # (1, T, T)
+                chain(layer, head, 2, maps[offset + head][None].clone())  # (1, T, T): the chain normalises in place
         return chain.S[0]
 
     in_order = HeadChain([coarse], ["a", "b"], 0.1)  # "b" is due first: "a" waits for it

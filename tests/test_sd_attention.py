@@ -110,6 +110,9 @@ def test_capture_is_transparent_and_restores_processors(components: SDComponents
         captured = unet(latents, t, encoder_hidden_states=context).sample
     torch.testing.assert_close(captured, reference, rtol=0, atol=1e-5)
     assert set(store) == set(every_layer)
+    for path, maps in store.items():  # layers of three sizes share the capture's scratch buffers: each got a copy
+        torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]), rtol=0, atol=1e-5)
+        assert not torch.equal(maps[:, 0], maps[:, 1]), path
     after = processors(unet)
     assert all(after[name] is before[name] for name in before)
 

@@ -22,13 +22,28 @@ def _check_maps(maps: torch.Tensor, name: str = "head maps") -> None:
         raise ValueError(f"{name} must have shape (m, T, T), got {tuple(maps.shape)}")
 
 
+def zero_below_(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """maps.masked_fill_(maps < threshold, 0) without the (..., T, T) boolean mask: one pass, in place.
+
+    F.threshold_ keeps x > t; the largest value below `threshold` in the maps' dtype as t keeps x >= threshold
+    (ties kept, as the comparison in the maps' dtype keeps them), and NaN stays NaN as with masked_fill_.
+    """
+    below = torch.nextafter(torch.tensor(threshold, dtype=maps.dtype), torch.tensor(-math.inf, dtype=maps.dtype))
+    return F.threshold_(maps, below.item(), 0.0)
+
+
+def normalize_head_maps_(maps: torch.Tensor, attention_thr: float) -> torch.Tensor:
+    """`normalize_head_maps` in place (the same operations in the same order): for a buffer the caller owns."""
+    maps /= maps.amax(dim=-2, keepdim=True) + EPS  # (m, T, T) / (m, 1, T): each column's max becomes ~1
+    zero_below_(maps, attention_thr)
+    maps /= maps.sum(dim=-1, keepdim=True) + EPS  # (m, T, T) / (m, T, 1): rows sum to ~1 (0 for emptied rows)
+    return maps
+
+
 def normalize_head_maps(maps: torch.Tensor, attention_thr: float) -> torch.Tensor:
     """Authors' per-head normalisation: / column max (+eps), zero values < thr, / row sums (+eps); (m,T,T)->(m,T,T)."""
     _check_maps(maps)
-    out = maps / (maps.amax(dim=-2, keepdim=True) + EPS)  # (m, T, T) / (m, 1, T): each column's max becomes ~1
-    out.masked_fill_(out < attention_thr, 0)  # in place on our own copy: one (m, T, T) buffer, not two
-    out /= out.sum(dim=-1, keepdim=True) + EPS  # (m, T, T) / (m, T, 1): rows sum to ~1 (0 for emptied rows)
-    return out
+    return normalize_head_maps_(maps.clone(), attention_thr)
 
 
 def chain_apply(maps: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -51,7 +66,8 @@ def upsample_coarse(coarse: torch.Tensor, side: int) -> torch.Tensor:
 class HeadChain:
     """S_f = A_1 ... A_m S_c↑ for B coarse maps (C, h_b, w_b), applied as the raw head maps (B, T, T) arrive from
     `SDSelfAttention.capture`, a layer's heads last first. Right to left: `layers[-1]` is due first; a layer the
-    UNet runs before its turn waits (with the paper's layers none does), else one head map exists at a time."""
+    UNet runs before its turn waits (with the paper's layers none does), else one head map exists at a time.
+    A map that is applied at once is normalised in place: the caller's buffer is overwritten (see HeadSink)."""
 
     def __init__(self, coarse: Sequence[torch.Tensor], layers: Sequence[str], attention_thr: float) -> None:
         self.coarse, self.due, self.thr = coarse, list(reversed(layers)), attention_thr
@@ -61,7 +77,7 @@ class HeadChain:
 
     def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
         if not self.due or path != self.due[0]:
-            self.waiting.setdefault(path, []).append(probabilities)
+            self.waiting.setdefault(path, []).append(probabilities.clone())  # the capture reuses its buffer
             return
         self._apply(probabilities)
         if head == 0:  # a layer's first head comes last: the layer before it in the chain is due
@@ -81,8 +97,9 @@ class HeadChain:
                                   for c in self.coarse])  # (B, T, C)
         if probabilities.shape[-2:] != (T, T) or T != self.S.shape[1]:
             raise ValueError(f"head map of shape {tuple(probabilities.shape)} does not fit T = {self.S.shape[1]}")
+        maps = probabilities.to(self.S.dtype)  # the buffer itself when it has S's dtype (the capture's float32)
         for b in range(len(self.S)):
-            A = normalize_head_maps(probabilities[b : b + 1].to(self.S.dtype), self.thr)[0]  # (T, T)
+            A = normalize_head_maps_(maps[b : b + 1], self.thr)[0]  # (T, T), in place
             self.S[b] = A @ self.S[b]  # (T, T) @ (T, C)
         self.count += 1
 
@@ -131,7 +148,7 @@ def refine_coarse_maps(
     if variant == "sfsa":
         chain = HeadChain([coarse], ["maps"], attention_thr)
         for k in reversed(range(m)):
-            chain("maps", k, m, head_maps[k : k + 1])  # (1, T, T)
+            chain("maps", k, m, head_maps[k : k + 1].clone())  # (1, T, T), a copy: the chain normalises in place
         return chain.refined[0]
     dtype = torch.promote_types(head_maps.dtype, torch.float32)  # fp16 maps are refined in float32
     C = coarse.shape[0]

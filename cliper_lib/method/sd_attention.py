@@ -39,7 +39,9 @@ class SDComponents:
 # ---------------------------------------------------------------------------------------------------------------
 # attention capture
 # ---------------------------------------------------------------------------------------------------------------
-#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first
+#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first.
+#: `probabilities` is the capture's scratch buffer, valid during the call and overwritten by the next head: a sink
+#: that keeps it copies it, and a sink may overwrite it (HeadChain normalises it in place).
 HeadSink = Callable[[str, int, int, torch.Tensor], None]
 
 
@@ -49,20 +51,40 @@ class AttentionStore(dict):
     def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
         if head == heads - 1:  # the first head of a call (they come last first): a fresh buffer
             self[path] = probabilities.new_empty(probabilities.shape[0], heads, *probabilities.shape[1:])
-        self[path][:, head] = probabilities
+        self[path][:, head] = probabilities  # a copy: the capture reuses its buffer for the next head
 
 
 class _EndOfCapture(Exception):
     """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is never read."""
 
 
+class _Scratch:
+    """The (B, T, S) score and probability buffers of one capture, shared by its layers and reused head after head.
+
+    On a CPU a fresh 64 MB tensor costs as much as the arithmetic on it (the allocator maps new pages, the kernel
+    zeroes them), so the capture writes every head into the same two buffers (torch.matmul / torch.softmax `out=`,
+    the same kernels and results as without it)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.device != like.device:
+            self.buffers[name] = buffer = torch.empty(shape, dtype=torch.float32, device=like.device)
+        return buffer
+
+
 class CaptureAttnProcessor:
     """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist at once),
     each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths still to capture in
-    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink."""
+    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink. `scratch`:
+    buffers shared by the processors of one capture."""
 
-    def __init__(self, sink: HeadSink, path: str, pending: set[str] | None = None) -> None:
+    def __init__(self, sink: HeadSink, path: str, pending: set[str] | None = None,
+                 scratch: _Scratch | None = None) -> None:
         self.sink, self.path, self.pending = sink, path, pending
+        self.scratch = _Scratch() if scratch is None else scratch
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -79,14 +101,15 @@ class CaptureAttnProcessor:
             self.pending.discard(self.path)
         last = self.pending is not None and not self.pending
         out = None if last else query.new_empty(query.shape, dtype=torch.float32)  # (B, h, T, d)
+        shape = (batch, query.shape[2], key.shape[2])  # (B, T, S)
+        scores, probabilities = (self.scratch.get(name, query, shape) for name in ("scores", "probabilities"))
         # Last head first: the refinement chain applies the maps right to left. float32 even for fp16 models: the
         # probabilities are multiplied along a chain of ~10 maps later. Scaling q first avoids a (T, S) temporary.
         for head in reversed(range(heads)):
-            scores = (query[:, head].float() * attn.scale) @ key[:, head].float().transpose(-1, -2)  # (B, T, S)
-            probabilities = scores.softmax(dim=-1)  # (B, T, S)
-            del scores
+            torch.matmul(query[:, head].float() * attn.scale, key[:, head].float().transpose(-1, -2), out=scores)
+            torch.softmax(scores, dim=-1, out=probabilities)  # (B, T, S)
             if out is not None:
-                out[:, head] = probabilities @ value[:, head].float()  # (B, T, d)
+                out[:, head] = probabilities @ value[:, head].float()  # (B, T, d), before the sink may change it
             self.sink(self.path, head, heads, probabilities)
         if last:
             raise _EndOfCapture
@@ -149,10 +172,11 @@ def capture_self_attention(
         seen[id(module)] = path
     sink = AttentionStore() if sink is None else sink
     pending = set(modules) if early_exit else None
+    scratch = _Scratch()  # one set of buffers for all the layers: they are captured one after the other
     originals = {path: module.processor for path, module in modules.items()}
     try:
         for path, module in modules.items():
-            module.set_processor(CaptureAttnProcessor(sink, path, pending))
+            module.set_processor(CaptureAttnProcessor(sink, path, pending, scratch))
         yield sink
     finally:
         for path, module in modules.items():

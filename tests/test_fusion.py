@@ -37,6 +37,15 @@ def test_cumulative_rounds_match_explicit_loop():
     assert not torch.allclose(outputs[0], outputs[2])  # the rounds really change the result
 
 
+@pytest.mark.parametrize("rounds", ["cumulative", 2])
+def test_reused_buffer_gives_the_same_outputs_bit_for_bit(rounds):
+    a = random_attention(heads=3, n=17, seed=4).float()
+    fresh = list(elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds))
+    reused = [fused.clone() for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, reuse=True)]
+    assert all(torch.equal(x, y) for x, y in zip(fresh, reused))
+    assert len({id(x) for x in fresh}) == (4 if rounds == "cumulative" else 1)  # without reuse, kept ones stay
+
+
 def test_fixed_rounds_give_identical_outputs():
     outs = list(elf.iter_fused_attentions(random_attention(), num_outputs=3, rounds=2))
     cumulative = list(elf.iter_fused_attentions(random_attention(), num_outputs=3))

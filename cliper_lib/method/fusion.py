@@ -55,32 +55,39 @@ def clamp_nonnegative(attention: torch.Tensor) -> torch.Tensor:
     return attention.clamp(min=0)
 
 
-def finish_fused_attention(balanced: torch.Tensor) -> torch.Tensor:
+def finish_fused_attention(balanced: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise.
 
     The same operations as normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced)))), in place on
-    one new buffer: on a CPU each fresh (B, H, N, N) temporary costs as much as the arithmetic on it. A row left
-    all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch image)
-    becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
+    one buffer (`out`, or a new one): on a CPU each fresh (B, H, N, N) temporary costs as much as the arithmetic on
+    it. A row left all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch
+    image) becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
     """
-    out = balanced + balanced.transpose(-2, -1)
+    out = torch.add(balanced, balanced.transpose(-2, -1), out=out)
     out /= 2
     out -= out.mean(dim=-2, keepdim=True)
     out.clamp_(min=0)
-    out.masked_fill_(out.sum(dim=-1, keepdim=True) == 0, 1.0)
-    out /= out.sum(dim=-1, keepdim=True)
+    rows = out.sum(dim=-1, keepdim=True)  # (B, H, N, 1)
+    empty = rows == 0
+    if empty.any():  # rare: fill only then, a full-size masked_fill_ costs a pass over (B, H, N, N)
+        out.masked_fill_(empty, 1.0)
+        rows.masked_fill_(empty, out.shape[-1])  # the sum of N ones, exactly
+    out /= rows
     return out
 
 
 def iter_fused_attentions(
-    summed: torch.Tensor, num_outputs: int, rounds: str | int = "cumulative"
+    summed: torch.Tensor, num_outputs: int, rounds: str | int = "cumulative", reuse: bool = False
 ) -> Iterator[torch.Tensor]:
     """Yield Â_k for k = 0 … num_outputs-1 (each (B, H, N, N)).
 
     rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output, so output
-    k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds.
+    k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds. `reuse`: every
+    Â_k is written into the same buffer, overwritten by the next one (for a consumer that is done with Â_k
+    before it asks for Â_{k+1}, as fuse_layers is).
     """
     balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
+    out = torch.empty_like(balanced) if reuse else None
 
     def round_() -> None:
         balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
@@ -88,11 +95,11 @@ def iter_fused_attentions(
     if rounds == "cumulative":
         for _ in range(num_outputs):
             round_()
-            yield finish_fused_attention(balanced)
+            yield finish_fused_attention(balanced, out)
     else:
         for _ in range(int(rounds)):
             round_()
-        fused = finish_fused_attention(balanced)
+        fused = finish_fused_attention(balanced, out)
         for _ in range(num_outputs):
             yield fused
 
@@ -173,7 +180,8 @@ def fuse_layers(
         raise ValueError(f"the walk summed layers {list(walk.summed_layers)}, not the fused layers {fuse}")
     summed = walk.attention_sum if walk.summed_layers is not None else None  # the low-memory walk's sum
     fused_iter = (
-        iter_fused_attentions(summed if summed is not None else sum_attention(walk.attentions, fuse), num_layers, rounds)
+        iter_fused_attentions(summed if summed is not None else sum_attention(walk.attentions, fuse), num_layers, rounds,
+                              reuse=True)  # each Â_k is used at once; the last one, kept, is never overwritten
         if last_layer_attention == "fused"
         else (proxy for _ in features) if proxy is not None else None
     )

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -287,3 +288,37 @@ def resolve_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+# --- a config as one stage sees it ----------------------------------------------------------------------------
+_FIELD_NAMES = frozenset(f.name for f in fields(CLIPerConfig))
+
+
+class UndeclaredFieldError(AttributeError):
+    """A stage read a config field it does not declare in the graph."""
+
+
+class ConfigView:
+    """A config as one stage of the method's stage graph (cliper_lib.method.stages) sees it: its declared fields,
+    and properties/methods computed from those alone."""
+
+    def __init__(self, cfg: CLIPerConfig, allowed: Iterable[str], stage: str) -> None:
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_allowed", frozenset(allowed))
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FIELD_NAMES:
+            if name not in self._allowed:
+                raise UndeclaredFieldError(
+                    f"stage {self._stage!r} read config field {name!r}, which it does not declare in the stage graph")
+            return getattr(self._cfg, name)
+        attribute = getattr(type(self._cfg), name, None)
+        if isinstance(attribute, property):  # a derived value: computed from the fields through this view
+            return attribute.fget(self)
+        if isinstance(attribute, types.FunctionType):  # a method (check_against_depth): bound to this view
+            return types.MethodType(attribute, self)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a stage cannot change the config")

@@ -141,3 +141,35 @@ def content_id(image: ImageLike) -> str:
     array = np.ascontiguousarray(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image))
     digest = hashlib.sha1(array.tobytes()).hexdigest()[:16]
     return f"{'x'.join(map(str, array.shape))}:{array.dtype}:{digest}"
+
+
+def resize_square(image, side: int, mode: str = "nearest"):
+    """(1, 3, H, W) tensor in [0, 1] -> (1, 3, side, side) in [0, 1], the whole image (aspect ratio not kept)."""
+    import torch
+    import torch.nn.functional as F
+
+    if mode == "nearest":
+        # what diffusers' VaeImageProcessor does with tensors: F.interpolate's default mode
+        return F.interpolate(image, size=(side, side), mode="nearest")
+    if mode in ("bilinear", "bicubic"):
+        # antialias like PIL, which is what a user choosing these modes would compare against
+        out = F.interpolate(image, size=(side, side), mode=mode, align_corners=False, antialias=True)
+        return out.clamp(0, 1)  # bicubic overshoots
+    if mode == "lanczos":
+        # what diffusers does with a PIL image: 8-bit PIL resize, then / 255
+        array = (image[0].permute(1, 2, 0).cpu() * 255).round().to(torch.uint8).numpy()  # (H, W, 3)
+        resized = Image.fromarray(array).resize((side, side), resample=Image.Resampling.LANCZOS)
+        return float_tensor(np.asarray(resized)).to(image.device)
+    raise ValueError(f"sd_resize={mode!r}: use nearest, bilinear, bicubic or lanczos")
+
+
+def crop_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) windows covering the image (mmseg's slide order: rows, then columns; last ones flush)."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
+            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return boxes

@@ -2,12 +2,16 @@
 replaced by a cached empty-prompt embedding (tiny random models on CPU)."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
+from cliper_lib.method.pipeline import SegmentationResult
 from cliper_lib.method.refine import HeadChain, refine_coarse_maps
 from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention, capture_self_attention, run_until_captured
 from cliper_lib.weights.sd import build_random_sd_components, load_sd_components, save_sd_folder
@@ -95,6 +99,39 @@ def test_head_chain_waits_for_a_layer_that_runs_before_its_turn(model, cat_image
     expected = refine_coarse_maps(coarse, model.sd(cat_image, cfg), "sfsa", cfg.attention_thr)
     assert chain.count == 4 and not chain.waiting and not chain.due
     assert relative_error(chain.refined[0], expected) <= 1e-6
+
+
+# --- what a segmentation holds --------------------------------------------------------------------------------------
+def test_a_run_frees_what_nobody_keeps_and_no_cycle_holds_it(model, cat_image) -> None:
+    text = model.encode_text(["cat", "sofa"])
+    cfg = model.cfg.replace(sliding_crop_size=112, sliding_stride=112)
+    kept = model.run(cat_image, text=text, cfg=cfg)  # default: every stage value is returned
+    lean = model.run(cat_image, text=text, cfg=cfg, keep=("fusion", "coarse"))
+    assert "clip_walk" in kept and "clip_walk" not in lean and "clip_walk" in lean.keys  # read, then dropped
+    assert {"fusion", "coarse", "labels"} <= set(lean.values) and "layer_maps" not in lean.values
+    assert all(torch.equal(a, b) for a, b in zip(kept["labels"], lean["labels"]))
+    walk = weakref.ref(kept["clip_walk"].walk.normalized_inputs[0])
+    gc.disable()  # the run's values must go with the run, not wait for the cyclic garbage collector
+    try:
+        del kept
+        assert walk() is None
+    finally:
+        gc.enable()
+
+
+def test_segment_encodes_first_and_matches_a_run_that_keeps_everything(model, cat_image, monkeypatch) -> None:
+    text = model.encode_text(["cat", "sofa"])
+    order = []
+    for name in ("latents", "capture"):
+        monkeypatch.setattr(model.sd, name, (lambda f, n: lambda *a, **k: (order.append(n), f(*a, **k))[1])(
+            getattr(model.sd, name), name))
+    walk = model.clip_features
+    monkeypatch.setattr(model, "clip_features", lambda *a, **k: (order.append("clip_walk"), walk(*a, **k))[1])
+    result = model.segment(cat_image, text=text)
+    assert order == ["latents", "clip_walk", "capture"]  # the VAE before the CLIP side; the UNet after it
+    expected = SegmentationResult.from_run(model.run(cat_image, text=text, cfg=model.cfg.replace(seed=model.cfg.seed)))
+    assert relative_error(result.refined, expected.refined) <= 1e-6 and torch.equal(result.labels, expected.labels)
+    assert result.timings["sd_attention"] > 0 and "refine" in result.timings
 
 
 def test_head_chain_refuses_maps_of_another_size() -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LAST_LAYER_ATTENTIONS
+from ..images import crop_boxes  # noqa: F401 (the sliding window's geometry, also read as elf.crop_boxes)
 from .clip_backbone import LayerWalk, project_tokens, walk_layers
 
 
@@ -212,18 +213,6 @@ def mean_patch_attention(attention: torch.Tensor) -> torch.Tensor:
 
 
 # --- sliding window ---------------------------------------------------------------------------------------------
-def crop_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """(y1, y2, x1, x2) windows covering the image (mmseg's slide order: rows, then columns; last ones flush)."""
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
-            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return boxes
-
-
 @torch.no_grad()
 def walk_crops(visual: torch.nn.Module, image: torch.Tensor, crop: int, stride: int,
                sum_layers: Sequence[int] | None = None) -> LayerWalk:

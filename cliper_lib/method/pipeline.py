@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, ClassVar, Hashable, Sequence
 
 import numpy as np
 import torch
 
 from ..config import VFM_REFINEMENTS, CLIPerConfig
 from ..files import default_cache_dir
+from ..heap import release_free_memory
 from ..images import content_id, rgb_array
 from ..vfm import refine_with_features
 from . import fusion as elf
@@ -68,7 +69,9 @@ class StreamedHeadMaps:
     image: np.ndarray
     cfg: CLIPerConfig  # the run's whole config (the refine stage's view does not hold the sd_* fields)
     shape: tuple[int, ...] = ()  # (m, T, T) once refined
-    seconds: float = 0.0  # the UNet pass, with the chain applied inside it (the rest is refine's)
+    seconds: float = 0.0  # VAE encode + the UNet pass, with the chain applied inside it (the rest is refine's)
+    latents: torch.Tensor | None = None  # (1, 4, s/8, s/8): encoded before the CLIP side runs (see `run`)
+    encode_seconds: float = 0.0
 
 
 @dataclass
@@ -93,6 +96,8 @@ class SegmentationResult:
     maps: torch.Tensor  # (C, H0, W0): score-scaled maps at image size
     labels: torch.Tensor  # (H0, W0) int64: 0 background, k = class_names[k-1]
     timings: dict[str, float] = field(default_factory=dict)
+
+    READS: ClassVar[tuple[str, ...]] = ("text", "fusion", "layer_maps", "coarse", "sd_attention", "refine", "labels")
 
     @classmethod
     def from_run(cls, run: StageRun) -> "SegmentationResult":
@@ -229,8 +234,8 @@ class CLIPer:
         if isinstance(head_maps, StreamedHeadMaps):
             if cfg.refinement == "sfsa":
                 start = time.perf_counter()
-                chain = self.refine_streamed([head_maps.image], [coarse], head_maps.cfg)
-                head_maps.seconds = time.perf_counter() - start
+                chain = self.refine_streamed([head_maps.image], [coarse], head_maps.cfg, head_maps.latents)
+                head_maps.seconds = head_maps.encode_seconds + time.perf_counter() - start
                 head_maps.shape = (chain.count, chain.S.shape[1], chain.S.shape[1])
                 return chain.refined[0]
             head_maps = self.sd(head_maps.image, head_maps.cfg)  # mean / selection read the maps as a whole
@@ -238,10 +243,11 @@ class CLIPer:
                                   cfg.selection_head)
 
     @torch.no_grad()
-    def refine_streamed(self, images: Sequence[Any], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig) -> HeadChain:
-        """sfsa for B images in one UNet pass: B coarse maps (C, h_b, w_b) -> the chain; `refined` (B, C, s, s)."""
+    def refine_streamed(self, images: Sequence[Any], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig,
+                        latents: torch.Tensor | None = None) -> HeadChain:
+        """sfsa for B images (their VAE `latents`, if encoded) in one UNet pass: B coarse maps -> the chain."""
         chain = HeadChain([c.float() for c in coarse], cfg.sd_layers, cfg.effective_sd_attention_thr)
-        self.sd.capture(images, chain, cfg=cfg)
+        self.sd.capture(images, chain, cfg=cfg, latents=latents)
         return chain
 
     @torch.no_grad()
@@ -259,13 +265,15 @@ class CLIPer:
     def run(self, image, classes: Sequence[str] | str | None = None, background: Sequence[str] | str | None = None,
             cfg: CLIPerConfig | None = None, until: str | Sequence[str] = "labels", *, text: TextSet | None = None,
             head_maps: torch.Tensor | None = None, image_id: Hashable | None = None,
-            store: StageStore | None = None, features: ClipFeatures | None = None) -> StageRun:
+            store: StageStore | None = None, features: ClipFeatures | None = None,
+            keep: Sequence[str] | None = None) -> StageRun:
         """Run the stage graph up to `until` (a stage, or several) and return every stage reached.
 
         `classes` is a list or a ';'-separated string (default: the config's class file), `background` a list or
         a comma-separated string (default: the class file's vocabulary); `text` (from `encode_text`), `head_maps`
         and `features` (clip_walk) skip those stages; `store` memoises stages under `image_id` (default: a hash
         of the pixels). Without a store, head maps that are not a target are streamed (`StreamedHeadMaps`).
+        `keep`: the only stages (besides `until`) whose values the run returns; the others are freed once read.
         """
         cfg = (cfg or self.cfg).validate()  # a config edited after construction is checked where it is used
         array = rgb_array(image)  # (H0, W0, 3) uint8: what both halves see
@@ -284,6 +292,13 @@ class CLIPer:
         targets = (until,) if isinstance(until, str) else tuple(until)
         if head_maps is None and store is None and self.sd is not None and "sd_attention" not in targets:
             head_maps = StreamedHeadMaps(array, cfg)  # nobody keeps the maps: stream them through refine
+            if cfg.refinement == "sfsa" and any(t in ("refine", "labels") for t in targets):
+                # VAE first, with only the weights in memory: its activations (0.6 GB at 512 px) peak the image
+                start = time.perf_counter()
+                head_maps.latents = self.sd.latents([array], cfg)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                head_maps.encode_seconds = time.perf_counter() - start
         if head_maps is not None:
             given["sd_attention"] = (("head_maps", id(head_maps)), head_maps)
         if features is not None:
@@ -295,7 +310,7 @@ class CLIPer:
             sums = tuple(range(lo, hi + 1)) if cfg.last_layer_attention == "fused" else ()
         token = _WALK_SUMS.set(sums)
         try:
-            return run_stages(self, cfg, inputs, keys, targets, store=store, given=given)
+            return run_stages(self, cfg, inputs, keys, targets, store=store, given=given, keep=keep)
         finally:
             _WALK_SUMS.reset(token)
 
@@ -308,6 +323,9 @@ class CLIPer:
         `classes` defaults to the config's class file; `text` (from `encode_text`) skips encoding;
         `head_maps` lets a caller pass SD head maps it already has.
         """
-        run = self.run(image, classes, background, cfg, "labels", text=text, head_maps=head_maps)
-        return SegmentationResult.from_run(run)
+        run = self.run(image, classes, background, cfg, "labels", text=text, head_maps=head_maps,
+                       keep=SegmentationResult.READS)  # the layer walk (whole image and crops) goes before the SD pass
+        result = SegmentationResult.from_run(run)
+        release_free_memory()  # the next image starts from the weights, not from this one's freed buffers
+        return result
 

@@ -23,11 +23,8 @@ def _check_maps(maps: torch.Tensor, name: str = "head maps") -> None:
 
 
 def zero_below_(maps: torch.Tensor, threshold: float) -> torch.Tensor:
-    """maps.masked_fill_(maps < threshold, 0) without the (..., T, T) boolean mask: one pass, in place.
-
-    F.threshold_ keeps x > t; the largest value below `threshold` in the maps' dtype as t keeps x >= threshold
-    (ties kept, as the comparison in the maps' dtype keeps them), and NaN stays NaN as with masked_fill_.
-    """
+    """maps.masked_fill_(maps < threshold, 0) in one pass, without a (..., T, T) mask: F.threshold_ keeps x > t, and
+    t = the largest value below `threshold` in the maps' dtype keeps x >= threshold (ties), NaN stays NaN."""
     below = torch.nextafter(torch.tensor(threshold, dtype=maps.dtype), torch.tensor(-math.inf, dtype=maps.dtype))
     return F.threshold_(maps, below.item(), 0.0)
 

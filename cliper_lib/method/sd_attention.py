@@ -13,13 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from ..config import CLIPerConfig
-from ..images import ImageLike, float_tensor
+from ..heap import release_free_memory
+from ..images import ImageLike, float_tensor, resize_square
 
 
 @dataclass
@@ -39,9 +37,8 @@ class SDComponents:
 # ---------------------------------------------------------------------------------------------------------------
 # attention capture
 # ---------------------------------------------------------------------------------------------------------------
-#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first.
-#: `probabilities` is the capture's scratch buffer, valid during the call and overwritten by the next head: a sink
-#: that keeps it copies it, and a sink may overwrite it (HeadChain normalises it in place).
+#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first, in
+#: the capture's scratch buffer (overwritten by the next head): a sink keeps a copy, and may change it in place.
 HeadSink = Callable[[str, int, int, torch.Tensor], None]
 
 
@@ -58,33 +55,23 @@ class _EndOfCapture(Exception):
     """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is never read."""
 
 
-class _Scratch:
-    """The (B, T, S) score and probability buffers of one capture, shared by its layers and reused head after head.
-
-    On a CPU a fresh 64 MB tensor costs as much as the arithmetic on it (the allocator maps new pages, the kernel
-    zeroes them), so the capture writes every head into the same two buffers (torch.matmul / torch.softmax `out=`,
-    the same kernels and results as without it)."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.shape != shape or buffer.device != like.device:
-            self.buffers[name] = buffer = torch.empty(shape, dtype=torch.float32, device=like.device)
-        return buffer
-
-
 class CaptureAttnProcessor:
     """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist at once),
     each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths still to capture in
     this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink. `scratch`:
-    buffers shared by the processors of one capture."""
+    the (B, T, S) score and probability buffers, shared by the processors of one capture and reused head after
+    head: on a CPU a fresh 64 MB tensor costs as much as the arithmetic on it (new pages, zeroed by the kernel)."""
 
     def __init__(self, sink: HeadSink, path: str, pending: set[str] | None = None,
-                 scratch: _Scratch | None = None) -> None:
+                 scratch: dict[str, torch.Tensor] | None = None) -> None:
         self.sink, self.path, self.pending = sink, path, pending
-        self.scratch = _Scratch() if scratch is None else scratch
+        self.scratch = {} if scratch is None else scratch
+
+    def _buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        buffer = self.scratch.get(name)
+        if buffer is None or buffer.shape != shape or buffer.device != device:
+            self.scratch[name] = buffer = torch.empty(shape, dtype=torch.float32, device=device)
+        return buffer
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -102,12 +89,12 @@ class CaptureAttnProcessor:
         last = self.pending is not None and not self.pending
         out = None if last else query.new_empty(query.shape, dtype=torch.float32)  # (B, h, T, d)
         shape = (batch, query.shape[2], key.shape[2])  # (B, T, S)
-        scores, probabilities = (self.scratch.get(name, query, shape) for name in ("scores", "probabilities"))
+        scores, probabilities = (self._buffer(name, shape, query.device) for name in ("scores", "probabilities"))
         # Last head first: the refinement chain applies the maps right to left. float32 even for fp16 models: the
         # probabilities are multiplied along a chain of ~10 maps later. Scaling q first avoids a (T, S) temporary.
         for head in reversed(range(heads)):
             torch.matmul(query[:, head].float() * attn.scale, key[:, head].float().transpose(-1, -2), out=scores)
-            torch.softmax(scores, dim=-1, out=probabilities)  # (B, T, S)
+            torch.softmax(scores, dim=-1, out=probabilities)  # (B, T, S); `out=`: same kernels, same results
             if out is not None:
                 out[:, head] = probabilities @ value[:, head].float()  # (B, T, d), before the sink may change it
             self.sink(self.path, head, heads, probabilities)
@@ -172,7 +159,7 @@ def capture_self_attention(
         seen[id(module)] = path
     sink = AttentionStore() if sink is None else sink
     pending = set(modules) if early_exit else None
-    scratch = _Scratch()  # one set of buffers for all the layers: they are captured one after the other
+    scratch: dict[str, torch.Tensor] = {}  # one set of buffers for all the layers, captured one after the other
     originals = {path: module.processor for path, module in modules.items()}
     try:
         for path, module in modules.items():
@@ -191,23 +178,6 @@ def run_until_captured(unet: torch.nn.Module, paths: Sequence[str], sink: HeadSi
         except _EndOfCapture:
             return
     raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
-
-
-def resize_for_sd(image: torch.Tensor, side: int, mode: str = "nearest") -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] -> (1, 3, side, side) in [0, 1], the whole image (aspect ratio not kept)."""
-    if mode == "nearest":
-        # what diffusers' VaeImageProcessor does with tensors: F.interpolate's default mode
-        return F.interpolate(image, size=(side, side), mode="nearest")
-    if mode in ("bilinear", "bicubic"):
-        # antialias like PIL, which is what a user choosing these modes would compare against
-        out = F.interpolate(image, size=(side, side), mode=mode, align_corners=False, antialias=True)
-        return out.clamp(0, 1)  # bicubic overshoots
-    if mode == "lanczos":
-        # what diffusers does with a PIL image: 8-bit PIL resize, then / 255
-        array = (image[0].permute(1, 2, 0).cpu() * 255).round().to(torch.uint8).numpy()  # (H, W, 3)
-        resized = Image.fromarray(array).resize((side, side), resample=Image.Resampling.LANCZOS)
-        return float_tensor(np.asarray(resized)).to(image.device)
-    raise ValueError(f"sd_resize={mode!r}: use nearest, bilinear, bicubic or lanczos")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +206,7 @@ class SDSelfAttention:
     def preprocess(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """Image -> VAE input (1, 3, side, side) in [-1, 1], on the model's device and dtype."""
         cfg = cfg or self.cfg
-        pixels = resize_for_sd(float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize)  # (1, 3, side, side)
+        pixels = resize_square(float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize)  # (1, 3, side, side)
         return (pixels * 2 - 1).to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
@@ -265,13 +235,22 @@ class SDSelfAttention:
         return noisy.to(self.dtype)
 
     @torch.no_grad()
+    def latents(self, images: Sequence[ImageLike], cfg: CLIPerConfig | None = None) -> torch.Tensor:
+        """The images' VAE latents (B, 4, s/8, s/8). Freed heap pages go back to the system first: the encoder's
+        activations (~0.6 GB at 512 x 512 in float32) are the largest of an image."""
+        cfg = cfg or self.cfg
+        release_free_memory()
+        return self.encode(torch.cat([self.preprocess(image, cfg) for image in images]))
+
+    @torch.no_grad()
     def capture(self, images: Sequence[ImageLike], sink: HeadSink, layers: Sequence[str] | None = None,
-                timestep_index: int | None = None, cfg: CLIPerConfig | None = None) -> None:
+                timestep_index: int | None = None, cfg: CLIPerConfig | None = None,
+                latents: torch.Tensor | None = None) -> None:
         """One UNet pass over a batch of images, ended after the last of `layers` (default cfg.sd_layers) it
         reaches; each head's probabilities (B, T, T) go to `sink`, last head first, as the UNet runs the layers."""
         cfg = cfg or self.cfg
         layers = list(cfg.sd_layers if layers is None else layers)
-        latents = self.encode(torch.cat([self.preprocess(image, cfg) for image in images]))  # (B, 4, s/8, s/8)
+        latents = self.latents(images, cfg) if latents is None else latents  # (B, 4, s/8, s/8)
         timestep = self.timestep(timestep_index, cfg)
         noisy = self.add_noise(latents, timestep, cfg)
         if self._empty_embedding is None:

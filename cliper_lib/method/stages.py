@@ -11,50 +11,17 @@ derived from them.
 from __future__ import annotations
 
 import time
-import types
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
-from ..config import VFM_REFINEMENTS, CLIPerConfig
+from ..config import VFM_REFINEMENTS, CLIPerConfig, ConfigView, UndeclaredFieldError  # noqa: F401 (re-exported)
+from ..images import crop_boxes
 from ..vfm import encoder_of, proxy_attentions, refinement_features
-from .fusion import crop_boxes
 
 #: what a run is given rather than computes.
 RUN_INPUTS = ("image", "classes", "background")
-_FIELD_NAMES = frozenset(f.name for f in fields(CLIPerConfig))
-
-
-class UndeclaredFieldError(AttributeError):
-    """A stage read a config field it does not declare in the graph."""
-
-
-class ConfigView:
-    """A config as one stage sees it: its declared fields, and properties/methods computed from those alone."""
-
-    def __init__(self, cfg: CLIPerConfig, allowed: Iterable[str], stage: str) -> None:
-        object.__setattr__(self, "_cfg", cfg)
-        object.__setattr__(self, "_allowed", frozenset(allowed))
-        object.__setattr__(self, "_stage", stage)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _FIELD_NAMES:
-            if name not in self._allowed:
-                raise UndeclaredFieldError(
-                    f"stage {self._stage!r} read config field {name!r}, which it does not declare in the stage graph")
-            return getattr(self._cfg, name)
-        attribute = getattr(type(self._cfg), name, None)
-        if isinstance(attribute, property):  # a derived value: computed from the fields through this view
-            return attribute.fget(self)
-        if isinstance(attribute, types.FunctionType):  # a method (check_against_depth): bound to this view
-            return types.MethodType(attribute, self)
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("a stage cannot change the config")
-
-
 def refinement_in_effect(model: Any, cfg: Any) -> str:
     """The refinement that runs: the configured one, or 'none' when the model lacks its SD extractor / VFMs."""
     return "none" if (model.vfm if cfg.refinement in VFM_REFINEMENTS else model.sd) is None else cfg.refinement
@@ -194,11 +161,13 @@ def run_stages(
     targets: Sequence[str] = ("labels",),
     store: StageStore | None = None,
     given: Mapping[str, tuple[Hashable, Any]] | None = None,
+    keep: Iterable[str] | None = None,
 ) -> StageRun:
     """Evaluate `targets` and the stages they need (each once), in dependency order.
 
     `inputs`/`input_keys` hold the RUN_INPUTS and what identifies them; `given` maps a stage to a (key, value)
-    the caller already has (an encoded text set, SD head maps), used instead of computing it.
+    the caller already has (an encoded text set, SD head maps), used instead of computing it. `keep` (default: all)
+    names the stages the run returns; any other is dropped once its last reader is done (the walk, before SD).
     """
     unknown = [t for t in targets if t not in BY_NAME]
     if unknown:
@@ -208,6 +177,14 @@ def run_stages(
     run = StageRun(cfg)
     run.values.update(inputs)
     sync = model.device.type == "cuda"
+    readers: dict[str, int] = {}  # with `keep`: stage -> how many stages of this run still read it
+    wanted = set(targets)
+    for stage in reversed(GRAPH if keep is not None else ()):  # GRAPH is in topological order
+        if stage.name in wanted:
+            for need in stage.needed(model, ConfigView(cfg, stage.fields, stage.name)):
+                readers[need] = readers.get(need, 0) + 1
+                wanted.add(need)
+    keep = set(keep or ()) | set(targets)
 
     def resolve(name: str) -> Hashable:
         if name in RUN_INPUTS:
@@ -236,8 +213,17 @@ def run_stages(
                 if store is not None:
                     store.save(name, key, value, seconds)
         run.values[name], run.keys[name] = value, key
+        for need in needed:  # drop what no later stage reads and nobody keeps
+            readers[need] = readers.get(need, 0) - 1
+            if readers[need] == 0 and need in BY_NAME and need not in keep:
+                del run.values[need]
         return key
 
-    for target in targets:
-        resolve(target)
+    try:
+        for target in targets:
+            resolve(target)
+    finally:
+        # resolve is recursive, so its closure holds itself and with it `run`: a reference cycle that would keep
+        # every stage value (the layer walk, the SD scratch) alive until the cyclic garbage collector runs.
+        del resolve
     return run

@@ -602,7 +602,8 @@ def test_sd_encode_is_latent_mean_times_scaling_factor():
     vae = components.vae
     assert vae.config.scaling_factor not in (0, 1)  # else dropping it would go unnoticed
     extractor = SDSelfAttention(components, CLIPerConfig(profile="smoke"))
-    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert all(type(block).__name__ == "DownEncoderBlock2D" for block in vae.encoder.down_blocks)  # walked
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         expected = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
     torch.testing.assert_close(extractor.encode(pixels), expected, rtol=0, atol=0)

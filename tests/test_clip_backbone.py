@@ -5,8 +5,15 @@ import open_clip
 import pytest
 import torch
 
-from cliper_lib.method.clip_backbone import (encode_image_from_walk, interpolate_pos_embedding, preprocess_image,
-                                             resized_shape, walk_layers)
+from cliper_lib.method.clip_backbone import (interpolate_pos_embedding, preprocess_image, project_tokens, resized_shape,
+                                             walk_layers)
+
+
+@torch.no_grad()
+def encode_image_from_walk(visual: torch.nn.Module, walk) -> torch.Tensor:
+    """open_clip's pooled image embedding (B, E) from a complete walk: the CLS token, ln_post, proj."""
+    assert visual.attn_pool is None and not visual.final_ln_after_pool and visual.pool_type == "tok"
+    return project_tokens(visual, walk.output[:, 0])
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def test_segment_encodes_first_and_matches_a_run_that_keeps_everything(model, ca
     assert order == ["latents", "clip_walk", "capture"]  # the VAE before the CLIP side; the UNet after it
     expected = SegmentationResult.from_run(model.run(cat_image, text=text, cfg=model.cfg.replace(seed=model.cfg.seed)))
     assert relative_error(result.refined, expected.refined) <= 1e-6 and torch.equal(result.labels, expected.labels)
-    assert result.timings["sd_attention"] > 0 and "refine" in result.timings
+    assert result.timings["sd_attention"] > 0 and result.timings["refine"] >= 0
 
 
 def test_head_chain_refuses_maps_of_another_size() -> None:

@@ -159,11 +159,3 @@ def project_tokens(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
     """ln_post then the visual projection, applied to every token: (..., N, D) -> (..., N, E)."""
     tokens = visual.ln_post(tokens)
     return tokens @ visual.proj if visual.proj is not None else tokens
-
-
-@torch.no_grad()
-def encode_image_from_walk(visual: torch.nn.Module, walk: LayerWalk) -> torch.Tensor:
-    """open_clip's pooled image embedding (B, E) from a complete walk (CLS token, ln_post, proj)."""
-    if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
-        raise ValueError("only CLS-token pooling ViTs (the CLIP ViTs CLIPer uses) are supported")
-    return project_tokens(visual, walk.output[:, 0])

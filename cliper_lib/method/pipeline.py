@@ -69,8 +69,8 @@ class StreamedHeadMaps:
     image: np.ndarray
     cfg: CLIPerConfig  # the run's whole config (the refine stage's view does not hold the sd_* fields)
     shape: tuple[int, ...] = ()  # (m, T, T) once refined
-    seconds: float = 0.0  # VAE encode + the UNet pass, with the chain applied inside it (the rest is refine's)
-    latents: torch.Tensor | None = None  # (1, 4, s/8, s/8): encoded before the CLIP side runs (see `run`)
+    seconds: float = 0.0  # the UNet pass (and the VAE if not done before), chain inside it (the rest is refine's)
+    latents: torch.Tensor | None = None  # (1, 4, s/8, s/8), and its seconds: encoded before the CLIP side (`run`)
     encode_seconds: float = 0.0
 
 
@@ -112,7 +112,8 @@ class SegmentationResult:
                        "layers": list(run.cfg.sd_layers)}
         timings = dict(run.recomputed)
         if isinstance(head_maps, StreamedHeadMaps) and "refine" in timings:
-            timings["sd_attention"], timings["refine"] = head_maps.seconds, timings["refine"] - head_maps.seconds
+            timings["sd_attention"] = head_maps.encode_seconds + head_maps.seconds  # the VAE ran before the CLIP side
+            timings["refine"] -= head_maps.seconds
         attention = fused.whole.last_attention[0]  # (H, N, N)
         return cls(
             class_names=text.names, background=text.background, image_size=tuple(run["image"].shape[:2]),
@@ -222,10 +223,8 @@ class CLIPer:
 
     @torch.no_grad()
     def refine(self, coarse: torch.Tensor, head_maps: torch.Tensor | None, cfg: CLIPerConfig | None = None):
-        """Stage refine (refinement, attention_thr / sd_attention_thr, selection_head): S_f (C, s, s).
-
-        S_c itself when the refinement is none or there are no head maps.
-        """
+        """Stage refine (refinement, attention_thr / sd_attention_thr, selection_head): S_f (C, s, s); S_c itself
+        when the refinement is none or there are no head maps."""
         cfg = cfg or self.cfg
         if cfg.refinement in VFM_REFINEMENTS:  # head_maps: stage vfm's patch features (fh, fw, D) -> S_f (C, fh, fw)
             return refine_with_features(coarse.float(), head_maps)
@@ -235,7 +234,7 @@ class CLIPer:
             if cfg.refinement == "sfsa":
                 start = time.perf_counter()
                 chain = self.refine_streamed([head_maps.image], [coarse], head_maps.cfg, head_maps.latents)
-                head_maps.seconds = head_maps.encode_seconds + time.perf_counter() - start
+                head_maps.seconds = time.perf_counter() - start
                 head_maps.shape = (chain.count, chain.S.shape[1], chain.S.shape[1])
                 return chain.refined[0]
             head_maps = self.sd(head_maps.image, head_maps.cfg)  # mean / selection read the maps as a whole

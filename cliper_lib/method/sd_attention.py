@@ -34,9 +34,7 @@ class SDComponents:
     empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# attention capture
-# ---------------------------------------------------------------------------------------------------------------
+# --- attention capture -----------------------------------------------------------------------------------------
 #: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first, in
 #: the capture's scratch buffer (overwritten by the next head): a sink keeps a copy, and may change it in place.
 HeadSink = Callable[[str, int, int, torch.Tensor], None]
@@ -180,9 +178,7 @@ def run_until_captured(unet: torch.nn.Module, paths: Sequence[str], sink: HeadSi
     raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the extractor
-# ---------------------------------------------------------------------------------------------------------------
+# --- the extractor ---------------------------------------------------------------------------------------------
 class SDSelfAttention:
     """One noised UNet pass with the empty prompt, returning the self-attention head maps of `cfg.sd_layers`.
 
@@ -211,9 +207,20 @@ class SDSelfAttention:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8)."""
-        vae = self.components.vae
-        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8). The encoder's own calls,
+        resnet by resnet: no block input outlives its first resnet (in Encoder.forward, +128 MiB at 512 px fp32)."""
+        vae, enc = self.components.vae, self.components.vae.encoder
+        if vae.use_tiling or any(type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks):
+            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        h = enc.conv_in(pixels)
+        for block in enc.down_blocks:
+            for resnet in block.resnets:
+                h = resnet(h, None)  # no time embedding in the VAE
+            for downsampler in block.downsamplers or ():
+                h = downsampler(h)
+        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
+        moments = vae.quant_conv(h) if vae.quant_conv is not None else h  # (B, 8, s, s): mean, then log-variance
+        return moments.chunk(2, dim=1)[0] * vae.config.scaling_factor
 
     def timestep(self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)` (index defaults to the config's)."""

@@ -22,6 +22,8 @@ from ..vfm import encoder_of, proxy_attentions, refinement_features
 
 #: what a run is given rather than computes.
 RUN_INPUTS = ("image", "classes", "background")
+
+
 def refinement_in_effect(model: Any, cfg: Any) -> str:
     """The refinement that runs: the configured one, or 'none' when the model lacks its SD extractor / VFMs."""
     return "none" if (model.vfm if cfg.refinement in VFM_REFINEMENTS else model.sd) is None else cfg.refinement

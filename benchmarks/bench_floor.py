@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_full_size_clip  # noqa: E402
+from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
 
 
 class _Stop(Exception):
@@ -94,7 +94,6 @@ def main() -> None:
     from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention, capture_self_attention
     if not args.baseline:
         from cliper_lib.method.sd_attention import run_until_captured
-    from cliper_lib.method.text import TextSet
     from cliper_lib.weights.sd import build_random_sd_components
 
     torch.set_grad_enabled(False)
@@ -111,11 +110,7 @@ def main() -> None:
     if sd._empty_embedding is None:  # an older checkout: its extractor encodes "" on first use
         sd._empty_embedding = sd.empty_prompt_embedding()
     model = CLIPer(cfg, clip, sd, text_cache_dir=False)
-    embed = clip.model.text_projection.shape[1]
-    g = torch.Generator().manual_seed(0)
-    text = TextSet(names=[f"class {i}" for i in range(args.classes)], background=["ground", "sky"],
-                   fg=torch.nn.functional.normalize(torch.randn(args.classes, embed, generator=g), dim=-1),
-                   bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1))
+    text = random_text_set(clip, args.classes)
     photos = {}
     for name in args.photos:
         with Image.open(DATA_DIR / "samples" / f"{name}.jpg") as image:

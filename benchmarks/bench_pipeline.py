@@ -30,6 +30,17 @@ def build_full_size_clip(backbone: str, device: torch.device, dtype: torch.dtype
                       mean=tuple(OPENAI_DATASET_MEAN), std=tuple(OPENAI_DATASET_STD))
 
 
+def random_text_set(clip, classes: int, device: torch.device | str = "cpu"):
+    """`classes` random unit text embeddings ("class 0", ...) and two background words: no text tower needed."""
+    from cliper_lib.method.text import TextSet
+
+    embed = clip.model.text_projection.shape[1]
+    g = torch.Generator().manual_seed(0)
+    return TextSet(names=[f"class {i}" for i in range(classes)], background=["ground", "sky"],
+                   fg=torch.nn.functional.normalize(torch.randn(classes, embed, generator=g), dim=-1).to(device),
+                   bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1).to(device))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -51,7 +62,6 @@ def main() -> None:
     from cliper_lib.config import CLIPerConfig
     from cliper_lib.config import resolve_device, resolve_dtype
     from cliper_lib.method.pipeline import CLIPer
-    from cliper_lib.method.text import TextSet
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     preset = args.preset or f"{args.backbone.lower()}/voc21"
@@ -65,11 +75,7 @@ def main() -> None:
 
         sd = SDSelfAttention(build_random_sd_components(full_size=True, device=device, dtype=dtype, seed=0), cfg)
     model = CLIPer(cfg, clip, sd, text_cache_dir=False)
-    embed = clip.model.text_projection.shape[1]
-    g = torch.Generator().manual_seed(0)
-    text = TextSet(names=[f"class {i}" for i in range(args.classes)], background=["ground", "sky"],
-                   fg=torch.nn.functional.normalize(torch.randn(args.classes, embed, generator=g), dim=-1).to(device),
-                   bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1).to(device))
+    text = random_text_set(clip, args.classes, device)
     h, w = (int(v) for v in args.image.split("x"))
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_full_size_clip  # noqa: E402
+from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
 
 
 def main() -> None:
@@ -34,17 +34,12 @@ def main() -> None:
 
     from cliper_lib.config import DATA_DIR, CLIPerConfig
     from cliper_lib.method.pipeline import CLIPer
-    from cliper_lib.method.text import TextSet
 
     torch.set_grad_enabled(False)
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", device="cpu", refinement="none", sliding_crop_size=args.slide)
     clip = build_full_size_clip("ViT-B-16", torch.device("cpu"), torch.float32)
     model = CLIPer(cfg, clip, None, text_cache_dir=False)
-    embed = clip.model.text_projection.shape[1]
-    g = torch.Generator().manual_seed(0)
-    text = TextSet(names=[f"class {i}" for i in range(args.classes)], background=["ground", "sky"],
-                   fg=torch.nn.functional.normalize(torch.randn(args.classes, embed, generator=g), dim=-1),
-                   bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1))
+    text = random_text_set(clip, args.classes)
     with Image.open(DATA_DIR / "samples" / f"{args.photo}.jpg") as image:
         photo = np.asarray(image.convert("RGB"))
     features = model.clip_features(photo)

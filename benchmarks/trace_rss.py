@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_full_size_clip  # noqa: E402
+from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
 
 
 def resident_gb() -> float:
@@ -68,7 +68,6 @@ def main() -> None:
 
     from cliper_lib.config import DATA_DIR, CLIPerConfig
     from cliper_lib.method import fusion, pipeline, sd_attention
-    from cliper_lib.method.text import TextSet
     from cliper_lib.weights.sd import build_random_sd_components, drop_vae_decoder
 
     torch.set_grad_enabled(False)
@@ -84,11 +83,7 @@ def main() -> None:
     tracer.wrap(pipeline, "walk_layers", "clip walk")
     tracer.wrap(fusion, "walk_layers", "clip walk (crops)")
     tracer.wrap(fusion, "fuse_layers", "fusion")
-    embed = clip.model.text_projection.shape[1]
-    g = torch.Generator().manual_seed(0)
-    text = TextSet(names=[f"class {i}" for i in range(20)], background=["ground", "sky"],
-                   fg=torch.nn.functional.normalize(torch.randn(20, embed, generator=g), dim=-1),
-                   bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1))
+    text = random_text_set(clip, 20)
     with Image.open(DATA_DIR / "samples" / f"{args.photo}.jpg") as image:
         photo = np.asarray(image.convert("RGB"))
     rows = []

@@ -46,6 +46,20 @@ def test_reused_buffer_gives_the_same_outputs_bit_for_bit(rounds):
     assert len({id(x) for x in fresh}) == (4 if rounds == "cumulative" else 1)  # without reuse, kept ones stay
 
 
+@pytest.mark.parametrize("rounds", ["cumulative", 3])
+def test_per_head_balancing_on_cpu_equals_whole_tensor_steps_bit_for_bit(rounds):
+    """The CPU path balances and finishes head by head; the same steps on the whole (B, H, N, N) give the same bits."""
+    a = random_attention(heads=3, n=17, seed=5).float().expand(2, -1, -1, -1).contiguous()
+    a[1] = a[1].flip(-1)  # two different images of a batch
+    got = [fused.clone() for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds)]
+    balanced, expected = a.clone(), []
+    for k in range(4):
+        for _ in range(1 if rounds == "cumulative" else (rounds if k == 0 else 0)):
+            balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
+        expected.append(elf.finish_fused_attention(balanced))
+    assert all(torch.equal(x, y) for x, y in zip(got, expected))
+
+
 def test_fixed_rounds_give_identical_outputs():
     outs = list(elf.iter_fused_attentions(random_attention(), num_outputs=3, rounds=2))
     cumulative = list(elf.iter_fused_attentions(random_attention(), num_outputs=3))

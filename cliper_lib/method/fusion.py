@@ -86,23 +86,28 @@ def iter_fused_attentions(
     k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds. `reuse`: every
     Â_k is written into the same buffer, overwritten by the next one (for a consumer that is done with Â_k
     before it asks for Â_{k+1}, as fuse_layers is).
+
+    On a CPU each head is balanced and finished on its own (B, N, N) slice: the same operations, so the same bits,
+    but a head stays in cache through its ~10 passes where (B, H, N, N) does not (twice as fast here).
     """
     balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
+    heads = [(balanced[:, h], h) for h in range(balanced.shape[1])] if balanced.is_cpu else [(balanced, slice(None))]
+
+    def next_output(rounds: int, out: torch.Tensor | None) -> torch.Tensor:
+        out = torch.empty_like(balanced) if out is None else out
+        for part, h in heads:
+            for _ in range(rounds):
+                part.div_(part.sum(dim=-2, keepdim=True)).div_(part.sum(dim=-1, keepdim=True))
+            finish_fused_attention(part, out[:, h])
+        return out
+
     out = torch.empty_like(balanced) if reuse else None
-
-    def round_() -> None:
-        balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
-
     if rounds == "cumulative":
         for _ in range(num_outputs):
-            round_()
-            yield finish_fused_attention(balanced, out)
+            yield next_output(1, out)
     else:
-        for _ in range(int(rounds)):
-            round_()
-        fused = finish_fused_attention(balanced, out)
-        for _ in range(num_outputs):
-            yield fused
+        fused = next_output(int(rounds), out)
+        yield from (fused for _ in range(num_outputs))
 
 
 # --- the last block's value path ------------------------------------------------------------------------------
@@ -252,16 +257,8 @@ def sliding_window_maps(
 
 
 @torch.no_grad()
-def sliding_window_from_fused(
-    fused: FusionOutput,
-    image_size: Sequence[int],
-    text_set: torch.Tensor,
-    num_classes: int,
-    patch: int,
-    crop: int,
-    stride: int,
-    logit_scale: float,
-) -> SlidingWindowOutput:
+def sliding_window_from_fused(fused: FusionOutput, image_size: Sequence[int], text_set: torch.Tensor, num_classes: int,
+                              patch: int, crop: int, stride: int, logit_scale: float) -> SlidingWindowOutput:
     """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and softmax."""
     height, width = int(image_size[0]), int(image_size[1])
     gh, gw = height // patch, width // patch

@@ -10,8 +10,9 @@ Also, per photo, the capture pass of the UNet run to the end (as before this cha
 pass (`unet_early_exit_speedup`), and the peak resident memory (`peak_rss_gb`, ru_maxrss). `--baseline` runs
 the plain `segment` of whatever `cliper_lib` is on the path with every SD component kept (text encoder, VAE
 decoder): run it with PYTHONPATH pointing at an older checkout for the "before" figures.
-Each part is timed --repeats times; `total_over_floor` divides the medians, `total_over_floor_best` the fastest
-runs (the least disturbed on a shared machine), and `all_times_s` keeps every timing.
+Each part is timed --repeats times, in rounds (`segment`, then each floor part, once per round);
+`total_over_floor` divides the medians, `total_over_floor_best` the fastest runs (the least disturbed on a shared
+machine), `total_over_floor_paired` is the median of the rounds' own ratios, and `all_times_s` keeps every timing.
 """
 from __future__ import annotations
 
@@ -123,23 +124,40 @@ def main() -> None:
         for slide in args.slides:
             run_cfg = cfg.replace(sliding_crop_size=slide)
             ALL_TIMES.clear()
-            total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats, "total")
+            if args.baseline or args.segment_only:
+                total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats, "total")
+            else:
+                timestep = sd.timestep(cfg=run_cfg)
+                parts = {
+                    "total": lambda: model.segment(photo, text=text, cfg=run_cfg),
+                    "clip_walk": lambda: model.clip_features(photo, run_cfg),
+                    "vae_encode": lambda: sd.encode(sd.preprocess(photo, run_cfg)),
+                    "unet_to_last_layer": lambda: unet_to_layer_stock(sd, noisy, timestep, run_cfg.sd_layers),
+                }
+                noisy = sd.add_noise(sd.encode(sd.preprocess(photo, run_cfg)), timestep, run_cfg)
+                # Interleaved: each round times `segment` and then each floor part once, so a slow stretch of the
+                # shared machine lands on both sides of a round's ratio instead of on one side's block of repeats.
+                rounds = []
+                for _ in range(args.repeats):
+                    rounds.append({})
+                    for part, fn in parts.items():
+                        rounds[-1][part], value = timed(fn, 1)
+                        if part == "total":
+                            result = value  # the stage timings of the last `segment`
+                ALL_TIMES.update({part: [r[part] for r in rounds] for part in parts})
+                total = statistics.median(ALL_TIMES["total"])
             row = {"photo": name, "shape": list(photo.shape[:2]), "slide": slide, "total_s": total,
                    "stages_s": result.timings}
             if not (args.baseline or args.segment_only):
-                clip_s, _ = timed(lambda: model.clip_features(photo, run_cfg), args.repeats, "clip_walk")
-                vae_s, latents = timed(lambda: sd.encode(sd.preprocess(photo, run_cfg)), args.repeats, "vae_encode")
-                timestep = sd.timestep(cfg=run_cfg)
-                noisy = sd.add_noise(latents, timestep, run_cfg)
-                unet_s, _ = timed(lambda: unet_to_layer_stock(sd, noisy, timestep, run_cfg.sd_layers), args.repeats,
-                                  "unet_to_last_layer")
+                clip_s, vae_s, unet_s = (statistics.median(ALL_TIMES[p]) for p in list(parts)[1:])
                 floor = clip_s + vae_s + unet_s
                 # the fastest of each: the least disturbed run of every part, the same estimator on both sides
                 best = {part: min(times) for part, times in ALL_TIMES.items()}
                 best_floor = best["clip_walk"] + best["vae_encode"] + best["unet_to_last_layer"]
+                paired = [r["total"] / (r["clip_walk"] + r["vae_encode"] + r["unet_to_last_layer"]) for r in rounds]
                 row.update(floor_s=floor, clip_walk_s=clip_s, vae_encode_s=vae_s, unet_to_last_layer_s=unet_s,
                            total_over_floor=total / floor, total_over_floor_best=best["total"] / best_floor,
-                           all_times_s=dict(ALL_TIMES))
+                           total_over_floor_paired=statistics.median(paired), all_times_s=dict(ALL_TIMES))
                 if slide == args.slides[0]:  # the UNet does not depend on the window: once per photo
                     def full_pass() -> None:
                         with capture_self_attention(sd.components.unet, run_cfg.sd_layers, AttentionStore()):
@@ -163,6 +181,8 @@ def main() -> None:
                        total_over_floor_ratio_mean=statistics.mean(r["total_over_floor"] for r in rows),
                        total_over_floor_best_ratio=max(r["total_over_floor_best"] for r in rows),
                        total_over_floor_best_ratio_mean=statistics.mean(r["total_over_floor_best"] for r in rows),
+                       total_over_floor_paired_ratio=max(r["total_over_floor_paired"] for r in rows),
+                       total_over_floor_paired_ratio_mean=statistics.mean(r["total_over_floor_paired"] for r in rows),
                        unet_early_exit_speedup=statistics.mean(speedups))
     out = {"setup": {"clip": "ViT-B-16 random", "sd": "SD-2.1-base shapes random", "dtype": "float32",
                      "preset": "vit-b-16/voc21", "classes": args.classes, "baseline": args.baseline,

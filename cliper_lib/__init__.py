@@ -9,8 +9,12 @@
 `from cliper_lib import CLIPer, CLIPerConfig` is all a user needs; docs/method.md derives the method.
 """
 
+from .heap import request_huge_pages
+
 __version__ = "0.1.0"
 __all__ = ["CLIPer", "CLIPerConfig", "__version__"]
+
+request_huge_pages()  # before any large tensor: PyTorch reads the setting at its first large allocation
 
 
 def __getattr__(name: str):

@@ -1,11 +1,13 @@
 """cliper_lib.heap: freed heap memory really goes back to the system (glibc), and elsewhere nothing happens."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
 
-from cliper_lib.heap import release_free_memory
+from cliper_lib.heap import HUGE_PAGES_VARIABLE, THP_MODE_FILE, release_free_memory, request_huge_pages
 
 
 def resident_mib() -> float:
@@ -26,3 +28,34 @@ def test_freed_heap_pages_are_returned() -> None:
     after = resident_mib()
     assert before - after > 96, (before, after)  # most of the 192 MiB
     del pin
+
+
+def huge_page_faults(env: dict[str, str]) -> int:
+    """Minor page faults of filling a fresh 64 MiB tensor in a new process that imported cliper_lib first."""
+    code = ("import resource, cliper_lib, torch\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "torch.empty(16 * 2**20).fill_(1.0)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not THP_MODE_FILE.exists() or "[never]" in THP_MODE_FILE.read_text(),
+                    reason="no transparent huge pages here")
+def test_importing_cliper_lib_gives_large_tensors_huge_pages_unless_the_user_said_no() -> None:
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
+    on = huge_page_faults(env)
+    off = huge_page_faults({**env, HUGE_PAGES_VARIABLE: "0"})
+    assert off >= 16384 - 100, off  # one fault per 4 KiB page of the 64 MiB
+    assert on < off / 8, (on, off)  # 2 MiB pages: 32 of them (the kernel may still split some)
+
+
+def test_huge_pages_are_not_requested_where_the_kernel_has_none(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(HUGE_PAGES_VARIABLE, raising=False)
+    never = tmp_path / "enabled"
+    never.write_text("always madvise [never]\n")
+    assert request_huge_pages(never) is False
+    assert HUGE_PAGES_VARIABLE not in os.environ
+    assert request_huge_pages(tmp_path / "missing") is False
+    monkeypatch.setenv(HUGE_PAGES_VARIABLE, "0")  # the user's choice stands
+    assert request_huge_pages() is False and os.environ[HUGE_PAGES_VARIABLE] == "0"

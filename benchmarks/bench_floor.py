@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import cliper_lib  # noqa: F401 (first, before any large tensor: its huge-page setting, cliper_lib/heap.py)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
@@ -187,6 +190,7 @@ def main() -> None:
     out = {"setup": {"clip": "ViT-B-16 random", "sd": "SD-2.1-base shapes random", "dtype": "float32",
                      "preset": "vit-b-16/voc21", "classes": args.classes, "baseline": args.baseline,
                      "segment_only": args.segment_only,
+                     "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # set by `import cliper_lib` (heap.py)
                      "threads": torch.get_num_threads(), "machine": "shared 2-core CPU (indicative timings)"},
            "rows": rows, **summary}
     print(json.dumps(summary, indent=2))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from cliper_lib.method.refine import (
     HeadChain,
     chain_apply,
+    normalize_and_apply_,
     normalize_head_maps,
     normalize_head_maps_,
     zero_below_,
@@ -125,6 +126,17 @@ def test_head_chain_streams_last_first_and_order_matters() -> None:
     torch.testing.assert_close(feed(in_order), expected, rtol=1e-12, atol=1e-12)
     assert not in_order.waiting and not in_order.due and in_order.count == 4
     assert not torch.allclose(feed(HeadChain([coarse], ["b", "a"], 0.1)), expected)  # another product
+
+
+@pytest.mark.parametrize("band", [5, 16, 64])
+def test_banded_normalise_and_apply_equals_normalise_then_product(band) -> None:
+    raw = torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).softmax(-1)
+    S = torch.rand(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    A = raw[0].clone()
+    out = normalize_and_apply_(A, S, 0.1, band=band)  # bands of 5 leave a last band of 1 row
+    normalised = normalize_head_maps(raw, 0.1)[0]
+    assert torch.equal(A, normalised)  # normalised in place, the same bits
+    torch.testing.assert_close(out, normalised @ S, rtol=1e-12, atol=1e-12)
 
 
 def test_chain_shape_errors() -> None:

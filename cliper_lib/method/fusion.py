@@ -159,14 +159,9 @@ class FusionOutput:
 
 
 @torch.no_grad()
-def fuse_layers(
-    visual: torch.nn.Module,
-    walk: LayerWalk,
-    fuse: Sequence[int] | None = None,
-    rounds: str | int = "cumulative",
-    last_layer_attention: str = "fused",
-    proxy: torch.Tensor | None = None,  # (B, 1, N, N): the VFM attention of last_layer_attention="proxy"
-) -> FusionOutput:
+def fuse_layers(visual: torch.nn.Module, walk: LayerWalk, fuse: Sequence[int] | None = None,
+                rounds: str | int = "cumulative", last_layer_attention: str = "fused",
+                proxy: torch.Tensor | None = None) -> FusionOutput:  # proxy (B, 1, N, N): the VFM attention of "proxy"
     """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and Â_{L-1}."""
     blocks = visual.transformer.resblocks
     num_layers = len(blocks)
@@ -235,19 +230,9 @@ class SlidingWindowOutput:
 
 
 @torch.no_grad()
-def sliding_window_maps(
-    visual: torch.nn.Module,
-    image: torch.Tensor,
-    text_set: torch.Tensor,
-    num_classes: int,
-    patch: int,
-    crop: int,
-    stride: int,
-    logit_scale: float,
-    fuse: Sequence[int] | None = None,
-    rounds: str | int = "cumulative",
-    last_layer_attention: str = "fused",
-) -> SlidingWindowOutput:
+def sliding_window_maps(visual: torch.nn.Module, image: torch.Tensor, text_set: torch.Tensor, num_classes: int,
+                        patch: int, crop: int, stride: int, logit_scale: float, fuse: Sequence[int] | None = None,
+                        rounds: str | int = "cumulative", last_layer_attention: str = "fused") -> SlidingWindowOutput:
     """docs/method.md 3.7 for one (3, H, W) image: walk and fuse all crops, then accumulate."""
     if crop % patch or stride % patch:
         raise ValueError(f"crop {crop} and stride {stride} must be multiples of the patch size {patch}")

@@ -37,6 +37,23 @@ def normalize_head_maps_(maps: torch.Tensor, attention_thr: float) -> torch.Tens
     return maps
 
 
+def normalize_and_apply_(A: torch.Tensor, S: torch.Tensor, attention_thr: float, band: int = 256) -> torch.Tensor:
+    """normalize_head_maps_(A[None]) @ S for one raw map A (T, T), normalised in place, and S (T, C) -> (T, C).
+
+    The normalised A is the same bit for bit, and the product by bands of rows equals the whole one to rounding
+    (bit for bit with MKL here). On a CPU a band of `band` rows goes through the row steps and its share of the
+    product while it is in cache: 38 -> 25 ms per 4096-token map here."""
+    column_max = A.amax(dim=-2, keepdim=True) + EPS  # (1, T), as normalize_head_maps_ computes it
+    out, step = S.new_empty(A.shape[0], S.shape[1]), band if A.is_cpu else len(A)  # elsewhere: one band, few kernels
+    for start in range(0, len(A), step):
+        rows = A[start : start + step]
+        rows /= column_max
+        zero_below_(rows, attention_thr)
+        rows /= rows.sum(dim=-1, keepdim=True) + EPS
+        torch.mm(rows, S, out=out[start : start + step])
+    return out
+
+
 def normalize_head_maps(maps: torch.Tensor, attention_thr: float) -> torch.Tensor:
     """Authors' per-head normalisation: / column max (+eps), zero values < thr, / row sums (+eps); (m,T,T)->(m,T,T)."""
     _check_maps(maps)
@@ -96,8 +113,7 @@ class HeadChain:
             raise ValueError(f"head map of shape {tuple(probabilities.shape)} does not fit T = {self.S.shape[1]}")
         maps = probabilities.to(self.S.dtype)  # the buffer itself when it has S's dtype (the capture's float32)
         for b in range(len(self.S)):
-            A = normalize_head_maps_(maps[b : b + 1], self.thr)[0]  # (T, T), in place
-            self.S[b] = A @ self.S[b]  # (T, T) @ (T, C)
+            self.S[b] = normalize_and_apply_(maps[b], self.S[b], self.thr)  # (T, T) @ (T, C), A normalised in place
         self.count += 1
 
     @property

@@ -81,6 +81,18 @@ def test_segment_streams_the_refinement_and_equals_the_batch_path(model, cat_ima
     assert relative_error(kept.refined, expected) <= 1e-6 and torch.equal(kept.labels, streamed.labels)
 
 
+def test_a_malformed_class_file_fails_before_the_vae_encode(model, cat_image, tmp_path, monkeypatch) -> None:
+    """The streamed segment encodes the image first; the class file (read by the text stage) is checked before."""
+    one_line = tmp_path / "classes.txt"
+    one_line.write_text("background, sky\n")  # a background line and no class
+    monkeypatch.setattr(model.sd, "latents", lambda *args, **kwargs: pytest.fail("the VAE ran first"))
+    for classes in (str(one_line), str(tmp_path / "missing.txt")):
+        with pytest.raises((ValueError, FileNotFoundError), match="needs a background line|missing"):
+            model.segment(cat_image, cfg=model.cfg.replace(classes=classes))
+    with pytest.raises(ValueError, match="needs a background line"):  # classes given, the vocabulary from the file
+        model.segment(cat_image, classes=["cat"], cfg=model.cfg.replace(classes=str(one_line)))
+
+
 @pytest.mark.parametrize("variant", ["mean", "selection"])
 def test_other_variants_read_the_maps_whole_and_match(model, cat_image, variant) -> None:
     cfg = model.cfg.replace(refinement=variant, selection_head=1)

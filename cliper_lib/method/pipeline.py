@@ -278,6 +278,8 @@ class CLIPer:
         array = rgb_array(image)  # (H0, W0, 3) uint8: what both halves see
         resized_shape(array.shape[1], array.shape[0], cfg.size, self.clip.patch_size)  # size limit, before any stage
         classes = None if classes is None else check_class_names(classes)  # a ';'-separated string is split
+        if text is None and (classes is None or background is None):
+            read_class_file(cfg.classes)  # a missing or malformed class file fails now, not after the VAE encode
         if isinstance(background, str):
             background = split_background_line(background)
         background = None if background is None else list(background)

@@ -40,9 +40,8 @@ def normalize_head_maps_(maps: torch.Tensor, attention_thr: float) -> torch.Tens
 def normalize_and_apply_(A: torch.Tensor, S: torch.Tensor, attention_thr: float, band: int = 256) -> torch.Tensor:
     """normalize_head_maps_(A[None]) @ S for one raw map A (T, T), normalised in place, and S (T, C) -> (T, C).
 
-    The normalised A is the same bit for bit, and the product by bands of rows equals the whole one to rounding
-    (bit for bit with MKL here). On a CPU a band of `band` rows goes through the row steps and its share of the
-    product while it is in cache: 38 -> 25 ms per 4096-token map here."""
+    A ends the same bit for bit; the product by bands equals the whole one to rounding (bit for bit with MKL). On a
+    CPU a band of `band` rows goes through the row steps and its product in cache: 38 -> 25 ms per 4096² map here."""
     column_max = A.amax(dim=-2, keepdim=True) + EPS  # (1, T), as normalize_head_maps_ computes it
     out, step = S.new_empty(A.shape[0], S.shape[1]), band if A.is_cpu else len(A)  # elsewhere: one band, few kernels
     for start in range(0, len(A), step):

@@ -91,11 +91,12 @@ def iter_fused_attentions(
     but a head stays in cache through its ~10 passes where (B, H, N, N) does not (twice as fast here).
     """
     balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
-    heads = [(balanced[:, h], h) for h in range(balanced.shape[1])] if balanced.is_cpu else [(balanced, slice(None))]
+    heads = range(balanced.shape[1]) if balanced.is_cpu else [slice(None)]
 
     def next_output(rounds: int, out: torch.Tensor | None) -> torch.Tensor:
         out = torch.empty_like(balanced) if out is None else out
-        for part, h in heads:
+        for h in heads:
+            part = balanced[:, h]
             for _ in range(rounds):
                 part.div_(part.sum(dim=-2, keepdim=True)).div_(part.sum(dim=-1, keepdim=True))
             finish_fused_attention(part, out[:, h])

@@ -29,9 +29,11 @@ def zero_below_(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     return F.threshold_(maps, below.item(), 0.0)
 
 
-def normalize_head_maps_(maps: torch.Tensor, attention_thr: float) -> torch.Tensor:
-    """`normalize_head_maps` in place (the same operations in the same order): for a buffer the caller owns."""
-    maps /= maps.amax(dim=-2, keepdim=True) + EPS  # (m, T, T) / (m, 1, T): each column's max becomes ~1
+def normalize_head_maps_(maps: torch.Tensor, attention_thr: float,
+                         column_max: torch.Tensor | None = None) -> torch.Tensor:
+    """`normalize_head_maps` in place (the same operations in the same order): for a buffer the caller owns.
+    `column_max` (+ EPS, (..., 1, T)): given when `maps` is a band of rows of a larger map."""
+    maps /= maps.amax(dim=-2, keepdim=True) + EPS if column_max is None else column_max  # each column's max -> ~1
     zero_below_(maps, attention_thr)
     maps /= maps.sum(dim=-1, keepdim=True) + EPS  # (m, T, T) / (m, T, 1): rows sum to ~1 (0 for emptied rows)
     return maps
@@ -45,10 +47,7 @@ def normalize_and_apply_(A: torch.Tensor, S: torch.Tensor, attention_thr: float,
     column_max = A.amax(dim=-2, keepdim=True) + EPS  # (1, T), as normalize_head_maps_ computes it
     out, step = S.new_empty(A.shape[0], S.shape[1]), band if A.is_cpu else len(A)  # elsewhere: one band, few kernels
     for start in range(0, len(A), step):
-        rows = A[start : start + step]
-        rows /= column_max
-        zero_below_(rows, attention_thr)
-        rows /= rows.sum(dim=-1, keepdim=True) + EPS
+        rows = normalize_head_maps_(A[start : start + step], attention_thr, column_max)
         torch.mm(rows, S, out=out[start : start + step])
     return out
 

@@ -28,8 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cliper_lib  # noqa: F401 (first, before any large tensor: its huge-page setting, cliper_lib/heap.py)
-
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
 
@@ -42,17 +40,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-ALL_TIMES: dict[str, list[float]] = {}  # every timing of the current row, by part
-
-
-def timed(fn, repeats: int, part: str = "") -> tuple[float, object]:
+def timed(fn, repeats: int) -> tuple[float, object]:
     times, value = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         value = fn()
         times.append(time.perf_counter() - start)
-    if part:
-        ALL_TIMES[part] = times
     return statistics.median(times), value
 
 
@@ -126,9 +119,8 @@ def main() -> None:
     for name, photo in photos.items():
         for slide in args.slides:
             run_cfg = cfg.replace(sliding_crop_size=slide)
-            ALL_TIMES.clear()
             if args.baseline or args.segment_only:
-                total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats, "total")
+                total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats)
             else:
                 timestep = sd.timestep(cfg=run_cfg)
                 parts = {
@@ -137,7 +129,6 @@ def main() -> None:
                     "vae_encode": lambda: sd.encode(sd.preprocess(photo, run_cfg)),
                     "unet_to_last_layer": lambda: unet_to_layer_stock(sd, noisy, timestep, run_cfg.sd_layers),
                 }
-                noisy = sd.add_noise(sd.encode(sd.preprocess(photo, run_cfg)), timestep, run_cfg)
                 # Interleaved: each round times `segment` and then each floor part once, so a slow stretch of the
                 # shared machine lands on both sides of a round's ratio instead of on one side's block of repeats.
                 rounds = []
@@ -147,20 +138,22 @@ def main() -> None:
                         rounds[-1][part], value = timed(fn, 1)
                         if part == "total":
                             result = value  # the stage timings of the last `segment`
-                ALL_TIMES.update({part: [r[part] for r in rounds] for part in parts})
-                total = statistics.median(ALL_TIMES["total"])
+                        elif part == "vae_encode":  # the UNet part's input, from the latents just encoded
+                            noisy = sd.add_noise(value, timestep, run_cfg)
+                all_times = {part: [r[part] for r in rounds] for part in parts}
+                total = statistics.median(all_times["total"])
             row = {"photo": name, "shape": list(photo.shape[:2]), "slide": slide, "total_s": total,
                    "stages_s": result.timings}
             if not (args.baseline or args.segment_only):
-                clip_s, vae_s, unet_s = (statistics.median(ALL_TIMES[p]) for p in list(parts)[1:])
+                clip_s, vae_s, unet_s = (statistics.median(all_times[p]) for p in list(parts)[1:])
                 floor = clip_s + vae_s + unet_s
                 # the fastest of each: the least disturbed run of every part, the same estimator on both sides
-                best = {part: min(times) for part, times in ALL_TIMES.items()}
+                best = {part: min(times) for part, times in all_times.items()}
                 best_floor = best["clip_walk"] + best["vae_encode"] + best["unet_to_last_layer"]
                 paired = [r["total"] / (r["clip_walk"] + r["vae_encode"] + r["unet_to_last_layer"]) for r in rounds]
                 row.update(floor_s=floor, clip_walk_s=clip_s, vae_encode_s=vae_s, unet_to_last_layer_s=unet_s,
                            total_over_floor=total / floor, total_over_floor_best=best["total"] / best_floor,
-                           total_over_floor_paired=statistics.median(paired), all_times_s=dict(ALL_TIMES))
+                           total_over_floor_paired=statistics.median(paired), all_times_s=all_times)
                 if slide == args.slides[0]:  # the UNet does not depend on the window: once per photo
                     def full_pass() -> None:
                         with capture_self_attention(sd.components.unet, run_cfg.sd_layers, AttentionStore()):

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+import cliper_lib  # noqa: F401 (before any large tensor: its huge-page setting, cliper_lib/heap.py)
+
 
 def build_full_size_clip(backbone: str, device: torch.device, dtype: torch.dtype):
     import open_clip

@@ -11,6 +11,7 @@ handle of the fused-layer slider one step: fusion onward), class change (a new c
 upload (a new 480×640 image: every image stage, SD included). The page's own status line says what each move
 recomputed; those seconds are printed too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,14 @@ from cliper_lib.suite.app.drive import AppDriver, AppServer, browser_unavailable
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="smoke", choices=["smoke", "paper"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of moves (each kind once per round)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of moves (each kind once per round)"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     reason = browser_unavailable()
@@ -47,12 +52,19 @@ def main() -> int:
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(path)
         uploads.append(path)
     start = time.perf_counter()
-    server = AppServer(["--profile", args.profile, "--device", args.device, "--out", str(folder / "exports")],
-                       log=folder / "server.log")
+    server = AppServer(
+        ["--profile", args.profile, "--device", args.device, "--out", str(folder / "exports")],
+        log=folder / "server.log",
+    )
     with server, chromium() as browser:
         app = AppDriver(new_page(browser), server.url)
         paint = app.open()
-        moves: dict[str, list[float]] = {"threshold": [], "layer range": [], "class change": [], "upload": []}
+        moves: dict[str, list[float]] = {
+            "threshold": [],
+            "layer range": [],
+            "class change": [],
+            "upload": [],
+        }
         statuses: dict[str, str] = {}
         classes = ["person; flag; spacesuit; rocket", "person; flag", "cat; sofa; wall"]
         for i in range(args.repeats):
@@ -65,7 +77,9 @@ def main() -> int:
             moves["upload"].append(app.upload(uploads[i]))
             statuses["upload"] = app.status()
     result = {
-        "profile": args.profile, "device": args.device, "repeats": args.repeats,
+        "profile": args.profile,
+        "device": args.device,
+        "repeats": args.repeats,
         "server_listening_s": round(server.started_s, 2),
         "first_paint_s": {k: round(v, 2) for k, v in paint.items()},
         "move_median_s": {k: round(statistics.median(v), 3) for k, v in moves.items()},
@@ -74,9 +88,13 @@ def main() -> int:
         "wall_s": round(time.perf_counter() - start, 1),
     }
     print(f"server listening after {result['server_listening_s']} s")
-    print("first paint (from the request): " + ", ".join(f"{k} {v:.1f} s" for k, v in paint.items()))
+    print(
+        "first paint (from the request): " + ", ".join(f"{k} {v:.1f} s" for k, v in paint.items())
+    )
     for kind, seconds in result["move_median_s"].items():
-        print(f"{kind:>13s}: median {seconds:.2f} s over {args.repeats}  | {result['last_status'][kind]}")
+        print(
+            f"{kind:>13s}: median {seconds:.2f} s over {args.repeats}  | {result['last_status'][kind]}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -9,6 +9,7 @@ Full-size random weights (ViT-B/16 or ViT-L/14 + SD-2.1-base shapes, VOC21 prese
 memory allocated by torch on CUDA, the process's peak resident memory on a CPU. `--tiny` runs the same loop on
 the smoke profile's tiny random models, which checks the script, not the speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,19 @@ def build_model(backbone: str, dtype: str, device: torch.device, tiny: bool):
     from cliper_lib.weights.models import CLIPer as LoadedCLIPer
     from cliper_lib.weights.sd import build_random_sd_components, drop_vae_decoder
 
-    cfg = CLIPerConfig.from_preset(f"{backbone.lower()}/voc21", device=str(device), dtype=dtype,
-                                   **({"profile": "smoke"} if tiny else {}))
+    cfg = CLIPerConfig.from_preset(
+        f"{backbone.lower()}/voc21",
+        device=str(device),
+        dtype=dtype,
+        **({"profile": "smoke"} if tiny else {}),
+    )
     if tiny:
         return LoadedCLIPer.from_config(cfg, text_cache_dir=False)
     torch_dtype = getattr(torch, dtype)
     clip = build_full_size_clip(backbone, device, torch_dtype)
-    sd = build_random_sd_components(seed=0, full_size=True, device=device, dtype=torch_dtype, lean=True)
+    sd = build_random_sd_components(
+        seed=0, full_size=True, device=device, dtype=torch_dtype, lean=True
+    )
     drop_vae_decoder(sd.vae)
     return CLIPer(cfg, clip, SDSelfAttention(sd, cfg), text_cache_dir=False)
 
@@ -56,21 +63,33 @@ def measure(model, images: list[np.ndarray], batch: int, text, device: torch.dev
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1024**3
-    return {"images_per_s": len(images) / seconds, "seconds": seconds,
-            ("peak_gpu_gb" if device.type == "cuda" else "peak_rss_gb"): peak}
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 1024**3
+    return {
+        "images_per_s": len(images) / seconds,
+        "seconds": seconds,
+        ("peak_gpu_gb" if device.type == "cuda" else "peak_rss_gb"): peak,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbones", nargs="+", default=["ViT-B-16", "ViT-L-14"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--images", type=int, default=16, help="images timed per row")
-    parser.add_argument("--image-size", default="375x500", help="HxW of the synthetic photos (VOC's usual size)")
+    parser.add_argument(
+        "--image-size", default="375x500", help="HxW of the synthetic photos (VOC's usual size)"
+    )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU: checks the script")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny random models on the CPU: checks the script"
+    )
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args()
     if args.tiny:
@@ -97,7 +116,13 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    record = {"device": name, "tiny": args.tiny, "image_size": [h, w], "images": args.images, "rows": rows}
+    record = {
+        "device": name,
+        "tiny": args.tiny,
+        "image_size": [h, w],
+        "images": args.images,
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 

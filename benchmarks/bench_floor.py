@@ -14,6 +14,7 @@ Each part is timed --repeats times, in rounds (`segment`, then each floor part, 
 `total_over_floor` divides the medians, `total_over_floor_best` the fastest runs (the least disturbed on a shared
 machine), `total_over_floor_paired` is the median of the rounds' own ratios, and `all_times_s` keeps every timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,9 @@ def unet_to_layer_stock(sd, noisy, timestep, layers) -> None:
 
     handles = [module.register_forward_hook(hook) for module in modules]
     try:
-        sd.components.unet(noisy, timestep, encoder_hidden_states=sd._empty_embedding, return_dict=False)
+        sd.components.unet(
+            noisy, timestep, encoder_hidden_states=sd._empty_embedding, return_dict=False
+        )
     except _Stop:
         pass
     finally:
@@ -72,15 +75,27 @@ def unet_to_layer_stock(sd, noisy, timestep, layers) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", nargs="+", default=["chelsea", "coffee"], help="names in data/samples")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--photos", nargs="+", default=["chelsea", "coffee"], help="names in data/samples"
+    )
     parser.add_argument("--slides", nargs="+", type=int, default=[0, 336])
-    parser.add_argument("--repeats", type=int, default=1, help="median of this many timings of each part")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="median of this many timings of each part"
+    )
     parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--baseline", action="store_true",
-                        help="keep every SD component and time `segment` only (the 'before' figures)")
-    parser.add_argument("--segment-only", action="store_true",
-                        help="time `segment` only (lean components): the peak memory of segmenting alone")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="keep every SD component and time `segment` only (the 'before' figures)",
+    )
+    parser.add_argument(
+        "--segment-only",
+        action="store_true",
+        help="time `segment` only (lean components): the peak memory of segmenting alone",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -88,7 +103,12 @@ def main() -> None:
 
     from cliper_lib.config import DATA_DIR, CLIPerConfig
     from cliper_lib.method.pipeline import CLIPer
-    from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention, capture_self_attention
+    from cliper_lib.method.sd_attention import (
+        AttentionStore,
+        SDSelfAttention,
+        capture_self_attention,
+    )
+
     if not args.baseline:
         from cliper_lib.method.sd_attention import run_until_captured
     from cliper_lib.weights.sd import build_random_sd_components
@@ -97,7 +117,9 @@ def main() -> None:
     device, dtype = torch.device("cpu"), torch.float32
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", device="cpu", dtype="float32")
     clip = build_full_size_clip("ViT-B-16", device, dtype)
-    lean = {} if args.baseline else {"lean": True}  # lean: the cached empty-prompt embedding, no VAE decoder
+    lean = (
+        {} if args.baseline else {"lean": True}
+    )  # lean: the cached empty-prompt embedding, no VAE decoder
     components = build_random_sd_components(seed=0, full_size=True, **lean)
     if not args.baseline:
         from cliper_lib.weights.sd import drop_vae_decoder
@@ -113,21 +135,27 @@ def main() -> None:
         with Image.open(DATA_DIR / "samples" / f"{name}.jpg") as image:
             photos[name] = np.asarray(image.convert("RGB"))
     rss_models = peak_rss_gb()
-    model.segment(photos[args.photos[0]], text=text, cfg=cfg.replace(sliding_crop_size=0))  # warm-up
+    model.segment(
+        photos[args.photos[0]], text=text, cfg=cfg.replace(sliding_crop_size=0)
+    )  # warm-up
 
     rows = []
     for name, photo in photos.items():
         for slide in args.slides:
             run_cfg = cfg.replace(sliding_crop_size=slide)
             if args.baseline or args.segment_only:
-                total, result = timed(lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats)
+                total, result = timed(
+                    lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats
+                )
             else:
                 timestep = sd.timestep(cfg=run_cfg)
                 parts = {
                     "total": lambda: model.segment(photo, text=text, cfg=run_cfg),
                     "clip_walk": lambda: model.clip_features(photo, run_cfg),
                     "vae_encode": lambda: sd.encode(sd.preprocess(photo, run_cfg)),
-                    "unet_to_last_layer": lambda: unet_to_layer_stock(sd, noisy, timestep, run_cfg.sd_layers),
+                    "unet_to_last_layer": lambda: unet_to_layer_stock(
+                        sd, noisy, timestep, run_cfg.sd_layers
+                    ),
                 }
                 # Interleaved: each round times `segment` and then each floor part once, so a slow stretch of the
                 # shared machine lands on both sides of a round's ratio instead of on one side's block of repeats.
@@ -138,54 +166,109 @@ def main() -> None:
                         rounds[-1][part], value = timed(fn, 1)
                         if part == "total":
                             result = value  # the stage timings of the last `segment`
-                        elif part == "vae_encode":  # the UNet part's input, from the latents just encoded
+                        elif (
+                            part == "vae_encode"
+                        ):  # the UNet part's input, from the latents just encoded
                             noisy = sd.add_noise(value, timestep, run_cfg)
                 all_times = {part: [r[part] for r in rounds] for part in parts}
                 total = statistics.median(all_times["total"])
-            row = {"photo": name, "shape": list(photo.shape[:2]), "slide": slide, "total_s": total,
-                   "stages_s": result.timings}
+            row = {
+                "photo": name,
+                "shape": list(photo.shape[:2]),
+                "slide": slide,
+                "total_s": total,
+                "stages_s": result.timings,
+            }
             if not (args.baseline or args.segment_only):
                 clip_s, vae_s, unet_s = (statistics.median(all_times[p]) for p in list(parts)[1:])
                 floor = clip_s + vae_s + unet_s
                 # the fastest of each: the least disturbed run of every part, the same estimator on both sides
                 best = {part: min(times) for part, times in all_times.items()}
                 best_floor = best["clip_walk"] + best["vae_encode"] + best["unet_to_last_layer"]
-                paired = [r["total"] / (r["clip_walk"] + r["vae_encode"] + r["unet_to_last_layer"]) for r in rounds]
-                row.update(floor_s=floor, clip_walk_s=clip_s, vae_encode_s=vae_s, unet_to_last_layer_s=unet_s,
-                           total_over_floor=total / floor, total_over_floor_best=best["total"] / best_floor,
-                           total_over_floor_paired=statistics.median(paired), all_times_s=all_times)
-                if slide == args.slides[0]:  # the UNet does not depend on the window: once per photo
+                paired = [
+                    r["total"] / (r["clip_walk"] + r["vae_encode"] + r["unet_to_last_layer"])
+                    for r in rounds
+                ]
+                row.update(
+                    floor_s=floor,
+                    clip_walk_s=clip_s,
+                    vae_encode_s=vae_s,
+                    unet_to_last_layer_s=unet_s,
+                    total_over_floor=total / floor,
+                    total_over_floor_best=best["total"] / best_floor,
+                    total_over_floor_paired=statistics.median(paired),
+                    all_times_s=all_times,
+                )
+                if (
+                    slide == args.slides[0]
+                ):  # the UNet does not depend on the window: once per photo
+
                     def full_pass() -> None:
-                        with capture_self_attention(sd.components.unet, run_cfg.sd_layers, AttentionStore()):
-                            sd.components.unet(noisy, timestep, encoder_hidden_states=sd._empty_embedding)
+                        with capture_self_attention(
+                            sd.components.unet, run_cfg.sd_layers, AttentionStore()
+                        ):
+                            sd.components.unet(
+                                noisy, timestep, encoder_hidden_states=sd._empty_embedding
+                            )
 
                     full_s, _ = timed(full_pass, args.repeats)
-                    early_s, _ = timed(lambda: run_until_captured(sd.components.unet, run_cfg.sd_layers,
-                                                                  AttentionStore(), noisy, timestep,
-                                                                  encoder_hidden_states=sd._empty_embedding),
-                                       args.repeats)
-                    row.update(unet_capture_full_pass_s=full_s, unet_capture_early_exit_s=early_s,
-                               unet_early_exit_speedup=full_s / early_s)
+                    early_s, _ = timed(
+                        lambda: run_until_captured(
+                            sd.components.unet,
+                            run_cfg.sd_layers,
+                            AttentionStore(),
+                            noisy,
+                            timestep,
+                            encoder_hidden_states=sd._empty_embedding,
+                        ),
+                        args.repeats,
+                    )
+                    row.update(
+                        unet_capture_full_pass_s=full_s,
+                        unet_capture_early_exit_s=early_s,
+                        unet_early_exit_speedup=full_s / early_s,
+                    )
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    summary = {"peak_rss_gb": peak_rss_gb(), "rss_after_building_models_gb": rss_models,
-               "mean_total_s": statistics.mean(r["total_s"] for r in rows)}
+    summary = {
+        "peak_rss_gb": peak_rss_gb(),
+        "rss_after_building_models_gb": rss_models,
+        "mean_total_s": statistics.mean(r["total_s"] for r in rows),
+    }
     if not (args.baseline or args.segment_only):
         speedups = [r["unet_early_exit_speedup"] for r in rows if "unet_early_exit_speedup" in r]
-        summary.update(total_over_floor_ratio=max(r["total_over_floor"] for r in rows),
-                       total_over_floor_ratio_mean=statistics.mean(r["total_over_floor"] for r in rows),
-                       total_over_floor_best_ratio=max(r["total_over_floor_best"] for r in rows),
-                       total_over_floor_best_ratio_mean=statistics.mean(r["total_over_floor_best"] for r in rows),
-                       total_over_floor_paired_ratio=max(r["total_over_floor_paired"] for r in rows),
-                       total_over_floor_paired_ratio_mean=statistics.mean(r["total_over_floor_paired"] for r in rows),
-                       unet_early_exit_speedup=statistics.mean(speedups))
-    out = {"setup": {"clip": "ViT-B-16 random", "sd": "SD-2.1-base shapes random", "dtype": "float32",
-                     "preset": "vit-b-16/voc21", "classes": args.classes, "baseline": args.baseline,
-                     "segment_only": args.segment_only,
-                     "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # set by `import cliper_lib` (heap.py)
-                     "threads": torch.get_num_threads(), "machine": "shared 2-core CPU (indicative timings)"},
-           "rows": rows, **summary}
+        summary.update(
+            total_over_floor_ratio=max(r["total_over_floor"] for r in rows),
+            total_over_floor_ratio_mean=statistics.mean(r["total_over_floor"] for r in rows),
+            total_over_floor_best_ratio=max(r["total_over_floor_best"] for r in rows),
+            total_over_floor_best_ratio_mean=statistics.mean(
+                r["total_over_floor_best"] for r in rows
+            ),
+            total_over_floor_paired_ratio=max(r["total_over_floor_paired"] for r in rows),
+            total_over_floor_paired_ratio_mean=statistics.mean(
+                r["total_over_floor_paired"] for r in rows
+            ),
+            unet_early_exit_speedup=statistics.mean(speedups),
+        )
+    out = {
+        "setup": {
+            "clip": "ViT-B-16 random",
+            "sd": "SD-2.1-base shapes random",
+            "dtype": "float32",
+            "preset": "vit-b-16/voc21",
+            "classes": args.classes,
+            "baseline": args.baseline,
+            "segment_only": args.segment_only,
+            "huge_pages": os.environ.get(
+                "THP_MEM_ALLOC_ENABLE"
+            ),  # set by `import cliper_lib` (heap.py)
+            "threads": torch.get_num_threads(),
+            "machine": "shared 2-core CPU (indicative timings)",
+        },
+        "rows": rows,
+        **summary,
+    }
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

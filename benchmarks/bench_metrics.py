@@ -6,6 +6,7 @@ Prints maps/s and Mpixel/s for the library's update (numpy uint8 ground truth + 
 shapes an evaluation run feeds it) beside two plain baselines: numpy bincount over the valid pixels, and the
 same with torch boolean compaction. The update must stay far below the cost of one segmentation (seconds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,17 +55,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu", help="where the prediction lives (cpu | cuda)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     pixels = args.size * args.size
-    print(f"{args.size}x{args.size} maps, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.size}x{args.size} maps, {args.repeats} repeats, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'classes':>8} {'method':<44} {'ms/map':>8} {'maps/s':>9} {'Mpix/s':>8}")
     for c in args.classes:
-        gt = rng.integers(0, c, size=(args.size, args.size)).astype(np.uint8 if c < 255 else np.int64)
+        gt = rng.integers(0, c, size=(args.size, args.size)).astype(
+            np.uint8 if c < 255 else np.int64
+        )
         gt[rng.random(gt.shape) < 0.05] = 255  # ~5% ignored boundary pixels, like VOC
         pred_np = rng.integers(0, c, size=(args.size, args.size)).astype(np.int64)
         pred_t = torch.from_numpy(pred_np).to(args.device)
@@ -75,7 +82,9 @@ def main() -> None:
         reference = numpy_baseline(gt, pred_np, c)
         reference[0] = 0
         check = ConfusionMatrix(c, ignore_labels=(0, 255)).update(gt, pred_t)
-        assert np.array_equal(check.matrix.numpy(), reference), "update disagrees with the numpy baseline"
+        assert np.array_equal(check.matrix.numpy(), reference), (
+            "update disagrees with the numpy baseline"
+        )
 
         rows = [
             ("ConfusionMatrix.update (np gt, torch pred)", lambda: cm.update(gt, pred_t)),
@@ -85,7 +94,9 @@ def main() -> None:
         ]
         for label, fn in rows:
             seconds = timeit(fn, args.repeats)
-            print(f"{c:>8} {label:<44} {1e3 * seconds:8.2f} {1 / seconds:9.1f} {pixels / seconds / 1e6:8.1f}")
+            print(
+                f"{c:>8} {label:<44} {1e3 * seconds:8.2f} {1 / seconds:9.1f} {pixels / seconds / 1e6:8.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ C = 21 (VOC). On two CPU threads the explicit product at T = 4096 takes ~10 s a 
 CPU default stops at 2304 (48^2); pass --tokens 4096 for the paper's size.
 Both sides get the same already-normalised maps: this times the product only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
+def best_time(
+    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int
+) -> tuple[float, torch.Tensor]:
     """Best wall time of `repeats` calls after one warm-up (the minimum is the cost on a shared machine)."""
     out = fn()  # warm-up: allocator growth, CUDA context, BLAS thread pools
     best = float("inf")
@@ -52,7 +55,9 @@ def random_head_maps(m: int, T: int, device: torch.device, dtype: torch.dtype) -
     return normalize_head_maps(maps, attention_thr=0.1)
 
 
-def time_one_size(T: int, m: int, C: int, device: torch.device, dtype: torch.dtype, repeats: int) -> str:
+def time_one_size(
+    T: int, m: int, C: int, device: torch.device, dtype: torch.dtype, repeats: int
+) -> str:
     """One table row: both evaluations of the chain at T tokens."""
     torch.manual_seed(0)
     maps = random_head_maps(m, T, device, dtype)  # (m, T, T)
@@ -67,22 +72,42 @@ def time_one_size(T: int, m: int, C: int, device: torch.device, dtype: torch.dty
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--tokens", type=int, nargs="+", default=None,
-                        help="token counts T (square numbers); default 1024 4096 on cuda, 256 1024 2304 on cpu")
-    parser.add_argument("--heads", type=int, default=10, help="m, the number of head maps in the chain")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="token counts T (square numbers); default 1024 4096 on cuda, 256 1024 2304 on cpu",
+    )
+    parser.add_argument(
+        "--heads", type=int, default=10, help="m, the number of head maps in the chain"
+    )
     parser.add_argument("--classes", type=int, default=21, help="C, the number of classes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     dtype = getattr(torch, args.dtype)
     tokens = args.tokens or ([1024, 4096] if device.type == "cuda" else [256, 1024, 2304])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, m = {args.heads}, C = {args.classes}, {args.dtype}, best of {args.repeats}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name}, m = {args.heads}, C = {args.classes}, {args.dtype}, best of {args.repeats}"
+    )
     columns = ("T", "maps MiB", "left-to-right ms", "right-to-left ms", "speed-up", "max rel diff")
     header = " ".join(f"{c:>{w}}" for c, w in zip(columns, (6, 9, 17, 17, 9, 13), strict=True))
     print(header)
@@ -91,6 +116,7 @@ def main() -> None:
         print(time_one_size(T, args.heads, args.classes, device, dtype, args.repeats))
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the maps of this size are freed on return
+
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ UNet step with the self-attention captured, `sd_attention`; VFM: one ViT pass ov
 is downloaded. Median of --repeats after one warm-up; the affinity stage's output size and, on CUDA, the peak memory
 of the stages are reported too. The VFMs run before SD so that the process's peak RSS after each is meaningful.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(stages: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int) -> dict:
+def measure(
+    stages: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int
+) -> dict:
     """Median seconds of each stage (run in order, each fed by the previous), peak CUDA MiB, output MiB."""
     times: dict[str, list[float]] = {name: [] for name in stages}
     outputs: dict[str, torch.Tensor] = {}
@@ -50,22 +53,36 @@ def measure(stages: dict[str, Callable[[], torch.Tensor]], device: torch.device,
         affinity = outputs[next(iter(stages))]
         affinity_mib = affinity.numel() * affinity.element_size() / 2**20
     median = {name: statistics.median(v) for name, v in times.items()}
-    return {"median_s": median, "total_s": sum(median.values()), "affinity_output_mib": round(affinity_mib, 1),
-            "peak_cuda_mib": None if peak is None else round(peak, 1),
-            "max_rss_mib_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)}
+    return {
+        "median_s": median,
+        "total_s": sum(median.values()),
+        "affinity_output_mib": round(affinity_mib, 1),
+        "peak_cuda_mib": None if peak is None else round(peak, 1),
+        "max_rss_mib_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vfm", nargs="+", default=["dino-b8"], help="VFM refinements to time (config.VFM_MODELS)")
-    parser.add_argument("--no-sd", action="store_true", help="skip SD (it needs ~4 GB and ~15 s an image on CPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--vfm", nargs="+", default=["dino-b8"], help="VFM refinements to time (config.VFM_MODELS)"
+    )
+    parser.add_argument(
+        "--no-sd", action="store_true", help="skip SD (it needs ~4 GB and ~15 s an image on CPU)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--image", default="480x640", help="HxW of the test image")
     parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--grid", default="21x28", help="h x w of the coarse map (CLIP's patch grid)")
+    parser.add_argument(
+        "--grid", default="21x28", help="h x w of the coarse map (CLIP's patch grid)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -80,8 +97,14 @@ def main() -> None:
     h, w = (int(v) for v in args.image.split("x"))
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     gh, gw = (int(v) for v in args.grid.split("x"))
-    coarse = torch.rand(args.classes, gh, gw, generator=torch.Generator().manual_seed(0)).to(device)  # S_c (C, h, w)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    coarse = torch.rand(args.classes, gh, gw, generator=torch.Generator().manual_seed(0)).to(
+        device
+    )  # S_c (C, h, w)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
     results: dict[str, dict] = {}
 
     for vfm_name in args.vfm:
@@ -93,7 +116,10 @@ def main() -> None:
             state["features"] = refinement_features(encoder, image)
             return state["features"]
 
-        stages = {"vfm": vfm_stage, "refine": lambda: refine_with_features(coarse, state["features"])}
+        stages = {
+            "vfm": vfm_stage,
+            "refine": lambda: refine_with_features(coarse, state["features"]),
+        }
         results[vfm_name] = {"params_M": round(params, 1), **measure(stages, device, args.repeats)}
         results[vfm_name]["grid"] = list(state["features"].shape[:2])
         del encoder, state
@@ -102,7 +128,9 @@ def main() -> None:
         from cliper_lib.weights.sd import build_random_sd_components
 
         cfg = CLIPerConfig(device=str(device), dtype=args.dtype, refinement="sfsa")
-        sd = SDSelfAttention(build_random_sd_components(full_size=True, device=device, dtype=dtype, seed=0), cfg)
+        sd = SDSelfAttention(
+            build_random_sd_components(full_size=True, device=device, dtype=dtype, seed=0), cfg
+        )
         params = sum(p.numel() for p in sd.components.unet.parameters()) / 1e6
         maps: dict[str, torch.Tensor] = {}
 
@@ -110,22 +138,41 @@ def main() -> None:
             maps["head"] = sd(image, cfg)
             return maps["head"]
 
-        stages = {"sd_attention": sd_stage,
-                  "refine": lambda: refine_coarse_maps(coarse, maps["head"], "sfsa", cfg.effective_sd_attention_thr)}
-        results["sd-sfsa"] = {"params_M (UNet)": round(params, 1), **measure(stages, device, args.repeats)}
+        stages = {
+            "sd_attention": sd_stage,
+            "refine": lambda: refine_coarse_maps(
+                coarse, maps["head"], "sfsa", cfg.effective_sd_attention_thr
+            ),
+        }
+        results["sd-sfsa"] = {
+            "params_M (UNet)": round(params, 1),
+            **measure(stages, device, args.repeats),
+        }
         results["sd-sfsa"]["grid"] = [int(maps["head"].shape[-1] ** 0.5)] * 2
 
-    print(f"refinement cost per image: {h}x{w} image, coarse {gh}x{gw}, {args.classes} classes, {args.dtype} on "
-          f"{name}, median of {args.repeats}")
+    print(
+        f"refinement cost per image: {h}x{w} image, coarse {gh}x{gw}, {args.classes} classes, {args.dtype} on "
+        f"{name}, median of {args.repeats}"
+    )
     for key, r in results.items():
         stages = "  ".join(f"{s} {t * 1000:8.1f} ms" for s, t in r["median_s"].items())
-        print(f"  {key:12s} grid {r['grid'][0]}x{r['grid'][1]}  {stages}  total {r['total_s'] * 1000:8.1f} ms  "
-              f"affinity output {r['affinity_output_mib']} MiB  peak CUDA {r['peak_cuda_mib']} MiB  "
-              f"max RSS so far {r['max_rss_mib_so_far']:.0f} MiB")
+        print(
+            f"  {key:12s} grid {r['grid'][0]}x{r['grid'][1]}  {stages}  total {r['total_s'] * 1000:8.1f} ms  "
+            f"affinity output {r['affinity_output_mib']} MiB  peak CUDA {r['peak_cuda_mib']} MiB  "
+            f"max RSS so far {r['max_rss_mib_so_far']:.0f} MiB"
+        )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "device": name, "load_average_1_5_15_min": os.getloadavg(),
-                       "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "device": name,
+                    "load_average_1_5_15_min": os.getloadavg(),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

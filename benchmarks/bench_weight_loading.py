@@ -7,6 +7,7 @@ Run it with and without `accelerate` installed to see what diffusers' low-memory
 diffusers first initialises every module randomly and then copies the weights in (slower, about twice the
 memory while loading).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ print(json.dumps({"accelerate": acc, "load_s": round(seconds, 2), "first_read_s"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", default="/tmp/cliper-sd21-random", help="where the random SD folder lives")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--folder", default="/tmp/cliper-sd21-random", help="where the random SD folder lives"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     folder = Path(args.folder)
@@ -64,7 +69,9 @@ def main() -> None:
         print(f"writing full-size random SD-2.1-base weights to {folder} ...", file=sys.stderr)
         save_sd_folder(build_random_sd_components(seed=0, full_size=True), folder)
     for _ in range(args.repeats):
-        res = subprocess.run([sys.executable, "-c", CHILD, str(folder)], capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, str(folder)], capture_output=True, text=True
+        )
         if res.returncode:
             sys.exit(res.stderr[-3000:])
         print(json.dumps(json.loads(res.stdout.strip().splitlines()[-1])))

@@ -6,6 +6,7 @@ coarse map, labels; on full-size random ViT-B/16 weights, float32, the VOC21 pre
 Prints the median seconds of each CLIP-side stage (over --repeats) and, with --torch-profile, the torch
 profiler's table of the operators that take the most CPU time in `fusion` and `layer_maps`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--photo", default="chelsea")
     parser.add_argument("--slide", type=int, default=336)
     parser.add_argument("--classes", type=int, default=20)
@@ -36,7 +39,9 @@ def main() -> None:
     from cliper_lib.method.pipeline import CLIPer
 
     torch.set_grad_enabled(False)
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", device="cpu", refinement="none", sliding_crop_size=args.slide)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", device="cpu", refinement="none", sliding_crop_size=args.slide
+    )
     clip = build_full_size_clip("ViT-B-16", torch.device("cpu"), torch.float32)
     model = CLIPer(cfg, clip, None, text_cache_dir=False)
     text = random_text_set(clip, args.classes)
@@ -48,7 +53,9 @@ def main() -> None:
         result = model.segment(photo, text=text)
         for stage, seconds in result.timings.items():
             timings.setdefault(stage, []).append(seconds)
-    print(f"{args.photo} {photo.shape[:2]} slide {args.slide}: median of {args.repeats} (after a warm-up)")
+    print(
+        f"{args.photo} {photo.shape[:2]} slide {args.slide}: median of {args.repeats} (after a warm-up)"
+    )
     for stage, values in timings.items():
         print(f"  {stage:12s} {statistics.median(values[1:]) * 1000:9.1f} ms")
     if args.torch_profile:

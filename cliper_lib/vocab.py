@@ -1,12 +1,13 @@
 """The words the method reads: the bundled class files (a background line, then one class per line), the prompt
 templates, and class names as users type them. Plain text, no model: every layer may use it."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .config import DATA_DIR
 
@@ -35,7 +36,9 @@ def class_file_path(name_or_path: str | os.PathLike) -> Path:
     if candidate.exists():
         return candidate
     known = sorted(p.stem for p in (DATA_DIR / "classes").glob("*.txt"))
-    raise FileNotFoundError(f"class file {name_or_path!r} not found; bundled class files: {', '.join(known)}")
+    raise FileNotFoundError(
+        f"class file {name_or_path!r} not found; bundled class files: {', '.join(known)}"
+    )
 
 
 def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
@@ -43,7 +46,9 @@ def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
     lines = [line.strip() for line in class_file_path(name_or_path).read_text().splitlines()]
     lines = [line for line in lines if line]
     if len(lines) < 2:
-        raise ValueError(f"class file {name_or_path} needs a background line and at least one class line")
+        raise ValueError(
+            f"class file {name_or_path} needs a background line and at least one class line"
+        )
     return ClassList(names=lines[1:], background=split_background_line(lines[0]))
 
 
@@ -67,7 +72,9 @@ def check_class_names(names: Sequence[str] | str) -> list[str]:
     if not any(stripped):
         raise ValueError("give at least one class name")
     if "" in stripped:
-        raise ValueError(f"class name #{stripped.index('') + 1} is empty: it would shift every later label id")
+        raise ValueError(
+            f"class name #{stripped.index('') + 1} is empty: it would shift every later label id"
+        )
     return stripped
 
 
@@ -76,7 +83,9 @@ def load_templates(name_or_path: str) -> list[str]:
     path = Path(name_or_path)
     if not path.exists():
         if name_or_path not in TEMPLATE_FILES:
-            raise ValueError(f"unknown template set {name_or_path!r}; use one of {list(TEMPLATE_FILES)} or a path")
+            raise ValueError(
+                f"unknown template set {name_or_path!r}; use one of {list(TEMPLATE_FILES)} or a path"
+            )
         path = DATA_DIR / "templates" / TEMPLATE_FILES[name_or_path]
     templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     bad = [t for t in templates if "{}" not in t]

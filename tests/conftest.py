@@ -1,4 +1,5 @@
 """Shared fixtures: the golden tiny CLIP (authors' weights), seeded tiny models, sample images."""
+
 from __future__ import annotations
 
 import json
@@ -55,11 +56,17 @@ def golden_clip(golden):
     assert json.loads(golden["model_config"]) == TINY_CLIP_CONFIG
     register_tiny_clip()
     model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval()
-    state = {k[len("visual."):]: v.float() for k, v in golden["visual_state_dict"].items()}
+    state = {k[len("visual.") :]: v.float() for k, v in golden["visual_state_dict"].items()}
     model.visual.load_state_dict(state, strict=True)
-    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer(TINY_CLIP_NAME), name=TINY_CLIP_NAME,
-                      weights_id="golden", patch_size=16, mean=tuple(OPENAI_DATASET_MEAN),
-                      std=tuple(OPENAI_DATASET_STD))
+    return ClipBundle(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(TINY_CLIP_NAME),
+        name=TINY_CLIP_NAME,
+        weights_id="golden",
+        patch_size=16,
+        mean=tuple(OPENAI_DATASET_MEAN),
+        std=tuple(OPENAI_DATASET_STD),
+    )
 
 
 @pytest.fixture(scope="session")

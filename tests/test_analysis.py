@@ -1,4 +1,5 @@
 """Locality measures of cliper_lib.analysis against brute-force loops and hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,11 @@ def brute_neighbour(tokens: np.ndarray, grid) -> float:
     per_patch = []
     for r in range(h):
         for c in range(w):
-            sims = [t[r * w + c] @ t[rr * w + cc]
-                    for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if 0 <= rr < h and 0 <= cc < w]
+            sims = [
+                t[r * w + c] @ t[rr * w + cc]
+                for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
+                if 0 <= rr < h and 0 <= cc < w
+            ]
             per_patch.append(np.mean(sims))
     return float(np.mean(per_patch))
 
@@ -99,7 +103,9 @@ def test_uniform_attention_distance_and_entropy():
     assert torch.allclose(dist, torch.full((2,), analysis.uniform_attention_distance(grid, patch)))
     brute = brute_distance(uniform.numpy(), grid, patch)
     np.testing.assert_allclose(dist.numpy(), brute, rtol=1e-5)
-    assert torch.allclose(analysis.attention_entropy(uniform), torch.full((2,), math.log(15)), atol=1e-5)
+    assert torch.allclose(
+        analysis.attention_entropy(uniform), torch.full((2,), math.log(15)), atol=1e-5
+    )
 
 
 def test_batched_input_averages_over_images():
@@ -109,17 +115,25 @@ def test_batched_input_averages_over_images():
     per_image = torch.stack([analysis.mean_attention_distance(a, grid, 16) for a in attn])
     assert torch.allclose(batched, per_image.mean(0))
     ent_batched = analysis.attention_entropy(attn)
-    assert torch.allclose(ent_batched, torch.stack([analysis.attention_entropy(a) for a in attn]).mean(0))
+    assert torch.allclose(
+        ent_batched, torch.stack([analysis.attention_entropy(a) for a in attn]).mean(0)
+    )
 
 
 def test_attention_without_cls_token():
     grid = (3, 3)
     with_cls = random_attention(1, 2, 10)[0]
     patches_only = with_cls[:, 1:, 1:]
-    assert torch.allclose(analysis.mean_attention_distance(with_cls, grid, 8),
-                          analysis.mean_attention_distance(patches_only, grid, 8), atol=1e-6)
-    assert torch.allclose(analysis.attention_entropy(with_cls),
-                          analysis.attention_entropy(patches_only, grid), atol=1e-6)
+    assert torch.allclose(
+        analysis.mean_attention_distance(with_cls, grid, 8),
+        analysis.mean_attention_distance(patches_only, grid, 8),
+        atol=1e-6,
+    )
+    assert torch.allclose(
+        analysis.attention_entropy(with_cls),
+        analysis.attention_entropy(patches_only, grid),
+        atol=1e-6,
+    )
     with pytest.raises(ValueError):
         analysis.mean_attention_distance(with_cls, (2, 2), 8)
 
@@ -127,7 +141,9 @@ def test_attention_without_cls_token():
 # --- entropy, CLS share ------------------------------------------------------------------------------------------
 def test_entropy_matches_brute_force():
     attn = random_attention(1, 4, 1 + 6)[0].double()
-    np.testing.assert_allclose(analysis.attention_entropy(attn).numpy(), brute_entropy(attn.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(
+        analysis.attention_entropy(attn).numpy(), brute_entropy(attn.numpy()), rtol=1e-6
+    )
 
 
 def test_cls_attention_matches_loop():
@@ -169,17 +185,33 @@ def test_token_similarity_matches_pairs():
 def test_layer_locality_table():
     grid, heads, layers = (2, 3), 2, 3
     n = 1 + 6
-    walk = LayerWalk(grid=grid, normalized_inputs=[torch.randn(2, n, 8) for _ in range(layers)],
-                     attentions=[random_attention(2, heads, n) for _ in range(layers)], residual_inputs=[])
+    walk = LayerWalk(
+        grid=grid,
+        normalized_inputs=[torch.randn(2, n, 8) for _ in range(layers)],
+        attentions=[random_attention(2, heads, n) for _ in range(layers)],
+        residual_inputs=[],
+    )
     table = analysis.layer_locality_table(walk, patch=16, batch_index=1)
     assert len(table) == layers * heads
-    assert list(table.columns) == ["layer", "head", "mean_attention_distance", "attention_entropy",
-                                   "cls_attention", "neighbour_similarity", "token_similarity"]
+    assert list(table.columns) == [
+        "layer",
+        "head",
+        "mean_attention_distance",
+        "attention_entropy",
+        "cls_attention",
+        "neighbour_similarity",
+        "token_similarity",
+    ]
     row = table[(table["layer"] == 2) & (table["head"] == 1)].iloc[0]
     assert row.mean_attention_distance == pytest.approx(
-        analysis.mean_attention_distance(walk.attentions[2][1], grid, 16)[1].item())
-    assert row.attention_entropy == pytest.approx(analysis.attention_entropy(walk.attentions[2][1])[1].item())
-    assert row.neighbour_similarity == pytest.approx(analysis.neighbour_similarity(walk.normalized_inputs[2][1], grid))
+        analysis.mean_attention_distance(walk.attentions[2][1], grid, 16)[1].item()
+    )
+    assert row.attention_entropy == pytest.approx(
+        analysis.attention_entropy(walk.attentions[2][1])[1].item()
+    )
+    assert row.neighbour_similarity == pytest.approx(
+        analysis.neighbour_similarity(walk.normalized_inputs[2][1], grid)
+    )
 
 
 # --- query maps --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ change; an uploaded image is segmented; export writes the four files and `cliper
 reproduces the labels. A paper-profile app without weights shows the CLI's message, not a traceback.
 Skipped, with the reason, where Playwright or a Chromium is missing.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -19,8 +20,12 @@ from PIL import Image
 from cliper_lib.suite.app.drive import AppDriver, AppServer, browser_unavailable, chromium, new_page
 from cliper_lib.suite.viz import load_label_png
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(browser_unavailable() is not None,
-                                                   reason=f"no browser test: {browser_unavailable()}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        browser_unavailable() is not None, reason=f"no browser test: {browser_unavailable()}"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,10 @@ def browser():
 def app(browser, tmp_path_factory):
     """One smoke app server and one browser page for the module; the page opened once."""
     folder = tmp_path_factory.mktemp("app")
-    server = AppServer(["--profile", "smoke", "--device", "cpu", "--out", str(folder / "exports")],
-                       log=folder / "server.log")
+    server = AppServer(
+        ["--profile", "smoke", "--device", "cpu", "--out", str(folder / "exports")],
+        log=folder / "server.log",
+    )
     with server:
         driver = AppDriver(new_page(browser), server.url)
         driver.opened = driver.open()
@@ -43,7 +50,9 @@ def app(browser, tmp_path_factory):
 
 
 def test_the_page_opens_in_the_presets_state(app):
-    assert app.opened["controls"] <= app.opened["ready"] <= app.opened["result"]  # controls before the models
+    assert (
+        app.opened["controls"] <= app.opened["ready"] <= app.opened["result"]
+    )  # controls before the models
     # the preset vit-b-16/voc21 on the smoke models (3 blocks): all fusable blocks, select layer -1, its thresholds
     lower = app.page.locator(".cliper-fuse-layers .noUi-handle-lower")
     upper = app.page.locator(".cliper-fuse-layers .noUi-handle-upper")
@@ -87,7 +96,12 @@ def test_uploaded_image_is_segmented_and_exported_reproducibly(app):
     app.export()
     exports = app.folder / "exports"
     files = {p.name for p in exports.iterdir()}
-    assert files == {"stripes_labels.png", "stripes_overlay.png", "stripes_scores.json", "stripes_config.yaml"}
+    assert files == {
+        "stripes_labels.png",
+        "stripes_overlay.png",
+        "stripes_scores.json",
+        "stripes_config.yaml",
+    }
     labels = load_label_png(exports / "stripes_labels.png")
     assert labels.shape == (72, 96)
     header = (exports / "stripes_config.yaml").read_text().splitlines()[1]
@@ -96,15 +110,30 @@ def test_uploaded_image_is_segmented_and_exported_reproducibly(app):
     config = yaml.safe_load((exports / "stripes_config.yaml").read_text())
     assert config["fuse_layers"][0] == 1 and config["profile"] == "smoke"
     out = app.folder / "again"
-    argv = [sys.executable, "-m", "cliper_lib", "segment", str(path), *command[3:command.index("--out")],
-            "--out", str(out), "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cliper_lib",
+        "segment",
+        str(path),
+        *command[3 : command.index("--out")],
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     subprocess.run(argv, check=True, timeout=600)
     np.testing.assert_array_equal(load_label_png(out / "stripes_labels.png"), labels)
 
 
 def test_paper_profile_without_weights_shows_the_cli_message(browser, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_HOME": str(tmp_path / "hf")}
-    with AppServer(["--profile", "paper", "--device", "cpu"], env=env, log=tmp_path / "server.log") as server:
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "empty-hub"),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    with AppServer(
+        ["--profile", "paper", "--device", "cpu"], env=env, log=tmp_path / "server.log"
+    ) as server:
         page = new_page(browser)
         page.goto(server.url, timeout=180_000)
         page.wait_for_selector(".cliper-error", timeout=180_000)

@@ -1,4 +1,5 @@
 """Background words for free-form classes: ';' syntax, collisions with the classes, duplicates, `auto`."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,22 +7,30 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.vocab import read_class_file
 from cliper_lib.suite import background as bg
 from cliper_lib.suite.background import general_vocabulary, resolve_vocabulary, split_terms
+from cliper_lib.vocab import read_class_file
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> CLIPer:
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", refinement="none")
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", profile="smoke", device="cpu", refinement="none"
+    )
     return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
 def test_background_takes_the_class_syntax():
     assert split_terms("dining table; wooden floor") == ["dining table", "wooden floor"]
     assert split_terms(" dining  table ;\nwooden floor; ") == ["dining table", "wooden floor"]
-    assert split_terms("floor, wall") == ["floor", "wall"]  # no ';': the class file's first-line form
-    assert split_terms("person, people; sky") == ["person, people", "sky"]  # with ';' a comma stays in its term
+    assert split_terms("floor, wall") == [
+        "floor",
+        "wall",
+    ]  # no ';': the class file's first-line form
+    assert split_terms("person, people; sky") == [
+        "person, people",
+        "sky",
+    ]  # with ';' a comma stays in its term
 
 
 def test_user_classes_and_their_synonyms_leave_the_background(model):
@@ -53,8 +62,23 @@ def test_duplicate_classes_are_merged_with_a_notice(model, tmp_path):
 
     path = tmp_path / "grey.png"
     Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(path)
-    args = ["segment", str(path), "--classes", "cat; sofa; cat", "--background", "sky; sofa", "--profile", "smoke",
-            "--device", "cpu", "--refinement", "none", "--out", str(tmp_path / "out"), "--quiet"]
+    args = [
+        "segment",
+        str(path),
+        "--classes",
+        "cat; sofa; cat",
+        "--background",
+        "sky; sofa",
+        "--profile",
+        "smoke",
+        "--device",
+        "cpu",
+        "--refinement",
+        "none",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     assert main(args) == 0
     record = json.loads((tmp_path / "out" / "grey_scores.json").read_text())
     assert list(record["scores"]) == ["cat", "sofa"] and record["background"] == ["sky"]
@@ -62,22 +86,32 @@ def test_duplicate_classes_are_merged_with_a_notice(model, tmp_path):
 
 def test_auto_picks_the_closest_terms_and_leaves_out_near_synonyms(model):
     vocabulary = general_vocabulary()
-    assert len(vocabulary) == len({t.lower() for t in vocabulary}) > 300  # the benchmarks' names, de-duplicated
+    assert (
+        len(vocabulary) == len({t.lower() for t in vocabulary}) > 300
+    )  # the benchmarks' names, de-duplicated
     assert "cat" in vocabulary and "sofa" in vocabulary and "background" not in vocabulary
     classes = ["cat", "wooden spoon"]
     bank = model.encode_text(list(vocabulary), [], model.cfg).fg.float()
     fg = model.encode_text(classes, [], model.cfg).fg.float()
     cosine = (bank @ fg.T).max(dim=1).values
     # a threshold just under the closest non-identical term: that term must be left out as a near-synonym
-    order = [i for i in torch.argsort(cosine, descending=True, stable=True).tolist() if vocabulary[i] != "cat"]
+    order = [
+        i
+        for i in torch.argsort(cosine, descending=True, stable=True).tolist()
+        if vocabulary[i] != "cat"
+    ]
     nearest = order[0]
     threshold = float(cosine[nearest]) - 1e-6
-    words, notices = bg.auto_background(model, classes, model.cfg, auto_words=5, synonym_cosine=threshold)
+    words, notices = bg.auto_background(
+        model, classes, model.cfg, auto_words=5, synonym_cosine=threshold
+    )
     assert vocabulary[nearest] not in words and "cat" not in words
     expected = [vocabulary[i] for i in order if float(cosine[i]) < threshold][:5]
     assert words == expected
     assert "near-synonyms" in notices[0]
     # deterministic: the same words from a fresh encoding (the in-process bank dropped)
     bg._ENCODED.clear()
-    vocab = resolve_vocabulary(model, "cat; wooden spoon", "auto", auto_words=5, synonym_cosine=threshold)
+    vocab = resolve_vocabulary(
+        model, "cat; wooden spoon", "auto", auto_words=5, synonym_cosine=threshold
+    )
     assert vocab.background == words

@@ -1,4 +1,5 @@
 """Batched evaluation (B images per CLIP walk, VAE encode and UNet pass) equals batch 1 (tiny models, CPU)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=112,
-                                   sliding_stride=64)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=112, sliding_stride=64
+    )
     return CLIPer.from_config(cfg, text_cache_dir=False)
 
 
@@ -32,7 +34,12 @@ def model():
 def images(cat_image):
     """Two images of one CLIP input shape (one walk), one of another (its own walk), one square."""
     flipped = np.ascontiguousarray(cat_image[:, ::-1])
-    return [cat_image, cat_image[40:260, 100:400].copy(), flipped, np.full((150, 150, 3), 90, np.uint8)]
+    return [
+        cat_image,
+        cat_image[40:260, 100:400].copy(),
+        flipped,
+        np.full((150, 150, 3), 90, np.uint8),
+    ]
 
 
 def test_batch_equals_one_at_a_time(model, images) -> None:
@@ -41,8 +48,12 @@ def test_batch_equals_one_at_a_time(model, images) -> None:
     assert features[0].walk.attentions[0].shape[0] == 1 and features[0].crop_walk is not None
     singles = [model.run(image, text=text, until=("coarse", "sd_attention")) for image in images]
     for one, batched in zip(singles, features):
-        torch.testing.assert_close(batched.walk.output, one["clip_walk"].walk.output, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(batched.crop_walk.output, one["clip_walk"].crop_walk.output, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            batched.walk.output, one["clip_walk"].walk.output, rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            batched.crop_walk.output, one["clip_walk"].crop_walk.output, rtol=1e-5, atol=1e-5
+        )
     coarse = [run["coarse"][0] for run in singles]
     refined = refine_batch(model, images, coarse, model.cfg)  # one UNet pass for all four
     for run, ours in zip(singles, refined):
@@ -58,7 +69,10 @@ def test_batch_equals_one_at_a_time(model, images) -> None:
 @pytest.mark.parametrize("variant", ["mean", "none"])
 def test_other_refinements_batch_too(model, images, variant) -> None:
     cfg = model.cfg.replace(refinement=variant)
-    coarse = [model.run(image, until="coarse", cfg=cfg, classes=["cat", "sofa"])["coarse"][0] for image in images[:2]]
+    coarse = [
+        model.run(image, until="coarse", cfg=cfg, classes=["cat", "sofa"])["coarse"][0]
+        for image in images[:2]
+    ]
     refined = refine_batch(model, images[:2], coarse, cfg)
     for image, c, ours in zip(images[:2], coarse, refined):
         maps = None if variant == "none" else model.sd(image, cfg)
@@ -66,14 +80,17 @@ def test_other_refinements_batch_too(model, images, variant) -> None:
 
 
 def test_bfloat16_batch_equals_bfloat16_one_at_a_time(images) -> None:
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", dtype="bfloat16",
-                                   sliding_crop_size=0)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", profile="smoke", device="cpu", dtype="bfloat16", sliding_crop_size=0
+    )
     low = CLIPer.from_config(cfg, text_cache_dir=False)
     text = low.encode_text(["cat", "sofa"])
     coarse = [low.run(image, text=text, until="coarse")["coarse"][0] for image in images[:2]]
     refined = refine_batch(low, images[:2], coarse, cfg)
     for image, c, ours in zip(images[:2], coarse, refined):
-        assert relative_error(ours, low.refine(c, low.sd(image, cfg))) < 2e-2  # bfloat16: 8 bits of mantissa
+        assert (
+            relative_error(ours, low.refine(c, low.sd(image, cfg))) < 2e-2
+        )  # bfloat16: 8 bits of mantissa
 
 
 def test_evaluate_in_batches_equals_one_by_one() -> None:
@@ -102,14 +119,42 @@ def test_cli_batch_size_gives_the_batch_one_metrics(tmp_path) -> None:
     results = {}
     for batch in (1, 3):
         out = tmp_path / f"b{batch}.json"
-        args = parser.parse_args(["--profile", "smoke", "--dataset", "synthetic", "--limit", "4", "--no-progress",
-                                  "--synthetic-size", "64", "--device", "cpu", "--batch-size", str(batch),
-                                  "--out", str(out)])
+        args = parser.parse_args(
+            [
+                "--profile",
+                "smoke",
+                "--dataset",
+                "synthetic",
+                "--limit",
+                "4",
+                "--no-progress",
+                "--synthetic-size",
+                "64",
+                "--device",
+                "cpu",
+                "--batch-size",
+                str(batch),
+                "--out",
+                str(out),
+            ]
+        )
         assert run_eval(args) == 0
         results[batch] = json.loads(out.read_text())
     one, three = (np.array(results[b]["confusion_matrix"]) for b in (1, 3))
     assert one.sum() == three.sum() > 0
     assert np.abs(three - one).sum() <= 0.002 * one.sum()  # the same counts, ties aside
-    bad = parser.parse_args(["--profile", "smoke", "--dataset", "synthetic", "--limit", "1", "--batch-size", "0",
-                             "--out", str(tmp_path / "bad.json")])
+    bad = parser.parse_args(
+        [
+            "--profile",
+            "smoke",
+            "--dataset",
+            "synthetic",
+            "--limit",
+            "1",
+            "--batch-size",
+            "0",
+            "--out",
+            str(tmp_path / "bad.json"),
+        ]
+    )
     assert run_eval(bad) == 2 and not (tmp_path / "bad.json").exists()

@@ -1,12 +1,18 @@
 """The layer walk is faithful: unmodified, it reproduces open_clip's own encode_image."""
+
 from __future__ import annotations
 
 import open_clip
 import pytest
 import torch
 
-from cliper_lib.method.clip_backbone import (interpolate_pos_embedding, preprocess_image, project_tokens, resized_shape,
-                                             walk_layers)
+from cliper_lib.method.clip_backbone import (
+    interpolate_pos_embedding,
+    preprocess_image,
+    project_tokens,
+    resized_shape,
+    walk_layers,
+)
 
 
 @torch.no_grad()
@@ -56,12 +62,20 @@ def test_position_embedding_interpolation_keeps_cls_and_matches_bilinear():
     assert out.shape == (1 + 12, 8)
     torch.testing.assert_close(out[0], pos[0])
     grid = pos[1:].T.reshape(1, 8, 4, 4)
-    expected = torch.nn.functional.interpolate(grid, size=(2, 6), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        grid, size=(2, 6), mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(out[1:], expected.reshape(8, 12).T)
 
 
-@pytest.mark.parametrize("w,h,size,patch,expected", [(451, 300, 224, 16, (224, 336)), (640, 480, 336, 14, (336, 448)),
-                                                      (500, 500, 336, 16, (336, 336))])
+@pytest.mark.parametrize(
+    "w,h,size,patch,expected",
+    [
+        (451, 300, 224, 16, (224, 336)),
+        (640, 480, 336, 14, (336, 448)),
+        (500, 500, 336, 16, (336, 336)),
+    ],
+)
 def test_resized_shape_rounds_to_patch_multiples(w, h, size, patch, expected):
     assert resized_shape(w, h, size, patch) == expected
 
@@ -78,12 +92,18 @@ def test_walk_reproduces_encode_image_large_backbones(name):
     from cliper_lib.method import fusion as elf
 
     torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=name != "ViT-H-14").eval()
+    model = open_clip.create_model(
+        name, pretrained=None, force_quick_gelu=name != "ViT-H-14"
+    ).eval()
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         theirs = model.encode_image(images)
-    torch.testing.assert_close(encode_image_from_walk(model.visual, walk_layers(model.visual, images)), theirs,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        encode_image_from_walk(model.visual, walk_layers(model.visual, images)),
+        theirs,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     depth = len(model.visual.transformer.resblocks)
     walk = walk_layers(model.visual, torch.randn(1, 3, 336, 448), num_blocks=depth - 1)
     fused = elf.fuse_layers(model.visual, walk)

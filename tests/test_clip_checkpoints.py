@@ -1,4 +1,5 @@
 """CLIP checkpoint files: QuickGELU survives a save/reload, OpenAI's TorchScript files load, wrong files stop early."""
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,24 @@ def test_quick_gelu_model_round_trips_through_a_checkpoint_file(tmp_path, openai
 def test_quick_gelu_knob_is_validated_and_auto_follows_the_weights(openai_like):
     with pytest.raises(ConfigError, match="quick_gelu"):
         CLIPerConfig(quick_gelu="sometimes").validate()
-    assert clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-H-14", pretrained="laion2b_s32b_b79k"), False) is False
-    assert clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-B-16", pretrained="openai"), False) is True
-    assert clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-B-16"), True) is True  # a file for ViT-B-16
+    assert (
+        clip_weights.uses_quick_gelu(
+            CLIPerConfig(backbone="ViT-H-14", pretrained="laion2b_s32b_b79k"), False
+        )
+        is False
+    )
+    assert (
+        clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-B-16", pretrained="openai"), False)
+        is True
+    )
+    assert (
+        clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-B-16"), True) is True
+    )  # a file for ViT-B-16
     assert clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-H-14"), True) is False
-    assert clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-H-14", quick_gelu=True), True) is True
+    assert (
+        clip_weights.uses_quick_gelu(CLIPerConfig(backbone="ViT-H-14", quick_gelu=True), True)
+        is True
+    )
 
 
 def test_torchscript_file_loads(tmp_path, openai_like):
@@ -104,7 +118,9 @@ def test_checkpoint_of_another_architecture_names_both(tmp_path, monkeypatch):
     path = tmp_path / "tiny.pt"
     torch.save(_quick_gelu_model().state_dict(), path)
     built = []
-    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: built.append(a))  # must not be reached
+    monkeypatch.setattr(
+        open_clip, "create_model", lambda *a, **k: built.append(a)
+    )  # must not be reached
     with pytest.raises(CheckpointError) as error:
         load_clip(CLIPerConfig(profile="paper", backbone="ViT-L-14", pretrained=str(path)))
     message = str(error.value)

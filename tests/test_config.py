@@ -1,4 +1,5 @@
 """Config: presets load, overrides validate, errors say what is allowed."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,14 +7,40 @@ import pytest
 from cliper_lib.config import CLIPerConfig, ConfigError, list_presets
 
 PAPER_TABLE = {  # docs/method.md section 5, a few rows checked field by field
-    "vit-b-16/voc21": dict(size=336, select_layer=-1, logit_scale=100.0, attention_thr=0.1, score_threshold=0.7,
-                           bkg_thre=0.6, is_normalize=True, ignore_labels=[255], sliding_crop_size=336,
-                           templates="cliper", paper_miou=66.5),
-    "vit-b-16/cityscapes": dict(size=560, attention_thr=0.35, bkg_thre=0.0001, ignore_labels=[0, 255],
-                                templates="openai", sliding_crop_size=0),
-    "vit-l-14/coco_object": dict(select_layer=-2, logit_scale=50.0, attention_thr=0.1, score_threshold=0.5,
-                                 ignore_labels=[255], templates="openai", backbone="ViT-L-14", paper_miou=44.4),
-    "vit-h-14/voc21": dict(backbone="ViT-H-14", pretrained="laion2b_s32b_b79k", select_layer=-2, paper_miou=None),
+    "vit-b-16/voc21": dict(
+        size=336,
+        select_layer=-1,
+        logit_scale=100.0,
+        attention_thr=0.1,
+        score_threshold=0.7,
+        bkg_thre=0.6,
+        is_normalize=True,
+        ignore_labels=[255],
+        sliding_crop_size=336,
+        templates="cliper",
+        paper_miou=66.5,
+    ),
+    "vit-b-16/cityscapes": dict(
+        size=560,
+        attention_thr=0.35,
+        bkg_thre=0.0001,
+        ignore_labels=[0, 255],
+        templates="openai",
+        sliding_crop_size=0,
+    ),
+    "vit-l-14/coco_object": dict(
+        select_layer=-2,
+        logit_scale=50.0,
+        attention_thr=0.1,
+        score_threshold=0.5,
+        ignore_labels=[255],
+        templates="openai",
+        backbone="ViT-L-14",
+        paper_miou=44.4,
+    ),
+    "vit-h-14/voc21": dict(
+        backbone="ViT-H-14", pretrained="laion2b_s32b_b79k", select_layer=-2, paper_miou=None
+    ),
 }
 
 
@@ -42,12 +69,20 @@ def test_overrides_and_unknown_fields():
         CLIPerConfig.from_preset("vit-b-16/nope")
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("refinement", "sfsb", "choose one of sfsa"), ("attention_thr", 1.5, r"in \[0.0, 1.0\]"),
-    ("last_layer_attention", "qk", "fused"), ("normalization_rounds", "sometimes", "cumulative"),
-    ("fuse_layers", [5, 2], "first <= last"), ("sliding_crop_size", -1, "non-negative"),
-    ("sd_timestep_index", 50, "sd_num_steps"), ("profile", "fast", "paper, smoke"), ("device", "gpu0", "cuda:N"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("refinement", "sfsb", "choose one of sfsa"),
+        ("attention_thr", 1.5, r"in \[0.0, 1.0\]"),
+        ("last_layer_attention", "qk", "fused"),
+        ("normalization_rounds", "sometimes", "cumulative"),
+        ("fuse_layers", [5, 2], "first <= last"),
+        ("sliding_crop_size", -1, "non-negative"),
+        ("sd_timestep_index", 50, "sd_num_steps"),
+        ("profile", "fast", "paper, smoke"),
+        ("device", "gpu0", "cuda:N"),
+    ],
+)
 def test_validation_messages(field, value, message):
     with pytest.raises(ConfigError, match=message):
         CLIPerConfig(**{field: value})

@@ -1,4 +1,5 @@
 """Data sets: the 8 benchmark layouts on tiny fake roots, label conventions, up-front errors, synthetic shapes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,23 +10,52 @@ from PIL import Image
 
 from cliper_lib.config import CLIPerConfig, list_presets
 from cliper_lib.eval.benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
-from cliper_lib.eval.datasets import DatasetError, FolderDataset, class_file_path, num_classes_of, read_split
+from cliper_lib.eval.datasets import (
+    DatasetError,
+    FolderDataset,
+    class_file_path,
+    num_classes_of,
+    read_split,
+)
 from cliper_lib.eval.synthetic import SyntheticDataset
 
 # Relative image and mask paths of each benchmark for a split name (the layouts in benchmarks.LAYOUTS).
 LAYOUT = {
-    "voc21": ("VOCdevkit/VOC2012/JPEGImages/{}.jpg", "VOCdevkit/VOC2012/SegmentationClassAug/{}.png"),
-    "context60": ("VOCdevkit/VOC2010/JPEGImages/{}.jpg", "VOCdevkit/VOC2010/SegmentationClassContext/{}.png"),
+    "voc21": (
+        "VOCdevkit/VOC2012/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2012/SegmentationClassAug/{}.png",
+    ),
+    "context60": (
+        "VOCdevkit/VOC2010/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2010/SegmentationClassContext/{}.png",
+    ),
     "coco_object": ("coco2014/val2014/{}.jpg", "coco2014/SegmentationObject/{}.png"),
-    "coco_stuff": ("coco_stuff164k/images/val2017/{}.jpg", "coco_stuff164k/annotations/val2017/{}_labelTrainIds.png"),
-    "ade20k": ("ADEChallengeData2016/images/validation/{}.jpg", "ADEChallengeData2016/annotations/validation/{}.png"),
-    "cityscapes": ("cityscapes/leftImg8bit/val/{}_leftImg8bit.png", "cityscapes/gtFine/val/{}_gtFine_labelTrainIds.png"),
+    "coco_stuff": (
+        "coco_stuff164k/images/val2017/{}.jpg",
+        "coco_stuff164k/annotations/val2017/{}_labelTrainIds.png",
+    ),
+    "ade20k": (
+        "ADEChallengeData2016/images/validation/{}.jpg",
+        "ADEChallengeData2016/annotations/validation/{}.png",
+    ),
+    "cityscapes": (
+        "cityscapes/leftImg8bit/val/{}_leftImg8bit.png",
+        "cityscapes/gtFine/val/{}_gtFine_labelTrainIds.png",
+    ),
 }
-SPLIT = {"voc21": "voc12_val", "context60": "context_val", "coco_object": "coco_object_val5k",
-         "coco_stuff": "coco_stuff164_val", "ade20k": "ade20k_val", "cityscapes": "cityscapes_val"}
+SPLIT = {
+    "voc21": "voc12_val",
+    "context60": "context_val",
+    "coco_object": "coco_object_val5k",
+    "coco_stuff": "coco_stuff164_val",
+    "ade20k": "ade20k_val",
+    "cityscapes": "cityscapes_val",
+}
 
 
-def write_pair(root: Path, name: str, layout: str, image: np.ndarray, mask: np.ndarray, mode: str = "L") -> None:
+def write_pair(
+    root: Path, name: str, layout: str, image: np.ndarray, mask: np.ndarray, mode: str = "L"
+) -> None:
     image_rel, mask_rel = LAYOUT[layout]
     for rel, array, kind in ((image_rel, image, "RGB"), (mask_rel, mask, mode)):
         path = root / rel.format(name)
@@ -37,7 +67,9 @@ def write_pair(root: Path, name: str, layout: str, image: np.ndarray, mask: np.n
         im.save(path, quality=95) if path.suffix == ".jpg" else im.save(path)
 
 
-def fake_benchmark(root: Path, layout: str, count: int, rng: np.random.Generator, shape=(24, 32), labels=None):
+def fake_benchmark(
+    root: Path, layout: str, count: int, rng: np.random.Generator, shape=(24, 32), labels=None
+):
     """Write the first `count` samples of a benchmark's split with random images and masks; return the masks."""
     masks = {}
     for name in read_split(SPLIT[layout])[:count]:
@@ -58,18 +90,33 @@ def test_registry_matches_presets_and_class_files():
         assert sorted(cfg.ignore_labels) == sorted(spec.ignore_labels), preset
     # Labels per set: background/other + classes, so label k = k-th class line.
     assert {n: num_classes_of(s.class_file) for n, s in DATASETS.items()} == {
-        "voc21": 21, "voc20": 21, "context60": 60, "context59": 60, "coco_object": 81, "coco_stuff": 172,
-        "ade20k": 151, "cityscapes": 20}
+        "voc21": 21,
+        "voc20": 21,
+        "context60": 60,
+        "context59": 60,
+        "coco_object": 81,
+        "coco_stuff": 172,
+        "ade20k": 151,
+        "cityscapes": 20,
+    }
 
 
 def test_split_lists_have_the_published_sizes():
     sizes = {split: len(read_split(split)) for split in SPLIT.values()}
-    assert sizes == {"voc12_val": 1449, "context_val": 5104, "coco_object_val5k": 5000,
-                     "coco_stuff164_val": 5000, "ade20k_val": 2000, "cityscapes_val": 500}
+    assert sizes == {
+        "voc12_val": 1449,
+        "context_val": 5104,
+        "coco_object_val5k": 5000,
+        "coco_stuff164_val": 5000,
+        "ade20k_val": 2000,
+        "cityscapes_val": 500,
+    }
     assert all(n.count("/") == 1 for n in read_split("cityscapes_val"))  # city/name
 
 
-@pytest.mark.parametrize("name", ["voc21", "voc20", "context60", "context59", "coco_object", "ade20k"])
+@pytest.mark.parametrize(
+    "name", ["voc21", "voc20", "context60", "context59", "coco_object", "ade20k"]
+)
 def test_plain_benchmarks_load_masks_unchanged(tmp_path, name):
     layout = {"voc20": "voc21", "context59": "context60"}.get(name, name)
     masks = fake_benchmark(tmp_path, layout, 3, np.random.default_rng(0))
@@ -78,11 +125,15 @@ def test_plain_benchmarks_load_masks_unchanged(tmp_path, name):
     for sample in ds:
         assert sample.image.dtype == np.uint8 and sample.image.shape == (24, 32, 3)
         assert sample.mask.dtype == np.int64
-        np.testing.assert_array_equal(sample.mask, masks[sample.name])  # incl. palette PNGs (VOC) and ADE's 0
+        np.testing.assert_array_equal(
+            sample.mask, masks[sample.name]
+        )  # incl. palette PNGs (VOC) and ADE's 0
 
 
 def test_coco_stuff_labels_shift_by_one_and_255_stays(tmp_path):
-    masks = fake_benchmark(tmp_path, "coco_stuff", 2, np.random.default_rng(1), labels=[0, 5, 170, 255])
+    masks = fake_benchmark(
+        tmp_path, "coco_stuff", 2, np.random.default_rng(1), labels=[0, 5, 170, 255]
+    )
     ds = load_benchmark("coco_stuff", tmp_path, limit=2)
     for sample in ds:
         raw = masks[sample.name]
@@ -97,7 +148,9 @@ def test_cityscapes_halves_and_shift(tmp_path):
     for name in names:
         image = np.zeros((1024, 2048, 3), np.uint8)
         image[:, 1024:] = 200
-        image[::97, ::89] = rng.integers(0, 255, size=3)  # a few marks so the halves differ in detail
+        image[::97, ::89] = rng.integers(
+            0, 255, size=3
+        )  # a few marks so the halves differ in detail
         mask = np.zeros((1024, 2048), np.uint8)
         mask[:, 1024:] = 18
         mask[500:510] = 255
@@ -111,7 +164,9 @@ def test_cityscapes_halves_and_shift(tmp_path):
         cols = slice(0, 1024) if half == "left" else slice(1024, 2048)
         assert sample.image.shape == (1024, 1024, 3)
         np.testing.assert_array_equal(sample.image, image[:, cols])
-        np.testing.assert_array_equal(sample.mask, np.where(mask == 255, 255, mask.astype(np.int64) + 1)[:, cols])
+        np.testing.assert_array_equal(
+            sample.mask, np.where(mask == 255, 255, mask.astype(np.int64) + 1)[:, cols]
+        )
     assert set(np.unique(ds[1].mask)) == {19, 255}
 
 
@@ -151,7 +206,9 @@ def test_corrupt_files_raise_naming_the_file(tmp_path):
     bad_image = tmp_path / LAYOUT["ade20k"][0].format(names[0])
     bad_image.write_bytes(b"\xff\xd8 definitely not a jpeg")
     bad_mask = tmp_path / LAYOUT["ade20k"][1].format(names[1])
-    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(bad_mask)  # an RGB rendering, not a label map
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(
+        bad_mask
+    )  # an RGB rendering, not a label map
     small_mask = tmp_path / LAYOUT["ade20k"][1].format(names[2])
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(small_mask)
     ds = load_benchmark("ade20k", tmp_path, limit=3)  # decoding is lazy: building succeeds
@@ -169,13 +226,17 @@ def test_folder_dataset(tmp_path):
     for rel in ("a", "sub/b"):
         (images / rel).parent.mkdir(parents=True, exist_ok=True)
         (masks / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (12, 14, 3), dtype=np.uint8)).save(images / f"{rel}.png")
+        Image.fromarray(rng.integers(0, 255, (12, 14, 3), dtype=np.uint8)).save(
+            images / f"{rel}.png"
+        )
         Image.fromarray(rng.integers(0, 3, (12, 14), dtype=np.uint8)).save(masks / f"{rel}.png")
     ds = FolderDataset(images, "voc21", mask_dir=masks)
     assert ds.names == ["a", "sub/b"] and ds.num_classes == 21 and ds.has_masks
     assert ds[1].mask.shape == (12, 14) and ds[1].mask.max() <= 2
     unlabelled = FolderDataset(images, "voc21")
-    assert len(unlabelled) == 4 and not unlabelled.has_masks and unlabelled[0].mask is None  # masks are images too
+    assert (
+        len(unlabelled) == 4 and not unlabelled.has_masks and unlabelled[0].mask is None
+    )  # masks are images too
     (masks / "a.png").unlink()
     with pytest.raises(DatasetError, match=r"missing file .*masks/a\.png"):
         FolderDataset(images, "voc21", mask_dir=masks)

@@ -1,4 +1,5 @@
 """The explorer's reset and export: four files, and a config YAML that `cliper segment` reproduces the labels with."""
+
 from __future__ import annotations
 
 import json
@@ -20,21 +21,35 @@ from cliper_lib.suite.widgets import Explorer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> CLIPer:
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", size=128, sliding_crop_size=0,
-                                   refinement="none", score_threshold=0.0)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21",
+        profile="smoke",
+        device="cpu",
+        size=128,
+        sliding_crop_size=0,
+        refinement="none",
+        score_threshold=0.0,
+    )
     return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
 def test_export_writes_four_files_that_reproduce_the_labels(model, tmp_path, monkeypatch):
-    ex = Explorer(model, image="chelsea.jpg", classes="cat; sofa; wall; cat", raise_errors=True,
-                  export_dir=tmp_path / "app")
+    ex = Explorer(
+        model,
+        image="chelsea.jpg",
+        classes="cat; sofa; wall; cat",
+        raise_errors=True,
+        export_dir=tmp_path / "app",
+    )
     # the duplicate is merged and 'wall' left the preset's background words, both said in the status line
     assert ex.state.classes == ["cat", "sofa", "wall"] and "wall" not in ex.state.background
     assert "duplicate" in ex.status.value and "removed from the background" in ex.status.value
     ex.apply("fuse_layers", (1, model.clip.num_layers - 2))
     ex.apply("bkg_thre", 0.3)
     paths = ex.export()
-    assert sorted(paths) == ["config", "labels", "overlay", "scores"] and all(p.exists() for p in paths.values())
+    assert sorted(paths) == ["config", "labels", "overlay", "scores"] and all(
+        p.exists() for p in paths.values()
+    )
     np.testing.assert_array_equal(load_label_png(paths["labels"]), ex.state.labels)
     record = json.loads(paths["scores"].read_text())
     assert list(record["scores"]) == ex.state.classes
@@ -43,9 +58,11 @@ def test_export_writes_four_files_that_reproduce_the_labels(model, tmp_path, mon
     assert config["fuse_layers"] == [1, model.clip.num_layers - 2] and config["bkg_thre"] == 0.3
     # the command written into the YAML recomputes the same labels from a fresh model
     command = shlex.split(record["reproduce"])
-    assert command[:2] == ["cliper", "segment"] and command[2] == str(sample_images()["chelsea.jpg"].resolve())
+    assert command[:2] == ["cliper", "segment"] and command[2] == str(
+        sample_images()["chelsea.jpg"].resolve()
+    )
     out = tmp_path / "again"
-    assert main([*command[1:command.index("--out")], "--out", str(out), "--quiet"]) == 0
+    assert main([*command[1 : command.index("--out")], "--out", str(out), "--quiet"]) == 0
     np.testing.assert_array_equal(load_label_png(out / "chelsea_labels.png"), ex.state.labels)
     # the export button shows download links for the four files
     ex.buttons["export"].click()

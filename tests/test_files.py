@@ -1,4 +1,5 @@
 """Atomic writes: on failure the old file stays and no temporary file is left behind."""
+
 from __future__ import annotations
 
 import json

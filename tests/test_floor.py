@@ -1,11 +1,11 @@
 """The work at the floor: the UNet ends at the last captured layer, the refinement streams, the SD text encoder is
 replaced by a cached empty-prompt embedding (tiny random models on CPU)."""
+
 from __future__ import annotations
 
 import gc
 import weakref
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,7 +13,12 @@ from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
 from cliper_lib.method.pipeline import SegmentationResult
 from cliper_lib.method.refine import HeadChain, refine_coarse_maps
-from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention, capture_self_attention, run_until_captured
+from cliper_lib.method.sd_attention import (
+    AttentionStore,
+    SDSelfAttention,
+    capture_self_attention,
+    run_until_captured,
+)
 from cliper_lib.weights.sd import build_random_sd_components, load_sd_components, save_sd_folder
 from cliper_lib.weights.sd_prompt import encode_empty_prompt
 
@@ -32,21 +37,32 @@ def components():
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=0)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=0
+    )
     return CLIPer.from_config(cfg, text_cache_dir=False)
 
 
 def processors(unet: torch.nn.Module) -> dict[str, object]:
-    return {name: module.processor for name, module in unet.named_modules() if hasattr(module, "set_processor")}
+    return {
+        name: module.processor
+        for name, module in unet.named_modules()
+        if hasattr(module, "set_processor")
+    }
 
 
 # --- early exit ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
-@pytest.mark.parametrize("layers", [SMOKE.sd_layers, ["up_blocks.1.attentions.0", "down_blocks.0.attentions.0"]])
+@pytest.mark.parametrize(
+    "layers", [SMOKE.sd_layers, ["up_blocks.1.attentions.0", "down_blocks.0.attentions.0"]]
+)
 def test_early_exit_maps_equal_the_full_pass_and_the_unet_is_restored(components, layers) -> None:
     unet = components.unet
     g = torch.Generator().manual_seed(3)
-    latents, context = torch.randn(2, 4, SIDE // 8, SIDE // 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    latents, context = (
+        torch.randn(2, 4, SIDE // 8, SIDE // 8, generator=g),
+        torch.randn(2, 77, 32, generator=g),
+    )
     before = processors(unet)
     with capture_self_attention(unet, layers) as full:  # the whole pass, as before
         unet(latents, torch.tensor(101), encoder_hidden_states=context)
@@ -54,7 +70,9 @@ def test_early_exit_maps_equal_the_full_pass_and_the_unet_is_restored(components
     hook = unet.conv_out.register_forward_hook(lambda *args: calls.append(1))
     try:
         early = AttentionStore()
-        run_until_captured(unet, layers, early, latents, torch.tensor(101), encoder_hidden_states=context)
+        run_until_captured(
+            unet, layers, early, latents, torch.tensor(101), encoder_hidden_states=context
+        )
     finally:
         hook.remove()
     assert calls == []  # the pass ended before the UNet's last layer
@@ -62,8 +80,12 @@ def test_early_exit_maps_equal_the_full_pass_and_the_unet_is_restored(components
     for path in layers:
         assert early[path].shape == full[path].shape and torch.equal(early[path], full[path]), path
     after = processors(unet)
-    assert all(after[name] is before[name] for name in before)  # the original processors, nothing left behind
-    reference = unet(latents, torch.tensor(101), encoder_hidden_states=context).sample  # a plain pass still runs
+    assert all(
+        after[name] is before[name] for name in before
+    )  # the original processors, nothing left behind
+    reference = unet(
+        latents, torch.tensor(101), encoder_hidden_states=context
+    ).sample  # a plain pass still runs
     assert reference.shape == latents.shape
 
 
@@ -73,23 +95,37 @@ def test_segment_streams_the_refinement_and_equals_the_batch_path(model, cat_ima
     streamed = model.segment(cat_image, text=text)
     batch = model.run(cat_image, text=text, until=("coarse", "sd_attention"))
     head_maps = batch["sd_attention"]  # (4, T, T): asked for, so kept
-    expected = refine_coarse_maps(batch["coarse"][0].float(), head_maps, "sfsa", model.cfg.attention_thr)
+    expected = refine_coarse_maps(
+        batch["coarse"][0].float(), head_maps, "sfsa", model.cfg.attention_thr
+    )
     assert streamed.refined.shape == expected.shape
     assert relative_error(streamed.refined, expected) <= 1e-6
     assert streamed.head_maps_summary["count"] == head_maps.shape[0] == 4
-    kept = model.segment(cat_image, text=text, head_maps=head_maps)  # the batch path, given the maps
-    assert relative_error(kept.refined, expected) <= 1e-6 and torch.equal(kept.labels, streamed.labels)
+    kept = model.segment(
+        cat_image, text=text, head_maps=head_maps
+    )  # the batch path, given the maps
+    assert relative_error(kept.refined, expected) <= 1e-6 and torch.equal(
+        kept.labels, streamed.labels
+    )
 
 
-def test_a_malformed_class_file_fails_before_the_vae_encode(model, cat_image, tmp_path, monkeypatch) -> None:
+def test_a_malformed_class_file_fails_before_the_vae_encode(
+    model, cat_image, tmp_path, monkeypatch
+) -> None:
     """The streamed segment encodes the image first; the class file (read by the text stage) is checked before."""
     one_line = tmp_path / "classes.txt"
     one_line.write_text("background, sky\n")  # a background line and no class
-    monkeypatch.setattr(model.sd, "latents", lambda *args, **kwargs: pytest.fail("the VAE ran first"))
+    monkeypatch.setattr(
+        model.sd, "latents", lambda *args, **kwargs: pytest.fail("the VAE ran first")
+    )
     for classes in (str(one_line), str(tmp_path / "missing.txt")):
-        with pytest.raises((ValueError, FileNotFoundError), match="needs a background line|missing"):
+        with pytest.raises(
+            (ValueError, FileNotFoundError), match="needs a background line|missing"
+        ):
             model.segment(cat_image, cfg=model.cfg.replace(classes=classes))
-    with pytest.raises(ValueError, match="needs a background line"):  # classes given, the vocabulary from the file
+    with pytest.raises(
+        ValueError, match="needs a background line"
+    ):  # classes given, the vocabulary from the file
         model.segment(cat_image, classes=["cat"], cfg=model.cfg.replace(classes=str(one_line)))
 
 
@@ -98,7 +134,9 @@ def test_other_variants_read_the_maps_whole_and_match(model, cat_image, variant)
     cfg = model.cfg.replace(refinement=variant, selection_head=1)
     text = model.encode_text(["cat", "sofa"])
     run = model.run(cat_image, text=text, cfg=cfg, until=("coarse", "sd_attention"))
-    expected = refine_coarse_maps(run["coarse"][0].float(), run["sd_attention"], variant, cfg.attention_thr, 1)
+    expected = refine_coarse_maps(
+        run["coarse"][0].float(), run["sd_attention"], variant, cfg.attention_thr, 1
+    )
     assert torch.equal(model.segment(cat_image, text=text, cfg=cfg).refined, expected)
 
 
@@ -119,7 +157,9 @@ def test_a_run_frees_what_nobody_keeps_and_no_cycle_holds_it(model, cat_image) -
     cfg = model.cfg.replace(sliding_crop_size=112, sliding_stride=112)
     kept = model.run(cat_image, text=text, cfg=cfg)  # default: every stage value is returned
     lean = model.run(cat_image, text=text, cfg=cfg, keep=("fusion", "coarse"))
-    assert "clip_walk" in kept and "clip_walk" not in lean and "clip_walk" in lean.keys  # read, then dropped
+    assert (
+        "clip_walk" in kept and "clip_walk" not in lean and "clip_walk" in lean.keys
+    )  # read, then dropped
     assert {"fusion", "coarse", "labels"} <= set(lean.values) and "layer_maps" not in lean.values
     assert all(torch.equal(a, b) for a, b in zip(kept["labels"], lean["labels"]))
     walk = weakref.ref(kept["clip_walk"].walk.normalized_inputs[0])
@@ -131,18 +171,35 @@ def test_a_run_frees_what_nobody_keeps_and_no_cycle_holds_it(model, cat_image) -
         gc.enable()
 
 
-def test_segment_encodes_first_and_matches_a_run_that_keeps_everything(model, cat_image, monkeypatch) -> None:
+def test_segment_encodes_first_and_matches_a_run_that_keeps_everything(
+    model, cat_image, monkeypatch
+) -> None:
     text = model.encode_text(["cat", "sofa"])
     order = []
     for name in ("latents", "capture"):
-        monkeypatch.setattr(model.sd, name, (lambda f, n: lambda *a, **k: (order.append(n), f(*a, **k))[1])(
-            getattr(model.sd, name), name))
+        monkeypatch.setattr(
+            model.sd,
+            name,
+            (lambda f, n: lambda *a, **k: (order.append(n), f(*a, **k))[1])(
+                getattr(model.sd, name), name
+            ),
+        )
     walk = model.clip_features
-    monkeypatch.setattr(model, "clip_features", lambda *a, **k: (order.append("clip_walk"), walk(*a, **k))[1])
+    monkeypatch.setattr(
+        model, "clip_features", lambda *a, **k: (order.append("clip_walk"), walk(*a, **k))[1]
+    )
     result = model.segment(cat_image, text=text)
-    assert order == ["latents", "clip_walk", "capture"]  # the VAE before the CLIP side; the UNet after it
-    expected = SegmentationResult.from_run(model.run(cat_image, text=text, cfg=model.cfg.replace(seed=model.cfg.seed)))
-    assert relative_error(result.refined, expected.refined) <= 1e-6 and torch.equal(result.labels, expected.labels)
+    assert order == [
+        "latents",
+        "clip_walk",
+        "capture",
+    ]  # the VAE before the CLIP side; the UNet after it
+    expected = SegmentationResult.from_run(
+        model.run(cat_image, text=text, cfg=model.cfg.replace(seed=model.cfg.seed))
+    )
+    assert relative_error(result.refined, expected.refined) <= 1e-6 and torch.equal(
+        result.labels, expected.labels
+    )
     assert result.timings["sd_attention"] > 0 and result.timings["refine"] >= 0
 
 
@@ -173,29 +230,45 @@ def test_random_weights_embedding_cached_equals_fresh(monkeypatch, tmp_path, com
     assert len(list((tmp_path / "sd-empty-prompt").glob("*.pt"))) == 1
     with monkeypatch.context() as patch:
         forbid_text_encoder(patch)
-        assert torch.equal(load_sd_components(SMOKE).empty_embedding, fresh)  # a hit, no encoder built
+        assert torch.equal(
+            load_sd_components(SMOKE).empty_embedding, fresh
+        )  # a hit, no encoder built
     other = load_sd_components(SMOKE.replace(seed=1))  # other weights, another entry
     assert not torch.equal(other.empty_embedding, fresh)
     seed1 = build_random_sd_components(seed=1)
-    assert torch.equal(other.empty_embedding, encode_empty_prompt(seed1.tokenizer, seed1.text_encoder))
+    assert torch.equal(
+        other.empty_embedding, encode_empty_prompt(seed1.tokenizer, seed1.text_encoder)
+    )
 
 
-def test_folder_embedding_cached_equals_fresh_and_invalidates(monkeypatch, tmp_path, components, cat_image) -> None:
+def test_folder_embedding_cached_equals_fresh_and_invalidates(
+    monkeypatch, tmp_path, components, cat_image
+) -> None:
     monkeypatch.setenv("CLIPER_CACHE", str(tmp_path / "cache"))
     folder = save_sd_folder(components, tmp_path / "sd")
     cfg = CLIPerConfig(profile="paper", sd_repo=str(folder), sd_image_size=SIDE)
     first = load_sd_components(cfg)
-    assert torch.equal(first.empty_embedding, encode_empty_prompt(components.tokenizer, components.text_encoder))
+    assert torch.equal(
+        first.empty_embedding, encode_empty_prompt(components.tokenizer, components.text_encoder)
+    )
     with monkeypatch.context() as patch:
         forbid_text_encoder(patch)
         again = load_sd_components(cfg)
     assert torch.equal(again.empty_embedding, first.empty_embedding)
     # the maps equal those of the full components, which run their text encoder
-    torch.testing.assert_close(SDSelfAttention(again, cfg)(cat_image), SDSelfAttention(components, SMOKE)(cat_image),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        SDSelfAttention(again, cfg)(cat_image),
+        SDSelfAttention(components, SMOKE)(cat_image),
+        rtol=0,
+        atol=1e-6,
+    )
 
     other = build_random_sd_components(seed=1)
-    other.text_encoder.save_pretrained(folder / "text_encoder")  # new weights in place: the key changes
+    other.text_encoder.save_pretrained(
+        folder / "text_encoder"
+    )  # new weights in place: the key changes
     changed = load_sd_components(cfg)
-    assert torch.equal(changed.empty_embedding, encode_empty_prompt(other.tokenizer, other.text_encoder))
+    assert torch.equal(
+        changed.empty_embedding, encode_empty_prompt(other.tokenizer, other.text_encoder)
+    )
     assert not torch.equal(changed.empty_embedding, first.empty_embedding)

@@ -1,4 +1,5 @@
 """Early-layer fusion against independent computations."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,9 @@ from cliper_lib.method.text import softmax_text_set
 
 def random_attention(heads=2, n=9, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, heads, n, n, generator=g, dtype=torch.float64).softmax(-1) * 3  # a sum of 3 layers
+    return (
+        torch.rand(1, heads, n, n, generator=g, dtype=torch.float64).softmax(-1) * 3
+    )  # a sum of 3 layers
 
 
 def test_fused_attention_is_row_stochastic_and_nonnegative():
@@ -41,9 +44,14 @@ def test_cumulative_rounds_match_explicit_loop():
 def test_reused_buffer_gives_the_same_outputs_bit_for_bit(rounds):
     a = random_attention(heads=3, n=17, seed=4).float()
     fresh = list(elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds))
-    reused = [fused.clone() for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, reuse=True)]
+    reused = [
+        fused.clone()
+        for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, reuse=True)
+    ]
     assert all(torch.equal(x, y) for x, y in zip(fresh, reused))
-    assert len({id(x) for x in fresh}) == (4 if rounds == "cumulative" else 1)  # without reuse, kept ones stay
+    assert len({id(x) for x in fresh}) == (
+        4 if rounds == "cumulative" else 1
+    )  # without reuse, kept ones stay
 
 
 @pytest.mark.parametrize("rounds", ["cumulative", 3])
@@ -55,7 +63,9 @@ def test_per_head_balancing_on_cpu_equals_whole_tensor_steps_bit_for_bit(rounds)
     balanced, expected = a.clone(), []
     for k in range(4):
         for _ in range(1 if rounds == "cumulative" else (rounds if k == 0 else 0)):
-            balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(balanced.sum(dim=-1, keepdim=True))
+            balanced.div_(balanced.sum(dim=-2, keepdim=True)).div_(
+                balanced.sum(dim=-1, keepdim=True)
+            )
         expected.append(elf.finish_fused_attention(balanced))
     assert all(torch.equal(x, y) for x, y in zip(got, expected))
 
@@ -74,17 +84,23 @@ def naive_variant(block, normed, kind):
     d = dim // heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
     x = normed[0]
-    q, k, v = x @ w[:dim].T + b[:dim], x @ w[dim:2 * dim].T + b[dim:2 * dim], x @ w[2 * dim:].T + b[2 * dim:]
+    q, k, v = (
+        x @ w[:dim].T + b[:dim],
+        x @ w[dim : 2 * dim].T + b[dim : 2 * dim],
+        x @ w[2 * dim :].T + b[2 * dim :],
+    )
     n = x.shape[0]
     out = torch.zeros(heads, n, n)
     for h in range(heads):
         sl = slice(h * d, (h + 1) * d)
-        left, right = {"vanilla": (q, k), "q-q": (q, q), "k-k": (k, k), "v-v": (v, v)}.get(kind, (None, None))
+        left, right = {"vanilla": (q, k), "q-q": (q, q), "k-k": (k, k), "v-v": (v, v)}.get(
+            kind, (None, None)
+        )
         for i in range(n):
             if kind == "identity":
                 out[h, i, i] = 1.0
                 continue
-            scores = torch.stack([(left[i, sl] * right[j, sl]).sum() / d ** 0.5 for j in range(n)])
+            scores = torch.stack([(left[i, sl] * right[j, sl]).sum() / d**0.5 for j in range(n)])
             out[h, i] = scores.softmax(0)
     return out[None]
 
@@ -112,11 +128,15 @@ def test_value_path_matches_explicit_per_head_product(golden_clip):
     normed = block.ln_1(torch.randn(1, 7, 128))
     attention = torch.rand(1, 2, 7, 7).softmax(-1)
     dim = 128
-    v = normed[0] @ block.attn.in_proj_weight[2 * dim:].T + block.attn.in_proj_bias[2 * dim:]  # (N, D)
-    heads = [attention[0, h] @ v[:, h * 64:(h + 1) * 64] for h in range(2)]
+    v = (
+        normed[0] @ block.attn.in_proj_weight[2 * dim :].T + block.attn.in_proj_bias[2 * dim :]
+    )  # (N, D)
+    heads = [attention[0, h] @ v[:, h * 64 : (h + 1) * 64] for h in range(2)]
     expected = block.attn.out_proj(torch.cat(heads, dim=-1))
     with torch.no_grad():
-        torch.testing.assert_close(elf.value_path(block, normed, attention)[0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            elf.value_path(block, normed, attention)[0], expected, rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("kind", ["fused", "vanilla", "identity"])
@@ -156,15 +176,21 @@ def test_sliding_window_with_crop_covering_image_equals_whole_image_path(golden,
     x = golden["input"]
     case = golden["cases"]["select=-1|slide=0"]
     text = softmax_text_set(case["text_fg"], case["text_bg"])
-    sw = elf.sliding_window_maps(golden_clip.visual, x, text, 20, 16, crop=336, stride=112, logit_scale=100.0)
+    sw = elf.sliding_window_maps(
+        golden_clip.visual, x, text, 20, 16, crop=336, stride=112, logit_scale=100.0
+    )
     walk = walk_layers(golden_clip.visual, x[None], num_blocks=3)
     whole = elf.fuse_layers(golden_clip.visual, walk)
     whole_logits = elf.layer_logits(whole.embeddings, text, 100.0, whole.grid)[:, 0]
     torch.testing.assert_close(sw.logits, whole_logits, rtol=1e-5, atol=1e-4)
     attention = elf.mean_patch_attention(whole.last_attention)[0]
-    torch.testing.assert_close(sw.attention, attention / attention.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        sw.attention, attention / attention.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6
+    )
     l, t, h, w = whole_logits.shape
-    expected = (whole_logits.reshape(l, t, h * w) @ sw.attention).reshape(l, t, h, w).softmax(1)[:, :20]
+    expected = (
+        (whole_logits.reshape(l, t, h * w) @ sw.attention).reshape(l, t, h, w).softmax(1)[:, :20]
+    )
     torch.testing.assert_close(sw.maps, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -173,15 +199,18 @@ def test_sliding_window_accumulation_matches_per_crop_loop(golden, golden_clip):
     x = golden["input"]
     case = golden["cases"]["select=-1|slide=112"]
     text = softmax_text_set(case["text_fg"], case["text_bg"])
-    sw = elf.sliding_window_maps(golden_clip.visual, x, text, 20, 16, crop=112, stride=112, logit_scale=100.0)
+    sw = elf.sliding_window_maps(
+        golden_clip.visual, x, text, 20, 16, crop=112, stride=112, logit_scale=100.0
+    )
     logit_sum = torch.zeros(4, text.shape[0], 14, 21)
     count = torch.zeros(14, 21)
     for y1, y2, x1, x2 in elf.crop_boxes(224, 336, 112, 112):
         walk = walk_layers(golden_clip.visual, x[None, :, y1:y2, x1:x2], num_blocks=3)
         out = elf.fuse_layers(golden_clip.visual, walk)
-        logit_sum[:, :, y1 // 16:y2 // 16, x1 // 16:x2 // 16] += elf.layer_logits(out.embeddings, text, 100.0,
-                                                                                   out.grid)[:, 0]
-        count[y1 // 16:y2 // 16, x1 // 16:x2 // 16] += 1
+        logit_sum[:, :, y1 // 16 : y2 // 16, x1 // 16 : x2 // 16] += elf.layer_logits(
+            out.embeddings, text, 100.0, out.grid
+        )[:, 0]
+        count[y1 // 16 : y2 // 16, x1 // 16 : x2 // 16] += 1
     torch.testing.assert_close(sw.logits, logit_sum / count, rtol=1e-5, atol=1e-4)
     assert torch.allclose(sw.attention.sum(-1), torch.ones(294))
 

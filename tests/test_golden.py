@@ -1,4 +1,5 @@
 """The authors' own outputs on tiny models (CLIP half and diffusion half): every array within float rounding."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,13 +29,23 @@ def test_clip_side_matches_authors(golden, golden_clip, case_name):
     case = golden["cases"][case_name]
     preset = case["preset"]
     cfg = CLIPerConfig(
-        profile="smoke", size=preset["size"], select_layer=preset["select_layer"],
-        logit_scale=preset["logit_scale"], attention_thr=preset["attention_thr"],
-        sliding_crop_size=preset["sliding_crop_size"], sliding_stride=preset["sliding_stride"],
-        refinement="none", device="cpu",
+        profile="smoke",
+        size=preset["size"],
+        select_layer=preset["select_layer"],
+        logit_scale=preset["logit_scale"],
+        attention_thr=preset["attention_thr"],
+        sliding_crop_size=preset["sliding_crop_size"],
+        sliding_stride=preset["sliding_stride"],
+        refinement="none",
+        device="cpu",
     )
     model = CLIPer(cfg, golden_clip, text_cache_dir=False)
-    text = TextSet(names=golden["classes"], background=golden["background"], fg=case["text_fg"], bg=case["text_bg"])
+    text = TextSet(
+        names=golden["classes"],
+        background=golden["background"],
+        fg=case["text_fg"],
+        bg=case["text_bg"],
+    )
     result = model.segment(golden["image_uint8"].numpy(), text=text)
 
     assert result.layer_embeddings.shape == case["layer_embeddings"].shape == (4, 295, 64)
@@ -48,8 +59,13 @@ def test_clip_side_matches_authors(golden, golden_clip, case_name):
 def test_labels_match_authors(golden, index):
     labels = golden["labels"]
     case = labels["cases"][index]
-    ours = labels_from_maps(labels["maps"], labels["scores"], case["score_threshold"], case["bkg_thre"],
-                            case["is_normalize"])
+    ours = labels_from_maps(
+        labels["maps"],
+        labels["scores"],
+        case["score_threshold"],
+        case["bkg_thre"],
+        case["is_normalize"],
+    )
     assert ours.dtype == torch.int64
     assert torch.equal(ours, case["labels"])
 
@@ -71,16 +87,26 @@ def golden_extractor(golden_sd):
     unet = build(UNet2DConditionModel, golden_sd["unet_config"], golden_sd["unet_state_fp16"])
     vae = build(AutoencoderKL, golden_sd["vae_config"], golden_sd["vae_state_fp16"])
     scheduler = PNDMScheduler.from_config(golden_sd["scheduler_config"])
-    cfg = CLIPerConfig(profile="paper", device="cpu", seed=golden_sd["seed"], sd_layers=list(golden_sd["layers"]),
-                       attention_thr=golden_sd["attention_thr"], selection_head=golden_sd["selection_head"])
-    extractor = SDSelfAttention(SDComponents(unet, vae, None, None, scheduler, source="golden"), cfg)
+    cfg = CLIPerConfig(
+        profile="paper",
+        device="cpu",
+        seed=golden_sd["seed"],
+        sd_layers=list(golden_sd["layers"]),
+        attention_thr=golden_sd["attention_thr"],
+        selection_head=golden_sd["selection_head"],
+    )
+    extractor = SDSelfAttention(
+        SDComponents(unet, vae, None, None, scheduler, source="golden"), cfg
+    )
     extractor._empty_embedding = golden_sd["empty_prompt_embedding"]  # (1, 77, 32)
     return extractor
 
 
 def test_sd_input_latents_and_timestep_match_authors(golden_sd, golden_extractor):
     image = golden_sd["image"].numpy()  # (300, 451, 3) uint8
-    pixels = golden_extractor.preprocess(image)  # (1, 3, 512, 512): the whole photo, nearest-neighbour squash
+    pixels = golden_extractor.preprocess(
+        image
+    )  # (1, 3, 512, 512): the whole photo, nearest-neighbour squash
     assert pixels.shape == (1, 3, 512, 512)
     assert torch.equal(pixels[:, :, ::16, ::16], golden_sd["sd_input_strided"])
     assert relative_error(golden_extractor.encode(pixels), golden_sd["latents"]) < 2e-5
@@ -91,7 +117,9 @@ def test_sd_head_maps_and_refinement_match_authors(golden_sd, golden_extractor):
     from cliper_lib.method.labels import class_scores
     from cliper_lib.method.refine import refine_coarse_maps
 
-    maps = golden_extractor(golden_sd["image"].numpy())  # (4, 4096, 4096): 2 heads of each layer, authors' order
+    maps = golden_extractor(
+        golden_sd["image"].numpy()
+    )  # (4, 4096, 4096): 2 heads of each layer, authors' order
     assert maps.shape == (4, 4096, 4096) and maps.dtype == torch.float32
     rows = torch.tensor(golden_sd["head_rows_index"])
     assert relative_error(maps[:, rows], golden_sd["head_rows"]) < 2e-5

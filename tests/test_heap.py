@@ -1,4 +1,5 @@
 """cliper_lib.heap: freed heap memory really goes back to the system (glibc), and elsewhere nothing happens."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,12 @@ import sys
 
 import pytest
 
-from cliper_lib.heap import HUGE_PAGES_VARIABLE, THP_MODE_FILE, release_free_memory, request_huge_pages
+from cliper_lib.heap import (
+    HUGE_PAGES_VARIABLE,
+    THP_MODE_FILE,
+    release_free_memory,
+    request_huge_pages,
+)
 
 
 def resident_mib() -> float:
@@ -17,8 +23,12 @@ def resident_mib() -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_freed_heap_pages_are_returned() -> None:
-    blocks = [bytearray(64 * 1024) for _ in range(3072)]  # 192 MiB of blocks under glibc's mmap threshold: the heap
-    pin = bytearray(64 * 1024)  # allocated last, it keeps the heap's top in use, so glibc cannot trim on its own
+    blocks = [
+        bytearray(64 * 1024) for _ in range(3072)
+    ]  # 192 MiB of blocks under glibc's mmap threshold: the heap
+    pin = bytearray(
+        64 * 1024
+    )  # allocated last, it keeps the heap's top in use, so glibc cannot trim on its own
     for block in blocks:
         block[::4096] = b"\x01" * len(block[::4096])  # touch every page
     del blocks
@@ -32,16 +42,22 @@ def test_freed_heap_pages_are_returned() -> None:
 
 def huge_page_faults(env: dict[str, str]) -> int:
     """Minor page faults of filling a fresh 64 MiB tensor in a new process that imported cliper_lib first."""
-    code = ("import resource, cliper_lib, torch\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "torch.empty(16 * 2**20).fill_(1.0)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    code = (
+        "import resource, cliper_lib, torch\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "torch.empty(16 * 2**20).fill_(1.0)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return int(done.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not THP_MODE_FILE.exists() or "[never]" in THP_MODE_FILE.read_text(),
-                    reason="no transparent huge pages here")
+@pytest.mark.skipif(
+    not THP_MODE_FILE.exists() or "[never]" in THP_MODE_FILE.read_text(),
+    reason="no transparent huge pages here",
+)
 def test_importing_cliper_lib_gives_large_tensors_huge_pages_unless_the_user_said_no() -> None:
     env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
     on = huge_page_faults(env)

@@ -1,4 +1,5 @@
 """Scores and labels against independent per-pixel computations."""
+
 from __future__ import annotations
 
 import torch
@@ -53,4 +54,6 @@ def test_scores_and_scaled_maps():
     torch.testing.assert_close(s, 0.5 * refined.amax((1, 2)) + 0.5 * coarse.amax((1, 2)))
     scaled = scaled_maps(refined, s, (16, 12))
     assert scaled.shape == (2, 16, 12)
-    torch.testing.assert_close(scaled.amax((1, 2)), s * (1 - 1e-5 / (scaled.new_tensor(1.0))), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        scaled.amax((1, 2)), s * (1 - 1e-5 / (scaled.new_tensor(1.0))), rtol=1e-4, atol=1e-4
+    )

@@ -1,5 +1,6 @@
 """The package's shape: layers that import only downwards (import-linter, configured in pyproject.toml), a small
 method package, and no module too long to read."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,10 +21,16 @@ pytest.importorskip("importlinter")
 def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
     """`lint-imports` with the project's contracts on the `cliper_lib` found in `package_parent`."""
     env_path = str(package_parent)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from importlinter.cli import lint_imports_command; "
-            "lint_imports_command(['--config', sys.argv[2], '--no-cache'])")
-    return subprocess.run([sys.executable, "-c", code, env_path, str(PYPROJECT)], capture_output=True, text=True,
-                          cwd=package_parent)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from importlinter.cli import lint_imports_command; "
+        "lint_imports_command(['--config', sys.argv[2], '--no-cache'])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, env_path, str(PYPROJECT)],
+        capture_output=True,
+        text=True,
+        cwd=package_parent,
+    )
 
 
 def test_the_layers_import_only_downwards():
@@ -32,12 +39,18 @@ def test_the_layers_import_only_downwards():
     assert "2 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module,line", [
-    ("method/labels.py", "from ..suite import viz  # an upward import\n"),  # method -> suite
-    ("eval/metrics.py", "from ..weights import hub  # an upward import\n"),  # eval -> weights is fine ...
-    ("config.py", "from .method import stages  # an upward import\n"),  # the bottom -> method
-    ("vfm/affinity.py", "from ..method import stages  # an upward import\n"),  # vfm -> method
-])
+@pytest.mark.parametrize(
+    "module,line",
+    [
+        ("method/labels.py", "from ..suite import viz  # an upward import\n"),  # method -> suite
+        (
+            "eval/metrics.py",
+            "from ..weights import hub  # an upward import\n",
+        ),  # eval -> weights is fine ...
+        ("config.py", "from .method import stages  # an upward import\n"),  # the bottom -> method
+        ("vfm/affinity.py", "from ..method import stages  # an upward import\n"),  # vfm -> method
+    ],
+)
 def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
     copy = tmp_path / "cliper_lib"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "presets"))
@@ -51,8 +64,10 @@ def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
 
 
 def test_method_is_small_and_no_module_is_long():
-    lines = {path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
-             for path in PACKAGE.rglob("*.py")}
+    lines = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
     method = sum(n for name, n in lines.items() if name.startswith("method/"))
     assert method <= 1600, f"cliper_lib/method/ has {method} lines"
     long = {name: n for name, n in lines.items() if n > 400}

@@ -1,5 +1,6 @@
 """The low-memory walk (issue 12): when nobody keeps the walk (`segment`, eval), the walk keeps only the float32
 sum of the fused layers' attentions instead of every A_i, and everything downstream is bit-for-bit the same."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,23 @@ from cliper_lib.method.pipeline import CLIPer
 from cliper_lib.suite.tuning import StageCache
 
 CLASSES = ["red disc", "blue box", "green triangle"]
-BASE = dict(profile="smoke", refinement="none", device="cpu", size=64, sliding_crop_size=48, sliding_stride=32,
-            score_threshold=0.0, bkg_thre=0.1)
+BASE = dict(
+    profile="smoke",
+    refinement="none",
+    device="cpu",
+    size=64,
+    sliding_crop_size=48,
+    sliding_stride=32,
+    score_threshold=0.0,
+    bkg_thre=0.1,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny(golden_clip) -> CLIPer:
-    return CLIPer(CLIPerConfig.from_preset("vit-b-16/voc21", **BASE), golden_clip, None, text_cache_dir=False)
+    return CLIPer(
+        CLIPerConfig.from_preset("vit-b-16/voc21", **BASE), golden_clip, None, text_cache_dir=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +47,39 @@ def test_summing_walk_equals_the_stored_sum_exactly(golden_clip, layers):
     summed = walk_layers(visual, images, depth, sum_layers=layers)
     assert summed.attentions == [] and summed.num_walked == kept.num_walked == depth
     assert torch.equal(summed.attention_sum, elf.sum_attention(kept.attentions, layers))
-    for a, b in zip(kept.residual_inputs + kept.normalized_inputs, summed.residual_inputs + summed.normalized_inputs):
+    for a, b in zip(
+        kept.residual_inputs + kept.normalized_inputs,
+        summed.residual_inputs + summed.normalized_inputs,
+    ):
         assert torch.equal(a, b)
     for rounds in ("cumulative", 2):
         full = elf.fuse_layers(visual, kept, layers, rounds)
         low = elf.fuse_layers(visual, summed, layers, rounds)
-        assert torch.equal(full.embeddings, low.embeddings) and torch.equal(full.last_attention, low.last_attention)
+        assert torch.equal(full.embeddings, low.embeddings) and torch.equal(
+            full.last_attention, low.last_attention
+        )
 
 
 def test_a_walk_summed_over_other_layers_is_refused(golden_clip):
-    walk = walk_layers(golden_clip.visual, torch.randn(1, 3, 32, 32), golden_clip.num_layers - 1, sum_layers=[0, 1])
+    walk = walk_layers(
+        golden_clip.visual, torch.randn(1, 3, 32, 32), golden_clip.num_layers - 1, sum_layers=[0, 1]
+    )
     with pytest.raises(ValueError, match="summed layers"):
         elf.fuse_layers(golden_clip.visual, walk, [1, 2])
     with pytest.raises(ValueError, match="ascending"):
         walk_layers(golden_clip.visual, torch.randn(1, 3, 32, 32), 2, sum_layers=[1, 0])
 
 
-@pytest.mark.parametrize("changes", [{}, {"fuse_layers": [1, 2]}, {"normalization_rounds": 2},
-                                     {"last_layer_attention": "vanilla"}, {"sliding_crop_size": 0}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"fuse_layers": [1, 2]},
+        {"normalization_rounds": 2},
+        {"last_layer_attention": "vanilla"},
+        {"sliding_crop_size": 0},
+    ],
+)
 def test_segment_without_a_store_equals_the_stored_run(tiny, image, changes):
     cfg = tiny.cfg.replace(**changes)
     low = tiny.run(image, CLASSES, cfg=cfg)  # no store: the summing walk

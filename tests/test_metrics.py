@@ -1,4 +1,5 @@
 """ConfusionMatrix and the mIoU/mAcc/pAcc conventions, checked against independent counts and torchmetrics."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ import torch
 from cliper_lib.eval.metrics import ConfusionMatrix
 
 
-def random_pair(rng: np.random.Generator, c: int, shape=(37, 53), gt_classes=None, ignore=(255,), p_ignore=0.1):
+def random_pair(
+    rng: np.random.Generator, c: int, shape=(37, 53), gt_classes=None, ignore=(255,), p_ignore=0.1
+):
     """A random (gt, pred) pair: gt drawn from `gt_classes` (so some classes are absent), some pixels ignored."""
     gt_classes = np.arange(c) if gt_classes is None else np.asarray(gt_classes)
     gt = rng.choice(gt_classes, size=shape).astype(np.int64)
@@ -49,10 +52,14 @@ def brute_force(pairs, c: int, ignore) -> dict:
     }
 
 
-@pytest.mark.parametrize("c, ignore", [(21, (255,)), (21, (0, 255)), (172, (0, 255)), (5, (1, 255, -1))])
+@pytest.mark.parametrize(
+    "c, ignore", [(21, (255,)), (21, (0, 255)), (172, (0, 255)), (5, (1, 255, -1))]
+)
 def test_matches_brute_force_with_ignored_pixels_and_absent_classes(c, ignore):
     rng = np.random.default_rng(c + len(ignore))
-    gt_classes = rng.choice(c, size=max(2, c // 2), replace=False)  # about half the classes never in gt
+    gt_classes = rng.choice(
+        c, size=max(2, c // 2), replace=False
+    )  # about half the classes never in gt
     pairs = [random_pair(rng, c, gt_classes=gt_classes, ignore=ignore) for _ in range(4)]
     cm = ConfusionMatrix(c, ignore)
     for gt, pred in pairs:
@@ -63,8 +70,12 @@ def test_matches_brute_force_with_ignored_pixels_and_absent_classes(c, ignore):
     assert got["present"] == want["present"].tolist()
     # Predicted-but-absent classes exist (pred covers all classes) and are excluded, not counted as IoU 0.
     assert any(not p and n > 0 for p, n in zip(got["present"], got["pred_pixels"]))
-    np.testing.assert_allclose(np.array(got["iou"]), want["iou"], rtol=0, atol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(np.array(got["acc"]), want["acc"], rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(
+        np.array(got["iou"]), want["iou"], rtol=0, atol=1e-12, equal_nan=True
+    )
+    np.testing.assert_allclose(
+        np.array(got["acc"]), want["acc"], rtol=0, atol=1e-12, equal_nan=True
+    )
     assert got["mIoU"] == pytest.approx(want["mIoU"], abs=1e-12)
     assert got["mAcc"] == pytest.approx(want["mAcc"], abs=1e-12)
     assert got["pAcc"] == pytest.approx(want["pAcc"], abs=1e-12)
@@ -89,7 +100,9 @@ def test_matches_torchmetrics():
         target = torch.from_numpy(np.where(np.isin(gt, ignore), 255, gt))
         tm_cm.update(torch.from_numpy(pred), target)
         tm_iou.update(torch.from_numpy(pred), target)
-    assert torch.equal(cm.matrix, tm_cm.compute().to(torch.int64))  # rows gt, columns prediction, exact
+    assert torch.equal(
+        cm.matrix, tm_cm.compute().to(torch.int64)
+    )  # rows gt, columns prediction, exact
     present = torch.tensor(cm.compute()["present"])
     ours = torch.tensor(cm.compute()["iou"], dtype=torch.float64)
     theirs = tm_iou.compute().to(torch.float64)
@@ -116,7 +129,9 @@ def test_streaming_numpy_torch_and_dtypes_agree():
     c = 172  # 171 * 172 overflows uint8 and int16: the update must widen first
     gt, pred = random_pair(rng, c, shape=(64, 48), ignore=(0, 255))
     whole = ConfusionMatrix(c, (0, 255)).update(gt.astype(np.uint8), pred.astype(np.uint8))
-    torch_in = ConfusionMatrix(c, (0, 255)).update(torch.from_numpy(gt).to(torch.int32), torch.from_numpy(pred))
+    torch_in = ConfusionMatrix(c, (0, 255)).update(
+        torch.from_numpy(gt).to(torch.int32), torch.from_numpy(pred)
+    )
     streamed = ConfusionMatrix(c, (0, 255))
     for rows in np.array_split(np.arange(64), 5):  # the same pixels in 5 pieces
         streamed.update(gt[rows], pred[rows])
@@ -174,7 +189,9 @@ def test_all_reduce_without_process_group_is_a_no_op():
 def test_all_reduce_in_a_one_rank_gloo_group(tmp_path):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
         cm = ConfusionMatrix(3, (255,)).update(np.array([[0, 1, 2, 9]]), np.array([[0, 1, 1, 1]]))
         before = cm.copy()

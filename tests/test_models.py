@@ -1,4 +1,5 @@
 """Model factory: smoke models are seeded; paper weights offline fail fast with a clear message."""
+
 from __future__ import annotations
 
 import time

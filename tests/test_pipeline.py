@@ -1,4 +1,5 @@
 """CLIPer end to end on the smoke models: shapes, stage consistency, determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,9 @@ from cliper_lib.config import CLIPerConfig
 
 @pytest.fixture(scope="module")
 def coarse_model():
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", refinement="none", device="cpu")
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21", profile="smoke", refinement="none", device="cpu"
+    )
     return CLIPer.from_config(cfg, text_cache_dir=False)
 
 
@@ -56,7 +59,9 @@ def test_accepts_pil_and_tensor_images(coarse_model, cat_image):
     from PIL import Image
 
     a = coarse_model.segment(Image.fromarray(cat_image), classes=["cat"])
-    b = coarse_model.segment(torch.from_numpy(cat_image.copy()).permute(2, 0, 1).float() / 255, classes=["cat"])
+    b = coarse_model.segment(
+        torch.from_numpy(cat_image.copy()).permute(2, 0, 1).float() / 255, classes=["cat"]
+    )
     assert torch.equal(a.labels, b.labels)
 
 
@@ -84,10 +89,15 @@ def test_full_method_with_fine_grained_compensation(full_model, cat_image):
     side = full_model.cfg.effective_sd_image_size // 8  # up_blocks.3 runs at latent resolution
     assert result.refined.shape == (2, side, side)
     assert result.head_maps_summary["tokens"] == side * side
-    assert result.head_maps_summary["layers"] == ["up_blocks.3.attentions.1", "up_blocks.3.attentions.0"]
+    assert result.head_maps_summary["layers"] == [
+        "up_blocks.3.attentions.1",
+        "up_blocks.3.attentions.0",
+    ]
     assert "sd_attention" in result.timings and "refine" in result.timings
-    torch.testing.assert_close(result.scores, 0.5 * result.refined.flatten(1).amax(1)
-                               + 0.5 * result.coarse.flatten(1).amax(1))
+    torch.testing.assert_close(
+        result.scores,
+        0.5 * result.refined.flatten(1).amax(1) + 0.5 * result.coarse.flatten(1).amax(1),
+    )
     again = full_model.segment(cat_image, classes="cat; sofa")
     assert torch.equal(result.refined, again.refined) and torch.equal(result.labels, again.labels)
 
@@ -95,12 +105,20 @@ def test_full_method_with_fine_grained_compensation(full_model, cat_image):
 def test_refinement_variants_and_threshold_knob(full_model, cat_image):
     head_maps = full_model.sd_attention(cat_image)
     text = full_model.encode_text(["cat", "sofa"])
-    refined = {v: full_model.segment(cat_image, text=text, head_maps=head_maps,
-                                     cfg=full_model.cfg.replace(refinement=v)).refined
-               for v in ("sfsa", "mean", "selection")}
+    refined = {
+        v: full_model.segment(
+            cat_image, text=text, head_maps=head_maps, cfg=full_model.cfg.replace(refinement=v)
+        ).refined
+        for v in ("sfsa", "mean", "selection")
+    }
     assert not torch.allclose(refined["sfsa"], refined["mean"])
-    fixed = full_model.segment(cat_image, text=text, head_maps=head_maps,
-                               cfg=full_model.cfg.replace(attention_thr=0.3, sd_attention_thr=0.1)).refined
-    default = full_model.segment(cat_image, text=text, head_maps=head_maps,
-                                 cfg=full_model.cfg.replace(attention_thr=0.3)).refined
+    fixed = full_model.segment(
+        cat_image,
+        text=text,
+        head_maps=head_maps,
+        cfg=full_model.cfg.replace(attention_thr=0.3, sd_attention_thr=0.1),
+    ).refined
+    default = full_model.segment(
+        cat_image, text=text, head_maps=head_maps, cfg=full_model.cfg.replace(attention_thr=0.3)
+    ).refined
     assert not torch.allclose(fixed, default)  # the SD threshold follows attention_thr unless set

@@ -4,6 +4,7 @@ limit (MAX_PATCH_TOKENS) is either segmented or refused before anything is alloc
 
 Few examples each and tiny models, so the file stays fast; the shapes and values vary, the seeds are hypothesis'.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,35 +22,60 @@ from cliper_lib.method.labels import class_scores, labels_from_maps, scaled_maps
 from cliper_lib.method.pipeline import CLIPer
 from cliper_lib.method.refine import refine_coarse_maps
 
-FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FEW = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def tensor(seed: int, *shape: int, dtype=torch.float64) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def attention_stack(seed: int, layers: int, heads: int, n: int, sharpness: float) -> list[torch.Tensor]:
+def attention_stack(
+    seed: int, layers: int, heads: int, n: int, sharpness: float
+) -> list[torch.Tensor]:
     """`layers` attention maps (1, H, N, N), softmax of scores × sharpness (large: nearly one-hot rows)."""
-    scores = torch.randn(layers, 1, heads, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    scores = torch.randn(
+        layers, 1, heads, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     return list((scores * sharpness).softmax(-1))
 
 
 @FEW
-@given(seed=st.integers(0, 2**16), layers=st.integers(1, 4), heads=st.integers(1, 3), patches=st.integers(1, 30),
-       sharpness=st.floats(0.0, 30.0), rounds=st.one_of(st.just("cumulative"), st.integers(0, 3)))
-def test_fused_attention_is_row_stochastic_and_nonnegative(seed, layers, heads, patches, sharpness, rounds):
+@given(
+    seed=st.integers(0, 2**16),
+    layers=st.integers(1, 4),
+    heads=st.integers(1, 3),
+    patches=st.integers(1, 30),
+    sharpness=st.floats(0.0, 30.0),
+    rounds=st.one_of(st.just("cumulative"), st.integers(0, 3)),
+)
+def test_fused_attention_is_row_stochastic_and_nonnegative(
+    seed, layers, heads, patches, sharpness, rounds
+):
     attentions = attention_stack(seed, layers, heads, 1 + patches, sharpness)
     summed = elf.sum_attention(attentions, list(range(layers)))
     for fused in elf.iter_fused_attentions(summed, num_outputs=layers + 1, rounds=rounds):
         assert fused.shape == (1, heads, 1 + patches, 1 + patches)
         assert torch.isfinite(fused).all() and (fused >= 0).all()
-        torch.testing.assert_close(fused.sum(-1), torch.ones(1, heads, 1 + patches, dtype=fused.dtype))
+        torch.testing.assert_close(
+            fused.sum(-1), torch.ones(1, heads, 1 + patches, dtype=fused.dtype)
+        )
 
 
 @FEW
-@given(seed=st.integers(0, 2**16), m=st.integers(1, 4), side=st.integers(1, 6), classes=st.integers(1, 4),
-       h=st.integers(1, 7), w=st.integers(1, 7), thr=st.floats(0.0, 1.0), sharpness=st.floats(0.0, 30.0),
-       variant=st.sampled_from(["sfsa", "mean", "selection", "none"]), scale=st.floats(1e-6, 1e3))
+@given(
+    seed=st.integers(0, 2**16),
+    m=st.integers(1, 4),
+    side=st.integers(1, 6),
+    classes=st.integers(1, 4),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    thr=st.floats(0.0, 1.0),
+    sharpness=st.floats(0.0, 30.0),
+    variant=st.sampled_from(["sfsa", "mean", "selection", "none"]),
+    scale=st.floats(1e-6, 1e3),
+)
 def test_refined_maps_are_finite(seed, m, side, classes, h, w, thr, sharpness, variant, scale):
     t = side * side
     head_maps = attention_stack(seed, 1, m, t, sharpness)[0][0].float()  # (m, T, T), rows sum to 1
@@ -60,10 +86,20 @@ def test_refined_maps_are_finite(seed, m, side, classes, h, w, thr, sharpness, v
 
 
 @FEW
-@given(seed=st.integers(0, 2**16), classes=st.integers(1, 6), side=st.integers(1, 6), height=st.integers(1, 40),
-       width=st.integers(1, 40), score_threshold=st.floats(0.0, 1.0), bkg_thre=st.floats(0.0, 1.0),
-       is_normalize=st.booleans(), constant=st.booleans())
-def test_labels_are_in_range(seed, classes, side, height, width, score_threshold, bkg_thre, is_normalize, constant):
+@given(
+    seed=st.integers(0, 2**16),
+    classes=st.integers(1, 6),
+    side=st.integers(1, 6),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    score_threshold=st.floats(0.0, 1.0),
+    bkg_thre=st.floats(0.0, 1.0),
+    is_normalize=st.booleans(),
+    constant=st.booleans(),
+)
+def test_labels_are_in_range(
+    seed, classes, side, height, width, score_threshold, bkg_thre, is_normalize, constant
+):
     refined = tensor(seed, classes, side, side)
     if constant:  # flat maps: min-max normalisation divides 0 by eps
         refined = torch.full_like(refined, 0.3)
@@ -75,12 +111,18 @@ def test_labels_are_in_range(seed, classes, side, height, width, score_threshold
     assert labels.shape == (height, width) and labels.dtype == torch.int64
     assert 0 <= int(labels.min()) and int(labels.max()) <= classes
     absent = [k + 1 for k in range(classes) if scores[k] <= score_threshold]
-    assert not torch.isin(labels, torch.tensor(absent, dtype=torch.int64)).any()  # absent classes never label
+    assert not torch.isin(
+        labels, torch.tensor(absent, dtype=torch.int64)
+    ).any()  # absent classes never label
 
 
 @settings(max_examples=200, deadline=None)
-@given(width=st.integers(1, 200_000), height=st.integers(1, 200_000), size=st.integers(16, 672),
-       patch=st.sampled_from([14, 16]))
+@given(
+    width=st.integers(1, 200_000),
+    height=st.integers(1, 200_000),
+    size=st.integers(16, 672),
+    patch=st.sampled_from([14, 16]),
+)
 def test_any_image_size_is_resized_within_the_limit_or_refused(width, height, size, patch):
     """Rounded (half up) sides, independent of the implementation; over MAX_PATCH_TOKENS: ValueError."""
     ratio = size / min(width, height)
@@ -95,8 +137,14 @@ def test_any_image_size_is_resized_within_the_limit_or_refused(width, height, si
 
 @pytest.fixture(scope="module")
 def tiny(golden_clip) -> CLIPer:
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", refinement="none", device="cpu", size=16,
-                                   sliding_crop_size=0)
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21",
+        profile="smoke",
+        refinement="none",
+        device="cpu",
+        size=16,
+        sliding_crop_size=0,
+    )
     return CLIPer(cfg, golden_clip, None, text_cache_dir=False)
 
 
@@ -105,9 +153,16 @@ def text(tiny):
     return tiny.encode_text(["cat", "sofa", "wall"], ["sky"])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(height=st.integers(1, 48), width=st.integers(1, 48), size=st.sampled_from([16, 32, 48]),
-       fill=st.sampled_from(["random", "constant", "stripes"]), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    height=st.integers(1, 48),
+    width=st.integers(1, 48),
+    size=st.sampled_from([16, 32, 48]),
+    fill=st.sampled_from(["random", "constant", "stripes"]),
+    seed=st.integers(0, 2**16),
+)
 def test_pipeline_on_any_small_image(tiny, text, height, width, size, fill, seed):
     """The whole coarse pipeline on the tiny CLIP, image sizes from 1×1 (grids from 1 patch up to 9×3)."""
     rng = np.random.default_rng(seed)
@@ -124,4 +179,7 @@ def test_pipeline_on_any_small_image(tiny, text, height, width, size, fill, seed
     assert (attention >= 0).all()
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
     assert torch.isfinite(result.refined).all() and torch.isfinite(result.maps).all()
-    assert result.labels.shape == (height, width) and 0 <= int(result.labels.min()) <= int(result.labels.max()) <= 3
+    assert (
+        result.labels.shape == (height, width)
+        and 0 <= int(result.labels.min()) <= int(result.labels.max()) <= 3
+    )

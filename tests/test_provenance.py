@@ -1,4 +1,5 @@
 """Provenance: versions by distribution name and the git state of this checkout."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,14 +11,21 @@ def test_package_versions_by_key():
     import torch
 
     versions = package_versions({"torch": "torch", "missing": "no-such-distribution-xyz"})
-    assert versions["torch"] == torch.__version__.split("+")[0]  # the distribution version has no local tag
+    assert (
+        versions["torch"] == torch.__version__.split("+")[0]
+    )  # the distribution version has no local tag
     assert versions["missing"] is None and versions["python"].count(".") == 2
 
 
 def test_git_state_matches_git(tmp_path):
-    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    status = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    status = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    )
     state = git_state()
     assert state["commit"] == (head.stdout.strip() or None)
     # the dirty flag is what git itself reports for this checkout (None only where there is no repository)
@@ -39,4 +47,7 @@ def test_git_state_sees_a_commit_and_a_change(tmp_path):
     assert git_state(tmp_path) == {"commit": clean["commit"], "dirty": True}
     (tmp_path / "b.txt").write_text("new\n")  # untracked files count only when asked for
     git("checkout", "-q", "a.txt")
-    assert git_state(tmp_path)["dirty"] is False and git_state(tmp_path, untracked_files=True)["dirty"] is True
+    assert (
+        git_state(tmp_path)["dirty"] is False
+        and git_state(tmp_path, untracked_files=True)["dirty"] is True
+    )

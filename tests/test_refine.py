@@ -1,4 +1,5 @@
 """Fine-grained compensation maths against independent, deliberately naive computations."""
+
 from __future__ import annotations
 
 import functools
@@ -13,13 +14,15 @@ from cliper_lib.method.refine import (
     normalize_and_apply_,
     normalize_head_maps,
     normalize_head_maps_,
-    zero_below_,
     refine_coarse_maps,
     upsample_coarse,
+    zero_below_,
 )
 
 
-def random_stochastic(m: int, T: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def random_stochastic(
+    m: int, T: int, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """m random row-stochastic (T, T) matrices (softmax of Gaussian scores, like attention)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(m, T, T, generator=g, dtype=dtype).mul(2).softmax(dim=-1)
@@ -42,10 +45,16 @@ def naive_normalize(maps: torch.Tensor, thr: float) -> torch.Tensor:
     return out
 
 
-def authors_reference(coarse: torch.Tensor, maps: torch.Tensor, variant: str, thr: float, head: int) -> torch.Tensor:
+def authors_reference(
+    coarse: torch.Tensor, maps: torch.Tensor, variant: str, thr: float, head: int
+) -> torch.Tensor:
     """The whole refinement the authors' way: normalise all maps, form the product left to right, then apply it."""
     s = int(maps.shape[-1] ** 0.5)
-    S = F.interpolate(coarse[None], size=(s, s), mode="bilinear", align_corners=False)[0].flatten(-2).T  # (T, C)
+    S = (
+        F.interpolate(coarse[None], size=(s, s), mode="bilinear", align_corners=False)[0]
+        .flatten(-2)
+        .T
+    )  # (T, C)
     A = naive_normalize(maps, thr)
     if variant == "mean":
         A = A.mean(0)
@@ -60,17 +69,26 @@ def authors_reference(coarse: torch.Tensor, maps: torch.Tensor, variant: str, th
 def test_normalize_matches_naive_loop() -> None:
     maps = random_stochastic(3, 9, seed=1)
     for thr in (0.0, 0.1, 0.35):
-        torch.testing.assert_close(normalize_head_maps(maps, thr), naive_normalize(maps, thr), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            normalize_head_maps(maps, thr), naive_normalize(maps, thr), rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_zero_below_is_masked_fill_exactly(dtype) -> None:
     g = torch.Generator().manual_seed(7)
     maps = torch.rand(2, 64, 64, generator=g).to(dtype)
-    for thr in (0.0, 0.1, 0.3, 1 / 3):  # 0.1 and 1/3 are not representable: both sides round them to `dtype`
+    for thr in (
+        0.0,
+        0.1,
+        0.3,
+        1 / 3,
+    ):  # 0.1 and 1/3 are not representable: both sides round them to `dtype`
         tied = maps.clone()
         tied[0, :4, :4] = torch.tensor(thr, dtype=dtype)  # exact ties (kept)
-        tied[1, 0, :3] = torch.nextafter(torch.tensor(thr, dtype=dtype), torch.tensor(-1.0, dtype=dtype))  # just below
+        tied[1, 0, :3] = torch.nextafter(
+            torch.tensor(thr, dtype=dtype), torch.tensor(-1.0, dtype=dtype)
+        )  # just below
         tied[1, 1, 0] = float("nan")
         expected = tied.clone().masked_fill_(tied.clone() < thr, 0)
         out = zero_below_(tied, thr)
@@ -79,7 +97,9 @@ def test_zero_below_is_masked_fill_exactly(dtype) -> None:
 
 
 def test_in_place_normalisation_equals_the_copying_one_bit_for_bit() -> None:
-    maps = torch.softmax(torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(8)), -1)  # float32
+    maps = torch.softmax(
+        torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(8)), -1
+    )  # float32
     expected = normalize_head_maps(maps, 0.1)
     buffer = maps.clone()
     assert normalize_head_maps_(buffer, 0.1) is buffer and torch.equal(buffer, expected)
@@ -111,26 +131,36 @@ def test_chain_equals_explicit_left_to_right_product() -> None:
 
 
 def test_head_chain_streams_last_first_and_order_matters() -> None:
-    maps = random_stochastic(4, 16, seed=5)  # two layers of two heads: "a" = maps 0, 1; "b" = maps 2, 3
+    maps = random_stochastic(
+        4, 16, seed=5
+    )  # two layers of two heads: "a" = maps 0, 1; "b" = maps 2, 3
     coarse = torch.rand(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     S = upsample_coarse(coarse, 4).reshape(3, 16).T  # (T, C)
     expected = chain_apply(normalize_head_maps(maps, 0.1), S)
 
-    def feed(chain: HeadChain) -> torch.Tensor:  # as a UNet would: layer "a" first, each layer's last head first
+    def feed(
+        chain: HeadChain,
+    ) -> torch.Tensor:  # as a UNet would: layer "a" first, each layer's last head first
         for layer, offset in (("a", 0), ("b", 2)):
             for head in (1, 0):
-                chain(layer, head, 2, maps[offset + head][None].clone())  # (1, T, T): the chain normalises in place
+                chain(
+                    layer, head, 2, maps[offset + head][None].clone()
+                )  # (1, T, T): the chain normalises in place
         return chain.S[0]
 
     in_order = HeadChain([coarse], ["a", "b"], 0.1)  # "b" is due first: "a" waits for it
     torch.testing.assert_close(feed(in_order), expected, rtol=1e-12, atol=1e-12)
     assert not in_order.waiting and not in_order.due and in_order.count == 4
-    assert not torch.allclose(feed(HeadChain([coarse], ["b", "a"], 0.1)), expected)  # another product
+    assert not torch.allclose(
+        feed(HeadChain([coarse], ["b", "a"], 0.1)), expected
+    )  # another product
 
 
 @pytest.mark.parametrize("band", [5, 16, 64])
 def test_banded_normalise_and_apply_equals_normalise_then_product(band) -> None:
-    raw = torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).softmax(-1)
+    raw = torch.rand(
+        1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8)
+    ).softmax(-1)
     S = torch.rand(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     A = raw[0].clone()
     out = normalize_and_apply_(A, S, 0.1, band=band)  # bands of 5 leave a last band of 1 row
@@ -151,7 +181,9 @@ def test_refine_variants_match_authors_reference(variant: str) -> None:
     coarse = torch.rand(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     got = refine_coarse_maps(coarse, maps, variant, attention_thr=0.2, selection_head=2)
     assert got.shape == (3, 6, 6)
-    torch.testing.assert_close(got, authors_reference(coarse, maps, variant, 0.2, 2), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        got, authors_reference(coarse, maps, variant, 0.2, 2), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_refine_none_is_the_bilinear_upsample() -> None:

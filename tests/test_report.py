@@ -1,4 +1,5 @@
 """report: the paper's table from the presets, per-class frames, per-image scores against brute force, examples."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,17 @@ from cliper_lib.suite.viz import examples_figure
 # the paper's table
 def test_paper_table_holds_design_section_4():
     table = report.paper_table()
-    assert list(table.columns) == ["VOC21", "Context60", "Object", "VOC20", "Context59", "Stuff", "ADE", "City",
-                                   "Avg."]
+    assert list(table.columns) == [
+        "VOC21",
+        "Context60",
+        "Object",
+        "VOC20",
+        "Context59",
+        "Stuff",
+        "ADE",
+        "City",
+        "Avg.",
+    ]
     b16, l14 = "ViT-B/16", "ViT-L/14"
     # spot checks against docs/method.md section 5 (with FGC, and without in brackets)
     assert table.loc[(b16, report.PAPER_ROW), "VOC21"] == 66.5
@@ -41,7 +51,9 @@ def test_paper_table_holds_design_section_4():
 
 
 def test_paper_table_measured_row_and_extra_backbone():
-    table = report.paper_table(measured={"vit-b-16/voc21": 12.34, "vit-h-14/voc21": 5.0}, measured_label="ours")
+    table = report.paper_table(
+        measured={"vit-b-16/voc21": 12.34, "vit-h-14/voc21": 5.0}, measured_label="ours"
+    )
     row = table.loc[("ViT-B/16", "ours")]
     assert row["VOC21"] == 12.34
     assert row.drop("VOC21").isna().all()  # the other sets were not measured; no average of one set
@@ -54,8 +66,16 @@ def test_paper_table_measured_row_and_extra_backbone():
 
 def test_style_paper_table_renders_highlight_and_dashes():
     table = report.paper_table(measured={"vit-b-16/voc21": 12.34})
-    html = report.style_paper_table(table, highlight=(("ViT-B/16", "measured"), "VOC21"), caption="cap").to_html()
-    assert "12.3" in html and "66.5" in html and "–" in html and "cap" in html and "font-weight: bold" in html
+    html = report.style_paper_table(
+        table, highlight=(("ViT-B/16", "measured"), "VOC21"), caption="cap"
+    ).to_html()
+    assert (
+        "12.3" in html
+        and "66.5" in html
+        and "–" in html
+        and "cap" in html
+        and "font-weight: bold" in html
+    )
 
 
 def test_backbone_title_and_short_name():
@@ -71,13 +91,17 @@ def test_results_frame_from_a_results_record():
     from cliper_lib.eval.records import results_record
 
     dataset = SyntheticDataset(3, classes="voc21", size=(16, 20), seed=0)
-    result = evaluate(lambda im: np.zeros(im.shape[:2], np.int64), dataset, 21, (255,), progress=False)
+    result = evaluate(
+        lambda im: np.zeros(im.shape[:2], np.int64), dataset, 21, (255,), progress=False
+    )
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke")
     record = results_record(result, cfg, dataset="synthetic", labels=dataset.class_names)
     frame = report.results_frame([record])
     row = frame.loc["vit-b-16/voc21"]
     assert row["images"] == 3 and row["data set"] == "synthetic" and row["profile"] == "smoke"
-    assert row["mIoU"] == pytest.approx(result.miou) and row["pAcc"] == pytest.approx(result.metrics["pAcc_pct"])
+    assert row["mIoU"] == pytest.approx(result.miou) and row["pAcc"] == pytest.approx(
+        result.metrics["pAcc_pct"]
+    )
     assert row["paper mIoU"] == 66.5 and row["paper mIoU without FGC"] == 62.1
     assert row["mIoU − paper"] == pytest.approx(result.miou - 66.5)
     assert row["images / s"] > 0
@@ -91,11 +115,20 @@ def _metrics(gt, pred, num_classes, ignore=(255,)):
 
 def test_per_class_frame_sorted_absent_last():
     gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
-    pred = np.array([[0, 1, 1, 1], [2, 3, 3, 0]])  # class 3 only predicted, never in the ground truth
+    pred = np.array(
+        [[0, 1, 1, 1], [2, 3, 3, 0]]
+    )  # class 3 only predicted, never in the ground truth
     frame = report.per_class_frame(_metrics(gt, pred, 4), ["background", "a", "b", "c, cee"])
-    assert frame["name"].tolist() == ["a", "background", "b", "c"]  # IoU 2/3, 1/2, 1/2 (id order), absent
+    assert frame["name"].tolist() == [
+        "a",
+        "background",
+        "b",
+        "c",
+    ]  # IoU 2/3, 1/2, 1/2 (id order), absent
     assert frame.loc[0, "iou"] == pytest.approx(100 * 2 / 3)
-    assert frame["present"].tolist() == [True, True, True, False] and math.isnan(frame.loc[3, "iou"])
+    assert frame["present"].tolist() == [True, True, True, False] and math.isnan(
+        frame.loc[3, "iou"]
+    )
     assert frame.loc[3, "pred_pixels"] == 1  # the ignored pixel predicted 3 is not counted
     with pytest.raises(ValueError, match="class names"):
         report.per_class_frame(_metrics(gt, pred, 4), ["background"])
@@ -113,7 +146,10 @@ def test_bars_to_draw_keeps_best_and_worst():
     assert everything["iou"].is_monotonic_decreasing
     some = report.bars_to_draw(frame, 7)
     assert some["group"].tolist() == ["best classes"] * 3 + ["worst classes"] * 4
-    assert some["iou"].tolist() == everything["iou"].head(3).tolist() + everything["iou"].tail(4).tolist()
+    assert (
+        some["iou"].tolist()
+        == everything["iou"].head(3).tolist() + everything["iou"].tail(4).tolist()
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,7 +170,11 @@ def _brute_force(gt, pred, num_classes, ignore):
             continue
         scored += 1
         correct += g == p
-    return (np.mean(ious) if ious else math.nan), (correct / scored if scored else math.nan), len(ious)
+    return (
+        (np.mean(ious) if ious else math.nan),
+        (correct / scored if scored else math.nan),
+        len(ious),
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -145,7 +185,9 @@ def test_image_scores_match_brute_force(seed):
     ignore = (255, 0) if seed % 2 else (255,)
     got = report.image_scores(gt, pred, 5, ignore)
     want = _brute_force(gt, pred, 5, set(ignore))
-    assert got[0] == pytest.approx(want[0]) and got[1] == pytest.approx(want[1]) and got[2] == want[2]
+    assert (
+        got[0] == pytest.approx(want[0]) and got[1] == pytest.approx(want[1]) and got[2] == want[2]
+    )
 
 
 def test_image_scores_edge_cases():
@@ -177,7 +219,9 @@ def test_per_image_scores_inside_evaluate():
     segment = _segment_from_mask(dataset)
     plain = evaluate(segment, dataset, 21, (255,), progress=False)
     scorer = report.PerImageScores(dataset, 21, (255,), keep=2)
-    wrapped = evaluate(segment, dataset, 21, (255,), progress=False, prefetch=2, on_sample=scorer.add)
+    wrapped = evaluate(
+        segment, dataset, 21, (255,), progress=False, prefetch=2, on_sample=scorer.add
+    )
     assert wrapped.confusion == plain.confusion  # the hook changes nothing the metric sees
     frame = scorer.frame()
     assert frame["index"].tolist() == list(range(7)) and frame["name"].tolist() == dataset.names
@@ -187,7 +231,10 @@ def test_per_image_scores_inside_evaluate():
         assert row.miou == pytest.approx(100 * want[0]) and row.pacc == pytest.approx(100 * want[1])
     order = frame.sort_values(["miou", "index"], ascending=[False, True])["index"].tolist()
     best, worst = scorer.best(), scorer.worst()
-    assert [e.score.index for e in best] == order[:2] and [e.rank for e in best] == ["best 1", "best 2"]
+    assert [e.score.index for e in best] == order[:2] and [e.rank for e in best] == [
+        "best 1",
+        "best 2",
+    ]
     assert [e.score.index for e in worst] == order[::-1][:2]
     for e in best + worst:  # the kept maps are the sample's own
         sample = dataset[e.score.index]
@@ -212,7 +259,9 @@ def test_per_image_scores_hook_scores_exactly_one_shard_and_checks_rank_by():
     segment = _segment_from_mask(dataset)
     scorer = report.PerImageScores(dataset, 21, (255,))
     # rank 1 of 2 without a process group: this shard's samples 1, 3, 5 only, each scored once
-    shard = evaluate(segment, dataset, 21, (255,), rank=1, world_size=2, progress=False, on_sample=scorer.add)
+    shard = evaluate(
+        segment, dataset, 21, (255,), rank=1, world_size=2, progress=False, on_sample=scorer.add
+    )
     frame = scorer.frame()
     assert frame["index"].tolist() == [1, 3, 5] and len(scorer.scores) == 3
     assert frame["name"].tolist() == [dataset.names[i] for i in (1, 3, 5)] == shard.names

@@ -1,4 +1,5 @@
 """reproduce: run plans on tiny temporary notebooks; records, summary, failure handling, publish, CLI glue."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,16 @@ from cliper_lib.suite.plans import PlanError
 
 def _notebook(path: Path, parameters: str, *cells: str) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# test"),
-                nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-                *(nbformat.v4.new_code_cell(c) for c in cells)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# test"),
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(nbformat.v4.new_code_cell(c) for c in cells),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
     return path
 
@@ -46,14 +53,26 @@ def notebooks(tmp_path_factory) -> dict[str, Path]:
             "from cliper_lib.suite.notebook import publish\npublish('before_failure', 1.5)",
             "raise ZeroDivisionError('planned failure')",
         ),
-        "slow": _notebook(d / "30_slow.ipynb", 'profile: str = "smoke"  # smoke|paper', "import time\ntime.sleep(60)"),
+        "slow": _notebook(
+            d / "30_slow.ipynb",
+            'profile: str = "smoke"  # smoke|paper',
+            "import time\ntime.sleep(60)",
+        ),
     }
 
 
 def _plan(tmp_path: Path, runs: list[dict], **extra) -> Path:
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump({"name": "tmpplan", "defaults": {"profile": "paper", "unused": 7},
-                                    "runs": runs, **extra}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tmpplan",
+                "defaults": {"profile": "paper", "unused": 7},
+                "runs": runs,
+                **extra,
+            }
+        )
+    )
     return path
 
 
@@ -67,14 +86,20 @@ def test_run_plan_records_everything(tmp_path, notebooks):
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     rec = json.loads((out / "10_metric.json").read_text())
     assert rec["status"] == "ok"
-    assert rec["parameters"] == {"profile": "paper", "x": 3}  # `unused` is declared nowhere: not injected
+    assert rec["parameters"] == {
+        "profile": "paper",
+        "x": 3,
+    }  # `unused` is declared nowhere: not injected
     m = rec["metrics"]
     assert m["x_squared"] == 9 and m["profile"] == "paper"
     assert m["python"] == sys.executable  # the kernel runs this very interpreter
     assert Path(m["cwd"]) == notebooks["metric"].parent  # cwd = the notebook's folder
     assert Path(m["files"]) == (out / "work" / "10_metric").resolve()
     assert {"torch", "open_clip_torch", "diffusers", "papermill", "python"} <= set(rec["versions"])
-    assert set(rec["git"]) == {"commit", "dirty", "changed"} and rec["device"]["type"] in ("cpu", "cuda")
+    assert set(rec["git"]) == {"commit", "dirty", "changed"} and rec["device"]["type"] in (
+        "cpu",
+        "cuda",
+    )
     assert rec["started"] <= rec["finished"] and rec["duration_s"] > 0
 
     data = json.loads((out / "summary.json").read_text())
@@ -85,14 +110,23 @@ def test_run_plan_records_everything(tmp_path, notebooks):
 
 
 def test_failing_notebook_stops_plan(tmp_path, notebooks):
-    plan = _plan(tmp_path, [{"notebook": str(notebooks["metric"])},
-                            {"notebook": str(notebooks["fail"])},
-                            {"notebook": str(notebooks["metric"]), "name": "metric_again"}])
+    plan = _plan(
+        tmp_path,
+        [
+            {"notebook": str(notebooks["metric"])},
+            {"notebook": str(notebooks["fail"])},
+            {"notebook": str(notebooks["metric"]), "name": "metric_again"},
+        ],
+    )
     out = tmp_path / "out"
     with pytest.raises(NotebookFailed) as info:
         papermill.run_plan(plan, out_dir=out, progress_bar=False)
     err = info.value
-    assert "20_fail.ipynb" in str(err) and "ZeroDivisionError" in str(err) and "planned failure" in str(err)
+    assert (
+        "20_fail.ipynb" in str(err)
+        and "ZeroDivisionError" in str(err)
+        and "planned failure" in str(err)
+    )
     assert err.cell_index == 4  # markdown, parameters, injected parameters, publish, raise
     assert "cell 4" in str(err) and "raise ZeroDivisionError" in str(err)
 
@@ -101,14 +135,18 @@ def test_failing_notebook_stops_plan(tmp_path, notebooks):
     assert [r["status"] for r in data["records"]] == ["ok", "failed", "not run"]
     failed = json.loads((out / "20_fail.json").read_text())
     assert failed["error"]["ename"] == "ZeroDivisionError" and failed["error"]["cell_index"] == 4
-    assert failed["metrics"] == {"before_failure": 1.5}  # what was published before the failure is kept
+    assert failed["metrics"] == {
+        "before_failure": 1.5
+    }  # what was published before the failure is kept
     assert (out / "20_fail.ipynb").exists() and not (out / "metric_again.ipynb").exists()
     assert "failed: ZeroDivisionError in cell 4" in (out / "summary.md").read_text()
 
 
 def test_cell_timeout_names_the_cell(tmp_path, notebooks):
     plan = _plan(tmp_path, [{"notebook": str(notebooks["slow"])}], cell_timeout=2)
-    with pytest.raises(NotebookFailed, match=r"30_slow.ipynb failed in cell 3 .*CellTimeoutError") as info:
+    with pytest.raises(
+        NotebookFailed, match=r"30_slow.ipynb failed in cell 3 .*CellTimeoutError"
+    ) as info:
         papermill.run_plan(plan, out_dir=tmp_path / "out", progress_bar=False)
     assert "time.sleep(60)" in info.value.source
 
@@ -130,7 +168,10 @@ def test_plan_errors_before_anything_runs(tmp_path, notebooks):
         plans.load_plan({"runs": [{"notebook": "a.ipynb"}], "defualts": {}, "name": "x"})
     with pytest.raises(PlanError, match="same|named"):
         plans.load_plan({"name": "x", "runs": [{"notebook": "a.ipynb"}, {"notebook": "b/a.ipynb"}]})
-    env = _plan(tmp_path, [{"notebook": str(notebooks["metric"]), "parameters": {"profile": "${CLIPER_UNSET_X}"}}])
+    env = _plan(
+        tmp_path,
+        [{"notebook": str(notebooks["metric"]), "parameters": {"profile": "${CLIPER_UNSET_X}"}}],
+    )
     with pytest.raises(PlanError, match="CLIPER_UNSET_X"):
         papermill.run_plan(env, out_dir=out)
     with pytest.raises(PlanError, match="matches no run"):
@@ -162,10 +203,13 @@ def test_publish_outside_and_inside_runner(tmp_path, monkeypatch, capsys):
 
 def test_cli_glue(tmp_path, notebooks, capsys):
     parser = add_reproduce_arguments(argparse.ArgumentParser())
-    plan = _plan(tmp_path, [{"notebook": str(notebooks["metric"])}, {"notebook": str(notebooks["fail"])}])
+    plan = _plan(
+        tmp_path, [{"notebook": str(notebooks["metric"])}, {"notebook": str(notebooks["fail"])}]
+    )
     out = tmp_path / "cli"
-    args = parser.parse_args(["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "x=5",
-                              "--no-progress"])
+    args = parser.parse_args(
+        ["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "x=5", "--no-progress"]
+    )
     assert papermill.run_reproduce(args) == 0
     assert json.loads((out / "10_metric.json").read_text())["metrics"]["x_squared"] == 25
     records = json.loads((out / "summary.json").read_text())["records"]
@@ -174,7 +218,9 @@ def test_cli_glue(tmp_path, notebooks, capsys):
     bad = parser.parse_args(["--plan", str(tmp_path / "nope.yaml")])
     assert papermill.run_reproduce(bad) == 2
     assert "does not exist" in capsys.readouterr().err
-    typo = parser.parse_args(["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "z=1"])
+    typo = parser.parse_args(
+        ["--plan", str(plan), "--out", str(out), "--only", "10", "--set", "z=1"]
+    )
     assert papermill.run_reproduce(typo) == 2
     assert "match no parameter" in capsys.readouterr().err
 
@@ -194,12 +240,27 @@ def test_kernel_registered_when_python3_runs_another_interpreter(tmp_path, monke
 
     shadow = tmp_path / "shadow" / "kernels" / "python3"
     shadow.mkdir(parents=True)
-    (shadow / "kernel.json").write_text(json.dumps(
-        {"argv": ["/elsewhere/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-         "display_name": "another python", "language": "python"}))
+    (shadow / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    "/elsewhere/bin/python",
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "another python",
+                "language": "python",
+            }
+        )
+    )
     prefix = tmp_path / "prefix"
     # JUPYTER_PATH outranks every other kernel folder: the shadow python3 wins, and the prefix is searched
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(tmp_path / "shadow"), str(prefix / "share" / "jupyter")]))
+    monkeypatch.setenv(
+        "JUPYTER_PATH",
+        os.pathsep.join([str(tmp_path / "shadow"), str(prefix / "share" / "jupyter")]),
+    )
     assert not papermill._runs_this_python(KernelSpecManager().get_kernel_spec("python3").argv)
     name = papermill.ensure_kernel(install_prefix=str(prefix))
     assert name == papermill.FALLBACK_KERNEL

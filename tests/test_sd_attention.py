@@ -1,4 +1,5 @@
 """SD self-attention capture on tiny random components: transparency, maps, determinism, preprocessing, loading."""
+
 from __future__ import annotations
 
 import copy
@@ -32,7 +33,9 @@ from cliper_lib.weights.sd import (
 )
 
 # diffusers passes a deprecated argument to huggingface_hub when it loads from a repo id: not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The `local_dir_use_symlinks` argument is deprecated"
+)
 
 UNCACHED_REPO = "cliper-tests/no-such-stable-diffusion"  # a repo id that is in no cache anywhere
 SMOKE = CLIPerConfig(profile="smoke")
@@ -60,15 +63,23 @@ def photo() -> np.ndarray:
     return image
 
 
-def unet_inputs(components: SDComponents, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unet_inputs(
+    components: SDComponents, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, 4, SIDE // 8, SIDE // 8, generator=g)  # (1, 4, 32, 32)
-    context = torch.randn(1, 77, components.text_encoder.config.hidden_size, generator=g)  # (1, 77, D)
+    context = torch.randn(
+        1, 77, components.text_encoder.config.hidden_size, generator=g
+    )  # (1, 77, D)
     return latents, torch.tensor(500), context
 
 
 def processors(unet: torch.nn.Module) -> dict[str, object]:
-    return {name: module.processor for name, module in unet.named_modules() if hasattr(module, "set_processor")}
+    return {
+        name: module.processor
+        for name, module in unet.named_modules()
+        if hasattr(module, "set_processor")
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,7 +91,9 @@ def test_tiny_unet_has_the_sd21_layer_layout(components: SDComponents) -> None:
         assert path in paths
         attn = resolve_self_attention(components.unet, path)
         assert attn.heads == 2 and not attn.is_cross_attention
-    assert resolve_self_attention(components.unet, "up_blocks[3].attentions[1]") is resolve_self_attention(
+    assert resolve_self_attention(
+        components.unet, "up_blocks[3].attentions[1]"
+    ) is resolve_self_attention(
         components.unet, "up_blocks.3.attentions.1.transformer_blocks.0.attn1"
     )
 
@@ -91,8 +104,15 @@ def test_tokenizer_gives_open_clip_ids(components: SDComponents) -> None:
     tokenizer = components.tokenizer
     assert tokenizer.model_max_length == 77 and len(tokenizer) == 49408
     assert (tiny_tokenizer_dir() / "vocab.json").exists()
-    for text in ["", "a photo of a Cat.", "person with cloth people human", "naïve café, 123 don't"]:
-        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    for text in [
+        "",
+        "a photo of a Cat.",
+        "person with cloth people human",
+        "naïve café, 123 don't",
+    ]:
+        ids = tokenizer(
+            text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         assert torch.equal(ids, open_clip.tokenize([text])), text
 
 
@@ -105,12 +125,19 @@ def test_capture_is_transparent_and_restores_processors(components: SDComponents
     latents, t, context = unet_inputs(components)
     before = processors(unet)
     reference = unet(latents, t, encoder_hidden_states=context).sample
-    every_layer = self_attention_paths(unet)  # all 11 transformer layers, not only the two the paper reads
+    every_layer = self_attention_paths(
+        unet
+    )  # all 11 transformer layers, not only the two the paper reads
     with capture_self_attention(unet, every_layer) as store:
         captured = unet(latents, t, encoder_hidden_states=context).sample
     torch.testing.assert_close(captured, reference, rtol=0, atol=1e-5)
     assert set(store) == set(every_layer)
-    for path, maps in store.items():  # layers of three sizes share the capture's scratch buffers: each got a copy
+    for (
+        path,
+        maps,
+    ) in (
+        store.items()
+    ):  # layers of three sizes share the capture's scratch buffers: each got a copy
         torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]), rtol=0, atol=1e-5)
         assert not torch.equal(maps[:, 0], maps[:, 1]), path
     after = processors(unet)
@@ -125,10 +152,13 @@ def test_processors_restored_when_the_forward_raises(components: SDComponents) -
     with pytest.raises(RuntimeError):
         with capture_self_attention(unet, SMOKE.sd_layers):
             unet(latents, t, encoder_hidden_states=context[..., :5])  # wrong text width
+
     def failing_sink(path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
         raise ValueError("the sink refused")
 
-    with pytest.raises(ValueError, match="the sink refused"):  # raised inside the capture processor itself
+    with pytest.raises(
+        ValueError, match="the sink refused"
+    ):  # raised inside the capture processor itself
         with capture_self_attention(unet, SMOKE.sd_layers, failing_sink):
             unet(latents.repeat(2, 1, 1, 1), t, encoder_hidden_states=context.repeat(2, 1, 1))
     after = processors(unet)
@@ -138,14 +168,19 @@ def test_processors_restored_when_the_forward_raises(components: SDComponents) -
 def test_bad_path_lists_valid_paths_and_installs_nothing(components: SDComponents) -> None:
     before = processors(components.unet)
     with pytest.raises(ValueError, match=r"up_blocks\.3\.attentions\.0") as info:
-        with capture_self_attention(components.unet, ["up_blocks.3.attentions.0", "up_blocks.3.attentions.7"]):
+        with capture_self_attention(
+            components.unet, ["up_blocks.3.attentions.0", "up_blocks.3.attentions.7"]
+        ):
             pass
     assert "up_blocks.3.attentions.7" in str(info.value)
     with pytest.raises(ValueError, match="no self-attention"):  # cross-attention is refused
-        resolve_self_attention(components.unet, "up_blocks.3.attentions.1.transformer_blocks.0.attn2")
+        resolve_self_attention(
+            components.unet, "up_blocks.3.attentions.1.transformer_blocks.0.attn2"
+        )
     with pytest.raises(ValueError, match="same attention module"):
         with capture_self_attention(
-            components.unet, ["up_blocks.3.attentions.1", "up_blocks.3.attentions.1.transformer_blocks.0.attn1"]
+            components.unet,
+            ["up_blocks.3.attentions.1", "up_blocks.3.attentions.1.transformer_blocks.0.attn1"],
         ):
             pass
     after = processors(components.unet)
@@ -156,13 +191,22 @@ def test_bad_path_lists_valid_paths_and_installs_nothing(components: SDComponent
 def test_half_precision_attention_records_float32_probabilities(components: SDComponents) -> None:
     # one attention module on its own keeps this fast on CPU
     holder = torch.nn.Module()
-    holder.attn1 = copy.deepcopy(resolve_self_attention(components.unet, "up_blocks.3.attentions.1")).half()
-    x = torch.randn(1, 64, holder.attn1.to_q.in_features, generator=torch.Generator().manual_seed(1)).half()
+    holder.attn1 = copy.deepcopy(
+        resolve_self_attention(components.unet, "up_blocks.3.attentions.1")
+    ).half()
+    x = torch.randn(
+        1, 64, holder.attn1.to_q.in_features, generator=torch.Generator().manual_seed(1)
+    ).half()
     reference = holder.attn1(x)
     with capture_self_attention(holder, ["attn1"]) as store:
         captured = holder.attn1(x)
     probabilities = store["attn1"]
-    assert probabilities.dtype == torch.float32 and probabilities.shape == (1, 2, 64, 64)  # (B, heads, T, S)
+    assert probabilities.dtype == torch.float32 and probabilities.shape == (
+        1,
+        2,
+        64,
+        64,
+    )  # (B, heads, T, S)
     # fp16 attention vs our float32 probabilities: equal up to fp16 rounding
     torch.testing.assert_close(captured.float(), reference.float(), rtol=0, atol=2e-3)
     assert isinstance(store, AttentionStore)
@@ -171,18 +215,25 @@ def test_half_precision_attention_records_float32_probabilities(components: SDCo
 # ---------------------------------------------------------------------------------------------------------------
 # the extractor
 # ---------------------------------------------------------------------------------------------------------------
-def test_head_maps_shape_order_and_row_stochastic(extractor: SDSelfAttention, photo: np.ndarray) -> None:
+def test_head_maps_shape_order_and_row_stochastic(
+    extractor: SDSelfAttention, photo: np.ndarray
+) -> None:
     maps = extractor(photo)
     assert maps.shape == (4, T, T) and maps.dtype == torch.float32  # 2 layers x 2 heads
     assert (maps >= 0).all()
     assert (maps.sum(-1) - 1).abs().max() < 1e-5
     per_layer = extractor.extract(photo)
     assert list(per_layer) == SMOKE.sd_layers
-    assert torch.equal(maps, torch.cat([per_layer["up_blocks.3.attentions.1"], per_layer["up_blocks.3.attentions.0"]]))
+    assert torch.equal(
+        maps,
+        torch.cat([per_layer["up_blocks.3.attentions.1"], per_layer["up_blocks.3.attentions.0"]]),
+    )
 
 
 def test_extract_any_layer_and_timestep(extractor: SDSelfAttention, photo: np.ndarray) -> None:
-    maps = extractor.extract(photo, layers=["down_blocks.1.attentions.0", "mid_block.attentions.0"], timestep_index=0)
+    maps = extractor.extract(
+        photo, layers=["down_blocks.1.attentions.0", "mid_block.attentions.0"], timestep_index=0
+    )
     assert maps["down_blocks.1.attentions.0"].shape == (2, (SIDE // 16) ** 2, (SIDE // 16) ** 2)
     assert maps["mid_block.attentions.0"].shape[-1] == (SIDE // 64) ** 2
     early = extractor.extract(photo, timestep_index=0)["up_blocks.3.attentions.1"]
@@ -195,13 +246,19 @@ def test_timestep_and_empty_prompt(extractor: SDSelfAttention) -> None:
     embedding = extractor.components.empty_embedding  # computed once, by the loader
     assert embedding.shape == (1, 77, 32)
     text_encoder, tokenizer = extractor.components.text_encoder, extractor.components.tokenizer
-    ids = tokenizer("", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    torch.testing.assert_close(embedding, text_encoder(ids)[0], rtol=0, atol=0)  # what encode_prompt gives
+    ids = tokenizer(
+        "", padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    torch.testing.assert_close(
+        embedding, text_encoder(ids)[0], rtol=0, atol=0
+    )  # what encode_prompt gives
     with pytest.raises(ValueError, match="outside"):
         extractor.timestep(1000)  # PNDM with PLMS steps has 51 timesteps for 50 steps
 
 
-def test_same_seed_same_maps_other_seed_other_maps(components: SDComponents, photo: np.ndarray) -> None:
+def test_same_seed_same_maps_other_seed_other_maps(
+    components: SDComponents, photo: np.ndarray
+) -> None:
     first = SDSelfAttention(components, SMOKE)(photo)
     again = SDSelfAttention(components, SMOKE)(photo)
     assert torch.equal(first, again)
@@ -209,7 +266,9 @@ def test_same_seed_same_maps_other_seed_other_maps(components: SDComponents, pho
     assert (other - first).abs().max() > 1e-4
 
 
-def test_nearest_resize_of_a_non_square_image(extractor: SDSelfAttention, photo: np.ndarray) -> None:
+def test_nearest_resize_of_a_non_square_image(
+    extractor: SDSelfAttention, photo: np.ndarray
+) -> None:
     pixels = extractor.preprocess(photo)
     # independent computation of what diffusers' VaeImageProcessor does with a [0, 1] tensor
     as_tensor = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255  # (1, 3, 300, 451)
@@ -232,7 +291,9 @@ def test_lanczos_resize_is_pils(components: SDComponents, photo: np.ndarray) -> 
     torch.testing.assert_close(extractor.preprocess(photo), expected, rtol=0, atol=0)
 
 
-def test_load_sd_extractor_smoke_matches_injected_components(photo: np.ndarray, extractor: SDSelfAttention) -> None:
+def test_load_sd_extractor_smoke_matches_injected_components(
+    photo: np.ndarray, extractor: SDSelfAttention
+) -> None:
     built = load_sd_extractor(SMOKE, device="cpu")
     assert built.components.source == "random-seed-0"
     assert torch.equal(built(photo), extractor(photo))
@@ -252,7 +313,11 @@ def test_offline_uncached_repo_fails_fast_with_the_fix(monkeypatch: pytest.Monke
         load_sd_components(cfg)
     assert time.perf_counter() - start < 10
     message = str(info.value)
-    assert UNCACHED_REPO in message and "cliper download" in message and str(hub_cache_dir()) in message
+    assert (
+        UNCACHED_REPO in message
+        and "cliper download" in message
+        and str(hub_cache_dir()) in message
+    )
     with pytest.raises(WeightsMissingError, match="cliper download"):
         download_sd_weights(UNCACHED_REPO)
 
@@ -269,17 +334,23 @@ def test_online_flag_unset_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> Non
     assert time.perf_counter() - start < 10
     start = time.perf_counter()
     with pytest.raises(WeightsMissingError):
-        load_sd_components(CLIPerConfig(profile="paper", sd_repo=UNCACHED_REPO), allow_download=False)
+        load_sd_components(
+            CLIPerConfig(profile="paper", sd_repo=UNCACHED_REPO), allow_download=False
+        )
     assert time.perf_counter() - start < 5
 
 
-def test_local_folder_round_trip(components: SDComponents, photo: np.ndarray, tmp_path: Path) -> None:
+def test_local_folder_round_trip(
+    components: SDComponents, photo: np.ndarray, tmp_path: Path
+) -> None:
     folder = save_sd_folder(components, tmp_path / "tiny-sd")
     paper = CLIPerConfig(profile="paper", sd_repo=str(folder), sd_image_size=SIDE)
     loaded = load_sd_components(paper)
     assert loaded.source == str(folder)
     assert type(loaded.scheduler).__name__ == "PNDMScheduler"
-    assert loaded.text_encoder is None and loaded.tokenizer is None and loaded.vae.decoder is None  # never used
+    assert (
+        loaded.text_encoder is None and loaded.tokenizer is None and loaded.vae.decoder is None
+    )  # never used
     expected = SDSelfAttention(components, SMOKE)(photo)
     torch.testing.assert_close(SDSelfAttention(loaded, paper)(photo), expected, rtol=0, atol=1e-6)
 
@@ -305,7 +376,10 @@ def test_hub_cache_layout_loads_by_repo_id(
     loaded = load_sd_components(paper)
     assert loaded.source == repo
     torch.testing.assert_close(
-        SDSelfAttention(loaded, paper)(photo), SDSelfAttention(components, SMOKE)(photo), rtol=0, atol=1e-6
+        SDSelfAttention(loaded, paper)(photo),
+        SDSelfAttention(components, SMOKE)(photo),
+        rtol=0,
+        atol=1e-6,
     )
 
 
@@ -325,7 +399,9 @@ def test_download_flow_with_a_stand_in_hub(
     def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
         assert repo_id == repo
         requested.append(allow_patterns)
-        if not (entry / "refs" / "main").exists():  # later calls find the cache as it is (hub semantics)
+        if not (
+            entry / "refs" / "main"
+        ).exists():  # later calls find the cache as it is (hub semantics)
             save_sd_folder(components, entry / "snapshots" / commit)
             (entry / "refs").mkdir()
             (entry / "refs" / "main").write_text(commit)
@@ -339,10 +415,15 @@ def test_download_flow_with_a_stand_in_hub(
         load_sd_components(paper, allow_download=False)  # not cached and downloads not allowed
     loaded = load_sd_components(paper)
     assert len(requested) == 1
-    assert {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"} <= set(requested[0])
+    assert {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"} <= set(
+        requested[0]
+    )
     assert not any("safety_checker" in pattern for pattern in requested[0])
     torch.testing.assert_close(
-        SDSelfAttention(loaded, paper)(photo), SDSelfAttention(components, SMOKE)(photo), rtol=0, atol=1e-6
+        SDSelfAttention(loaded, paper)(photo),
+        SDSelfAttention(components, SMOKE)(photo),
+        rtol=0,
+        atol=1e-6,
     )
     # a repo lacking a weight file is reported by name, not as a later loading error
     (entry / "snapshots" / commit / "text_encoder" / "model.safetensors").unlink()

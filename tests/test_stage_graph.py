@@ -1,5 +1,6 @@
 """The stage graph is declared once: a config field recomputes exactly the stages that declare it (and what they
 feed), a cached run equals a fresh `segment`, and a stage cannot read a field it did not declare."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -12,7 +13,14 @@ from cliper_lib import CLIPer, CLIPerConfig
 from cliper_lib.eval.synthetic import SyntheticDataset
 from cliper_lib.method import stages
 from cliper_lib.method.pipeline import CLIPer as MethodCLIPer
-from cliper_lib.method.stages import GRAPH, STAGES, ConfigView, UndeclaredFieldError, downstream, invalidated_by
+from cliper_lib.method.stages import (
+    GRAPH,
+    STAGES,
+    ConfigView,
+    UndeclaredFieldError,
+    downstream,
+    invalidated_by,
+)
 from cliper_lib.suite.tuning import StageCache
 
 CLASSES = ["red disc", "blue box", "green triangle"]
@@ -21,21 +29,57 @@ CLASSES = ["red disc", "blue box", "green triangle"]
 #: "selection" (the head matters), sd_attention_thr unset (attention_thr reaches the SD threshold), sd_image_size
 #: unset (the profile picks the SD side), all blocks fused, scores low enough for labels to appear.
 BASE = CLIPerConfig.from_preset(
-    "vit-b-16/voc21", profile="smoke", device="cpu", size=160, sliding_crop_size=96, sliding_stride=64,
-    refinement="selection", selection_head=1, score_threshold=0.0, bkg_thre=0.1,
+    "vit-b-16/voc21",
+    profile="smoke",
+    device="cpu",
+    size=160,
+    sliding_crop_size=96,
+    sliding_stride=64,
+    refinement="selection",
+    selection_head=1,
+    score_threshold=0.0,
+    bkg_thre=0.1,
 )
 
 #: one other value for every config field, chosen so that its effective value changes.
 ALTERNATIVES = {
-    "profile": "paper", "backbone": "ViT-L-14", "pretrained": "laion2b_s32b_b79k", "quick_gelu": False,
-    "sd_repo": "someone/another-sd-mirror", "device": "auto", "dtype": "bfloat16", "seed": 7,
-    "dataset": "ade20k", "classes": "context60", "templates": "openai", "ignore_labels": [0, 255],
-    "size": 128, "fuse_layers": [1, 2], "normalization_rounds": 2, "last_layer_attention": "vanilla",
-    "select_layer": -2, "logit_scale": 50.0, "attention_thr": 0.3, "sliding_crop_size": 0, "sliding_stride": 48,
-    "refinement": "dino-s16", "selection_head": 0, "sd_attention_thr": 0.25, "sd_layers": ["up_blocks.3.attentions.0"],
-    "sd_timestep_index": 30, "sd_num_steps": 60, "sd_image_size": 128, "sd_resize": "bilinear",
-    "score_threshold": 0.2, "bkg_thre": 0.3, "is_normalize": False, "preset": "my-own",
-    "paper_miou": 12.5, "paper_miou_no_fgc": 10.0, "proxy_model": "dino-s16", "proxy_double_normalization": True,
+    "profile": "paper",
+    "backbone": "ViT-L-14",
+    "pretrained": "laion2b_s32b_b79k",
+    "quick_gelu": False,
+    "sd_repo": "someone/another-sd-mirror",
+    "device": "auto",
+    "dtype": "bfloat16",
+    "seed": 7,
+    "dataset": "ade20k",
+    "classes": "context60",
+    "templates": "openai",
+    "ignore_labels": [0, 255],
+    "size": 128,
+    "fuse_layers": [1, 2],
+    "normalization_rounds": 2,
+    "last_layer_attention": "vanilla",
+    "select_layer": -2,
+    "logit_scale": 50.0,
+    "attention_thr": 0.3,
+    "sliding_crop_size": 0,
+    "sliding_stride": 48,
+    "refinement": "dino-s16",
+    "selection_head": 0,
+    "sd_attention_thr": 0.25,
+    "sd_layers": ["up_blocks.3.attentions.0"],
+    "sd_timestep_index": 30,
+    "sd_num_steps": 60,
+    "sd_image_size": 128,
+    "sd_resize": "bilinear",
+    "score_threshold": 0.2,
+    "bkg_thre": 0.3,
+    "is_normalize": False,
+    "preset": "my-own",
+    "paper_miou": 12.5,
+    "paper_miou_no_fgc": 10.0,
+    "proxy_model": "dino-s16",
+    "proxy_double_normalization": True,
 }
 #: fields that matter only with the ProxyCLIP-style last layer: their base is BASE with last_layer_attention=proxy.
 PROXY_BASE = BASE.replace(last_layer_attention="proxy")
@@ -95,20 +139,35 @@ def test_declarations_name_real_fields_and_inputs():
     for i, stage in enumerate(GRAPH):
         assert set(stage.fields) <= known, stage.name
         earlier = set(STAGES[:i]) | set(stages.RUN_INPUTS)
-        assert set(stage.needs) <= earlier, f"{stage.name} needs a later stage"  # the graph is in topological order
+        assert set(stage.needs) <= earlier, (
+            f"{stage.name} needs a later stage"
+        )  # the graph is in topological order
     assert downstream(["fusion"]) == ("fusion", "layer_maps", "coarse", "refine", "labels")
-    assert invalidated_by("image") == ("clip_walk", "proxy", "fusion", "layer_maps", "coarse", "sd_attention", "vfm",
-                                       "refine", "labels")
+    assert invalidated_by("image") == (
+        "clip_walk",
+        "proxy",
+        "fusion",
+        "layer_maps",
+        "coarse",
+        "sd_attention",
+        "vfm",
+        "refine",
+        "labels",
+    )
     assert invalidated_by("dataset") == () and invalidated_by("backbone") == ()
 
 
 @pytest.mark.parametrize("name", sorted(ALTERNATIVES))
-def test_a_field_recomputes_exactly_the_stages_that_declare_it(model, image, primed, primed_proxy, name):
+def test_a_field_recomputes_exactly_the_stages_that_declare_it(
+    model, image, primed, primed_proxy, name
+):
     base = base_of(name)
     changed = base.replace(**{name: ALTERNATIVES[name]})
     out = (primed_proxy if base is PROXY_BASE else primed).copy().run(image, changed, CLASSES)
     declared = {stage.name for stage in GRAPH if name in stage.fields}
-    unused = VFM_STAGES - set(out.keys)  # e.g. proxy feeds on clip_walk but runs only for last_layer_attention=proxy
+    unused = VFM_STAGES - set(
+        out.keys
+    )  # e.g. proxy feeds on clip_walk but runs only for last_layer_attention=proxy
     assert set(out.recomputed) == set(downstream(declared)) - unused, (name, sorted(declared))
     fresh = MethodCLIPer(changed, model.clip, model.sd, text_cache_dir=False, vfm=model.vfm)
     fresh.text_cache = model.text_cache
@@ -127,9 +186,12 @@ def test_run_inputs_recompute_their_readers(model, image):
     assert branch.run(image, BASE, CLASSES).recomputed == {} and branch.recomputed["clip_walk"] == 0
     assert set(cache.run(image, BASE, CLASSES[:2]).recomputed) == set(invalidated_by("classes"))
     assert set(cache.run(image, BASE, CLASSES[:2], background="ground").recomputed) == set(
-        invalidated_by("background"))
+        invalidated_by("background")
+    )
     other = np.ascontiguousarray(image[:, ::-1])
-    assert set(cache.run(other, BASE, CLASSES).recomputed) == set(invalidated_by("image")) - VFM_STAGES
+    assert (
+        set(cache.run(other, BASE, CLASSES).recomputed) == set(invalidated_by("image")) - VFM_STAGES
+    )
     assert cache.run(image, BASE, CLASSES).recomputed == {}  # everything seen before is a hit
 
 
@@ -141,7 +203,9 @@ def test_a_prefix_of_the_graph_computes_only_what_it_needs(model, image):
     sd_only = model.run(image, until="sd_attention")
     assert set(sd_only.recomputed) == {"sd_attention"}
     no_refinement = model.run(image, CLASSES, cfg=BASE.replace(refinement="none"))
-    assert "sd_attention" not in no_refinement.recomputed  # refine needs SD only while a refinement runs
+    assert (
+        "sd_attention" not in no_refinement.recomputed
+    )  # refine needs SD only while a refinement runs
     with pytest.raises(ValueError, match="unknown stage"):
         model.run(image, CLASSES, until="everything")
 
@@ -150,14 +214,29 @@ def test_the_vfm_stages_run_when_used_and_survive_threshold_moves(image, primed)
     cache = primed.copy()  # VFMs no other test here runs, so that nothing of them is cached yet
     dino = BASE.replace(refinement="dinov2-s14")
     assert set(cache.run(image, dino, CLASSES).recomputed) == {"vfm", "refine", "labels"}
-    assert set(cache.run(image, dino.replace(attention_thr=0.3), CLASSES).recomputed) == {"coarse", "refine", "labels"}
-    assert set(cache.run(image, dino.replace(score_threshold=0.2), CLASSES).recomputed) == {"labels"}
-    assert set(cache.run(image, BASE.replace(refinement="sfsa"), CLASSES).recomputed) == {"refine", "labels"}
-    assert cache.run(image, dino, CLASSES).recomputed == {}  # back to the VFM refinement: all cached
+    assert set(cache.run(image, dino.replace(attention_thr=0.3), CLASSES).recomputed) == {
+        "coarse",
+        "refine",
+        "labels",
+    }
+    assert set(cache.run(image, dino.replace(score_threshold=0.2), CLASSES).recomputed) == {
+        "labels"
+    }
+    assert set(cache.run(image, BASE.replace(refinement="sfsa"), CLASSES).recomputed) == {
+        "refine",
+        "labels",
+    }
+    assert (
+        cache.run(image, dino, CLASSES).recomputed == {}
+    )  # back to the VFM refinement: all cached
     proxy = PROXY_BASE.replace(proxy_model="dinov2-s14")
     assert set(cache.run(image, proxy, CLASSES).recomputed) == set(downstream(["proxy"]))
     moved = cache.run(image, proxy.replace(attention_thr=0.3), CLASSES)
-    assert set(moved.recomputed) == {"coarse", "refine", "labels"}  # the VFM attention is not recomputed
+    assert set(moved.recomputed) == {
+        "coarse",
+        "refine",
+        "labels",
+    }  # the VFM attention is not recomputed
 
 
 def test_a_stage_sees_only_its_declared_fields():
@@ -177,4 +256,6 @@ def test_the_documented_table_is_the_graph():
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "method.md"
-    assert stages.describe() in docs.read_text(), "docs/method.md 3.13 differs from stages.GRAPH: paste describe()"
+    assert stages.describe() in docs.read_text(), (
+        "docs/method.md 3.13 differs from stages.GRAPH: paste describe()"
+    )

@@ -1,4 +1,5 @@
 """Text side: class files, templates, embeddings, on-disk cache."""
+
 from __future__ import annotations
 
 import open_clip
@@ -7,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from cliper_lib.method.text import TextEmbeddingCache, encode_class_names, softmax_text_set
-from cliper_lib.vocab import load_templates, parse_class_names, read_class_file, split_background_line
+from cliper_lib.vocab import (
+    load_templates,
+    parse_class_names,
+    read_class_file,
+    split_background_line,
+)
 from cliper_lib.weights.clip import TINY_CLIP_NAME, register_tiny_clip
 
 
@@ -15,7 +21,9 @@ from cliper_lib.weights.clip import TINY_CLIP_NAME, register_tiny_clip
 def tiny_clip():
     register_tiny_clip()
     torch.manual_seed(0)
-    return open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval(), open_clip.get_tokenizer(TINY_CLIP_NAME)
+    return open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval(), open_clip.get_tokenizer(
+        TINY_CLIP_NAME
+    )
 
 
 def test_background_vocabulary_is_split_into_words():
@@ -23,9 +31,17 @@ def test_background_vocabulary_is_split_into_words():
     assert split_background_line("background") == ["background"]
 
 
-@pytest.mark.parametrize("name,count,first", [("voc21", 20, "aeroplane"), ("context60", 59, "aeroplane"),
-                                              ("coco_object81", 80, None), ("coco_stuff171", 171, None),
-                                              ("ade150", 150, None), ("cityscapes19", 19, "road")])
+@pytest.mark.parametrize(
+    "name,count,first",
+    [
+        ("voc21", 20, "aeroplane"),
+        ("context60", 59, "aeroplane"),
+        ("coco_object81", 80, None),
+        ("coco_stuff171", 171, None),
+        ("ade150", 150, None),
+        ("cityscapes19", 19, "road"),
+    ],
+)
 def test_bundled_class_files(name, count, first):
     classes = read_class_file(name)
     assert len(classes.names) == count
@@ -47,7 +63,11 @@ def test_templates():
 
 
 def test_parse_class_names():
-    assert parse_class_names("cat; sofa ;; person with clothes") == ["cat", "sofa", "person with clothes"]
+    assert parse_class_names("cat; sofa ;; person with clothes") == [
+        "cat",
+        "sofa",
+        "person with clothes",
+    ]
     with pytest.raises(ValueError):
         parse_class_names(" ; ")
 
@@ -60,9 +80,14 @@ def test_unknown_class_file_lists_the_bundled_ones():
 def test_embedding_is_normalised_mean_of_normalised_templates(tiny_clip):
     model, tokenizer = tiny_clip
     templates = ["a photo of a {}.", "a {} in the scene"]
-    ours = encode_class_names(model, tokenizer, ["cat", "person with clothes"], templates, batch_size=3)
+    ours = encode_class_names(
+        model, tokenizer, ["cat", "person with clothes"], templates, batch_size=3
+    )
     with torch.no_grad():
-        per = F.normalize(model.encode_text(tokenizer([t.format("person with clothes") for t in templates])), dim=-1)
+        per = F.normalize(
+            model.encode_text(tokenizer([t.format("person with clothes") for t in templates])),
+            dim=-1,
+        )
     torch.testing.assert_close(ours[1], F.normalize(per.mean(0), dim=0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(2))
 
@@ -71,7 +96,9 @@ def test_cache_hit_returns_identical_tensors(tiny_clip, tmp_path):
     model, tokenizer = tiny_clip
     cache = TextEmbeddingCache(tmp_path)
     key = cache.key("tiny", "abc", ["a {}"], ["cat", "dog"])
-    first = cache.get_or_compute(key, lambda: encode_class_names(model, tokenizer, ["cat", "dog"], ["a {}"]))
+    first = cache.get_or_compute(
+        key, lambda: encode_class_names(model, tokenizer, ["cat", "dog"], ["a {}"])
+    )
     second = cache.get_or_compute(key, lambda: pytest.fail("the cache should have been hit"))
     assert torch.equal(first, second)
     assert (cache.hits, cache.misses) == (1, 1)

@@ -1,5 +1,6 @@
 """The VFM alternatives (ProxyCLIP-style last layer, DINO/DINOv2 refinement): each formula against a naive
 computation, both through `segment` on the smoke profile, the double-normalisation flag, the weights paths."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,6 @@ from cliper_lib.vfm import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     proxy_attention,
-    proxy_attentions,
     refine_with_features,
     refinement_features,
     refinement_probabilities,
@@ -32,8 +32,10 @@ CLASSES = ["red disc", "blue box", "green triangle"]
 def naive_cosine(features: torch.Tensor) -> list[list[float]]:
     rows = features.double().tolist()
     norms = [math.sqrt(sum(v * v for v in row)) for row in rows]
-    return [[sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)]
-            for ri, ni in zip(rows, norms)]
+    return [
+        [sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)]
+        for ri, ni in zip(rows, norms)
+    ]
 
 
 def naive_softmax_of_nonnegative(logits: list[list[float]]) -> torch.Tensor:
@@ -65,7 +67,9 @@ def naive_refinement_probabilities(features: torch.Tensor) -> torch.Tensor:
 
 def random_features(*shape: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g) + 0.3  # an offset: positive mean similarity, as real features have
+    return (
+        torch.randn(*shape, generator=g) + 0.3
+    )  # an offset: positive mean similarity, as real features have
 
 
 # --- the formulas --------------------------------------------------------------------------------------------------
@@ -75,7 +79,9 @@ def test_proxy_attention_matches_a_naive_computation():
     assert attention.shape == (2, 1, 13, 13)
     for b in range(2):
         torch.testing.assert_close(attention[b, 0], naive_proxy(features[b]), atol=1e-6, rtol=1e-5)
-    assert torch.allclose(attention[:, 0, 1:].sum(-1), torch.ones(2, 12))  # patch rows are distributions
+    assert torch.allclose(
+        attention[:, 0, 1:].sum(-1), torch.ones(2, 12)
+    )  # patch rows are distributions
     assert (attention[:, 0, 1:, 1:] == 0).any()  # the cut at the mean dropped some pairs
 
 
@@ -83,24 +89,35 @@ def test_refinement_probabilities_match_a_naive_computation_whole_and_by_rows():
     features = random_features(20, 6, seed=1)
     expected = naive_refinement_probabilities(features)
     torch.testing.assert_close(refinement_probabilities(features), expected, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(refinement_probabilities(features, slice(7, 13)), expected[7:13], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        refinement_probabilities(features, slice(7, 13)), expected[7:13], atol=1e-6, rtol=1e-5
+    )
     assert 0 < (expected == 0).float().mean() < 1  # the formula's cut is active on these features
 
 
 def test_refine_with_features_is_p_times_the_upsampled_coarse_map():
     features = random_features(5, 7, 8, seed=2)  # (fh, fw, D)
     coarse = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(3))  # (C, h, w)
-    up = F.interpolate(coarse[None], size=(5, 7), mode="bilinear", align_corners=False)[0].reshape(3, 35)
+    up = F.interpolate(coarse[None], size=(5, 7), mode="bilinear", align_corners=False)[0].reshape(
+        3, 35
+    )
     p = naive_refinement_probabilities(features.reshape(35, 8))
-    expected = torch.tensor([[sum(p[i, j].item() * up[c, j].item() for j in range(35)) for i in range(35)]
-                             for c in range(3)]).reshape(3, 5, 7)
+    expected = torch.tensor(
+        [
+            [sum(p[i, j].item() * up[c, j].item() for j in range(35)) for i in range(35)]
+            for c in range(3)
+        ]
+    ).reshape(3, 5, 7)
     for block in (2048, 4):  # in one block, and in blocks of 4 rows (the last one short)
-        torch.testing.assert_close(refine_with_features(coarse, features, block=block), expected, atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(
+            refine_with_features(coarse, features, block=block), expected, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_a_token_with_nothing_above_the_cut_keeps_itself():
-    same = torch.ones(6, 4)  # all similarities 1: (1 - 1.2)·3 < 0 everywhere, the formula alone gives NaN
+    same = torch.ones(
+        6, 4
+    )  # all similarities 1: (1 - 1.2)·3 < 0 everywhere, the formula alone gives NaN
     assert torch.equal(refinement_probabilities(same), torch.eye(6))
     assert torch.equal(refinement_probabilities(same, slice(2, 5)), torch.eye(6)[2:5])
 
@@ -112,14 +129,26 @@ def image() -> np.ndarray:
 
 
 def smoke_config(**overrides) -> CLIPerConfig:
-    return CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", size=160, score_threshold=0.0,
-                                    bkg_thre=0.1, **overrides)
+    return CLIPerConfig.from_preset(
+        "vit-b-16/voc21",
+        profile="smoke",
+        device="cpu",
+        size=160,
+        score_threshold=0.0,
+        bkg_thre=0.1,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
 def proxy_model(tmp_path_factory) -> CLIPer:
-    cfg = smoke_config(last_layer_attention="proxy", proxy_model="dino-s16", refinement="none", sliding_crop_size=96,
-                       sliding_stride=64)
+    cfg = smoke_config(
+        last_layer_attention="proxy",
+        proxy_model="dino-s16",
+        refinement="none",
+        sliding_crop_size=96,
+        sliding_stride=64,
+    )
     return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
 
 
@@ -129,15 +158,27 @@ def test_the_proxy_variant_runs_through_segment(proxy_model, image):
     features = run["clip_walk"]
     encoder = proxy_model.vfm("dino-s16")
     assert encoder.model.__class__.__name__ == "ViTModel" and encoder.patch_size == 16
-    pixels = (features.input * torch.tensor(proxy_model.clip.std)[:, None, None]
-              + torch.tensor(proxy_model.clip.mean)[:, None, None])  # the [0, 1] image CLIP saw
-    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = (
+        features.input * torch.tensor(proxy_model.clip.std)[:, None, None]
+        + torch.tensor(proxy_model.clip.mean)[:, None, None]
+    )  # the [0, 1] image CLIP saw
+    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
+        :, None, None
+    ]
     grid = result.grid
-    dino = encoder.patch_features(pixels[None]).permute(0, 3, 1, 2)  # 160 x 224 px: already patch multiples
-    on_clip_grid = F.interpolate(dino, size=grid, mode="bilinear", align_corners=False).flatten(2)[0].T
-    torch.testing.assert_close(result.fused_attention[0], naive_proxy(on_clip_grid), atol=1e-5, rtol=1e-4)
+    dino = encoder.patch_features(pixels[None]).permute(
+        0, 3, 1, 2
+    )  # 160 x 224 px: already patch multiples
+    on_clip_grid = (
+        F.interpolate(dino, size=grid, mode="bilinear", align_corners=False).flatten(2)[0].T
+    )
+    torch.testing.assert_close(
+        result.fused_attention[0], naive_proxy(on_clip_grid), atol=1e-5, rtol=1e-4
+    )
     crops = run["proxy"][1]
-    assert crops.shape[0] == run["fusion"].crops.last_attention.shape[0] > 1  # each crop has its own attention
+    assert (
+        crops.shape[0] == run["fusion"].crops.last_attention.shape[0] > 1
+    )  # each crop has its own attention
     assert result.labels.shape == image.shape[:2] and set(result.present_classes()) <= set(CLASSES)
 
 
@@ -173,18 +214,34 @@ def test_double_normalisation_changes_only_the_vfm_input(proxy_model, image):
     single_cfg = proxy_model.cfg.replace(sliding_crop_size=0)
     runs = {}
     for double in (False, True):
-        model = CLIPer(single_cfg.replace(proxy_double_normalization=double), clip, None, text_cache_dir=False,
-                       vfm=lambda name: recorder)
+        model = CLIPer(
+            single_cfg.replace(proxy_double_normalization=double),
+            clip,
+            None,
+            text_cache_dir=False,
+            vfm=lambda name: recorder,
+        )
         runs[double] = model.run(image, CLASSES, until="fusion")
     single, double = recorder.seen
     clip_input = runs[False]["clip_walk"].input
     assert torch.equal(clip_input, runs[True]["clip_walk"].input)  # CLIP's own input is the same
-    for a, b in zip(runs[False]["clip_walk"].walk.attentions, runs[True]["clip_walk"].walk.attentions):
+    for a, b in zip(
+        runs[False]["clip_walk"].walk.attentions, runs[True]["clip_walk"].walk.attentions
+    ):
         assert torch.equal(a, b)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    unnormalised = clip_input * torch.tensor(clip.std)[:, None, None] + torch.tensor(clip.mean)[:, None, None]
-    torch.testing.assert_close(single[0], (unnormalised - mean) / std)  # the [0, 1] image, normalised once
-    torch.testing.assert_close(double[0], (clip_input - mean) / std)  # CLIP's normalised input, normalised again
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+        torch.tensor(IMAGENET_STD)[:, None, None],
+    )
+    unnormalised = (
+        clip_input * torch.tensor(clip.std)[:, None, None] + torch.tensor(clip.mean)[:, None, None]
+    )
+    torch.testing.assert_close(
+        single[0], (unnormalised - mean) / std
+    )  # the [0, 1] image, normalised once
+    torch.testing.assert_close(
+        double[0], (clip_input - mean) / std
+    )  # CLIP's normalised input, normalised again
     assert not torch.allclose(runs[False]["proxy"][0], runs[True]["proxy"][0])
 
 
@@ -194,7 +251,9 @@ def test_config_validates_the_new_fields():
     with pytest.raises(ConfigError, match="proxy_double_normalization"):
         CLIPerConfig(proxy_double_normalization="yes")
     assert set(VFM_MODELS) <= set(REFINEMENTS) and "proxy" in LAST_LAYER_ATTENTIONS
-    assert CLIPerConfig(refinement="dinov2-g14", last_layer_attention="proxy").proxy_model == "dino-b8"
+    assert (
+        CLIPerConfig(refinement="dinov2-g14", last_layer_attention="proxy").proxy_model == "dino-b8"
+    )
 
 
 def test_without_vfms_the_proxy_variant_says_so(proxy_model, image):
@@ -226,16 +285,28 @@ def test_saved_models_load_through_the_paper_path_and_drop_cls_and_registers(tmp
 
     dino = build_random_vfm("dino-b8", seed=2)
     dino.model.save_pretrained(tmp_path / "dino")
-    loaded = wrap_vfm(_from_pretrained(str(tmp_path / "dino"), local_files_only=True), "dino-b8", "local")
+    loaded = wrap_vfm(
+        _from_pretrained(str(tmp_path / "dino"), local_files_only=True), "dino-b8", "local"
+    )
     pixels = torch.randn(1, 3, 32, 48)
     torch.testing.assert_close(loaded.patch_features(pixels), dino.patch_features(pixels))
-    hidden = dino.model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state  # (1, 1 + 24, D)
+    hidden = dino.model(
+        pixel_values=pixels, interpolate_pos_encoding=True
+    ).last_hidden_state  # (1, 1 + 24, D)
     torch.testing.assert_close(dino.patch_features(pixels), hidden[:, 1:].reshape(1, 4, 6, -1))
 
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                                       image_size=518, num_register_tokens=4)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=518,
+        num_register_tokens=4,
+    )
     Dinov2WithRegistersModel(config).save_pretrained(tmp_path / "registers")
-    registers = wrap_vfm(_from_pretrained(str(tmp_path / "registers"), local_files_only=True), "dinov2-s14", "local")
+    registers = wrap_vfm(
+        _from_pretrained(str(tmp_path / "registers"), local_files_only=True), "dinov2-s14", "local"
+    )
     assert registers.num_prefix_tokens == 5  # CLS + 4 registers
     pixels = torch.randn(2, 3, 28, 42)
     hidden = registers.model(pixel_values=pixels).last_hidden_state  # (2, 5 + 6, D)
@@ -245,12 +316,30 @@ def test_saved_models_load_through_the_paper_path_and_drop_cls_and_registers(tmp
 def test_the_cli_offers_the_vfm_refinements_and_the_proxy_variant():
     from cliper_lib.suite.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["segment", "image.jpg", "--out", "o", "--refinement", "dinov2-b14",
-                                      "--last-layer-attention", "proxy", "--set", "proxy_double_normalization=true"])
+    args = build_parser().parse_args(
+        [
+            "segment",
+            "image.jpg",
+            "--out",
+            "o",
+            "--refinement",
+            "dinov2-b14",
+            "--last-layer-attention",
+            "proxy",
+            "--set",
+            "proxy_double_normalization=true",
+        ]
+    )
     cfg = config_from_args(args)
-    assert (cfg.refinement, cfg.last_layer_attention, cfg.proxy_double_normalization) == ("dinov2-b14", "proxy", True)
+    assert (cfg.refinement, cfg.last_layer_attention, cfg.proxy_double_normalization) == (
+        "dinov2-b14",
+        "proxy",
+        True,
+    )
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["segment", "image.jpg", "--out", "o", "--refinement", "dino-b32"])
+        build_parser().parse_args(
+            ["segment", "image.jpg", "--out", "o", "--refinement", "dino-b32"]
+        )
     assert vfms_used(cfg) == ["dino-b8", "dinov2-b14"]
 
 
@@ -261,21 +350,33 @@ def test_compare_refinements_times_only_the_refinement_stages(proxy_model, image
     cfg = proxy_model.cfg.replace(last_layer_attention="fused", sliding_crop_size=0)
     cache = StageCache(proxy_model)
     cache.run(image, cfg, CLASSES)  # the CLIP stages, cached
-    table, runs = compare_refinements(cache, image, CLASSES, {"none": cfg, "dino": cfg.replace(refinement="dino-s16")})
+    table, runs = compare_refinements(
+        cache, image, CLASSES, {"none": cfg, "dino": cfg.replace(refinement="dino-s16")}
+    )
     dino = runs["dino"]
     assert set(dino.seconds) == {"vfm", "refine"} and set(runs["none"].seconds) == {"refine"}
     expected = proxy_model.segment(image, classes=CLASSES, cfg=cfg.replace(refinement="dino-s16"))
-    assert torch.equal(dino.run["refine"], expected.refined) and torch.equal(dino.labels, expected.labels)
+    assert torch.equal(dino.run["refine"], expected.refined) and torch.equal(
+        dino.labels, expected.labels
+    )
     features = dino.run["vfm"]
     assert dino.affinity_mib == features.numel() * 4 / 2**20 and runs["none"].affinity_mib == 0
-    assert list(table["refinement"]) == ["none", "dino"] and table["label agreement with first"][0] == 1.0
+    assert (
+        list(table["refinement"]) == ["none", "dino"]
+        and table["label agreement with first"][0] == 1.0
+    )
     assert table["S_f grid"][1] == "×".join(map(str, features.shape[:2]))
 
 
 def test_records_name_the_vfm_weights_and_no_sd_for_a_vfm_refinement():
     from cliper_lib.eval.records import weights_ids
 
-    paper = CLIPerConfig(refinement="dino-b8", last_layer_attention="proxy", proxy_model="dinov2-s14")
-    assert weights_ids(None, paper) == {"clip": "ViT-B-16/openai", "sd": None, "vfm": {
-        "dinov2-s14": "facebook/dinov2-small", "dino-b8": "facebook/dino-vitb8"}}
+    paper = CLIPerConfig(
+        refinement="dino-b8", last_layer_attention="proxy", proxy_model="dinov2-s14"
+    )
+    assert weights_ids(None, paper) == {
+        "clip": "ViT-B-16/openai",
+        "sd": None,
+        "vfm": {"dinov2-s14": "facebook/dinov2-small", "dino-b8": "facebook/dino-vitb8"},
+    }
     assert "vfm" not in weights_ids(None, CLIPerConfig())  # CLIPer itself runs no VFM

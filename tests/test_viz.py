@@ -1,4 +1,5 @@
 """viz: palette, label PNG round trip, overlays, and the figure helpers drawing headless."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ def _image(h: int = 24, w: int = 32) -> np.ndarray:
 def _labels(h: int = 24, w: int = 32, n: int = 4) -> np.ndarray:
     lab = np.zeros((h, w), dtype=np.int64)
     lab[: h // 2, : w // 2] = 1
-    lab[h // 2:, w // 2:] = n - 1
+    lab[h // 2 :, w // 2 :] = n - 1
     lab[0, -1] = 2
     return lab
 
@@ -66,8 +67,12 @@ def test_label_png_round_trips_exact_ids(tmp_path):
         assert np.array_equal(np.asarray(img), lab)
         assert img.getpalette()[3:6] == [128, 0, 0]
     assert np.array_equal(viz.load_label_png(path), lab)
-    assert [p.name for p in path.parent.iterdir()] == ["labels.png"]  # no temporary file left behind
-    big = viz.save_label_png(tmp_path / "big.png", lab + 300)  # ids over 255: a 16-bit PNG (issue 10)
+    assert [p.name for p in path.parent.iterdir()] == [
+        "labels.png"
+    ]  # no temporary file left behind
+    big = viz.save_label_png(
+        tmp_path / "big.png", lab + 300
+    )  # ids over 255: a 16-bit PNG (issue 10)
     assert Image.open(big).mode == "I;16" and np.array_equal(viz.load_label_png(big), lab + 300)
     with pytest.raises(ValueError, match="0..65535"):
         viz.save_label_png(tmp_path / "huge.png", lab + 65536)
@@ -75,7 +80,9 @@ def test_label_png_round_trips_exact_ids(tmp_path):
 
 def test_overlay_png_with_legend(tmp_path):
     img, lab = _image(60, 80), _labels(60, 80, n=4)
-    path = viz.save_overlay_png(tmp_path / "out" / "overlay.png", img, lab, ["cat", "sofa", "floor"], title="t")
+    path = viz.save_overlay_png(
+        tmp_path / "out" / "overlay.png", img, lab, ["cat", "sofa", "floor"], title="t"
+    )
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size[0] > 80
     handles = viz.legend_handles(lab, ["cat", "sofa", "floor"])
@@ -94,7 +101,9 @@ def test_show_segmentation_titles_and_legend():
 
 def test_heatmap_and_attention_grids(tmp_path):
     maps = np.random.default_rng(1).random((5, 6, 8)).astype(np.float32)
-    fig = viz.heatmap_grid(maps, [f"layer {i}" for i in range(5)], ncols=3, suptitle="per layer", image=_image())
+    fig = viz.heatmap_grid(
+        maps, [f"layer {i}" for i in range(5)], ncols=3, suptitle="per layer", image=_image()
+    )
     assert isinstance(fig, Figure) and fig.get_suptitle() == "per layer"
     titled = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert titled == [f"layer {i}" for i in range(5)]
@@ -106,7 +115,10 @@ def test_heatmap_and_attention_grids(tmp_path):
     att = torch.rand(2, 1 + h * w, 1 + h * w).softmax(-1)  # (heads, N, N) with a CLS token
     fig = viz.attention_grid(att, _image(), (h, w), queries=[(0, 0), (2, 3), 5])
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
-        "query patch (0, 0)", "query patch (2, 3)", "query patch (1, 1)"]
+        "query patch (0, 0)",
+        "query patch (2, 3)",
+        "query patch (1, 1)",
+    ]
     fig.savefig(tmp_path / "att.png")
     with pytest.raises(ValueError, match="tokens"):
         viz.attention_grid(att[:, :5, :5], _image(), (h, w), queries=[0])
@@ -126,7 +138,12 @@ def test_mark_patch_outlines_the_right_pixels():
     ax = Figure().add_subplot()
     mark_patch(ax, (1, 2), (4, 8), (100, 400))  # patches of 25 x 50 px
     (rect,) = ax.patches
-    assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (100.0, 25.0, 50.0, 25.0)
+    assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (
+        100.0,
+        25.0,
+        50.0,
+        25.0,
+    )
 
 
 def test_colourbars_of_nearly_flat_maps_read_as_plain_numbers():
@@ -139,10 +156,18 @@ def test_colourbars_of_nearly_flat_maps_read_as_plain_numbers():
     assert len(bars) == 2
     for bar in bars:
         assert bar.yaxis.get_offset_text().get_text() == ""  # no '1e-6+1.4936e-1'
-        labels = [t.get_text().replace("\u2212", "-") for t in bar.get_yticklabels() if t.get_text()]
+        labels = [
+            t.get_text().replace("\u2212", "-") for t in bar.get_yticklabels() if t.get_text()
+        ]
         assert labels
-        [float(text) for text in labels]  # every tick is a plain number (float() raises on '1e-6+1.49e-1')
-    flat_labels = [float(t.get_text().replace("\u2212", "-")) for t in bars[0].get_yticklabels() if t.get_text()]
+        [
+            float(text) for text in labels
+        ]  # every tick is a plain number (float() raises on '1e-6+1.49e-1')
+    flat_labels = [
+        float(t.get_text().replace("\u2212", "-"))
+        for t in bars[0].get_yticklabels()
+        if t.get_text()
+    ]
     assert all(abs(v - 0.14936) < 1e-3 for v in flat_labels)  # the ticks say the map's value
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert "nearly flat" in titles[0] and "nearly flat" not in titles[1]

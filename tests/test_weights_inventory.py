@@ -1,4 +1,5 @@
 """Offline, one report names every missing weight file of the config (CLIP and SD) with sizes; `cliper download`."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,11 +40,21 @@ def test_paper_profile_offline_names_clip_and_sd_files_at_once(empty_offline_cac
     with pytest.raises(WeightsMissingError) as error:
         CLIPer.from_config(CLIPerConfig.from_preset("vit-b-16/voc21", profile="paper"))
     message = str(error.value)
-    assert CLIP_REPO in message and "open_clip_model.safetensors" in message and "~599 MB" in message
-    assert SD_REPO in message and "unet/diffusion_pytorch_model.safetensors" in message and "~3.5 GB" in message
+    assert (
+        CLIP_REPO in message and "open_clip_model.safetensors" in message and "~599 MB" in message
+    )
+    assert (
+        SD_REPO in message
+        and "unet/diffusion_pytorch_model.safetensors" in message
+        and "~3.5 GB" in message
+    )
     for f in sd_weight_files(SD_REPO):  # every SD file, not only the first
         assert f.filename in message
-    assert "approximate" in message and str(empty_offline_cache) in message and "--refinement none" in message
+    assert (
+        "approximate" in message
+        and str(empty_offline_cache) in message
+        and "--refinement none" in message
+    )
 
 
 def test_report_lists_only_what_is_missing(empty_offline_cache):
@@ -52,11 +63,18 @@ def test_report_lists_only_what_is_missing(empty_offline_cache):
     missing = missing_weight_files(cfg)
     assert missing and {f.repo for f in missing} == {SD_REPO}
     # the fp16 variant is what `cliper download --dtype float16` fetches; the loader accepts it, so SD is present
-    put_in_cache(empty_offline_cache, SD_REPO, [f.filename for f in sd_weight_files(SD_REPO, "fp16")])
+    put_in_cache(
+        empty_offline_cache, SD_REPO, [f.filename for f in sd_weight_files(SD_REPO, "fp16")]
+    )
     assert missing_weight_files(cfg) == []
     # CLIP only: SD is never asked for
-    assert missing_weight_files(CLIPerConfig(profile="paper", refinement="none", backbone="ViT-L-14")) == [
-        f for f in missing_weight_files(CLIPerConfig(profile="paper", backbone="ViT-L-14")) if f.repo != SD_REPO]
+    assert missing_weight_files(
+        CLIPerConfig(profile="paper", refinement="none", backbone="ViT-L-14")
+    ) == [
+        f
+        for f in missing_weight_files(CLIPerConfig(profile="paper", backbone="ViT-L-14"))
+        if f.repo != SD_REPO
+    ]
     assert missing_weight_files(CLIPerConfig(profile="smoke")) == []
 
 
@@ -73,8 +91,12 @@ def test_download_asks_for_the_fp16_variant(monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
-    monkeypatch.setattr(clip, "fetch_clip_weights", lambda b, p, allow_download: calls.append((b, p)) or "clip")
-    monkeypatch.setattr(sd, "download_sd_weights", lambda repo, variant=None: calls.append((repo, variant)) or "sd")
+    monkeypatch.setattr(
+        clip, "fetch_clip_weights", lambda b, p, allow_download: calls.append((b, p)) or "clip"
+    )
+    monkeypatch.setattr(
+        sd, "download_sd_weights", lambda repo, variant=None: calls.append((repo, variant)) or "sd"
+    )
     assert cliper_main(["download", "--dtype", "float16"]) == 0
     assert calls == [("ViT-B-16", "openai"), (SD_REPO, "fp16")]
     calls.clear()

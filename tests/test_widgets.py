@@ -1,8 +1,9 @@
 """The explorer drives the pipeline through a stage cache: each control recomputes exactly its stages."""
+
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -33,10 +34,20 @@ AFTER_FUSION = {"fusion", "layer_maps", "coarse", "refine", "labels"}
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> CLIPer:
     """Smoke models at a small size (CLIP input 160 px, two sliding crops; SD at 128 px); the full method, SD too."""
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu", size=160,
-                                   sliding_crop_size=96, sliding_stride=64, sd_image_size=128,
-                                   score_threshold=0.0, bkg_thre=0.1)
-    text_cache = tmp_path_factory.mktemp("text")  # shared by the explorer and `segment`: each class set encoded once
+    cfg = CLIPerConfig.from_preset(
+        "vit-b-16/voc21",
+        profile="smoke",
+        device="cpu",
+        size=160,
+        sliding_crop_size=96,
+        sliding_stride=64,
+        sd_image_size=128,
+        score_threshold=0.0,
+        bkg_thre=0.1,
+    )
+    text_cache = tmp_path_factory.mktemp(
+        "text"
+    )  # shared by the explorer and `segment`: each class set encoded once
     built = CLIPer.from_config(cfg, text_cache_dir=text_cache)
     assert built.sd is not None  # the SD half is a hard dependency: never test the CLIP half alone
     return built
@@ -49,7 +60,9 @@ def images() -> dict[str, np.ndarray]:
 
 
 def make_explorer(model, images, **kwargs) -> Explorer:
-    return Explorer(model, images=images, classes=CLASSES, background=BACKGROUND, raise_errors=True, **kwargs)
+    return Explorer(
+        model, images=images, classes=CLASSES, background=BACKGROUND, raise_errors=True, **kwargs
+    )
 
 
 def stages(record) -> set[str]:
@@ -59,7 +72,10 @@ def stages(record) -> set[str]:
 def test_each_control_recomputes_exactly_its_stages(model, images):
     ex = make_explorer(model, images)
     has_sd = model.sd is not None
-    vfm_stages = {"proxy", "vfm"}  # they run only for last_layer_attention=proxy / a DINO refinement
+    vfm_stages = {
+        "proxy",
+        "vfm",
+    }  # they run only for last_layer_attention=proxy / a DINO refinement
     first = (set(STAGES) if has_sd else set(STAGES) - {"sd_attention"}) - vfm_stages
     assert stages(ex.history[-1]) == first
     top = model.clip.num_layers - 2
@@ -87,7 +103,14 @@ def test_each_control_recomputes_exactly_its_stages(model, images):
     # the walk and SD ran once for the one image; the sliding window is a new walk, SD is not redone
     assert ex.cache.recomputed["clip_walk"] == 1
     assert ex.cache.recomputed["sd_attention"] == (1 if has_sd else 0)
-    assert stages(ex.apply("sliding", False)) == {"clip_walk", "fusion", "layer_maps", "coarse", "refine", "labels"}
+    assert stages(ex.apply("sliding", False)) == {
+        "clip_walk",
+        "fusion",
+        "layer_maps",
+        "coarse",
+        "refine",
+        "labels",
+    }
     assert ex.cache.recomputed["sd_attention"] == (1 if has_sd else 0)
     # a new image redoes the image stages but not the text
     new = ex.apply("image", list(images)[1])
@@ -103,12 +126,18 @@ def test_each_control_recomputes_exactly_its_stages(model, images):
 def test_explorer_matches_segment_after_moves(model, images):
     ex = make_explorer(model, images)
     top = model.clip.num_layers - 2
-    for name, value in [("fuse_layers", (1, top)), ("score_threshold", 0.1), ("select_layer", 0),
-                        ("classes", "red disc; green triangle"), ("attention_thr", 0.2)]:
+    for name, value in [
+        ("fuse_layers", (1, top)),
+        ("score_threshold", 0.1),
+        ("select_layer", 0),
+        ("classes", "red disc; green triangle"),
+        ("attention_thr", 0.2),
+    ]:
         ex.apply(name, value)
         state = ex.state
-        reference = model.segment(images[state.image_name], classes=state.classes, background=BACKGROUND,
-                                  cfg=state.cfg)
+        reference = model.segment(
+            images[state.image_name], classes=state.classes, background=BACKGROUND, cfg=state.cfg
+        )
         assert torch.equal(torch.as_tensor(state.labels), reference.labels), name
         torch.testing.assert_close(torch.as_tensor(state.scores), reference.scores.float())
         torch.testing.assert_close(state.coarse, reference.coarse)
@@ -119,7 +148,9 @@ def test_threshold_and_classes_change_the_overlay(model, images):
     ex = make_explorer(model, images)
     ex.apply("score_threshold", 0.0)
     before_labels, before_overlay = ex.state.labels.copy(), ex.state.overlay.copy()
-    assert (before_labels > 1).any(), "with score_threshold 0 some pixels must get a class other than the first"
+    assert (before_labels > 1).any(), (
+        "with score_threshold 0 some pixels must get a class other than the first"
+    )
     # a threshold above every score removes all classes: every pixel becomes background
     above = float(ex.state.scores.max()) + 0.01
     assert above <= 1.0, "smoke scores should stay below 1"
@@ -128,7 +159,9 @@ def test_threshold_and_classes_change_the_overlay(model, images):
     assert (ex.state.labels == 0).all()
     assert not np.array_equal(ex.state.labels, before_labels)
     assert not np.array_equal(ex.state.overlay, before_overlay)
-    np.testing.assert_array_equal(ex.state.overlay, images[ex.state.image_name])  # background keeps the photo
+    np.testing.assert_array_equal(
+        ex.state.overlay, images[ex.state.image_name]
+    )  # background keeps the photo
     # back to 0, then other classes: the labels follow the class list
     ex.apply("score_threshold", 0.0)
     np.testing.assert_array_equal(ex.state.labels, before_labels)
@@ -158,17 +191,32 @@ def test_without_sd_and_with_an_uploaded_image(model, images):
     plain = CLIPer(model.cfg.replace(refinement="none"), model.clip, None, text_cache_dir=False)
     plain.text_cache = model.text_cache
     ex = make_explorer(plain, images)
-    assert list(ex.controls["refinement"].options) == ["none"] and ex.controls["refinement"].disabled
+    assert (
+        list(ex.controls["refinement"].options) == ["none"] and ex.controls["refinement"].disabled
+    )
     assert "sd_attention" not in ex.history[-1]["recomputed"]
     torch.testing.assert_close(ex.state.refined, ex.state.coarse.float())
     buffer = io.BytesIO()
     Image.fromarray(np.full((48, 80, 3), 90, dtype=np.uint8)).save(buffer, format="PNG")
-    ex.controls["upload"].value = ({"name": "grey.png", "type": "image/png", "size": buffer.tell(),
-                                    "content": memoryview(buffer.getvalue()),
-                                    "last_modified": datetime.now(timezone.utc)},)
+    ex.controls["upload"].value = (
+        {
+            "name": "grey.png",
+            "type": "image/png",
+            "size": buffer.tell(),
+            "content": memoryview(buffer.getvalue()),
+            "last_modified": datetime.now(UTC),
+        },
+    )
     assert ex.controls["image"].value == "grey.png" and ex.state.image_name == "grey.png"
     assert ex.state.labels.shape == (48, 80)
-    assert stages(ex.history[-1]) == {"clip_walk", "fusion", "layer_maps", "coarse", "refine", "labels"}
+    assert stages(ex.history[-1]) == {
+        "clip_walk",
+        "fusion",
+        "layer_maps",
+        "coarse",
+        "refine",
+        "labels",
+    }
     assert ex.controls["upload"].value == ()  # cleared, so the same file can be uploaded again
 
 
@@ -178,8 +226,9 @@ def test_sweep_walks_each_image_once_and_scores_like_a_direct_count(model):
     cache = StageCache(model)
     ranges = layer_ranges(model.clip.num_layers)
     assert ranges[0] == (0, 0) and ranges[-1] == (model.clip.num_layers - 2,) * 2
-    rows = sweep_fused_layer_ranges(model, data, ranges, background=BACKGROUND, cfg=cfg, cache=cache,
-                                    progress=False)
+    rows = sweep_fused_layer_ranges(
+        model, data, ranges, background=BACKGROUND, cfg=cfg, cache=cache, progress=False
+    )
     assert [(r["first"], r["last"]) for r in rows] == ranges
     assert cache.recomputed["clip_walk"] == len(data)  # walks reused across ranges
     assert cache.recomputed["fusion"] == len(data) * len(ranges)
@@ -188,10 +237,16 @@ def test_sweep_walks_each_image_once_and_scores_like_a_direct_count(model):
     # reference: the same proxy from `segment`, for the full range
     full = ConfusionMatrix(len(data.classes) + 1, ignore_labels=[0, *cfg.ignore_labels])
     for sample in data:
-        result = model.segment(sample.image, classes=data.classes, background=BACKGROUND,
-                               cfg=cfg.replace(fuse_layers=None))
+        result = model.segment(
+            sample.image,
+            classes=data.classes,
+            background=BACKGROUND,
+            cfg=cfg.replace(fuse_layers=None),
+        )
         full.update(sample.mask, coarse_prediction(result.coarse, sample.mask.shape).numpy())
     row = rows[ranges.index((0, model.clip.num_layers - 2))]
     assert row["miou"] == pytest.approx(full.miou())
     with pytest.raises(Exception, match="fuse_layers"):
-        sweep_fused_layer_ranges(model, data, [(0, model.clip.num_layers - 1)], cfg=cfg, progress=False)
+        sweep_fused_layer_ranges(
+            model, data, [(0, model.clip.num_layers - 1)], cfg=cfg, progress=False
+        )

@@ -12,9 +12,11 @@ How images of different sizes share a pass:
 - Fusion, layer maps, the coarse map and the labels run image by image, through the same stage methods.
 Results equal batch 1 up to the rounding of batched matrix products (tests/test_batching.py).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,22 +34,35 @@ def split_walk(walk: LayerWalk, sizes: Sequence[int]) -> list[LayerWalk]:
     """A walk of a batch -> one walk per consecutive part of `sizes` images (views, no copies)."""
     parts, start = [], 0
     for size in sizes:
-        def cut(tensors: list[torch.Tensor], a: int = start, b: int = start + size) -> list[torch.Tensor]:
+
+        def cut(
+            tensors: list[torch.Tensor], a: int = start, b: int = start + size
+        ) -> list[torch.Tensor]:
             return [t[a:b] for t in tensors]
 
-        parts.append(LayerWalk(walk.grid, cut(walk.normalized_inputs), cut(walk.attentions),
-                               cut(walk.residual_inputs)))
+        parts.append(
+            LayerWalk(
+                walk.grid,
+                cut(walk.normalized_inputs),
+                cut(walk.attentions),
+                cut(walk.residual_inputs),
+            )
+        )
         start += size
     return parts
 
 
 @torch.no_grad()
-def batched_clip_features(model: Any, arrays: Sequence[np.ndarray], cfg: CLIPerConfig) -> list[ClipFeatures]:
+def batched_clip_features(
+    model: Any, arrays: Sequence[np.ndarray], cfg: CLIPerConfig
+) -> list[ClipFeatures]:
     """Stage clip_walk for several images: one walk per group of equal input shape (crops: one per group too)."""
     clip, depth = model.clip, model.clip.num_layers - 1
     dtype = next(clip.model.parameters()).dtype
-    inputs = [preprocess_image(a, cfg.size, clip.patch_size, clip.mean, clip.std).to(model.device, dtype)
-              for a in arrays]  # (3, h_i, w_i) each
+    inputs = [
+        preprocess_image(a, cfg.size, clip.patch_size, clip.mean, clip.std).to(model.device, dtype)
+        for a in arrays
+    ]  # (3, h_i, w_i) each
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(inputs):
         groups.setdefault(tuple(x.shape), []).append(i)
@@ -55,38 +70,59 @@ def batched_clip_features(model: Any, arrays: Sequence[np.ndarray], cfg: CLIPerC
     crop_walks: dict[int, LayerWalk | None] = dict.fromkeys(range(len(arrays)))
     crop, stride = cfg.sliding_crop_size, cfg.sliding_stride
     for (_, height, width), members in groups.items():
-        whole = walk_layers(clip.visual, torch.stack([inputs[i] for i in members]), num_blocks=depth)
+        whole = walk_layers(
+            clip.visual, torch.stack([inputs[i] for i in members]), num_blocks=depth
+        )
         walks.update(zip(members, split_walk(whole, [1] * len(members))))
         if crop > 0:
             boxes = elf.crop_boxes(height, width, crop, stride)
-            crops = torch.stack([inputs[i][:, y1:y2, x1:x2] for i in members for y1, y2, x1, x2 in boxes])
+            crops = torch.stack(
+                [inputs[i][:, y1:y2, x1:x2] for i in members for y1, y2, x1, x2 in boxes]
+            )
             walked = walk_layers(clip.visual, crops, num_blocks=depth)  # (len(members) * K, ...)
             crop_walks.update(zip(members, split_walk(walked, [len(boxes)] * len(members))))
-    return [ClipFeatures(a, x, walks[i], crop_walks[i], crop, stride) for i, (a, x) in enumerate(zip(arrays, inputs))]
+    return [
+        ClipFeatures(a, x, walks[i], crop_walks[i], crop, stride)
+        for i, (a, x) in enumerate(zip(arrays, inputs))
+    ]
 
 
 @torch.no_grad()
-def refine_batch(model: Any, arrays: Sequence[np.ndarray], coarse: Sequence[torch.Tensor],
-                 cfg: CLIPerConfig) -> list[torch.Tensor]:
+def refine_batch(
+    model: Any, arrays: Sequence[np.ndarray], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig
+) -> list[torch.Tensor]:
     """Stage refine for several images with one VAE encode and one UNet pass: S_f (C, s, s) per image."""
     if model.sd is None or cfg.refinement == "none":
         return [c.float() for c in coarse]
-    if cfg.refinement == "sfsa":  # streamed: each head map is applied to every image's chain as it is captured
+    if (
+        cfg.refinement == "sfsa"
+    ):  # streamed: each head map is applied to every image's chain as it is captured
         return list(model.refine_streamed(arrays, coarse, cfg).refined)
     store = AttentionStore()  # mean / selection read the maps as a whole
     model.sd.capture(arrays, store, cfg=cfg)
-    return [refine_coarse_maps(c.float(), torch.cat([store[path][b] for path in cfg.sd_layers]), cfg.refinement,
-                               cfg.effective_sd_attention_thr, cfg.selection_head) for b, c in enumerate(coarse)]
+    return [
+        refine_coarse_maps(
+            c.float(),
+            torch.cat([store[path][b] for path in cfg.sd_layers]),
+            cfg.refinement,
+            cfg.effective_sd_attention_thr,
+            cfg.selection_head,
+        )
+        for b, c in enumerate(coarse)
+    ]
 
 
 @torch.no_grad()
-def segment_batch(model: Any, images: Sequence[Any], text: Any, cfg: CLIPerConfig | None = None
-                  ) -> list[torch.Tensor]:
+def segment_batch(
+    model: Any, images: Sequence[Any], text: Any, cfg: CLIPerConfig | None = None
+) -> list[torch.Tensor]:
     """Label maps (H_i, W_i) of several images, with the three network passes batched (see the module doc)."""
     cfg = cfg or model.cfg
     arrays = [rgb_array(image) for image in images]
     features = batched_clip_features(model, arrays, cfg)
-    coarse = [model.run(a, text=text, cfg=cfg, until="coarse", features=f)["coarse"][0]
-              for a, f in zip(arrays, features)]
+    coarse = [
+        model.run(a, text=text, cfg=cfg, until="coarse", features=f)["coarse"][0]
+        for a, f in zip(arrays, features)
+    ]
     refined = refine_batch(model, arrays, coarse, cfg)
     return [model.labels(r, c, a.shape[:2], cfg)[2] for r, c, a in zip(refined, coarse, arrays)]

@@ -3,17 +3,27 @@
 Files are listed and checked when a benchmark is built, so a missing folder or file stops the run before any
 model work, with one message naming what is missing and the layout that was expected.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from ..config import BENCHMARKS
+from .datasets import (
+    DatasetError,
+    Sample,
+    SegmentationDataset,
+    _check_files,
+    _Item,
+    read_split,
+    shift_labels,
+)
 
-from .datasets import DatasetError, Sample, SegmentationDataset, _check_files, _Item, read_split, shift_labels
 
 def _split_names(split: str, limit: int | None) -> list[str]:
     names = read_split(split)
@@ -35,11 +45,18 @@ def _paired(
     """A benchmark whose split names map to one image and one mask path each (patterns use {name})."""
     root = Path(root).expanduser()
     names = _split_names(split, limit)
-    items = [_Item(n, root / image_pattern.format(name=n), root / mask_pattern.format(name=n)) for n in names]
+    items = [
+        _Item(n, root / image_pattern.format(name=n), root / mask_pattern.format(name=n))
+        for n in names
+    ]
     # {name} only ever appears in the file name, so the parents are the fixed folders that must exist.
     dirs = [root / Path(image_pattern).parent, root / Path(mask_pattern).parent]
-    _check_files(dataset, root, layout, dirs, [f for item in items for f in (item.image, item.mask)])
-    return SegmentationDataset(items, class_file, name=dataset, root=root, label_transform=label_transform)
+    _check_files(
+        dataset, root, layout, dirs, [f for item in items for f in (item.image, item.mask)]
+    )
+    return SegmentationDataset(
+        items, class_file, name=dataset, root=root, label_transform=label_transform
+    )
 
 
 LAYOUTS: dict[str, str] = {
@@ -86,7 +103,12 @@ LAYOUTS: dict[str, str] = {
 def load_voc(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
     """PASCAL VOC 2012 val (1449) with the SegmentationClassAug masks; used by voc21 and voc20."""
     return _paired(
-        "voc21", root, split="voc12_val", class_file="voc21", layout=LAYOUTS["voc"], limit=limit,
+        "voc21",
+        root,
+        split="voc12_val",
+        class_file="voc21",
+        layout=LAYOUTS["voc"],
+        limit=limit,
         image_pattern="VOCdevkit/VOC2012/JPEGImages/{name}.jpg",
         mask_pattern="VOCdevkit/VOC2012/SegmentationClassAug/{name}.png",
     )
@@ -95,7 +117,12 @@ def load_voc(root: str | os.PathLike, limit: int | None = None) -> SegmentationD
 def load_context(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
     """PASCAL Context val (5104), 59 classes + background; used by context60 and context59."""
     return _paired(
-        "context60", root, split="context_val", class_file="context60", layout=LAYOUTS["context"], limit=limit,
+        "context60",
+        root,
+        split="context_val",
+        class_file="context60",
+        layout=LAYOUTS["context"],
+        limit=limit,
         image_pattern="VOCdevkit/VOC2010/JPEGImages/{name}.jpg",
         mask_pattern="VOCdevkit/VOC2010/SegmentationClassContext/{name}.png",
     )
@@ -104,7 +131,11 @@ def load_context(root: str | os.PathLike, limit: int | None = None) -> Segmentat
 def load_coco_object(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
     """COCO-2014 val 5k with its object annotations pre-rendered as label-map PNGs (the authors' "Object")."""
     return _paired(
-        "coco_object", root, split="coco_object_val5k", class_file="coco_object81", layout=LAYOUTS["coco_object"],
+        "coco_object",
+        root,
+        split="coco_object_val5k",
+        class_file="coco_object81",
+        layout=LAYOUTS["coco_object"],
         limit=limit,
         image_pattern="coco2014/val2014/{name}.jpg",
         mask_pattern="coco2014/SegmentationObject/{name}.png",
@@ -114,8 +145,13 @@ def load_coco_object(root: str | os.PathLike, limit: int | None = None) -> Segme
 def load_coco_stuff(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
     """COCO-Stuff 164k val (5000); train ids shifted by +1 (255 stays) so 0 is never a class."""
     return _paired(
-        "coco_stuff", root, split="coco_stuff164_val", class_file="coco_stuff171", layout=LAYOUTS["coco_stuff"],
-        limit=limit, label_transform=shift_labels,
+        "coco_stuff",
+        root,
+        split="coco_stuff164_val",
+        class_file="coco_stuff171",
+        layout=LAYOUTS["coco_stuff"],
+        limit=limit,
+        label_transform=shift_labels,
         image_pattern="coco_stuff164k/images/val2017/{name}.jpg",
         mask_pattern="coco_stuff164k/annotations/val2017/{name}_labelTrainIds.png",
     )
@@ -124,7 +160,12 @@ def load_coco_stuff(root: str | os.PathLike, limit: int | None = None) -> Segmen
 def load_ade20k(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
     """ADE20K val (2000); label 0 is 'other' (ignored by the presets), 1..150 the classes."""
     return _paired(
-        "ade20k", root, split="ade20k_val", class_file="ade150", layout=LAYOUTS["ade20k"], limit=limit,
+        "ade20k",
+        root,
+        split="ade20k_val",
+        class_file="ade150",
+        layout=LAYOUTS["ade20k"],
+        limit=limit,
         image_pattern="ADEChallengeData2016/images/validation/{name}.jpg",
         mask_pattern="ADEChallengeData2016/annotations/validation/{name}.png",
     )
@@ -148,12 +189,26 @@ def load_cityscapes(root: str | os.PathLike, limit: int | None = None) -> Segmen
     for n in names:
         image = root / f"cityscapes/leftImg8bit/val/{n}_leftImg8bit.png"
         mask = root / f"cityscapes/gtFine/val/{n}_gtFine_labelTrainIds.png"
-        items += [_Item(f"{n}#{half}", image, mask, cols) for half, cols in CITYSCAPES_HALVES.items()]
+        items += [
+            _Item(f"{n}#{half}", image, mask, cols) for half, cols in CITYSCAPES_HALVES.items()
+        ]
     if limit is not None:
         items = items[:limit]
-    dirs = [root / "cityscapes", root / "cityscapes/leftImg8bit/val", root / "cityscapes/gtFine/val"]
-    _check_files("cityscapes", root, LAYOUTS["cityscapes"], dirs, sorted({f for i in items for f in (i.image, i.mask)}))
-    return _CityscapesDataset(items, "cityscapes19", name="cityscapes", root=root, label_transform=shift_labels)
+    dirs = [
+        root / "cityscapes",
+        root / "cityscapes/leftImg8bit/val",
+        root / "cityscapes/gtFine/val",
+    ]
+    _check_files(
+        "cityscapes",
+        root,
+        LAYOUTS["cityscapes"],
+        dirs,
+        sorted({f for i in items for f in (i.image, i.mask)}),
+    )
+    return _CityscapesDataset(
+        items, "cityscapes19", name="cityscapes", root=root, label_transform=shift_labels
+    )
 
 
 class _CityscapesDataset(SegmentationDataset):
@@ -180,7 +235,9 @@ class DatasetSpec(NamedTuple):
 #: the 8 benchmarks, by the names the presets use (docs/method.md section 5).
 DATASETS: dict[str, DatasetSpec] = {
     "voc21": DatasetSpec(load_voc, "voc21", (255,)),
-    "voc20": DatasetSpec(load_voc, "voc21", (0, 255)),  # 21-class prediction, ground-truth background ignored
+    "voc20": DatasetSpec(
+        load_voc, "voc21", (0, 255)
+    ),  # 21-class prediction, ground-truth background ignored
     "context60": DatasetSpec(load_context, "context60", (255,)),
     "context59": DatasetSpec(load_context, "context60", (0, 255)),
     "coco_object": DatasetSpec(load_coco_object, "coco_object81", (255,)),
@@ -197,7 +254,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("CLIPER_DATA", "datasets")).expanduser()
 
 
-def load_benchmark(name: str, root: str | os.PathLike | None = None, limit: int | None = None) -> SegmentationDataset:
+def load_benchmark(
+    name: str, root: str | os.PathLike | None = None, limit: int | None = None
+) -> SegmentationDataset:
     """Build benchmark `name` (a DATASETS key) from `root`, checking its files; `limit` keeps the first samples."""
     if name not in DATASETS:
         raise DatasetError(f"unknown data set {name!r}; benchmarks: {', '.join(DATASETS)}")

@@ -6,13 +6,14 @@ Files are listed and checked when a data set is built, so a missing folder or fi
 model work, with one message naming what is missing and the layout that was expected. Images are decoded
 lazily; a file that cannot be decoded raises `DatasetError` naming it.
 """
+
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -89,7 +90,13 @@ def load_mask(path: Path) -> np.ndarray:
             array = np.array(im)
     except DatasetError:
         raise
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    ) as error:
         raise DatasetError(f"cannot read annotation {path}: {error}") from None
     if array.ndim != 2:
         raise DatasetError(f"annotation {path} has shape {array.shape}: expected (H, W)")
@@ -114,7 +121,9 @@ class _Item:
     name: str
     image: Path
     mask: Path | None
-    columns: tuple[int, int] | None = None  # (start, stop) pixel columns kept; None = the whole image
+    columns: tuple[int, int] | None = (
+        None  # (start, stop) pixel columns kept; None = the whole image
+    )
 
 
 class SegmentationDataset(Sequence[Sample]):
@@ -193,7 +202,9 @@ class SegmentationDataset(Sequence[Sample]):
         return f"{type(self).__name__}({self.name!r}, {len(self)} samples, root={self.root})"
 
 
-def _check_files(dataset: str, root: Path, layout: str, required_dirs: Sequence[Path], files: Sequence[Path]) -> None:
+def _check_files(
+    dataset: str, root: Path, layout: str, required_dirs: Sequence[Path], files: Sequence[Path]
+) -> None:
     """Raise one DatasetError listing what is missing (root, folders, then files) with the expected layout."""
     problems: list[str] = []
     if not root.is_dir():
@@ -205,7 +216,9 @@ def _check_files(dataset: str, root: Path, layout: str, required_dirs: Sequence[
             missing = [f for f in files if not f.is_file()]
             problems += [f"missing file {f}" for f in missing[:MAX_LISTED_MISSING]]
             if len(missing) > MAX_LISTED_MISSING:
-                problems.append(f"... and {len(missing) - MAX_LISTED_MISSING} more of {len(files)} files")
+                problems.append(
+                    f"... and {len(missing) - MAX_LISTED_MISSING} more of {len(files)} files"
+                )
     if problems:
         raise DatasetError(
             f"data set {dataset!r} is not complete under {root}:\n  "
@@ -222,10 +235,15 @@ class FolderDataset(SegmentationDataset):
     """Every image in `root` (recursively, sorted), with masks `<mask_dir>/<relative stem>.png` when given."""
 
     def __init__(
-        self, root: str | os.PathLike, class_file: str | os.PathLike, mask_dir: str | os.PathLike | None = None
+        self,
+        root: str | os.PathLike,
+        class_file: str | os.PathLike,
+        mask_dir: str | os.PathLike | None = None,
     ) -> None:
         root = Path(root).expanduser()
-        layout = "  <root>/<name>.jpg|.png|...\n" + ("  <mask_dir>/<name>.png  (label maps)" if mask_dir else "")
+        layout = "  <root>/<name>.jpg|.png|...\n" + (
+            "  <mask_dir>/<name>.png  (label maps)" if mask_dir else ""
+        )
         if not root.is_dir():
             raise DatasetError(f"image folder {root} does not exist\nexpected layout:\n{layout}")
         images = sorted(p for p in root.rglob("*") if is_image_file(p))

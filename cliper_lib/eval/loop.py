@@ -6,16 +6,18 @@ With a checkpoint path, the partial matrix and the names of the samples it cover
 atomically, every N images (`Checkpoint`); a restarted run skips those samples and ends with the same matrix.
 A per-sample hook (`on_sample`) lets reports score each image on the same pass.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +26,9 @@ from ..files import atomic_write_text
 from .datasets import DatasetError, Sample
 from .metrics import ConfusionMatrix
 
-Segmenter = Callable[[np.ndarray], Any]  # image (H, W, 3) uint8 -> label map (H, W), or an object with .labels
+Segmenter = Callable[
+    [np.ndarray], Any
+]  # image (H, W, 3) uint8 -> label map (H, W), or an object with .labels
 CHECKPOINT_VERSION = 1
 
 
@@ -48,7 +52,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} is not an evaluation checkpoint (version {CHECKPOINT_VERSION})")
+        raise CheckpointError(
+            f"{path} is not an evaluation checkpoint (version {CHECKPOINT_VERSION})"
+        )
     return state
 
 
@@ -59,12 +65,19 @@ class Checkpoint:
     atomically, so a kill at any moment leaves the previous state or the new one.
     """
 
-    def __init__(self, path: str | os.PathLike, rank: int = 0, world_size: int = 1, run_key: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        rank: int = 0,
+        world_size: int = 1,
+        run_key: str | None = None,
+    ):
         self.path = shard_checkpoint_path(path, rank, world_size)
         self.rank, self.world_size, self.run_key = rank, world_size, run_key
 
-    def load(self, num_classes: int, ignore_labels: Iterable[int], shard_names: set[str]
-             ) -> tuple[ConfusionMatrix, list[str], float]:
+    def load(
+        self, num_classes: int, ignore_labels: Iterable[int], shard_names: set[str]
+    ) -> tuple[ConfusionMatrix, list[str], float]:
         """(matrix, names of the samples done, seconds spent) after checking the file belongs to this run."""
         path, state = self.path, load_checkpoint(self.path)
         expected = {"world_size": self.world_size, "rank": self.rank, "run_key": self.run_key}
@@ -77,8 +90,13 @@ class Checkpoint:
         try:
             confusion = ConfusionMatrix.from_state_dict(state["confusion"])
         except (KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"checkpoint {path} holds no valid confusion matrix: {error}") from None
-        if (confusion.num_classes, confusion.ignore_labels) != (num_classes, tuple(sorted(set(ignore_labels)))):
+            raise CheckpointError(
+                f"checkpoint {path} holds no valid confusion matrix: {error}"
+            ) from None
+        if (confusion.num_classes, confusion.ignore_labels) != (
+            num_classes,
+            tuple(sorted(set(ignore_labels))),
+        ):
             raise CheckpointError(
                 f"checkpoint {path} counts {confusion.num_classes} classes ignoring {confusion.ignore_labels}; "
                 f"this run has {num_classes} ignoring {sorted(set(ignore_labels))}"
@@ -88,12 +106,21 @@ class Checkpoint:
         if stray:
             # A larger limit is fine (more to do); samples outside this shard mean another data set or split.
             example = sorted(stray)[0]
-            raise CheckpointError(f"checkpoint {path} covers {len(stray)} samples not in this run, e.g. {example!r}")
+            raise CheckpointError(
+                f"checkpoint {path} covers {len(stray)} samples not in this run, e.g. {example!r}"
+            )
         return confusion, done, float(state.get("seconds", 0.0))
 
     def save(self, confusion: ConfusionMatrix, done: Sequence[str], seconds: float) -> None:
-        state = {"version": CHECKPOINT_VERSION, "rank": self.rank, "world_size": self.world_size,
-                 "run_key": self.run_key, "seconds": seconds, "confusion": confusion.state_dict(), "done": list(done)}
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "run_key": self.run_key,
+            "seconds": seconds,
+            "confusion": confusion.state_dict(),
+            "done": list(done),
+        }
         atomic_write_text(self.path, json.dumps(state))
 
 
@@ -106,7 +133,9 @@ class EvalResult:
     num_images: int  # images scored, over all ranks (resumed ones included)
     resumed_images: int  # of those, taken from checkpoints
     seconds_total: float  # wall time of this call (on this rank)
-    seconds_per_image: float  # device-time per image: summed over ranks and resumed runs, divided by images
+    seconds_per_image: (
+        float  # device-time per image: summed over ranks and resumed runs, divided by images
+    )
     world_size: int = 1
     names: list[str] = field(default_factory=list)  # samples this rank scored, in order
 
@@ -119,11 +148,15 @@ class EvalResult:
 def _label_map(output: Any) -> torch.Tensor | np.ndarray:
     labels = getattr(output, "labels", output)  # a pipeline result, or the map itself
     if not isinstance(labels, (torch.Tensor, np.ndarray)):
-        raise TypeError(f"the segmenter returned {type(output).__name__}; expected an (H, W) label map")
+        raise TypeError(
+            f"the segmenter returned {type(output).__name__}; expected an (H, W) label map"
+        )
     return labels
 
 
-def _prefetch(dataset: Sequence[Sample], indices: Sequence[int], depth: int) -> Iterator[tuple[int, Sample]]:
+def _prefetch(
+    dataset: Sequence[Sample], indices: Sequence[int], depth: int
+) -> Iterator[tuple[int, Sample]]:
     """Yield (index, sample), decoding up to `depth` samples ahead in a thread while the model runs."""
     if depth <= 0:
         for i in indices:
@@ -144,9 +177,12 @@ def _prefetch(dataset: Sequence[Sample], indices: Sequence[int], depth: int) -> 
             yield i, future.result()  # a decoding error surfaces here, naming its file
 
 
-def _segmented(samples: Iterable[tuple[int, Sample]], segmenter: Segmenter,
-               segment_many: Callable[[list[np.ndarray]], Sequence[Any]] | None, batch_size: int
-               ) -> Iterator[tuple[int, Sample, Any]]:
+def _segmented(
+    samples: Iterable[tuple[int, Sample]],
+    segmenter: Segmenter,
+    segment_many: Callable[[list[np.ndarray]], Sequence[Any]] | None,
+    batch_size: int,
+) -> Iterator[tuple[int, Sample, Any]]:
     """(index, sample, segmenter output), segmenting `batch_size` samples at a time (one call per batch)."""
     batch: list[tuple[int, Sample]] = []
     for index, sample in samples:
@@ -155,7 +191,11 @@ def _segmented(samples: Iterable[tuple[int, Sample]], segmenter: Segmenter,
         batch.append((index, sample))
         if len(batch) < batch_size:
             continue
-        outputs = segment_many([s.image for _, s in batch]) if batch_size > 1 else [segmenter(sample.image)]
+        outputs = (
+            segment_many([s.image for _, s in batch])
+            if batch_size > 1
+            else [segmenter(sample.image)]
+        )
         yield from ((i, s, out) for (i, s), out in zip(batch, outputs, strict=True))
         batch = []
     if batch:
@@ -168,7 +208,9 @@ def _all_reduce_floats(values: list[float]) -> list[float]:
 
     if not (dist.is_available() and dist.is_initialized()):
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
     buf = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(buf)
     return buf.cpu().tolist()
@@ -204,7 +246,9 @@ def evaluate(
     `batch_size` > 1, `segment_many(images)` (one output per image) segments that many samples at a time.
     """
     if batch_size < 1 or (batch_size > 1 and segment_many is None):
-        raise ValueError(f"batch_size={batch_size}: give batch_size >= 1, and segment_many when it is above 1")
+        raise ValueError(
+            f"batch_size={batch_size}: give batch_size >= 1, and segment_many when it is above 1"
+        )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -213,9 +257,13 @@ def evaluate(
     confusion = ConfusionMatrix(num_classes, ignore_labels)
     done: list[str] = []
     seconds_before = 0.0
-    checkpoint = None if checkpoint_path is None else Checkpoint(checkpoint_path, rank, world_size, run_key)
+    checkpoint = (
+        None if checkpoint_path is None else Checkpoint(checkpoint_path, rank, world_size, run_key)
+    )
     if checkpoint is not None and resume and checkpoint.path.exists():
-        confusion, done, seconds_before = checkpoint.load(num_classes, ignore_labels, {names[i] for i in mine})
+        confusion, done, seconds_before = checkpoint.load(
+            num_classes, ignore_labels, {names[i] for i in mine}
+        )
     resumed = len(done)
     done_set = set(done)
     todo = [i for i in mine if names[i] not in done_set]
@@ -223,8 +271,12 @@ def evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=len(mine), initial=resumed, unit="img", desc=f"eval {getattr(dataset, 'name', '')}".strip(),
-        disable=not progress or rank != 0, dynamic_ncols=True,
+        total=len(mine),
+        initial=resumed,
+        unit="img",
+        desc=f"eval {getattr(dataset, 'name', '')}".strip(),
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
     )
     busy = 0.0  # seconds spent on samples in this call (load wait + segment + update)
     unsaved = 0
@@ -232,8 +284,9 @@ def evaluate(
     start = time.perf_counter()
     try:
         tick = time.perf_counter()
-        for index, sample, output in _segmented(_prefetch(dataset, todo, prefetch), segmenter, segment_many,
-                                                batch_size):
+        for index, sample, output in _segmented(
+            _prefetch(dataset, todo, prefetch), segmenter, segment_many, batch_size
+        ):
             labels = _label_map(output)
             if tuple(labels.shape) != tuple(sample.mask.shape):
                 raise ValueError(
@@ -245,7 +298,11 @@ def evaluate(
             done.append(names[index])
             consistent = True
             if on_sample is not None:
-                on_sample(index, sample, labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels)
+                on_sample(
+                    index,
+                    sample,
+                    labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels,
+                )
             now = time.perf_counter()
             busy += now - tick
             tick = now
@@ -263,7 +320,9 @@ def evaluate(
             checkpoint.save(confusion, done, seconds_before + busy)
     seconds_total = time.perf_counter() - start
     confusion.all_reduce()
-    num_images, resumed_all, seconds_all = _all_reduce_floats([len(done), resumed, seconds_before + busy])
+    num_images, resumed_all, seconds_all = _all_reduce_floats(
+        [len(done), resumed, seconds_before + busy]
+    )
     num_images = int(round(num_images))
     return EvalResult(
         confusion=confusion,

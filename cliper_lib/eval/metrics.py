@@ -5,10 +5,12 @@ outside [0, num_classes); every class mean (mIoU, mAcc) runs over the classes th
 the whole split, so a class that is only ever predicted (never present) does not pull the mean down. Counts are
 int64, so sums over shards, checkpoints and ranks are exact.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,21 +34,27 @@ class ConfusionMatrix:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_labels = tuple(sorted({int(v) for v in ignore_labels}))
-        self.matrix = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64)  # (gt, pred)
+        self.matrix = torch.zeros(
+            (self.num_classes, self.num_classes), dtype=torch.int64
+        )  # (gt, pred)
         # Pixels whose gt is outside [0, num_classes) and not an ignore label: skipped like the authors do, but
         # counted, since a non-zero count usually means the class file and the annotations disagree.
         self.unexpected_pixels = 0
         # Ignore labels inside [0, C) are dropped by zeroing their rows after each update: the same as skipping
         # those pixels, without a per-pixel membership test.
-        self._ignored_rows = torch.tensor([v for v in self.ignore_labels if 0 <= v < self.num_classes], dtype=torch.long)
+        self._ignored_rows = torch.tensor(
+            [v for v in self.ignore_labels if 0 <= v < self.num_classes], dtype=torch.long
+        )
         self._ignore_values = torch.tensor(self.ignore_labels, dtype=torch.int64)
 
     # ------------------------------------------------------------------------------------------
-    def update(self, gt: ArrayLike, pred: ArrayLike) -> "ConfusionMatrix":
+    def update(self, gt: ArrayLike, pred: ArrayLike) -> ConfusionMatrix:
         """Add one label-map pair (same shape; numpy or torch, any integer dtype, any device)."""
         gt_t, pred_t = _as_tensor(gt), _as_tensor(pred)
         if gt_t.shape != pred_t.shape:
-            raise ValueError(f"ground truth {tuple(gt_t.shape)} and prediction {tuple(pred_t.shape)} differ in shape")
+            raise ValueError(
+                f"ground truth {tuple(gt_t.shape)} and prediction {tuple(pred_t.shape)} differ in shape"
+            )
         if gt_t.is_floating_point() or pred_t.is_floating_point():
             raise TypeError("label maps must hold integers (got a floating point map)")
         if gt_t.numel() == 0:
@@ -63,7 +71,9 @@ class ConfusionMatrix:
             self.unexpected_pixels += int((~torch.isin(outside, self._ignore_values)).sum().item())
         return self
 
-    def _counts_numpy(self, gt: np.ndarray, pred: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _counts_numpy(
+        self, gt: np.ndarray, pred: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # numpy's bincount is ~2-4x faster than torch's on CPU for one 512x512 map (benchmarks/bench_metrics.py).
         c = self.num_classes
         g = gt.reshape(-1).astype(np.int64, copy=False)
@@ -71,14 +81,18 @@ class ConfusionMatrix:
         lo, hi = int(p.min()), int(p.max())
         if lo < 0 or hi >= c:
             raise ValueError(f"prediction labels must lie in [0, {c}); got values in [{lo}, {hi}]")
-        valid = g.view(np.uint64) < c  # one comparison: negatives wrap around to huge unsigned values
+        valid = (
+            g.view(np.uint64) < c
+        )  # one comparison: negatives wrap around to huge unsigned values
         # Invalid pixels go to one extra bin past the matrix instead of being compacted out (faster than g[valid]).
         index = np.where(valid, g * c + p, c * c)
         counts = np.bincount(index, minlength=c * c + 1)
         outside = None if counts[c * c] == 0 else torch.from_numpy(g[~valid])
         return torch.from_numpy(counts), outside
 
-    def _counts_torch(self, gt: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _counts_torch(
+        self, gt: torch.Tensor, pred: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # On an accelerator: count where the prediction lives, move only the C*C counts back.
         c = self.num_classes
         device = pred.device if pred.device.type != "cpu" else gt.device
@@ -92,7 +106,7 @@ class ConfusionMatrix:
         outside = None if counts[c * c] == 0 else g[~valid].cpu()
         return counts, outside
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix with the same classes and ignore labels into this one (in place)."""
         if (other.num_classes, other.ignore_labels) != (self.num_classes, self.ignore_labels):
             raise ValueError(
@@ -103,7 +117,7 @@ class ConfusionMatrix:
         self.unexpected_pixels += other.unexpected_pixels
         return self
 
-    def all_reduce(self, group: Any = None) -> "ConfusionMatrix":
+    def all_reduce(self, group: Any = None) -> ConfusionMatrix:
         """Sum the counts of every torch.distributed rank into each rank (in place); no-op when not initialised.
 
         Call it once per evaluation: a second call would add the already summed counts again.
@@ -113,8 +127,14 @@ class ConfusionMatrix:
         if not (dist.is_available() and dist.is_initialized()):
             return self
         # NCCL reduces CUDA tensors only; gloo reduces CPU tensors. int64 keeps the sum exact.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-        flat = torch.cat([self.matrix.reshape(-1), torch.tensor([self.unexpected_pixels], dtype=torch.int64)])
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(group) == "nccl"
+            else "cpu"
+        )
+        flat = torch.cat(
+            [self.matrix.reshape(-1), torch.tensor([self.unexpected_pixels], dtype=torch.int64)]
+        )
         flat = flat.to(device)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         flat = flat.cpu()
@@ -127,7 +147,7 @@ class ConfusionMatrix:
         self.matrix.zero_()
         self.unexpected_pixels = 0
 
-    def copy(self) -> "ConfusionMatrix":
+    def copy(self) -> ConfusionMatrix:
         """An independent copy."""
         out = ConfusionMatrix(self.num_classes, self.ignore_labels)
         return out.merge(self)
@@ -180,12 +200,14 @@ class ConfusionMatrix:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "ConfusionMatrix":
+    def from_state_dict(cls, state: dict[str, Any]) -> ConfusionMatrix:
         """Rebuild a matrix from `state_dict()` output."""
         out = cls(int(state["num_classes"]), state["ignore_labels"])
         matrix = torch.tensor(state["matrix"], dtype=torch.int64)
         if matrix.shape != out.matrix.shape:
-            raise ValueError(f"saved matrix has shape {tuple(matrix.shape)}, expected {tuple(out.matrix.shape)}")
+            raise ValueError(
+                f"saved matrix has shape {tuple(matrix.shape)}, expected {tuple(out.matrix.shape)}"
+            )
         out.matrix = matrix
         out.unexpected_pixels = int(state.get("unexpected_pixels", 0))
         return out

@@ -1,13 +1,15 @@
 """Result records of an evaluation: the JSON file (config, versions, weights, metrics, timings, commit) and the
 markdown rows that put our mIoU beside the paper's.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .. import provenance
 from ..config import SD_REFINEMENTS, VFM_MODELS, CLIPerConfig
@@ -36,12 +38,18 @@ def weights_ids(model: Any, cfg: CLIPerConfig) -> dict[str, Any]:
     smoke = cfg.profile == "smoke"
     vfms = vfms_used(cfg)
     ids = {
-        "clip": clip or (f"random-seed-{cfg.seed}" if smoke else f"{cfg.backbone}/{cfg.pretrained}"),
-        "sd": None if cfg.refinement not in SD_REFINEMENTS else sd or (
-            f"random-seed-{cfg.seed}" if smoke else cfg.sd_repo),
+        "clip": clip
+        or (f"random-seed-{cfg.seed}" if smoke else f"{cfg.backbone}/{cfg.pretrained}"),
+        "sd": None
+        if cfg.refinement not in SD_REFINEMENTS
+        else sd or (f"random-seed-{cfg.seed}" if smoke else cfg.sd_repo),
     }
-    if vfms:  # DINO / DINOv2 (proxy attention, VFM refinement): hub repo ids, or the smoke models' seed
-        ids["vfm"] = {name: f"random-seed-{cfg.seed}" if smoke else VFM_MODELS[name] for name in vfms}
+    if (
+        vfms
+    ):  # DINO / DINOv2 (proxy attention, VFM refinement): hub repo ids, or the smoke models' seed
+        ids["vfm"] = {
+            name: f"random-seed-{cfg.seed}" if smoke else VFM_MODELS[name] for name in vfms
+        }
     return ids
 
 
@@ -93,7 +101,8 @@ def results_record(
             "seconds_total": result.seconds_total,
             "seconds_per_image": _finite_or_none(result.seconds_per_image),
             "images_per_second": (result.num_images - result.resumed_images) / result.seconds_total
-            if result.seconds_total > 0 else None,
+            if result.seconds_total > 0
+            else None,
             "resumed_images": result.resumed_images,
             "world_size": result.world_size,
         },
@@ -103,7 +112,7 @@ def results_record(
         "git": git_commit(),
         "config": cfg.to_dict(),
         "confusion_matrix": result.confusion.matrix.tolist(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -6,14 +6,16 @@
 own and keeps the predictions of the best and worst few (memory stays bounded on a whole split);
 `cliper_lib.suite.viz.examples_figure` draws them.
 """
+
 from __future__ import annotations
 
 import heapq
 import itertools
 import math
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +27,14 @@ from .metrics import ConfusionMatrix
 
 #: column titles of the paper's table, by benchmark name, in BENCHMARK_ORDER
 DATASET_TITLES = {
-    "voc21": "VOC21", "context60": "Context60", "coco_object": "Object", "voc20": "VOC20",
-    "context59": "Context59", "coco_stuff": "Stuff", "ade20k": "ADE", "cityscapes": "City",
+    "voc21": "VOC21",
+    "context60": "Context60",
+    "coco_object": "Object",
+    "voc20": "VOC20",
+    "context59": "Context59",
+    "coco_stuff": "Stuff",
+    "ade20k": "ADE",
+    "cityscapes": "City",
 }
 PAPER_ROW = "CLIPer (paper)"
 PAPER_ROW_NO_FGC = "without FGC (paper)"
@@ -36,9 +44,19 @@ RANK_KEYS = ("miou", "pacc")
 RANK_TITLES = {"miou": "mIoU", "pacc": "pixel accuracy"}
 
 __all__ = [
-    "DATASET_TITLES", "RANK_TITLES", "backbone_title", "short_name", "paper_table", "style_paper_table", "results_frame",
+    "DATASET_TITLES",
+    "RANK_TITLES",
+    "backbone_title",
+    "short_name",
+    "paper_table",
+    "style_paper_table",
+    "results_frame",
     "per_class_frame",
-    "bars_to_draw", "image_scores", "ImageScore", "Example", "PerImageScores",
+    "bars_to_draw",
+    "image_scores",
+    "ImageScore",
+    "Example",
+    "PerImageScores",
 ]
 
 
@@ -81,7 +99,9 @@ def paper_table(
             preset = f"{folder}/{dataset}"
             try:
                 cfg = CLIPerConfig.from_preset(preset)
-            except ValueError:  # ConfigError: no preset of this backbone for this set (e.g. vit-h-14)
+            except (
+                ValueError
+            ):  # ConfigError: no preset of this backbone for this set (e.g. vit-h-14)
                 cfg = None
             with_fgc.append(_number(cfg.paper_miou if cfg else None))
             no_fgc.append(_number(cfg.paper_miou_no_fgc if cfg else None))
@@ -91,7 +111,9 @@ def paper_table(
         if any(not math.isnan(v) for v in ours):
             rows[(title, measured_label)] = ours
     if measured:
-        raise ValueError(f"measured presets {sorted(measured)} are not benchmark presets ({', '.join(BENCHMARK_ORDER)})")
+        raise ValueError(
+            f"measured presets {sorted(measured)} are not benchmark presets ({', '.join(BENCHMARK_ORDER)})"
+        )
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     frame.index = pd.MultiIndex.from_tuples(frame.index, names=["backbone", "row"])
     frame[AVERAGE] = frame[columns].mean(axis=1, skipna=False)  # NaN unless the row has all 8 sets
@@ -102,14 +124,17 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def style_paper_table(frame: pd.DataFrame, highlight: tuple[tuple[str, str], str] | None = None,
-                      caption: str = "") -> Any:
+def style_paper_table(
+    frame: pd.DataFrame, highlight: tuple[tuple[str, str], str] | None = None, caption: str = ""
+) -> Any:
     """A pandas Styler of `paper_table`: one decimal, '–' for missing, the cell `((backbone, row), column)` highlighted."""
     styler = frame.style.format("{:.1f}", na_rep="–").set_caption(caption)
     if highlight is not None:
         (row, column) = highlight
-        styler = styler.set_properties(subset=pd.IndexSlice[[row], [column]],
-                                       **{"font-weight": "bold", "background-color": "#ffe9a8"})
+        styler = styler.set_properties(
+            subset=pd.IndexSlice[[row], [column]],
+            **{"font-weight": "bold", "background-color": "#ffe9a8"},
+        )
     return styler
 
 
@@ -119,14 +144,22 @@ def results_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for record in records:
         metrics, timings, paper = record["metrics"], record["timings"], record.get("paper_miou")
         miou = _number(metrics["mIoU"])
-        rows.append({
-            "preset": record["preset"], "data set": record["dataset"], "profile": record["profile"],
-            "images": record["num_images"], "mIoU": miou, "mAcc": _number(metrics["mAcc"]),
-            "pAcc": _number(metrics["pAcc"]), "paper mIoU": _number(paper),
-            "paper mIoU without FGC": _number(record.get("paper_miou_no_fgc")),
-            "mIoU − paper": miou - _number(paper),
-            "s / image": _number(timings["seconds_per_image"]), "images / s": _number(timings["images_per_second"]),
-        })
+        rows.append(
+            {
+                "preset": record["preset"],
+                "data set": record["dataset"],
+                "profile": record["profile"],
+                "images": record["num_images"],
+                "mIoU": miou,
+                "mAcc": _number(metrics["mAcc"]),
+                "pAcc": _number(metrics["pAcc"]),
+                "paper mIoU": _number(paper),
+                "paper mIoU without FGC": _number(record.get("paper_miou_no_fgc")),
+                "mIoU − paper": miou - _number(paper),
+                "s / image": _number(timings["seconds_per_image"]),
+                "images / s": _number(timings["images_per_second"]),
+            }
+        )
     return pd.DataFrame(rows).set_index("preset")
 
 
@@ -141,16 +174,20 @@ def per_class_frame(metrics: Mapping[str, Any], class_names: Sequence[str]) -> p
     n = len(metrics["iou"])
     if len(class_names) != n:
         raise ValueError(f"{len(class_names)} class names for {n} labels")
-    frame = pd.DataFrame({
-        "id": np.arange(n),
-        "name": [short_name(c) for c in class_names],
-        "iou": 100.0 * np.asarray(metrics["iou"], dtype=float),
-        "acc": 100.0 * np.asarray(metrics["acc"], dtype=float),
-        "gt_pixels": np.asarray(metrics["gt_pixels"], dtype=np.int64),
-        "pred_pixels": np.asarray(metrics["pred_pixels"], dtype=np.int64),
-        "present": np.asarray(metrics["present"], dtype=bool),
-    })
-    frame = frame.sort_values(["present", "iou", "id"], ascending=[False, False, True], na_position="last")
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "name": [short_name(c) for c in class_names],
+            "iou": 100.0 * np.asarray(metrics["iou"], dtype=float),
+            "acc": 100.0 * np.asarray(metrics["acc"], dtype=float),
+            "gt_pixels": np.asarray(metrics["gt_pixels"], dtype=np.int64),
+            "pred_pixels": np.asarray(metrics["pred_pixels"], dtype=np.int64),
+            "present": np.asarray(metrics["present"], dtype=bool),
+        }
+    )
+    frame = frame.sort_values(
+        ["present", "iou", "id"], ascending=[False, False, True], na_position="last"
+    )
     return frame.reset_index(drop=True)
 
 
@@ -172,17 +209,26 @@ def bars_to_draw(frame: pd.DataFrame, max_bars: int) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------------
 # per-image scores
-def image_scores(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_labels: Iterable[int]) -> tuple[float, float, int]:
+def image_scores(
+    gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_labels: Iterable[int]
+) -> tuple[float, float, int]:
     """(mIoU, pixel accuracy, classes) of one image: the split metric's conventions on one label-map pair.
 
     Pixels whose ground truth is ignored or outside [0, num_classes) are skipped; the mean runs over the
     classes present in this image's ground truth (a class only predicted lowers the IoU of the classes
     whose pixels it took, as in the split's metric). Both fractions; NaN when no pixel is scored.
     """
-    gt, pred = np.asarray(gt).astype(np.int64, copy=False), np.asarray(pred).astype(np.int64, copy=False)
+    gt, pred = (
+        np.asarray(gt).astype(np.int64, copy=False),
+        np.asarray(pred).astype(np.int64, copy=False),
+    )
     if gt.size != pred.size:
         raise ValueError(f"ground truth has {gt.size} pixels, prediction {pred.size}")
-    metrics = ConfusionMatrix(num_classes, ignore_labels).update(gt.reshape(-1), pred.reshape(-1)).compute()
+    metrics = (
+        ConfusionMatrix(num_classes, ignore_labels)
+        .update(gt.reshape(-1), pred.reshape(-1))
+        .compute()
+    )
     return metrics["mIoU"], metrics["pAcc"], metrics["num_classes_present"]
 
 
@@ -220,8 +266,14 @@ class PerImageScores:
     earlier sample first.
     """
 
-    def __init__(self, dataset: Sequence[Sample], num_classes: int, ignore_labels: Iterable[int], keep: int = 3,
-                 rank_by: str = "miou") -> None:
+    def __init__(
+        self,
+        dataset: Sequence[Sample],
+        num_classes: int,
+        ignore_labels: Iterable[int],
+        keep: int = 3,
+        rank_by: str = "miou",
+    ) -> None:
         if rank_by not in RANK_KEYS:
             raise ValueError(f"rank_by={rank_by!r}: use one of {', '.join(RANK_KEYS)}")
         if keep < 0:
@@ -253,7 +305,9 @@ class PerImageScores:
         self.scores.append(score)
         key = getattr(score, self.rank_by)
         if self.keep and not math.isnan(key):
-            compact = pred.astype(np.uint8 if self.num_classes <= 256 else np.int32)  # the kept maps stay small
+            compact = pred.astype(
+                np.uint8 if self.num_classes <= 256 else np.int32
+            )  # the kept maps stay small
             entry = (score, sample.image, sample.mask, compact)
             tick = next(self._tiebreak)
             # Ties: the later sample is the first to leave either heap, so the earlier one ranks first.
@@ -268,7 +322,9 @@ class PerImageScores:
 
     def frame(self) -> pd.DataFrame:
         """Every scored image: index, name, miou and pacc (%), classes; in data set order."""
-        frame = pd.DataFrame([vars(s) for s in self.scores], columns=["index", "name", "miou", "pacc", "num_classes"])
+        frame = pd.DataFrame(
+            [vars(s) for s in self.scores], columns=["index", "name", "miou", "pacc", "num_classes"]
+        )
         frame[["miou", "pacc"]] *= 100.0
         return frame.sort_values("index").reset_index(drop=True)
 

@@ -1,6 +1,7 @@
 """`cliper eval` without its argument parser: presets -> data sets (checked before any model work) -> CLIPer ->
 results JSON and a markdown row beside the paper's number; under torchrun, one shard per rank.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,10 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,14 @@ from ..weights.hub import WeightsMissingError
 from .benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
 from .datasets import DatasetError, FolderDataset, Sample, class_file_path, class_names
 from .loop import CheckpointError, evaluate, shard_checkpoint_path
-from .records import _fmt, append_markdown_rows, markdown_row, markdown_table, results_record, write_results
+from .records import (
+    _fmt,
+    append_markdown_rows,
+    markdown_row,
+    markdown_table,
+    results_record,
+    write_results,
+)
 from .synthetic import SyntheticDataset
 
 #: the parsed `cliper eval` options (an argparse namespace, or any object with the same attributes: preset,
@@ -61,25 +70,38 @@ class _Job:
 
 def _run_key(cfg: CLIPerConfig, source: str, dataset: Sequence[Sample]) -> str:
     # Everything that changes the counts; not the device (a resumed run may land on another GPU) or bookkeeping.
-    values = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "paper_miou", "paper_miou_no_fgc")}
+    values = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in ("device", "paper_miou", "paper_miou_no_fgc")
+    }
     root = getattr(dataset, "root", None)
-    values.update(source=source, root=None if root is None else str(Path(root).resolve()),
-                  synthetic_size=getattr(dataset, "size", None))
+    values.update(
+        source=source,
+        root=None if root is None else str(Path(root).resolve()),
+        synthetic_size=getattr(dataset, "size", None),
+    )
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _build_dataset(cfg: CLIPerConfig, source: str, args: Options) -> Sequence[Sample]:
     if source == "synthetic":
-        return SyntheticDataset(args.limit or 8, classes=cfg.classes, size=args.synthetic_size, seed=cfg.seed)
+        return SyntheticDataset(
+            args.limit or 8, classes=cfg.classes, size=args.synthetic_size, seed=cfg.seed
+        )
     if source == "folder":
         if not args.data_root:
-            raise DatasetError("--dataset folder needs --data-root IMAGE_FOLDER (and --mask-dir to score)")
+            raise DatasetError(
+                "--dataset folder needs --data-root IMAGE_FOLDER (and --mask-dir to score)"
+            )
         dataset = FolderDataset(args.data_root, cfg.classes, args.mask_dir)
         if not dataset.has_masks:
             raise DatasetError("--dataset folder needs --mask-dir with label maps to be evaluated")
         return dataset
     if source not in DATASETS:
-        raise DatasetError(f"unknown --dataset {source!r}; use synthetic, folder or one of {', '.join(DATASETS)}")
+        raise DatasetError(
+            f"unknown --dataset {source!r}; use synthetic, folder or one of {', '.join(DATASETS)}"
+        )
     spec = DATASETS[source]
     if class_file_path(spec.class_file).resolve() != class_file_path(cfg.classes).resolve():
         raise ConfigError(
@@ -92,10 +114,14 @@ def _build_dataset(cfg: CLIPerConfig, source: str, args: Options) -> Sequence[Sa
 def _plan(args: Options) -> list[_Job]:
     """Configs and data sets of every preset asked for; every data problem is raised here, before any model."""
     overrides = parse_overrides(getattr(args, "overrides", None))
-    overrides.update({k: v for k, v in (("profile", args.profile), ("device", args.device)) if v is not None})
+    overrides.update(
+        {k: v for k, v in (("profile", args.profile), ("device", args.device)) if v is not None}
+    )
     if args.all:
         folder = PRESET_DIR / args.backbone
-        presets = [f"{args.backbone}/{d}" for d in BENCHMARK_ORDER if (folder / f"{d}.yaml").exists()]
+        presets = [
+            f"{args.backbone}/{d}" for d in BENCHMARK_ORDER if (folder / f"{d}.yaml").exists()
+        ]
         if not presets:
             raise ConfigError(f"no presets for backbone {args.backbone!r} in {PRESET_DIR}")
     else:
@@ -111,14 +137,18 @@ def _plan(args: Options) -> list[_Job]:
         except DatasetError as error:
             problems.append(str(error))
             continue
-        stem = str(cfg.preset or preset).replace("/", "__") + ("" if source == cfg.dataset else f"__{source}")
+        stem = str(cfg.preset or preset).replace("/", "__") + (
+            "" if source == cfg.dataset else f"__{source}"
+        )
         out = Path(args.out) if (args.out and not args.all) else out_dir / f"{stem}.json"
         checkpoint = None
         if args.checkpoint or args.resume:
             if args.checkpoint and not args.all:
                 checkpoint = Path(args.checkpoint)
             else:
-                checkpoint = (Path(args.checkpoint) if args.checkpoint else out.parent) / f"{out.stem}.ckpt.json"
+                checkpoint = (
+                    Path(args.checkpoint) if args.checkpoint else out.parent
+                ) / f"{out.stem}.ckpt.json"
         jobs.append(_Job(cfg, source, dataset, out, checkpoint))
     if problems:
         raise DatasetError("\n\n".join(problems))
@@ -139,17 +169,28 @@ def run_eval(args: Options, *, model_factory: Callable[[CLIPerConfig], Any] | No
     """
     import torch.distributed as dist
 
-    created = dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    created = (
+        dist.is_available()
+        and not dist.is_initialized()
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
     rank, world_size, local_rank = init_distributed(args.device)
     try:
-        return _run_eval(args, model_factory or _default_model_factory, rank, world_size, local_rank)
+        return _run_eval(
+            args, model_factory or _default_model_factory, rank, world_size, local_rank
+        )
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, world_size: int,
-              local_rank: int) -> int:
+def _run_eval(
+    args: Options,
+    factory: Callable[[CLIPerConfig], Any],
+    rank: int,
+    world_size: int,
+    local_rank: int,
+) -> int:
     def say(message: str, err: bool = False) -> None:
         if rank == 0:
             print(message, file=sys.stderr if err else sys.stdout, flush=True)
@@ -165,21 +206,37 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
             device = args.device or jobs[0].cfg.device
             if torch.cuda.is_available() and device in ("auto", "cuda"):
                 jobs = [
-                    _Job(j.cfg.replace(device=f"cuda:{local_rank}"), j.source, j.dataset, j.out, j.checkpoint)
+                    _Job(
+                        j.cfg.replace(device=f"cuda:{local_rank}"),
+                        j.source,
+                        j.dataset,
+                        j.out,
+                        j.checkpoint,
+                    )
                     for j in jobs
                 ]
         for job in jobs:
             if job.checkpoint is not None and not args.resume:
                 existing = shard_checkpoint_path(job.checkpoint, rank, world_size)
                 if existing.exists():
-                    raise CheckpointError(f"checkpoint {existing} exists: pass --resume to continue it, or delete it")
-        for job in jobs:  # before the first image: a result that cannot be written would be lost at the end
+                    raise CheckpointError(
+                        f"checkpoint {existing} exists: pass --resume to continue it, or delete it"
+                    )
+        for job in (
+            jobs
+        ):  # before the first image: a result that cannot be written would be lost at the end
             check_output_file(job.out, "--out" if args.out else "results file")
             if job.checkpoint is not None:
                 check_output_file(job.checkpoint, "checkpoint")
         if args.table:
             check_output_file(args.table, "--table")
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, OutputPathError) as error:
+    except (
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        FileNotFoundError,
+        OutputPathError,
+    ) as error:
         say(f"cliper eval: {error}", err=True)
         return 2
 
@@ -198,7 +255,9 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
         def segmenter(image: np.ndarray, model: Any = model, text: Any = text) -> Any:
             return model.segment(image, text=text).labels
 
-        def segment_many(images: list[np.ndarray], model: Any = model, text: Any = text) -> list[Any]:
+        def segment_many(
+            images: list[np.ndarray], model: Any = model, text: Any = text
+        ) -> list[Any]:
             from .batching import segment_batch  # B images per CLIP walk, VAE encode and UNet pass
 
             return segment_batch(model, images, text)
@@ -206,27 +265,51 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
         num_classes = len(classes) + 1
         spec = DATASETS.get(job.source)
         if spec is not None and sorted(set(cfg.ignore_labels)) != sorted(spec.ignore_labels):
-            say(f"note: {job.source!r} is normally scored ignoring {list(spec.ignore_labels)}; this config ignores "
-                f"{list(cfg.ignore_labels)} (use the {job.source} preset for the paper's protocol)", err=True)
-        say(f"{cfg.preset}: {len(job.dataset)} samples of {job.source!r}, {num_classes} labels, "
-            f"ignoring {list(cfg.ignore_labels)}, profile {cfg.profile}, {world_size} process(es)")
+            say(
+                f"note: {job.source!r} is normally scored ignoring {list(spec.ignore_labels)}; this config ignores "
+                f"{list(cfg.ignore_labels)} (use the {job.source} preset for the paper's protocol)",
+                err=True,
+            )
+        say(
+            f"{cfg.preset}: {len(job.dataset)} samples of {job.source!r}, {num_classes} labels, "
+            f"ignoring {list(cfg.ignore_labels)}, profile {cfg.profile}, {world_size} process(es)"
+        )
         try:
             result = evaluate(
-                segmenter, job.dataset, num_classes, cfg.ignore_labels, limit=args.limit,
-                checkpoint_path=job.checkpoint, checkpoint_every=args.checkpoint_every, rank=rank,
-                world_size=world_size, progress=not args.no_progress, resume=args.resume,
-                run_key=_run_key(cfg, job.source, job.dataset), batch_size=batch_size, segment_many=segment_many,
+                segmenter,
+                job.dataset,
+                num_classes,
+                cfg.ignore_labels,
+                limit=args.limit,
+                checkpoint_path=job.checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                rank=rank,
+                world_size=world_size,
+                progress=not args.no_progress,
+                resume=args.resume,
+                run_key=_run_key(cfg, job.source, job.dataset),
+                batch_size=batch_size,
+                segment_many=segment_many,
             )
         except (DatasetError, CheckpointError) as error:
             say(f"cliper eval: {error}", err=True)
             return 2 if isinstance(error, CheckpointError) else 1
         if result.metrics["unexpected_pixels"]:
-            say(f"warning: {result.metrics['unexpected_pixels']} ground-truth pixels had labels outside "
-                f"[0, {num_classes}) and were skipped; do the annotations match {cfg.classes!r}?", err=True)
+            say(
+                f"warning: {result.metrics['unexpected_pixels']} ground-truth pixels had labels outside "
+                f"[0, {num_classes}) and were skipped; do the annotations match {cfg.classes!r}?",
+                err=True,
+            )
         labels = getattr(job.dataset, "class_names", None) or class_names(cfg.classes)
         if rank == 0:
-            record = results_record(result, cfg, dataset=job.source, labels=labels, model=model,
-                                    data_root=getattr(job.dataset, "root", None))
+            record = results_record(
+                result,
+                cfg,
+                dataset=job.source,
+                labels=labels,
+                model=model,
+                data_root=getattr(job.dataset, "root", None),
+            )
             write_results(job.out, record)
         if job.checkpoint is not None:
             # The results file is the record now; a stale checkpoint would only block the next run.
@@ -234,9 +317,11 @@ def _run_eval(args: Options, factory: Callable[[CLIPerConfig], Any], rank: int, 
                 shard_checkpoint_path(job.checkpoint, rank, world_size).unlink()
         row = markdown_row(cfg.preset, result.miou, cfg.paper_miou)
         rows.append(row)
-        say(f"{cfg.preset}: mIoU {result.miou:.2f} (paper {_fmt(cfg.paper_miou)}), mAcc "
+        say(
+            f"{cfg.preset}: mIoU {result.miou:.2f} (paper {_fmt(cfg.paper_miou)}), mAcc "
             f"{result.metrics['mAcc_pct']:.2f}, pAcc {result.metrics['pAcc_pct']:.2f} on {result.num_images} "
-            f"images, {result.seconds_per_image:.3f} s/image -> {job.out}")
+            f"images, {result.seconds_per_image:.3f} s/image -> {job.out}"
+        )
         del model, text, segmenter, segment_many
         gc.collect()
         if torch.cuda.is_available():

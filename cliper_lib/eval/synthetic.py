@@ -1,12 +1,14 @@
 """A synthetic data set with exact masks: textured shapes of known classes, for tests and smoke runs."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .datasets import Sample, class_file_path, class_names
+
 
 class SyntheticDataset(Sequence[Sample]):
     """Discs, rectangles and triangles of known classes on a textured background, with exact masks.
@@ -33,7 +35,11 @@ class SyntheticDataset(Sequence[Sample]):
             classes = class_names(classes)[1:]
         else:
             self.class_file = None
-        self.classes = [f"class{k}" for k in range(1, classes + 1)] if isinstance(classes, int) else list(classes)
+        self.classes = (
+            [f"class{k}" for k in range(1, classes + 1)]
+            if isinstance(classes, int)
+            else list(classes)
+        )
         if not self.classes:
             raise ValueError("SyntheticDataset needs at least one class")
         self.num_images = int(num_images)
@@ -43,7 +49,9 @@ class SyntheticDataset(Sequence[Sample]):
         self.name = "synthetic"
         rng = np.random.default_rng([self.seed, 2**31 - 1])
         count = min(pool_size, len(self.classes))
-        self.label_pool = np.sort(rng.choice(np.arange(1, len(self.classes) + 1), size=count, replace=False))
+        self.label_pool = np.sort(
+            rng.choice(np.arange(1, len(self.classes) + 1), size=count, replace=False)
+        )
         self._names = [f"synthetic_{i:05d}" for i in range(self.num_images)]
 
     @property
@@ -79,10 +87,14 @@ class SyntheticDataset(Sequence[Sample]):
             label = int(rng.choice(self.label_pool))
             region = self._shape(rng, yy, xx)
             image[region] = self._texture(label, yy, xx)[region]
-            mask[region] = label  # later shapes cover earlier ones in the mask exactly as in the image
+            mask[region] = (
+                label  # later shapes cover earlier ones in the mask exactly as in the image
+            )
         return Sample(self._names[index], np.clip(image, 0, 255).astype(np.uint8), mask)
 
-    def _shape(self, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str | None = None) -> np.ndarray:
+    def _shape(
+        self, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str | None = None
+    ) -> np.ndarray:
         """A random (H, W) boolean region of one shape kind (random kind unless given)."""
         height, width = yy.shape
         short = min(height, width)
@@ -97,7 +109,9 @@ class SyntheticDataset(Sequence[Sample]):
             return (np.abs(yy - cy) <= hy) & (np.abs(xx - cx) <= hx)
         # Triangle: the intersection of three half-planes through its corners (any winding order).
         angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
-        corners = np.stack([cy + half * np.sin(angles), cx + half * np.cos(angles)], axis=1)  # (3, 2) y, x
+        corners = np.stack(
+            [cy + half * np.sin(angles), cx + half * np.cos(angles)], axis=1
+        )  # (3, 2) y, x
         sides = []
         for (y0, x0), (y1, x1) in zip(corners, np.roll(corners, -1, axis=0)):
             sides.append((x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0))
@@ -116,7 +130,9 @@ class SyntheticDataset(Sequence[Sample]):
         elif kind == 1:
             on = ((np.floor(xx / period) + np.floor(yy / period)) % 2) == 0  # checks
         elif kind == 2:
-            on = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) <= (period / 3) ** 2  # dots
+            on = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) <= (
+                period / 3
+            ) ** 2  # dots
         else:
             on = np.ones_like(xx, dtype=bool)  # flat
         return np.where(on[..., None], colour, 0.7 * colour + 0.3 * accent)

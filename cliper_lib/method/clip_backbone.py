@@ -5,10 +5,12 @@ order `VisionTransformer.forward` does, and keeps what CLIPer needs along the wa
 attention input X_i, its per-head attention probabilities A_i (from `nn.MultiheadAttention` itself, with
 `need_weights=True, average_attn_weights=False`) and the residual stream entering it. Nothing is patched.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +18,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..images import rgb_array
-
 
 #: the most patch tokens (h·w) one CLIP input may have (a 64×64 grid); the early layers' attention grows with its
 #: square, so a longer image (3×5000 px at size 336: 21×35000 patches) is refused before anything is resized.
@@ -31,9 +32,11 @@ def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, 
     h = max(int(height * ratio / patch + 0.5), 1) * patch
     w = max(int(width * ratio / patch + 0.5), 1) * patch
     if (h // patch) * (w // patch) > MAX_PATCH_TOKENS:
-        raise ValueError(f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, over "
-                         f"the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
-                         f"{MAX_PATCH_TOKENS * patch * patch / size ** 2:.1f}x the short side): crop it or lower size")
+        raise ValueError(
+            f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, over "
+            f"the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
+            f"{MAX_PATCH_TOKENS * patch * patch / size**2:.1f}x the short side): crop it or lower size"
+        )
     return h, w
 
 
@@ -42,7 +45,9 @@ def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
     pil = Image.fromarray(rgb_array(image))
     h, w = resized_shape(pil.width, pil.height, size, patch)
     resized = pil.resize((w, h), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(
+        2, 0, 1
+    )  # (3, h, w)
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (x - mean_t) / std_t
@@ -59,7 +64,9 @@ def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
     dim = patch_pos.shape[1]
     square = patch_pos.float().T.reshape(1, dim, side, side)  # (1, D, g, g)
     resized = F.interpolate(square, size=grid, mode="bilinear", align_corners=False)  # (1, D, h, w)
-    return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(pos.dtype)  # (1 + h*w, D)
+    return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(
+        pos.dtype
+    )  # (1 + h*w, D)
 
 
 @dataclass
@@ -83,7 +90,6 @@ class ClipBundle:
         return len(self.model.visual.transformer.resblocks)
 
 
-
 @dataclass
 class LayerWalk:
     """What the walk kept; lists are indexed by block. B = batch, N = 1 + h*w tokens, D = width, H = heads."""
@@ -91,7 +97,9 @@ class LayerWalk:
     grid: tuple[int, int]  # (h, w) patch grid
     normalized_inputs: list[torch.Tensor]  # X_i = ln_1_i(x_i): (B, N, D) for each walked block
     attentions: list[torch.Tensor]  # A_i: (B, H, N, N) per-head attention probabilities
-    residual_inputs: list[torch.Tensor]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
+    residual_inputs: list[
+        torch.Tensor
+    ]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
     # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`, ascending as sum_attention adds them.
     attention_sum: torch.Tensor | None = None  # (B, H, N, N)
     summed_layers: tuple[int, ...] | None = None  # None: the A_i are kept in `attentions`
@@ -106,7 +114,9 @@ class LayerWalk:
         return self.residual_inputs[-1]
 
 
-def patch_embed(visual: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def patch_embed(
+    visual: torch.nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Tokens entering block 0 (B, N, D) for any image size, with the position embedding interpolated."""
     x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, h, w)
     grid = (x.shape[-2], x.shape[-1])
@@ -121,12 +131,20 @@ def patch_embed(visual: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Te
 def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch.Tensor:
     """One open_clip ResidualAttentionBlock, keeping its X_i and A_i; returns the block's output."""
     normed = block.ln_1(x)  # X_i: (B, N, D)
-    attn_out, probs = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)
+    attn_out, probs = block.attn(
+        normed, normed, normed, need_weights=True, average_attn_weights=False
+    )
     keep.normalized_inputs.append(normed)
     if keep.summed_layers is None:
         keep.attentions.append(probs)  # (B, H, N, N)
-    elif len(keep.normalized_inputs) - 1 in keep.summed_layers:  # same order and dtype steps as sum_attention
-        keep.attention_sum = probs.float().clone() if keep.attention_sum is None else keep.attention_sum.add_(probs.float())
+    elif (
+        len(keep.normalized_inputs) - 1 in keep.summed_layers
+    ):  # same order and dtype steps as sum_attention
+        keep.attention_sum = (
+            probs.float().clone()
+            if keep.attention_sum is None
+            else keep.attention_sum.add_(probs.float())
+        )
     del probs  # what fusion needs is kept; an unneeded (B, H, N, N) goes now
     x = x + block.ls_1(attn_out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
@@ -135,8 +153,12 @@ def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch
 
 
 @torch.no_grad()
-def walk_layers(visual: torch.nn.Module, images: torch.Tensor, num_blocks: int | None = None,
-                sum_layers: Sequence[int] | None = None) -> LayerWalk:
+def walk_layers(
+    visual: torch.nn.Module,
+    images: torch.Tensor,
+    num_blocks: int | None = None,
+    sum_layers: Sequence[int] | None = None,
+) -> LayerWalk:
     """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and x_i.
 
     With `sum_layers` (ascending) no A_i is kept, only their float32 sum over those layers (`attention_sum`).
@@ -149,7 +171,9 @@ def walk_layers(visual: torch.nn.Module, images: torch.Tensor, num_blocks: int |
     if sum_layers is not None and list(sum_layers) != sorted(set(sum_layers)):
         raise ValueError(f"summed layers {list(sum_layers)} must be ascending without repeats")
     summed = None if sum_layers is None else tuple(sum_layers)
-    walk = LayerWalk(grid=grid, normalized_inputs=[], attentions=[], residual_inputs=[x], summed_layers=summed)
+    walk = LayerWalk(
+        grid=grid, normalized_inputs=[], attentions=[], residual_inputs=[x], summed_layers=summed
+    )
     for block in blocks[:num_blocks]:
         x = run_block(block, x, walk)
     return walk

@@ -3,10 +3,11 @@
 Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes, T = C + B_bg + 1
 text rows. Each step of docs/method.md section 3 is its own small function so the notebooks can show it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,10 +118,14 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, d)
 
 
-def qkv_heads(block: torch.nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_heads(
+    block: torch.nn.Module, features: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of the block's attention for already-normalised features: each (B, H, N, D/H)."""
     attn = block.attn
-    q, k, v = F.linear(features, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, N, D) each
+    q, k, v = F.linear(features, attn.in_proj_weight, attn.in_proj_bias).chunk(
+        3, dim=-1
+    )  # (B, N, D) each
     return tuple(_split_heads(t, attn.num_heads) for t in (q, k, v))
 
 
@@ -136,13 +141,18 @@ def variant_attention(block: torch.Tensor, normed: torch.Tensor, kind: str) -> t
     return torch.softmax((left * scale) @ right.transpose(-2, -1), dim=-1)  # (B, H, N, N)
 
 
-def value_path(block: torch.nn.Module, normed: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+def value_path(
+    block: torch.nn.Module, normed: torch.Tensor, attention: torch.Tensor
+) -> torch.Tensor:
     """out_proj(attention · V(normed)): the last block's attention branch with a given attention.
 
     No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
     """
     attn, width = block.attn, normed.shape[-1]  # only V: a third of the in-projection
-    v = _split_heads(F.linear(normed, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :]), attn.num_heads)
+    v = _split_heads(
+        F.linear(normed, attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :]),
+        attn.num_heads,
+    )
     mixed = attention.to(v.dtype) @ v  # (B, H, N, d)
     b, h, n, d = mixed.shape
     mixed = mixed.transpose(1, 2).reshape(b, n, h * d)  # (B, N, D)
@@ -155,47 +165,84 @@ class FusionOutput:
     """ELF on one batch: L per-layer embeddings and the fused attention of the last output."""
 
     embeddings: torch.Tensor  # (L, B, N, E): ln_post + proj of every Z_k, CLS token first
-    last_attention: torch.Tensor  # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
+    last_attention: (
+        torch.Tensor
+    )  # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
     grid: tuple[int, int]
 
 
 @torch.no_grad()
-def fuse_layers(visual: torch.nn.Module, walk: LayerWalk, fuse: Sequence[int] | None = None,
-                rounds: str | int = "cumulative", last_layer_attention: str = "fused",
-                proxy: torch.Tensor | None = None) -> FusionOutput:  # proxy (B, 1, N, N): the VFM attention of "proxy"
+def fuse_layers(
+    visual: torch.nn.Module,
+    walk: LayerWalk,
+    fuse: Sequence[int] | None = None,
+    rounds: str | int = "cumulative",
+    last_layer_attention: str = "fused",
+    proxy: torch.Tensor | None = None,
+) -> FusionOutput:  # proxy (B, 1, N, N): the VFM attention of "proxy"
     """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and Â_{L-1}."""
     blocks = visual.transformer.resblocks
     num_layers = len(blocks)
     if walk.num_walked < num_layers - 1:
-        raise ValueError(f"the walk covers {walk.num_walked} blocks; ELF needs the first {num_layers - 1}")
+        raise ValueError(
+            f"the walk covers {walk.num_walked} blocks; ELF needs the first {num_layers - 1}"
+        )
     if last_layer_attention not in LAST_LAYER_ATTENTIONS:
-        raise ValueError(f"last_layer_attention={last_layer_attention!r}; choose one of {LAST_LAYER_ATTENTIONS}")
+        raise ValueError(
+            f"last_layer_attention={last_layer_attention!r}; choose one of {LAST_LAYER_ATTENTIONS}"
+        )
     if (last_layer_attention == "proxy") != (proxy is not None):
-        raise ValueError("a proxy attention is needed for, and only taken by, last_layer_attention='proxy'")
+        raise ValueError(
+            "a proxy attention is needed for, and only taken by, last_layer_attention='proxy'"
+        )
     fuse = list(range(num_layers - 1)) if fuse is None else list(fuse)
     if any(not 0 <= i <= num_layers - 2 for i in fuse):
         raise ValueError(f"fused layers {fuse} must lie in 0 .. {num_layers - 2}")
     last = blocks[num_layers - 1]
     # The kept features: X_0 … X_{L-2} (already ln_1-normalised) then the residual stream x_{L-1}.
     features = walk.normalized_inputs[: num_layers - 1] + [walk.residual_inputs[num_layers - 1]]
-    if last_layer_attention == "fused" and walk.summed_layers is not None and tuple(fuse) != walk.summed_layers:
-        raise ValueError(f"the walk summed layers {list(walk.summed_layers)}, not the fused layers {fuse}")
-    summed = walk.attention_sum if walk.summed_layers is not None else None  # the low-memory walk's sum
+    if (
+        last_layer_attention == "fused"
+        and walk.summed_layers is not None
+        and tuple(fuse) != walk.summed_layers
+    ):
+        raise ValueError(
+            f"the walk summed layers {list(walk.summed_layers)}, not the fused layers {fuse}"
+        )
+    summed = (
+        walk.attention_sum if walk.summed_layers is not None else None
+    )  # the low-memory walk's sum
     fused_iter = (
-        iter_fused_attentions(summed if summed is not None else sum_attention(walk.attentions, fuse), num_layers, rounds,
-                              reuse=True)  # each Â_k is used at once; the last one, kept, is never overwritten
+        iter_fused_attentions(
+            summed if summed is not None else sum_attention(walk.attentions, fuse),
+            num_layers,
+            rounds,
+            reuse=True,
+        )  # each Â_k is used at once; the last one, kept, is never overwritten
         if last_layer_attention == "fused"
-        else (proxy for _ in features) if proxy is not None else None
+        else (proxy for _ in features)
+        if proxy is not None
+        else None
     )
     embeddings, attention = [], None
     for feature in features:
-        normed = last.ln_1(feature)  # early features pass through two layer norms, as in the authors' code
-        attention = next(fused_iter) if fused_iter is not None else variant_attention(last, normed, last_layer_attention)
+        normed = last.ln_1(
+            feature
+        )  # early features pass through two layer norms, as in the authors' code
+        attention = (
+            next(fused_iter)
+            if fused_iter is not None
+            else variant_attention(last, normed, last_layer_attention)
+        )
         embeddings.append(project_tokens(visual, value_path(last, normed, attention)).float())
-    return FusionOutput(embeddings=torch.stack(embeddings), last_attention=attention.float(), grid=walk.grid)
+    return FusionOutput(
+        embeddings=torch.stack(embeddings), last_attention=attention.float(), grid=walk.grid
+    )
 
 
-def layer_logits(embeddings: torch.Tensor, text_set: torch.Tensor, logit_scale: float, grid) -> torch.Tensor:
+def layer_logits(
+    embeddings: torch.Tensor, text_set: torch.Tensor, logit_scale: float, grid
+) -> torch.Tensor:
     """logit_scale · cos(patch embeddings, text rows): (L, B, N, E) -> (L, B, T, h, w)."""
     patches = F.normalize(embeddings[:, :, 1:].float(), dim=-1)  # (L, B, h*w, E)
     logits = logit_scale * patches @ text_set.float().T.to(patches.device)  # (L, B, h*w, T)
@@ -215,8 +262,13 @@ def mean_patch_attention(attention: torch.Tensor) -> torch.Tensor:
 
 # --- sliding window ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def walk_crops(visual: torch.nn.Module, image: torch.Tensor, crop: int, stride: int,
-               sum_layers: Sequence[int] | None = None) -> LayerWalk:
+def walk_crops(
+    visual: torch.nn.Module,
+    image: torch.Tensor,
+    crop: int,
+    stride: int,
+    sum_layers: Sequence[int] | None = None,
+) -> LayerWalk:
     """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one batch."""
     boxes = crop_boxes(image.shape[1], image.shape[2], crop, stride)
     crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
@@ -231,31 +283,59 @@ class SlidingWindowOutput:
 
 
 @torch.no_grad()
-def sliding_window_maps(visual: torch.nn.Module, image: torch.Tensor, text_set: torch.Tensor, num_classes: int,
-                        patch: int, crop: int, stride: int, logit_scale: float, fuse: Sequence[int] | None = None,
-                        rounds: str | int = "cumulative", last_layer_attention: str = "fused") -> SlidingWindowOutput:
+def sliding_window_maps(
+    visual: torch.nn.Module,
+    image: torch.Tensor,
+    text_set: torch.Tensor,
+    num_classes: int,
+    patch: int,
+    crop: int,
+    stride: int,
+    logit_scale: float,
+    fuse: Sequence[int] | None = None,
+    rounds: str | int = "cumulative",
+    last_layer_attention: str = "fused",
+) -> SlidingWindowOutput:
     """docs/method.md 3.7 for one (3, H, W) image: walk and fuse all crops, then accumulate."""
     if crop % patch or stride % patch:
-        raise ValueError(f"crop {crop} and stride {stride} must be multiples of the patch size {patch}")
+        raise ValueError(
+            f"crop {crop} and stride {stride} must be multiples of the patch size {patch}"
+        )
     walk = walk_crops(visual, image, crop, stride)
     fused = fuse_layers(visual, walk, fuse, rounds, last_layer_attention)
-    return sliding_window_from_fused(fused, image.shape[1:], text_set, num_classes, patch, crop, stride, logit_scale)
+    return sliding_window_from_fused(
+        fused, image.shape[1:], text_set, num_classes, patch, crop, stride, logit_scale
+    )
 
 
 @torch.no_grad()
-def sliding_window_from_fused(fused: FusionOutput, image_size: Sequence[int], text_set: torch.Tensor, num_classes: int,
-                              patch: int, crop: int, stride: int, logit_scale: float) -> SlidingWindowOutput:
+def sliding_window_from_fused(
+    fused: FusionOutput,
+    image_size: Sequence[int],
+    text_set: torch.Tensor,
+    num_classes: int,
+    patch: int,
+    crop: int,
+    stride: int,
+    logit_scale: float,
+) -> SlidingWindowOutput:
     """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and softmax."""
     height, width = int(image_size[0]), int(image_size[1])
     gh, gw = height // patch, width // patch
     boxes = crop_boxes(height, width, crop, stride)
     if fused.embeddings.shape[1] != len(boxes):
-        raise ValueError(f"{fused.embeddings.shape[1]} crops were fused but the window gives {len(boxes)}")
-    crop_logits = layer_logits(fused.embeddings, text_set, logit_scale, fused.grid)  # (L, K, T, ch, cw)
+        raise ValueError(
+            f"{fused.embeddings.shape[1]} crops were fused but the window gives {len(boxes)}"
+        )
+    crop_logits = layer_logits(
+        fused.embeddings, text_set, logit_scale, fused.grid
+    )  # (L, K, T, ch, cw)
     crop_attn = mean_patch_attention(fused.last_attention)  # (K, ch*cw, ch*cw)
 
     device = crop_logits.device
-    logits_sum = torch.zeros(crop_logits.shape[0], crop_logits.shape[2], gh, gw, device=device)  # (L, T, gh, gw)
+    logits_sum = torch.zeros(
+        crop_logits.shape[0], crop_logits.shape[2], gh, gw, device=device
+    )  # (L, T, gh, gw)
     logits_count = torch.zeros(gh, gw, device=device)
     attn_sum = torch.zeros(gh * gw, gh * gw, device=device)
     attn_count = torch.zeros(gh * gw, gh * gw, device=device)
@@ -271,7 +351,9 @@ def sliding_window_from_fused(fused: FusionOutput, image_size: Sequence[int], te
     attention = normalize_rows(attn_sum / (attn_count + 1e-5))
     l, t = logits.shape[:2]
     mixed = (logits.reshape(l, t, gh * gw) @ attention).reshape(l, t, gh, gw)  # logits[flat] @ M
-    return SlidingWindowOutput(logits=logits, attention=attention, maps=logits_to_maps(mixed, num_classes))
+    return SlidingWindowOutput(
+        logits=logits, attention=attention, maps=logits_to_maps(mixed, num_classes)
+    )
 
 
 # --- coarse map -----------------------------------------------------------------------------------------------
@@ -293,5 +375,7 @@ def coarse_map(
     maps = layer_maps.clone()
     select = select_layer % num_layers
     maps[select] = threshold_select_map(maps[select], attention_thr)
-    refined = (maps[select].reshape(c, h * w) @ patch_attention.to(maps.dtype)).reshape(c, h, w)  # (C, h, w)
+    refined = (maps[select].reshape(c, h * w) @ patch_attention.to(maps.dtype)).reshape(
+        c, h, w
+    )  # (C, h, w)
     return refined + maps.mean(dim=0), maps[select]

@@ -1,4 +1,5 @@
 """Scores and labels: class scores from refined and coarse maps, score-scaled maps at image size, label map."""
+
 from __future__ import annotations
 
 import torch
@@ -12,13 +13,19 @@ def class_scores(refined: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
 
 def scaled_maps(refined: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """S_f bilinearly resized to `size`, each class divided by its max (+1e-5) and multiplied by its score."""
-    up = F.interpolate(refined[None].float(), size=size, mode="bilinear", align_corners=False)[0]  # (C, H, W)
+    up = F.interpolate(refined[None].float(), size=size, mode="bilinear", align_corners=False)[
+        0
+    ]  # (C, H, W)
     peak = up.flatten(1).amax(dim=1)[:, None, None]
     return up / (peak + 1e-5) * scores[:, None, None].float()
 
 
 def labels_from_maps(
-    maps: torch.Tensor, scores: torch.Tensor, score_threshold: float, bkg_thre: float, is_normalize: bool
+    maps: torch.Tensor,
+    scores: torch.Tensor,
+    score_threshold: float,
+    bkg_thre: float,
+    is_normalize: bool,
 ) -> torch.Tensor:
     """(H, W) label map from score-scaled maps (C, H, W): 0 = background, k = class k-1 + 1.
 

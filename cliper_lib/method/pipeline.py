@@ -5,12 +5,14 @@ once, in `stages.GRAPH`); `run` evaluates the graph up to any stage, `segment` r
 injected (a CLIP bundle and, unless the refinement is none, an SD extractor): `cliper_lib.CLIPer.from_config`
 builds them from a config, tests and benchmarks build them by hand.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Hashable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,14 +22,13 @@ from ..files import default_cache_dir
 from ..heap import release_free_memory
 from ..images import content_id, rgb_array
 from ..vfm import refine_with_features
+from ..vocab import check_class_names, load_templates, read_class_file, split_background_line
 from . import fusion as elf
 from .clip_backbone import ClipBundle, LayerWalk, preprocess_image, resized_shape, walk_layers
 from .labels import class_scores, labels_from_maps, scaled_maps
 from .refine import HeadChain, refine_coarse_maps
 from .stages import StageRun, StageStore, run_stages
-from ..vocab import check_class_names, load_templates, read_class_file, split_background_line
 from .text import TextEmbeddingCache, TextSet, encode_class_names, model_fingerprint
-
 
 # Set by `run` while nobody keeps the walk: the layers whose attentions fusion sums (the walk keeps only the sum).
 _WALK_SUMS: ContextVar[tuple[int, ...] | None] = ContextVar("walk_sums", default=None)
@@ -40,7 +41,9 @@ class ClipFeatures:
     image: np.ndarray  # (H0, W0, 3) uint8, the original image
     input: torch.Tensor  # (3, h*p, w*p) normalised CLIP input
     walk: LayerWalk  # first L-1 blocks of the whole image (batch 1)
-    crop_walk: LayerWalk | None  # first L-1 blocks of the sliding-window crops (batch K), if sliding
+    crop_walk: (
+        LayerWalk | None
+    )  # first L-1 blocks of the sliding-window crops (batch K), if sliding
     crop_size: int
     stride: int
 
@@ -70,7 +73,9 @@ class StreamedHeadMaps:
     cfg: CLIPerConfig  # the run's whole config (the refine stage's view does not hold the sd_* fields)
     shape: tuple[int, ...] = ()  # (m, T, T) once refined
     seconds: float = 0.0  # the UNet pass (and the VAE if not done before), chain inside it (the rest is refine's)
-    latents: torch.Tensor | None = None  # (1, 4, s/8, s/8), and its seconds: encoded before the CLIP side (`run`)
+    latents: torch.Tensor | None = (
+        None  # (1, 4, s/8, s/8), and its seconds: encoded before the CLIP side (`run`)
+    )
     encode_seconds: float = 0.0
 
 
@@ -91,16 +96,26 @@ class SegmentationResult:
     select_map: torch.Tensor  # (C, h, w): thresholded S_sel
     coarse: torch.Tensor  # (C, h, w): S_c
     refined: torch.Tensor  # (C, s, s): S_f (= S_c when refinement is none)
-    head_maps_summary: dict[str, Any]  # shapes / layers of the SD head maps (the maps themselves are large)
+    head_maps_summary: dict[
+        str, Any
+    ]  # shapes / layers of the SD head maps (the maps themselves are large)
     scores: torch.Tensor  # (C,)
     maps: torch.Tensor  # (C, H0, W0): score-scaled maps at image size
     labels: torch.Tensor  # (H0, W0) int64: 0 background, k = class_names[k-1]
     timings: dict[str, float] = field(default_factory=dict)
 
-    READS: ClassVar[tuple[str, ...]] = ("text", "fusion", "layer_maps", "coarse", "sd_attention", "refine", "labels")
+    READS: ClassVar[tuple[str, ...]] = (
+        "text",
+        "fusion",
+        "layer_maps",
+        "coarse",
+        "sd_attention",
+        "refine",
+        "labels",
+    )
 
     @classmethod
-    def from_run(cls, run: StageRun) -> "SegmentationResult":
+    def from_run(cls, run: StageRun) -> SegmentationResult:
         """The result of a graph run that reached `labels`."""
         text, fused, maps = run["text"], run["fusion"], run["layer_maps"]
         coarse, select_map = run["coarse"]
@@ -108,19 +123,37 @@ class SegmentationResult:
         head_maps = run.values.get("sd_attention") if "sd_attention" in run.keys else None
         summary: dict[str, Any] = {}
         if head_maps is not None and head_maps.shape:
-            summary = {"count": int(head_maps.shape[0]), "tokens": int(head_maps.shape[-1]),
-                       "layers": list(run.cfg.sd_layers)}
+            summary = {
+                "count": int(head_maps.shape[0]),
+                "tokens": int(head_maps.shape[-1]),
+                "layers": list(run.cfg.sd_layers),
+            }
         timings = dict(run.recomputed)
         if isinstance(head_maps, StreamedHeadMaps) and "refine" in timings:
-            timings["sd_attention"] = head_maps.encode_seconds + head_maps.seconds  # the VAE ran before the CLIP side
+            timings["sd_attention"] = (
+                head_maps.encode_seconds + head_maps.seconds
+            )  # the VAE ran before the CLIP side
             timings["refine"] -= head_maps.seconds
         attention = fused.whole.last_attention[0]  # (H, N, N)
         return cls(
-            class_names=text.names, background=text.background, image_size=tuple(run["image"].shape[:2]),
-            grid=fused.whole.grid, layer_embeddings=fused.whole.embeddings[:, 0], fused_attention=attention,
-            fused_attention_mean=attention.mean(0)[1:, 1:], layer_maps_whole=maps.whole, layer_maps=maps.blended,
-            sliding=maps.sliding, select_map=select_map, coarse=coarse, refined=run["refine"],
-            head_maps_summary=summary, scores=scores, maps=scaled, labels=labels.cpu(), timings=timings,
+            class_names=text.names,
+            background=text.background,
+            image_size=tuple(run["image"].shape[:2]),
+            grid=fused.whole.grid,
+            layer_embeddings=fused.whole.embeddings[:, 0],
+            fused_attention=attention,
+            fused_attention_mean=attention.mean(0)[1:, 1:],
+            layer_maps_whole=maps.whole,
+            layer_maps=maps.blended,
+            sliding=maps.sliding,
+            select_map=select_map,
+            coarse=coarse,
+            refined=run["refine"],
+            head_maps_summary=summary,
+            scores=scores,
+            maps=scaled,
+            labels=labels.cpu(),
+            timings=timings,
         )
 
     def present_classes(self) -> list[str]:
@@ -131,17 +164,29 @@ class SegmentationResult:
 class CLIPer:
     """The CLIPer method on injected models: a CLIP bundle and (unless refinement is none) an SD extractor."""
 
-    def __init__(self, cfg: CLIPerConfig, clip: ClipBundle, sd: Any | None = None,
-                 text_cache_dir: str | None | bool = True, vfm: Any | None = None):  # vfm: name -> vfm.VFMEncoder
+    def __init__(
+        self,
+        cfg: CLIPerConfig,
+        clip: ClipBundle,
+        sd: Any | None = None,
+        text_cache_dir: str | None | bool = True,
+        vfm: Any | None = None,
+    ):  # vfm: name -> vfm.VFMEncoder
         cfg.check_against_depth(clip.num_layers)
         self.cfg, self.clip, self.sd, self.vfm = cfg, clip, sd, vfm
         self.device = next(clip.model.parameters()).device
-        folder = default_cache_dir() / "text" if text_cache_dir is True else (text_cache_dir or None)
+        folder = (
+            default_cache_dir() / "text" if text_cache_dir is True else (text_cache_dir or None)
+        )
         self.text_cache = TextEmbeddingCache(folder)
 
     # --- text --------------------------------------------------------------------------------------------------
-    def encode_text(self, classes: Sequence[str] | None = None, background: Sequence[str] | None = None,
-                    cfg: CLIPerConfig | None = None) -> TextSet:
+    def encode_text(
+        self,
+        classes: Sequence[str] | None = None,
+        background: Sequence[str] | None = None,
+        cfg: CLIPerConfig | None = None,
+    ) -> TextSet:
         """Encode class lines and background words; each defaults to the config's class file (names, vocabulary)."""
         cfg = cfg or self.cfg
         if classes is None or background is None:
@@ -152,7 +197,11 @@ class CLIPer:
         background = [b.strip() for b in background if b and b.strip()]
         templates = load_templates(cfg.templates)
         fg = self._encode_names(classes, templates)
-        bg = self._encode_names(background, templates) if background else fg.new_zeros(0, fg.shape[1])
+        bg = (
+            self._encode_names(background, templates)
+            if background
+            else fg.new_zeros(0, fg.shape[1])
+        )
         return TextSet(names=list(classes), background=list(background), fg=fg, bg=bg)
 
     def _encode_names(self, names: list[str], templates: list[str]) -> torch.Tensor:
@@ -171,38 +220,68 @@ class CLIPer:
         array = rgb_array(image)
         x = preprocess_image(array, cfg.size, clip.patch_size, clip.mean, clip.std).to(self.device)
         x = x.to(next(clip.model.parameters()).dtype)  # the input in the weights' dtype
-        sums = _WALK_SUMS.get()  # None: keep every A_i (a store, the explorer, a walk asked for as a target)
+        sums = (
+            _WALK_SUMS.get()
+        )  # None: keep every A_i (a store, the explorer, a walk asked for as a target)
         walk = walk_layers(clip.visual, x[None], clip.num_layers - 1, sums)
         sliding = cfg.sliding_crop_size > 0
-        crop_walk = elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride, sums) if sliding else None
+        crop_walk = (
+            elf.walk_crops(clip.visual, x, cfg.sliding_crop_size, cfg.sliding_stride, sums)
+            if sliding
+            else None
+        )
         return ClipFeatures(array, x, walk, crop_walk, cfg.sliding_crop_size, cfg.sliding_stride)
 
     @torch.no_grad()
-    def fusion(self, features: ClipFeatures, cfg: CLIPerConfig | None = None, proxy=None) -> FusedLayers:
+    def fusion(
+        self, features: ClipFeatures, cfg: CLIPerConfig | None = None, proxy=None
+    ) -> FusedLayers:
         """Stage fusion (fuse_layers, normalization_rounds, last_layer_attention); `proxy`: stage proxy's output."""
         cfg = cfg or self.cfg
-        fuse = None if cfg.fuse_layers is None else range(cfg.fuse_layers[0], cfg.fuse_layers[1] + 1)
+        fuse = (
+            None if cfg.fuse_layers is None else range(cfg.fuse_layers[0], cfg.fuse_layers[1] + 1)
+        )
         args = (fuse, cfg.normalization_rounds, cfg.last_layer_attention)
-        whole_proxy, crops_proxy = proxy or (None, None)  # stage proxy's (1, 1, N, N), (K, 1, N', N')
+        whole_proxy, crops_proxy = proxy or (
+            None,
+            None,
+        )  # stage proxy's (1, 1, N, N), (K, 1, N', N')
         whole = elf.fuse_layers(self.clip.visual, features.walk, *args, whole_proxy)
-        crops = elf.fuse_layers(self.clip.visual, features.crop_walk, *args, crops_proxy) if features.crop_walk else None
+        crops = (
+            elf.fuse_layers(self.clip.visual, features.crop_walk, *args, crops_proxy)
+            if features.crop_walk
+            else None
+        )
         return FusedLayers(whole, crops)
 
     @torch.no_grad()
-    def layer_maps(self, features: ClipFeatures, fused: FusedLayers, text: TextSet,
-                   cfg: CLIPerConfig | None = None) -> LayerMaps:
+    def layer_maps(
+        self,
+        features: ClipFeatures,
+        fused: FusedLayers,
+        text: TextSet,
+        cfg: CLIPerConfig | None = None,
+    ) -> LayerMaps:
         """Stage layer_maps (text, logit_scale): per-layer maps S_k, with the sliding-window blend."""
         cfg = cfg or self.cfg
         text_set = text.softmax_set().to(self.device)
         c = text.num_classes
-        logits = elf.layer_logits(fused.whole.embeddings, text_set, cfg.logit_scale, fused.whole.grid)[:, 0]
+        logits = elf.layer_logits(
+            fused.whole.embeddings, text_set, cfg.logit_scale, fused.whole.grid
+        )[:, 0]
         whole = elf.logits_to_maps(logits, c)  # (L, C, h, w)
         sliding = None
         blended = whole
         if fused.crops is not None:
             sliding = elf.sliding_window_from_fused(
-                fused.crops, features.input.shape[1:], text_set, c, self.clip.patch_size,
-                features.crop_size, features.stride, cfg.logit_scale,
+                fused.crops,
+                features.input.shape[1:],
+                text_set,
+                c,
+                self.clip.patch_size,
+                features.crop_size,
+                features.stride,
+                cfg.logit_scale,
             )
             blended = 0.5 * sliding.maps + 0.5 * whole
         return LayerMaps(whole, sliding, blended)
@@ -222,36 +301,61 @@ class CLIPer:
         return self.sd(image, cfg or self.cfg)
 
     @torch.no_grad()
-    def refine(self, coarse: torch.Tensor, head_maps: torch.Tensor | None, cfg: CLIPerConfig | None = None):
+    def refine(
+        self, coarse: torch.Tensor, head_maps: torch.Tensor | None, cfg: CLIPerConfig | None = None
+    ):
         """Stage refine (refinement, attention_thr / sd_attention_thr, selection_head): S_f (C, s, s); S_c itself
         when the refinement is none or there are no head maps."""
         cfg = cfg or self.cfg
-        if cfg.refinement in VFM_REFINEMENTS:  # head_maps: stage vfm's patch features (fh, fw, D) -> S_f (C, fh, fw)
+        if (
+            cfg.refinement in VFM_REFINEMENTS
+        ):  # head_maps: stage vfm's patch features (fh, fw, D) -> S_f (C, fh, fw)
             return refine_with_features(coarse.float(), head_maps)
         if cfg.refinement == "none" or head_maps is None:
             return coarse.float()
         if isinstance(head_maps, StreamedHeadMaps):
             if cfg.refinement == "sfsa":
                 start = time.perf_counter()
-                chain = self.refine_streamed([head_maps.image], [coarse], head_maps.cfg, head_maps.latents)
+                chain = self.refine_streamed(
+                    [head_maps.image], [coarse], head_maps.cfg, head_maps.latents
+                )
                 head_maps.seconds = time.perf_counter() - start
                 head_maps.shape = (chain.count, chain.S.shape[1], chain.S.shape[1])
                 return chain.refined[0]
-            head_maps = self.sd(head_maps.image, head_maps.cfg)  # mean / selection read the maps as a whole
-        return refine_coarse_maps(coarse.float(), head_maps, cfg.refinement, cfg.effective_sd_attention_thr,
-                                  cfg.selection_head)
+            head_maps = self.sd(
+                head_maps.image, head_maps.cfg
+            )  # mean / selection read the maps as a whole
+        return refine_coarse_maps(
+            coarse.float(),
+            head_maps,
+            cfg.refinement,
+            cfg.effective_sd_attention_thr,
+            cfg.selection_head,
+        )
 
     @torch.no_grad()
-    def refine_streamed(self, images: Sequence[Any], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig,
-                        latents: torch.Tensor | None = None) -> HeadChain:
+    def refine_streamed(
+        self,
+        images: Sequence[Any],
+        coarse: Sequence[torch.Tensor],
+        cfg: CLIPerConfig,
+        latents: torch.Tensor | None = None,
+    ) -> HeadChain:
         """sfsa for B images (their VAE `latents`, if encoded) in one UNet pass: B coarse maps -> the chain."""
-        chain = HeadChain([c.float() for c in coarse], cfg.sd_layers, cfg.effective_sd_attention_thr)
+        chain = HeadChain(
+            [c.float() for c in coarse], cfg.sd_layers, cfg.effective_sd_attention_thr
+        )
         self.sd.capture(images, chain, cfg=cfg, latents=latents)
         return chain
 
     @torch.no_grad()
-    def labels(self, refined: torch.Tensor, coarse: torch.Tensor, image_size: tuple[int, int],
-               cfg: CLIPerConfig | None = None):
+    def labels(
+        self,
+        refined: torch.Tensor,
+        coarse: torch.Tensor,
+        image_size: tuple[int, int],
+        cfg: CLIPerConfig | None = None,
+    ):
         """Stage labels (score_threshold, bkg_thre, is_normalize): scores (C,), maps (C, H0, W0), labels (H0, W0)."""
         cfg = cfg or self.cfg
         scores = class_scores(refined.float(), coarse.float())
@@ -261,11 +365,21 @@ class CLIPer:
 
     # --- the graph -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, image, classes: Sequence[str] | str | None = None, background: Sequence[str] | str | None = None,
-            cfg: CLIPerConfig | None = None, until: str | Sequence[str] = "labels", *, text: TextSet | None = None,
-            head_maps: torch.Tensor | None = None, image_id: Hashable | None = None,
-            store: StageStore | None = None, features: ClipFeatures | None = None,
-            keep: Sequence[str] | None = None) -> StageRun:
+    def run(
+        self,
+        image,
+        classes: Sequence[str] | str | None = None,
+        background: Sequence[str] | str | None = None,
+        cfg: CLIPerConfig | None = None,
+        until: str | Sequence[str] = "labels",
+        *,
+        text: TextSet | None = None,
+        head_maps: torch.Tensor | None = None,
+        image_id: Hashable | None = None,
+        store: StageStore | None = None,
+        features: ClipFeatures | None = None,
+        keep: Sequence[str] | None = None,
+    ) -> StageRun:
         """Run the stage graph up to `until` (a stage, or several) and return every stage reached.
 
         `classes` is a list or a ';'-separated string (default: the config's class file), `background` a list or
@@ -274,25 +388,43 @@ class CLIPer:
         of the pixels). Without a store, head maps that are not a target are streamed (`StreamedHeadMaps`).
         `keep`: the only stages (besides `until`) whose values the run returns; the others are freed once read.
         """
-        cfg = (cfg or self.cfg).validate()  # a config edited after construction is checked where it is used
+        cfg = (
+            cfg or self.cfg
+        ).validate()  # a config edited after construction is checked where it is used
         array = rgb_array(image)  # (H0, W0, 3) uint8: what both halves see
-        resized_shape(array.shape[1], array.shape[0], cfg.size, self.clip.patch_size)  # size limit, before any stage
-        classes = None if classes is None else check_class_names(classes)  # a ';'-separated string is split
+        resized_shape(
+            array.shape[1], array.shape[0], cfg.size, self.clip.patch_size
+        )  # size limit, before any stage
+        classes = (
+            None if classes is None else check_class_names(classes)
+        )  # a ';'-separated string is split
         if text is None and (classes is None or background is None):
-            read_class_file(cfg.classes)  # a missing or malformed class file fails now, not after the VAE encode
+            read_class_file(
+                cfg.classes
+            )  # a missing or malformed class file fails now, not after the VAE encode
         if isinstance(background, str):
             background = split_background_line(background)
         background = None if background is None else list(background)
         if image_id is None:
             image_id = content_id(array) if store is not None else ("object", id(array))
-        keys = {"image": image_id, "classes": None if classes is None else tuple(classes),
-                "background": None if background is None else tuple(background)}
+        keys = {
+            "image": image_id,
+            "classes": None if classes is None else tuple(classes),
+            "background": None if background is None else tuple(background),
+        }
         given = {}
         if text is not None:
             given["text"] = (("encoded", tuple(text.names), tuple(text.background), id(text)), text)
         targets = (until,) if isinstance(until, str) else tuple(until)
-        if head_maps is None and store is None and self.sd is not None and "sd_attention" not in targets:
-            head_maps = StreamedHeadMaps(array, cfg)  # nobody keeps the maps: stream them through refine
+        if (
+            head_maps is None
+            and store is None
+            and self.sd is not None
+            and "sd_attention" not in targets
+        ):
+            head_maps = StreamedHeadMaps(
+                array, cfg
+            )  # nobody keeps the maps: stream them through refine
             if cfg.refinement == "sfsa" and any(t in ("refine", "labels") for t in targets):
                 # VAE first, with only the weights in memory: its activations (0.6 GB at 512 px) peak the image
                 start = time.perf_counter()
@@ -306,7 +438,9 @@ class CLIPer:
             given["clip_walk"] = (("features", id(features)), features)
         inputs = {"image": array, "classes": classes, "background": background}
         sums = None
-        if store is None and features is None and "clip_walk" not in targets:  # nobody reads the A_i but fusion
+        if (
+            store is None and features is None and "clip_walk" not in targets
+        ):  # nobody reads the A_i but fusion
             lo, hi = (0, self.clip.num_layers - 2) if cfg.fuse_layers is None else cfg.fuse_layers
             sums = tuple(range(lo, hi + 1)) if cfg.last_layer_attention == "fused" else ()
         token = _WALK_SUMS.set(sums)
@@ -316,17 +450,30 @@ class CLIPer:
             _WALK_SUMS.reset(token)
 
     @torch.no_grad()
-    def segment(self, image, classes: Sequence[str] | str | None = None, background: Sequence[str] | None = None,
-                text: TextSet | None = None, cfg: CLIPerConfig | None = None,
-                head_maps: torch.Tensor | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        image,
+        classes: Sequence[str] | str | None = None,
+        background: Sequence[str] | None = None,
+        text: TextSet | None = None,
+        cfg: CLIPerConfig | None = None,
+        head_maps: torch.Tensor | None = None,
+    ) -> SegmentationResult:
         """Segment one image (PIL, HxWx3 uint8 array, or (3,H,W) float tensor in [0,1]) into the given classes.
 
         `classes` defaults to the config's class file; `text` (from `encode_text`) skips encoding;
         `head_maps` lets a caller pass SD head maps it already has.
         """
-        run = self.run(image, classes, background, cfg, "labels", text=text, head_maps=head_maps,
-                       keep=SegmentationResult.READS)  # the layer walk (whole image and crops) goes before the SD pass
+        run = self.run(
+            image,
+            classes,
+            background,
+            cfg,
+            "labels",
+            text=text,
+            head_maps=head_maps,
+            keep=SegmentationResult.READS,
+        )  # the layer walk (whole image and crops) goes before the SD pass
         result = SegmentationResult.from_run(run)
         release_free_memory()  # the next image starts from the weights, not from this one's freed buffers
         return result
-

@@ -5,6 +5,7 @@ empty prompt, up to the last named layer it reaches (nothing after it is read). 
 the named layers computes diffusers' default output head by head and hands each head's float32 probabilities to
 a sink: a store of maps, or the refinement chain itself. Components: `cliper_lib.weights`, or built by hand.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,9 @@ class SDComponents:
     unet: Any  # diffusers UNet2DConditionModel (eval mode)
     vae: Any  # diffusers AutoencoderKL (eval mode; only its encoder is used)
     text_encoder: Any  # transformers CLIPTextModel (eval mode), or None with `empty_embedding`
-    tokenizer: Any  # transformers CLIPTokenizer (model_max_length 77), or None with `empty_embedding`
+    tokenizer: (
+        Any  # transformers CLIPTokenizer (model_max_length 77), or None with `empty_embedding`
+    )
     scheduler: Any  # a diffusers scheduler (DDIM, PNDM, ...), as shipped with the weights
     source: str  # repo id, local folder, "random-seed-N" or "random-full-size-seed-N"
     empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
@@ -45,8 +48,12 @@ class AttentionStore(dict):
 
     def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
         if head == heads - 1:  # the first head of a call (they come last first): a fresh buffer
-            self[path] = probabilities.new_empty(probabilities.shape[0], heads, *probabilities.shape[1:])
-        self[path][:, head] = probabilities  # a copy: the capture reuses its buffer for the next head
+            self[path] = probabilities.new_empty(
+                probabilities.shape[0], heads, *probabilities.shape[1:]
+            )
+        self[path][:, head] = (
+            probabilities  # a copy: the capture reuses its buffer for the next head
+        )
 
 
 class _EndOfCapture(Exception):
@@ -60,8 +67,13 @@ class CaptureAttnProcessor:
     the (B, T, S) score and probability buffers, shared by the processors of one capture and reused head after
     head: on a CPU a fresh 64 MB tensor costs as much as the arithmetic on it (new pages, zeroed by the kernel)."""
 
-    def __init__(self, sink: HeadSink, path: str, pending: set[str] | None = None,
-                 scratch: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        sink: HeadSink,
+        path: str,
+        pending: set[str] | None = None,
+        scratch: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.sink, self.path, self.pending = sink, path, pending
         self.scratch = {} if scratch is None else scratch
 
@@ -71,34 +83,59 @@ class CaptureAttnProcessor:
             self.scratch[name] = buffer = torch.empty(shape, dtype=torch.float32, device=device)
         return buffer
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError(f"{self.path}: the capture computes plain self-attention (no context, no mask)")
+            raise ValueError(
+                f"{self.path}: the capture computes plain self-attention (no context, no mask)"
+            )
         residual, input_ndim = hidden_states, hidden_states.ndim
         if input_ndim == 4:
             batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)  # (B, T, c)
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(
+                1, 2
+            )  # (B, T, c)
         batch, heads = hidden_states.shape[0], attn.heads
-        query, key, value = (project(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
-                             for project in (attn.to_q, attn.to_k, attn.to_v))  # (B, h, T, d) each
+        query, key, value = (
+            project(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
+            for project in (attn.to_q, attn.to_k, attn.to_v)
+        )  # (B, h, T, d) each
         if self.pending is not None:
             self.pending.discard(self.path)
         last = self.pending is not None and not self.pending
         out = None if last else query.new_empty(query.shape, dtype=torch.float32)  # (B, h, T, d)
         shape = (batch, query.shape[2], key.shape[2])  # (B, T, S)
-        scores, probabilities = (self._buffer(name, shape, query.device) for name in ("scores", "probabilities"))
+        scores, probabilities = (
+            self._buffer(name, shape, query.device) for name in ("scores", "probabilities")
+        )
         # Last head first: the refinement chain applies the maps right to left. float32 even for fp16 models: the
         # probabilities are multiplied along a chain of ~10 maps later. Scaling q first avoids a (T, S) temporary.
         for head in reversed(range(heads)):
-            torch.matmul(query[:, head].float() * attn.scale, key[:, head].float().transpose(-1, -2), out=scores)
-            torch.softmax(scores, dim=-1, out=probabilities)  # (B, T, S); `out=`: same kernels, same results
+            torch.matmul(
+                query[:, head].float() * attn.scale,
+                key[:, head].float().transpose(-1, -2),
+                out=scores,
+            )
+            torch.softmax(
+                scores, dim=-1, out=probabilities
+            )  # (B, T, S); `out=`: same kernels, same results
             if out is not None:
-                out[:, head] = probabilities @ value[:, head].float()  # (B, T, d), before the sink may change it
+                out[:, head] = (
+                    probabilities @ value[:, head].float()
+                )  # (B, T, d), before the sink may change it
             self.sink(self.path, head, heads, probabilities)
         if last:
             raise _EndOfCapture
-        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).to(query.dtype)))  # (B, T, c): proj, dropout
+        out = attn.to_out[1](
+            attn.to_out[0](out.transpose(1, 2).flatten(2).to(query.dtype))
+        )  # (B, T, c): proj, dropout
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)  # (B, c, H, W)
         if attn.residual_connection:
@@ -113,7 +150,11 @@ def normalize_layer_path(path: str) -> str:
 
 def self_attention_paths(unet: torch.nn.Module) -> list[str]:
     """Module paths of every transformer layer in `unet` whose first block's attn1 can be captured."""
-    return [name for name, module in unet.named_modules() if hasattr(module, "transformer_blocks") and name]
+    return [
+        name
+        for name, module in unet.named_modules()
+        if hasattr(module, "transformer_blocks") and name
+    ]
 
 
 def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -133,23 +174,33 @@ def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
             f"{path!r} names no self-attention of this UNet; use a transformer layer (its "
             f"transformer_blocks.0.attn1 is captured) or an '...attn1' path. Transformer layers: {', '.join(valid)}"
         )
-    unsupported = [name for name in ("spatial_norm", "group_norm", "norm_q", "norm_k")
-                   if getattr(module, name, None) is not None]
+    unsupported = [
+        name
+        for name in ("spatial_norm", "group_norm", "norm_q", "norm_k")
+        if getattr(module, name, None) is not None
+    ]
     if unsupported:
-        raise ValueError(f"{path!r}: the capture does not handle attention with {', '.join(unsupported)}")
+        raise ValueError(
+            f"{path!r}: the capture does not handle attention with {', '.join(unsupported)}"
+        )
     return module
 
 
 @contextlib.contextmanager
 def capture_self_attention(
-    unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink | None = None, early_exit: bool = False
+    unet: torch.nn.Module,
+    paths: Sequence[str],
+    sink: HeadSink | None = None,
+    early_exit: bool = False,
 ) -> Iterator[HeadSink]:
     """Install capture processors on the attn1 of each path; yield the sink (default: a new AttentionStore).
 
     With `early_exit` the capture that completes the set raises `_EndOfCapture` (use `run_until_captured`). The
     original processors are always restored.
     """
-    modules = {path: resolve_self_attention(unet, path) for path in paths}  # all resolved before any is touched
+    modules = {
+        path: resolve_self_attention(unet, path) for path in paths
+    }  # all resolved before any is touched
     seen: dict[int, str] = {}
     for path, module in modules.items():
         if id(module) in seen:
@@ -157,7 +208,9 @@ def capture_self_attention(
         seen[id(module)] = path
     sink = AttentionStore() if sink is None else sink
     pending = set(modules) if early_exit else None
-    scratch: dict[str, torch.Tensor] = {}  # one set of buffers for all the layers, captured one after the other
+    scratch: dict[
+        str, torch.Tensor
+    ] = {}  # one set of buffers for all the layers, captured one after the other
     originals = {path: module.processor for path, module in modules.items()}
     try:
         for path, module in modules.items():
@@ -168,7 +221,9 @@ def capture_self_attention(
             module.set_processor(originals[path])
 
 
-def run_until_captured(unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink, *args: Any, **kwargs: Any) -> None:
+def run_until_captured(
+    unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink, *args: Any, **kwargs: Any
+) -> None:
     """unet(*args, **kwargs) up to the last of `paths` it reaches, with every head of those handed to `sink`."""
     with capture_self_attention(unet, paths, sink, early_exit=True):
         try:
@@ -202,7 +257,9 @@ class SDSelfAttention:
     def preprocess(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """Image -> VAE input (1, 3, side, side) in [-1, 1], on the model's device and dtype."""
         cfg = cfg or self.cfg
-        pixels = resize_square(float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize)  # (1, 3, side, side)
+        pixels = resize_square(
+            float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize
+        )  # (1, 3, side, side)
         return (pixels * 2 - 1).to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
@@ -210,7 +267,9 @@ class SDSelfAttention:
         """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8). The encoder's own calls,
         resnet by resnet: no block input outlives its first resnet (in Encoder.forward, +128 MiB at 512 px fp32)."""
         vae, enc = self.components.vae, self.components.vae.encoder
-        if vae.use_tiling or any(type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks):
+        if vae.use_tiling or any(
+            type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks
+        ):
             return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         h = enc.conv_in(pixels)
         for block in enc.down_blocks:
@@ -219,26 +278,38 @@ class SDSelfAttention:
             for downsampler in block.downsamplers or ():
                 h = downsampler(h)
         h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
-        moments = vae.quant_conv(h) if vae.quant_conv is not None else h  # (B, 8, s, s): mean, then log-variance
+        moments = (
+            vae.quant_conv(h) if vae.quant_conv is not None else h
+        )  # (B, 8, s, s): mean, then log-variance
         return moments.chunk(2, dim=1)[0] * vae.config.scaling_factor
 
-    def timestep(self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None) -> torch.Tensor:
+    def timestep(
+        self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None
+    ) -> torch.Tensor:
         """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)` (index defaults to the config's)."""
         cfg = cfg or self.cfg
         index = cfg.sd_timestep_index if timestep_index is None else timestep_index
         scheduler = self.components.scheduler
         scheduler.set_timesteps(cfg.sd_num_steps)
         if not -len(scheduler.timesteps) <= index < len(scheduler.timesteps):
-            raise ValueError(f"timestep index {index} is outside the {len(scheduler.timesteps)} scheduler timesteps")
+            raise ValueError(
+                f"timestep index {index} is outside the {len(scheduler.timesteps)} scheduler timesteps"
+            )
         return scheduler.timesteps[index]
 
-    def add_noise(self, latents: torch.Tensor, timestep: torch.Tensor, cfg: CLIPerConfig | None = None) -> torch.Tensor:
+    def add_noise(
+        self, latents: torch.Tensor, timestep: torch.Tensor, cfg: CLIPerConfig | None = None
+    ) -> torch.Tensor:
         """Noise (B, 4, s, s) latents at `timestep`, every image with the noise a CPU generator seeded by cfg.seed
         gives one image (the same on any device and at any batch size)."""
         generator = torch.Generator("cpu").manual_seed((cfg or self.cfg).seed)
-        noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32).to(latents.device)
+        noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32).to(
+            latents.device
+        )
         # mixed in float32, then cast: the fp16 model sees the same noisy latents up to one rounding
-        noisy = self.components.scheduler.add_noise(latents.float(), noise.expand_as(latents), timestep.reshape(1))
+        noisy = self.components.scheduler.add_noise(
+            latents.float(), noise.expand_as(latents), timestep.reshape(1)
+        )
         return noisy.to(self.dtype)
 
     @torch.no_grad()
@@ -250,9 +321,15 @@ class SDSelfAttention:
         return self.encode(torch.cat([self.preprocess(image, cfg) for image in images]))
 
     @torch.no_grad()
-    def capture(self, images: Sequence[ImageLike], sink: HeadSink, layers: Sequence[str] | None = None,
-                timestep_index: int | None = None, cfg: CLIPerConfig | None = None,
-                latents: torch.Tensor | None = None) -> None:
+    def capture(
+        self,
+        images: Sequence[ImageLike],
+        sink: HeadSink,
+        layers: Sequence[str] | None = None,
+        timestep_index: int | None = None,
+        cfg: CLIPerConfig | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> None:
         """One UNet pass over a batch of images, ended after the last of `layers` (default cfg.sd_layers) it
         reaches; each head's probabilities (B, T, T) go to `sink`, last head first, as the UNet runs the layers."""
         cfg = cfg or self.cfg
@@ -261,13 +338,25 @@ class SDSelfAttention:
         timestep = self.timestep(timestep_index, cfg)
         noisy = self.add_noise(latents, timestep, cfg)
         if self._empty_embedding is None:
-            raise ValueError("the SD components hold no empty-prompt embedding (the text encoder's output for '')")
+            raise ValueError(
+                "the SD components hold no empty-prompt embedding (the text encoder's output for '')"
+            )
         context = self._empty_embedding.expand(len(images), -1, -1)  # (B, 77, D)
-        run_until_captured(self.components.unet, layers, sink, noisy, timestep.to(self.device),
-                           encoder_hidden_states=context, return_dict=False)
+        run_until_captured(
+            self.components.unet,
+            layers,
+            sink,
+            noisy,
+            timestep.to(self.device),
+            encoder_hidden_states=context,
+            return_dict=False,
+        )
 
     def extract(
-        self, image: ImageLike, layers: Sequence[str] | None = None, timestep_index: int | None = None,
+        self,
+        image: ImageLike,
+        layers: Sequence[str] | None = None,
+        timestep_index: int | None = None,
         cfg: CLIPerConfig | None = None,
     ) -> dict[str, torch.Tensor]:
         """Self-attention probabilities of any attn1 `layers` at any timestep: {path: (heads, T, T) float32}."""

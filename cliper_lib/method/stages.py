@@ -8,11 +8,13 @@ stage sees the config through a `ConfigView` that refuses any field it did not d
 cannot drift from the code, and what depends on them (the explorer's invalidation table, the stage cache) is
 derived from them.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -26,11 +28,17 @@ RUN_INPUTS = ("image", "classes", "background")
 
 def refinement_in_effect(model: Any, cfg: Any) -> str:
     """The refinement that runs: the configured one, or 'none' when the model lacks its SD extractor / VFMs."""
-    return "none" if (model.vfm if cfg.refinement in VFM_REFINEMENTS else model.sd) is None else cfg.refinement
+    return (
+        "none"
+        if (model.vfm if cfg.refinement in VFM_REFINEMENTS else model.sd) is None
+        else cfg.refinement
+    )
 
 
 def _fused_range(model: Any, cfg: Any) -> tuple[int, int]:
-    return (0, model.clip.num_layers - 2) if cfg.fuse_layers is None else tuple(cfg.fuse_layers)  # None == all
+    return (
+        (0, model.clip.num_layers - 2) if cfg.fuse_layers is None else tuple(cfg.fuse_layers)
+    )  # None == all
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,9 @@ class Stage:
     name: str
     needs: tuple[str, ...]  # earlier stages or RUN_INPUTS, in the order `compute` takes them
     fields: tuple[str, ...]  # every config field the stage (and its key) may read
-    settings: Callable[[Any, Any], Hashable]  # (model, cfg view) -> effective values of the fields: the key part
+    settings: Callable[
+        [Any, Any], Hashable
+    ]  # (model, cfg view) -> effective values of the fields: the key part
     compute: Callable[..., Any]  # (model, cfg view, *values of needs) -> result
     # (model, cfg view) -> the needs used this time (default: all); refine skips SD when no refinement runs
     select: Callable[[Any, Any], tuple[str, ...]] | None = None
@@ -51,53 +61,132 @@ class Stage:
 
 def _refine_needs(model: Any, cfg: Any) -> tuple[str, ...]:
     kind = refinement_in_effect(model, cfg)
-    return ("coarse",) if kind == "none" else ("coarse", "vfm" if kind in VFM_REFINEMENTS else "sd_attention")
+    return (
+        ("coarse",)
+        if kind == "none"
+        else ("coarse", "vfm" if kind in VFM_REFINEMENTS else "sd_attention")
+    )
 
 
 def _refine_settings(model: Any, cfg: Any) -> Hashable:
     kind = refinement_in_effect(model, cfg)
     if kind == "none" or kind in VFM_REFINEMENTS:
         return (kind,)
-    return (kind, float(cfg.effective_sd_attention_thr), cfg.selection_head if kind == "selection" else None)
+    return (
+        kind,
+        float(cfg.effective_sd_attention_thr),
+        cfg.selection_head if kind == "selection" else None,
+    )
 
 
-def _refine(model: Any, cfg: Any, coarse: tuple, head_maps: torch.Tensor | None = None) -> torch.Tensor:
+def _refine(
+    model: Any, cfg: Any, coarse: tuple, head_maps: torch.Tensor | None = None
+) -> torch.Tensor:
     return model.refine(coarse[0], head_maps, cfg)
 
 
 GRAPH: tuple[Stage, ...] = (
-    Stage("text", ("classes", "background"), ("classes", "templates"),
-          settings=lambda m, c: (c.classes, c.templates),
-          compute=lambda m, c, classes, background: m.encode_text(classes, background, cfg=c)),
-    Stage("clip_walk", ("image",), ("size", "sliding_crop_size", "sliding_stride"),
-          settings=lambda m, c: (c.size, c.sliding_crop_size, c.sliding_stride if c.sliding_crop_size else 0),
-          compute=lambda m, c, image: m.clip_features(image, c)),
-    Stage("proxy", ("clip_walk",), ("proxy_model", "proxy_double_normalization"),  # VFM attention: image, crops
-          settings=lambda m, c: (c.proxy_model, c.proxy_double_normalization),
-          compute=lambda m, c, f: proxy_attentions(encoder_of(m.vfm, c.proxy_model), m.clip, f.input, crop_boxes(
-              *f.input.shape[1:], f.crop_size, f.stride) if f.crop_walk else [], c.proxy_double_normalization)),
-    Stage("fusion", ("clip_walk", "proxy"), ("fuse_layers", "normalization_rounds", "last_layer_attention"),
-          settings=lambda m, c: (_fused_range(m, c), c.normalization_rounds, c.last_layer_attention),
-          compute=lambda m, c, features, proxy=None: m.fusion(features, c, proxy),
-          select=lambda m, c: ("clip_walk", "proxy") if c.last_layer_attention == "proxy" else ("clip_walk",)),
-    Stage("layer_maps", ("clip_walk", "fusion", "text"), ("logit_scale",),
-          settings=lambda m, c: (float(c.logit_scale),),
-          compute=lambda m, c, features, fused, text: m.layer_maps(features, fused, text, c)),
-    Stage("coarse", ("layer_maps", "fusion"), ("select_layer", "attention_thr"),
-          settings=lambda m, c: (c.select_layer % m.clip.num_layers, float(c.attention_thr)),
-          compute=lambda m, c, maps, fused: m.coarse(maps, fused, c)),  # (S_c, thresholded S_sel)
-    Stage("sd_attention", ("image",),
-          ("sd_layers", "sd_timestep_index", "sd_num_steps", "sd_image_size", "profile", "sd_resize", "seed"),
-          settings=lambda m, c: (tuple(c.sd_layers), c.sd_timestep_index, c.sd_num_steps, c.effective_sd_image_size,
-                                 c.sd_resize, c.seed),
-          compute=lambda m, c, image: m.sd_attention(image, c)),
-    Stage("vfm", ("image",), ("refinement",), settings=lambda m, c: (c.refinement,),  # a VFM refinement's features
-          compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image)),
-    Stage("refine", ("coarse", "sd_attention", "vfm"), ("refinement", "selection_head", "attention_thr", "sd_attention_thr"),
-          settings=_refine_settings, compute=_refine, select=_refine_needs),
-    Stage("labels", ("refine", "coarse", "image"), ("score_threshold", "bkg_thre", "is_normalize"),
-          settings=lambda m, c: (float(c.score_threshold), float(c.bkg_thre), bool(c.is_normalize)),
-          compute=lambda m, c, refined, coarse, image: m.labels(refined, coarse[0], image.shape[:2], c)),
+    Stage(
+        "text",
+        ("classes", "background"),
+        ("classes", "templates"),
+        settings=lambda m, c: (c.classes, c.templates),
+        compute=lambda m, c, classes, background: m.encode_text(classes, background, cfg=c),
+    ),
+    Stage(
+        "clip_walk",
+        ("image",),
+        ("size", "sliding_crop_size", "sliding_stride"),
+        settings=lambda m, c: (
+            c.size,
+            c.sliding_crop_size,
+            c.sliding_stride if c.sliding_crop_size else 0,
+        ),
+        compute=lambda m, c, image: m.clip_features(image, c),
+    ),
+    Stage(
+        "proxy",
+        ("clip_walk",),
+        ("proxy_model", "proxy_double_normalization"),  # VFM attention: image, crops
+        settings=lambda m, c: (c.proxy_model, c.proxy_double_normalization),
+        compute=lambda m, c, f: proxy_attentions(
+            encoder_of(m.vfm, c.proxy_model),
+            m.clip,
+            f.input,
+            crop_boxes(*f.input.shape[1:], f.crop_size, f.stride) if f.crop_walk else [],
+            c.proxy_double_normalization,
+        ),
+    ),
+    Stage(
+        "fusion",
+        ("clip_walk", "proxy"),
+        ("fuse_layers", "normalization_rounds", "last_layer_attention"),
+        settings=lambda m, c: (_fused_range(m, c), c.normalization_rounds, c.last_layer_attention),
+        compute=lambda m, c, features, proxy=None: m.fusion(features, c, proxy),
+        select=lambda m, c: (
+            ("clip_walk", "proxy") if c.last_layer_attention == "proxy" else ("clip_walk",)
+        ),
+    ),
+    Stage(
+        "layer_maps",
+        ("clip_walk", "fusion", "text"),
+        ("logit_scale",),
+        settings=lambda m, c: (float(c.logit_scale),),
+        compute=lambda m, c, features, fused, text: m.layer_maps(features, fused, text, c),
+    ),
+    Stage(
+        "coarse",
+        ("layer_maps", "fusion"),
+        ("select_layer", "attention_thr"),
+        settings=lambda m, c: (c.select_layer % m.clip.num_layers, float(c.attention_thr)),
+        compute=lambda m, c, maps, fused: m.coarse(maps, fused, c),
+    ),  # (S_c, thresholded S_sel)
+    Stage(
+        "sd_attention",
+        ("image",),
+        (
+            "sd_layers",
+            "sd_timestep_index",
+            "sd_num_steps",
+            "sd_image_size",
+            "profile",
+            "sd_resize",
+            "seed",
+        ),
+        settings=lambda m, c: (
+            tuple(c.sd_layers),
+            c.sd_timestep_index,
+            c.sd_num_steps,
+            c.effective_sd_image_size,
+            c.sd_resize,
+            c.seed,
+        ),
+        compute=lambda m, c, image: m.sd_attention(image, c),
+    ),
+    Stage(
+        "vfm",
+        ("image",),
+        ("refinement",),
+        settings=lambda m, c: (c.refinement,),  # a VFM refinement's features
+        compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image),
+    ),
+    Stage(
+        "refine",
+        ("coarse", "sd_attention", "vfm"),
+        ("refinement", "selection_head", "attention_thr", "sd_attention_thr"),
+        settings=_refine_settings,
+        compute=_refine,
+        select=_refine_needs,
+    ),
+    Stage(
+        "labels",
+        ("refine", "coarse", "image"),
+        ("score_threshold", "bkg_thre", "is_normalize"),
+        settings=lambda m, c: (float(c.score_threshold), float(c.bkg_thre), bool(c.is_normalize)),
+        compute=lambda m, c, refined, coarse, image: m.labels(
+            refined, coarse[0], image.shape[:2], c
+        ),
+    ),
 )
 STAGES: tuple[str, ...] = tuple(stage.name for stage in GRAPH)
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in GRAPH}
@@ -126,7 +215,10 @@ def invalidated_by(*names: str) -> tuple[str, ...]:
 def describe() -> str:
     """The graph as a markdown table: stage, what it needs, which config fields it reads (docs/method.md 3.13)."""
     rows = ["| stage | needs | config fields it reads |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | {', '.join(s.needs)} | {', '.join(f'`{f}`' for f in s.fields)} |" for s in GRAPH]
+    rows += [
+        f"| `{s.name}` | {', '.join(s.needs)} | {', '.join(f'`{f}`' for f in s.fields)} |"
+        for s in GRAPH
+    ]
     return "\n".join(rows)
 
 
@@ -146,7 +238,9 @@ class StageRun:
     cfg: CLIPerConfig
     values: dict[str, Any] = field(default_factory=dict)  # stage or run input -> value
     keys: dict[str, Hashable] = field(default_factory=dict)  # stage -> key (only stages)
-    recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, for the stages computed now
+    recomputed: dict[str, float] = field(
+        default_factory=dict
+    )  # stage -> seconds, for the stages computed now
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]

@@ -1,18 +1,24 @@
 """Text side: template-averaged CLIP text embeddings of class names (the words themselves: `cliper_lib.vocab`)."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..files import TensorCache
 
+
 @torch.no_grad()
 def encode_class_names(
-    model: torch.nn.Module, tokenizer, names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    model: torch.nn.Module,
+    tokenizer,
+    names: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """(len(names), E) embeddings: per name, L2-normalised template embeddings averaged, then L2-normalised."""
     device = next(model.parameters()).device
@@ -36,7 +42,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-TextEmbeddingCache = TensorCache  # class-name embeddings, keyed by model, weights, templates and names
+TextEmbeddingCache = (
+    TensorCache  # class-name embeddings, keyed by model, weights, templates and names
+)
 
 
 @dataclass

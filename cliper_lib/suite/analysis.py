@@ -8,10 +8,11 @@ Attention measures look at patch queries and patch keys only: the CLS row is dro
 attention over the patch keys is renormalised to sum to 1 (the mass it pays to CLS is reported separately by
 `cls_attention`).
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,9 @@ def _has_cls(n: int, grid: tuple[int, int]) -> bool:
         return True
     if n == hw:
         return False
-    raise ValueError(f"{n} tokens do not fit a {grid[0]}x{grid[1]} grid (need {hw} or {hw + 1} with CLS)")
+    raise ValueError(
+        f"{n} tokens do not fit a {grid[0]}x{grid[1]} grid (need {hw} or {hw + 1} with CLS)"
+    )
 
 
 def patch_attention(attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -93,7 +96,9 @@ def attention_entropy(attn: torch.Tensor, grid: tuple[int, int] | None = None) -
     if grid is None:
         grid = (1, a.shape[-1] - 1)  # only the token count matters here, not the grid's shape
     a = patch_attention(a, grid)  # (B, H, hw, hw)
-    plogp = torch.where(a > 0, a * torch.log(a.clamp_min(1e-30)), torch.zeros_like(a))  # 0·log 0 = 0
+    plogp = torch.where(
+        a > 0, a * torch.log(a.clamp_min(1e-30)), torch.zeros_like(a)
+    )  # 0·log 0 = 0
     return (-plogp.sum(dim=-1)).mean(dim=(0, 2))  # (H,)
 
 
@@ -176,8 +181,17 @@ def layer_locality_table(walk: LayerWalk, patch: int, batch_index: int = 0):
         nbr = neighbour_similarity(x, walk.grid)
         sim = token_similarity(x, walk.grid)
         for head in range(a.shape[0]):
-            rows.append(dict(layer=layer, head=head, mean_attention_distance=dist[head], attention_entropy=ent[head],
-                             cls_attention=cls[head], neighbour_similarity=nbr, token_similarity=sim))
+            rows.append(
+                dict(
+                    layer=layer,
+                    head=head,
+                    mean_attention_distance=dist[head],
+                    attention_entropy=ent[head],
+                    cls_attention=cls[head],
+                    neighbour_similarity=nbr,
+                    token_similarity=sim,
+                )
+            )
     return pd.DataFrame(rows)
 
 

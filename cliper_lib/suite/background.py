@@ -16,12 +16,14 @@ Rules (README "Background words"):
   cosine, leaving out any term whose cosine with a class reaches `synonym_cosine` (a near-synonym would take the
   class's pixels). Ties go to the earlier vocabulary term, so the choice is deterministic.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -67,16 +69,26 @@ def merge_duplicates(classes: Sequence[str]) -> tuple[list[str], list[str]]:
             merged.append(name)
         else:
             kept[_key(name)] = name
-    notices = [f"merged duplicate class name(s): {', '.join(merged)} (one score per class)"] if merged else []
+    notices = (
+        [f"merged duplicate class name(s): {', '.join(merged)} (one score per class)"]
+        if merged
+        else []
+    )
     return list(kept.values()), notices
 
 
-def drop_collisions(classes: Sequence[str], background: Sequence[str]) -> tuple[list[str], list[str]]:
+def drop_collisions(
+    classes: Sequence[str], background: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """Remove background words that name one of the classes (or a synonym on its line); one notice if any."""
     aliases = set().union(*(class_aliases(c) for c in classes)) if classes else set()
     kept = [word for word in background if _key(word) not in aliases]
     dropped = [word for word in background if _key(word) in aliases]
-    notices = [f"removed from the background words because they are classes: {', '.join(dropped)}"] if dropped else []
+    notices = (
+        [f"removed from the background words because they are classes: {', '.join(dropped)}"]
+        if dropped
+        else []
+    )
     return kept, notices
 
 
@@ -105,30 +117,49 @@ def encoded_vocabulary(model: Any, cfg: Any) -> torch.Tensor:
     return _ENCODED[key]
 
 
-def auto_background(model: Any, classes: Sequence[str], cfg: Any, auto_words: int = AUTO_WORDS,
-                    synonym_cosine: float = SYNONYM_COSINE) -> tuple[list[str], list[str]]:
+def auto_background(
+    model: Any,
+    classes: Sequence[str],
+    cfg: Any,
+    auto_words: int = AUTO_WORDS,
+    synonym_cosine: float = SYNONYM_COSINE,
+) -> tuple[list[str], list[str]]:
     """Distractors for `classes`: the `auto_words` vocabulary terms closest to them, near-synonyms excluded."""
     vocabulary = general_vocabulary()
     bank = encoded_vocabulary(model, cfg)  # (V, E)
     fg = model.encode_text(list(classes), [], cfg).fg.float().cpu()  # (C, E)
     cosine = (bank @ fg.T).max(dim=1).values  # (V,) closeness of each term to its nearest class
     aliases = set().union(*(class_aliases(c) for c in classes))
-    allowed = [i for i, term in enumerate(vocabulary)
-               if float(cosine[i]) < synonym_cosine and _key(term) not in aliases]
+    allowed = [
+        i
+        for i, term in enumerate(vocabulary)
+        if float(cosine[i]) < synonym_cosine and _key(term) not in aliases
+    ]
     # the closest first; equal cosines keep vocabulary order (sorted is stable), so the choice is deterministic
     chosen = sorted(allowed, key=lambda i: -float(cosine[i]))[:auto_words]
     excluded = len(vocabulary) - len(allowed)
-    notice = (f"background auto: {len(chosen)} distractors from {len(vocabulary)} terms "
-              f"({excluded} left out as near-synonyms, cosine ≥ {synonym_cosine})")
+    notice = (
+        f"background auto: {len(chosen)} distractors from {len(vocabulary)} terms "
+        f"({excluded} left out as near-synonyms, cosine ≥ {synonym_cosine})"
+    )
     return [vocabulary[i] for i in chosen], [notice]
 
 
-def resolve_vocabulary(model: Any, classes: str | Sequence[str], background: str | Sequence[str] | None = None,
-                       cfg: Any = None, auto_words: int = AUTO_WORDS,
-                       synonym_cosine: float = SYNONYM_COSINE) -> Vocabulary:
+def resolve_vocabulary(
+    model: Any,
+    classes: str | Sequence[str],
+    background: str | Sequence[str] | None = None,
+    cfg: Any = None,
+    auto_words: int = AUTO_WORDS,
+    synonym_cosine: float = SYNONYM_COSINE,
+) -> Vocabulary:
     """Apply the rules of this module: classes and background as given by a user, to what the model encodes."""
     cfg = cfg or model.cfg
-    names = parse_class_names(classes) if isinstance(classes, str) else [c.strip() for c in classes if c.strip()]
+    names = (
+        parse_class_names(classes)
+        if isinstance(classes, str)
+        else [c.strip() for c in classes if c.strip()]
+    )
     if not names:
         raise ValueError("give at least one class name (separate several with ';')")
     names, notices = merge_duplicates(names)
@@ -141,6 +172,8 @@ def resolve_vocabulary(model: Any, classes: str | Sequence[str], background: str
         words = split_terms(background)
     else:
         words = [" ".join(w.split()) for w in background if w.strip()]
-    words, _ = merge_duplicates(words)  # a repeated background word only adds a copy of the same row
+    words, _ = merge_duplicates(
+        words
+    )  # a repeated background word only adds a copy of the same row
     words, more = drop_collisions(names, words)
     return Vocabulary(names, words, notices + more)

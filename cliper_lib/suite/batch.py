@@ -6,6 +6,7 @@ or not at all; an image that cannot be read or segmented is named, skipped and l
 disk stops the batch with a message saying what was written. The output folder is created only for the first
 written image, so a failed run leaves no empty folder.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,9 +14,10 @@ import glob
 import hashlib
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -55,7 +57,9 @@ def expand_images(patterns: Sequence[str]) -> list[Path]:
         elif any(ch in pattern for ch in "*?["):
             matches = [Path(p) for p in sorted(glob.glob(pattern)) if is_image_file(p)]
         elif path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{pattern}: not an image type cliper reads ({' '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(
+                f"{pattern}: not an image type cliper reads ({' '.join(IMAGE_SUFFIXES)})"
+            )
         else:
             matches = [path] if path.is_file() else []
         if not matches:
@@ -111,8 +115,13 @@ def check_image_header(path: Path, cfg: CLIPerConfig, patch: int | None) -> None
             raise ImageReadError(f"{path}: {error}") from None
 
 
-def plan_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, out: Path,
-               say: Callable[[str], None]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def plan_batch(
+    cfg: CLIPerConfig,
+    images: Sequence[Path],
+    classes: str | None,
+    out: Path,
+    say: Callable[[str], None],
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Everything checked before a model loads: `out`, the class names, each image's header.
 
     Raises for a problem with the whole command; returns (images to run, (image, why) for those skipped).
@@ -120,16 +129,20 @@ def plan_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, o
     from ..vocab import parse_class_names
 
     check_output_folder(out, "--out")
-    resolve_device(cfg.device)  # --device cuda without a GPU: said now, not after the images are read
+    resolve_device(
+        cfg.device
+    )  # --device cuda without a GPU: said now, not after the images are read
     if classes is not None:
         parse_class_names(classes)
     else:
         suggestions = suggested_classes_by_image()
         missing = [p.name for p in images if p.name not in suggestions]
         if missing:
-            raise ValueError(f"no --classes given and {', '.join(missing)} "
-                             f"{'is not a bundled sample' if len(missing) == 1 else 'are not bundled samples'} "
-                             f"with suggested classes")
+            raise ValueError(
+                f"no --classes given and {', '.join(missing)} "
+                f"{'is not a bundled sample' if len(missing) == 1 else 'are not bundled samples'} "
+                f"with suggested classes"
+            )
     patch = patch_size_of(cfg)
     good, failures = [], []
     for path in images:
@@ -142,9 +155,16 @@ def plan_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, o
     return good, failures
 
 
-def segment_images(model, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
-                   progress: bool = True, say: Callable[[str], None] | None = None,
-                   result: BatchResult | None = None) -> BatchResult:
+def segment_images(
+    model,
+    images: Sequence[Path],
+    classes: str | None,
+    background: str | None,
+    out: Path,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    result: BatchResult | None = None,
+) -> BatchResult:
     """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to `out`
     (stems from `output_stems`), each image's three together or not at all. An image that cannot be read or
     segmented is reported through `say` and skipped; a full disk raises BatchStopped."""
@@ -158,7 +178,9 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     suggestions = suggested_classes_by_image()
     text_cache: dict[str, Any] = {}
     stems = output_stems(images)
-    missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # made by the first write
+    missing = [
+        folder for folder in (out, *out.parents) if not folder.exists()
+    ]  # made by the first write
     try:
         for path in tqdm(images, desc="segment", unit="image", disable=not progress):
             names_text = classes or suggestions.get(path.name)
@@ -167,36 +189,62 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
                     raise ValueError(f"no --classes given and {path.name} is not a bundled sample")
                 image = read_image(path)
                 if names_text not in text_cache:
-                    vocab = resolve_vocabulary(model, names_text, background)  # README "Background words"
+                    vocab = resolve_vocabulary(
+                        model, names_text, background
+                    )  # README "Background words"
                     for notice in vocab.notices:
                         say(f"cliper: {notice}")
                     text_cache[names_text] = model.encode_text(vocab.classes, vocab.background)
                 text = text_cache[names_text]
                 segmented = model.segment(image, text=text)
-            except (ValueError, RuntimeError, MemoryError) as error:  # this image only: name it and go on
+            except (
+                ValueError,
+                RuntimeError,
+                MemoryError,
+            ) as error:  # this image only: name it and go on
                 say(f"cliper: skipping {path}: {error}")
                 result.failures.append((path, str(error)))
                 continue
             labels = segmented.labels.numpy()
             record = {
-                "image": str(path), "classes": text.names, "background": text.background,
-                "scores": {name: round(float(s), 6) for name, s in zip(text.names, segmented.scores)},
-                "present": segmented.present_classes(), "profile": model.cfg.profile, "preset": model.cfg.preset,
+                "image": str(path),
+                "classes": text.names,
+                "background": text.background,
+                "scores": {
+                    name: round(float(s), 6) for name, s in zip(text.names, segmented.scores)
+                },
+                "present": segmented.present_classes(),
+                "profile": model.cfg.profile,
+                "preset": model.cfg.preset,
                 "refinement": model.cfg.refinement,
                 "timings_s": {k: round(v, 4) for k, v in segmented.timings.items()},
             }
             finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
             try:
                 with atomic_group(finals) as temporaries:
-                    write_segmentation_files(temporaries, image, labels, text.names, record,
-                                             title=f"{path.name}: CLIPer ({model.cfg.profile})",
-                                             num_labels=len(text.names) + 1)
+                    write_segmentation_files(
+                        temporaries,
+                        image,
+                        labels,
+                        text.names,
+                        record,
+                        title=f"{path.name}: CLIPer ({model.cfg.profile})",
+                        num_labels=len(text.names) + 1,
+                    )
             except OSError as error:
-                done = f"{len(result.records)} image(s) complete in {out}" if result.records else "nothing written"
+                done = (
+                    f"{len(result.records)} image(s) complete in {out}"
+                    if result.records
+                    else "nothing written"
+                )
                 if error.errno in DISK_ERRNOS:
-                    raise BatchStopped(f"stopped at {path}: {error.strerror or error} while writing its outputs; "
-                                       f"none of its files were kept; {done}") from error
-                raise BatchStopped(f"cannot write the outputs of {path}: {error}; {done}") from error
+                    raise BatchStopped(
+                        f"stopped at {path}: {error.strerror or error} while writing its outputs; "
+                        f"none of its files were kept; {done}"
+                    ) from error
+                raise BatchStopped(
+                    f"cannot write the outputs of {path}: {error}; {done}"
+                ) from error
             result.written.extend(finals)
             result.records.append(record)
     finally:
@@ -206,8 +254,15 @@ def segment_images(model, images: Sequence[Path], classes: str | None, backgroun
     return result
 
 
-def run_batch(cfg: CLIPerConfig, images: Sequence[Path], classes: str | None, background: str | None, out: Path,
-              build_model: Callable[[CLIPerConfig], Any], progress: bool = True) -> BatchResult:
+def run_batch(
+    cfg: CLIPerConfig,
+    images: Sequence[Path],
+    classes: str | None,
+    background: str | None,
+    out: Path,
+    build_model: Callable[[CLIPerConfig], Any],
+    progress: bool = True,
+) -> BatchResult:
     """Check, then build the model, then segment; returns what was written and what failed."""
 
     def say(message: str) -> None:

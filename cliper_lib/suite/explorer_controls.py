@@ -3,9 +3,11 @@
 Split from `widgets.Explorer` so the explorer keeps the logic (observers, updates, export) and this module the
 look. Every widget gets a CSS class `cliper-<name>` so a browser test can find it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import REFINEMENTS, SD_REFINEMENTS, CLIPerConfig
 
@@ -43,8 +45,15 @@ def runnable_refinements(model: Any, c: CLIPerConfig) -> list[str]:
     return [r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)) == r]
 
 
-def build_controls(c: CLIPerConfig, num_layers: int, images: Sequence[str], image: str, classes_text: str,
-                   background_text: str, refinements: Sequence[str]) -> dict[str, Any]:
+def build_controls(
+    c: CLIPerConfig,
+    num_layers: int,
+    images: Sequence[str],
+    image: str,
+    classes_text: str,
+    background_text: str,
+    refinements: Sequence[str],
+) -> dict[str, Any]:
     """The controls, opening at the config's values: image, upload, classes, background, fuse_layers,
     select_layer, attention_thr, sliding, refinement, selection_head, score_threshold, bkg_thre, is_normalize,
     map_class."""
@@ -58,49 +67,123 @@ def build_controls(c: CLIPerConfig, num_layers: int, images: Sequence[str], imag
     controls: dict[str, Any] = {
         "image": W.Dropdown(options=list(images), value=image, description="image"),
         "upload": W.FileUpload(accept="image/*", multiple=False, description="upload"),
-        "classes": W.Text(value=classes_text, description="classes", continuous_update=False,
-                          placeholder="cat; sofa; wall (';'-separated)", layout=W.Layout(width="420px")),
-        "background": W.Text(value=background_text, description="background", continuous_update=False,
-                             placeholder="background words (';'-separated) or auto; empty = none",
-                             layout=W.Layout(width="420px")),
-        "fuse_layers": W.IntRangeSlider(value=fuse, min=0, max=top, description="fused layers", **slider),
-        "select_layer": W.IntSlider(value=c.select_layer, min=-num_layers, max=num_layers - 1,
-                                    description="select layer", **slider),
-        "attention_thr": W.FloatSlider(value=c.attention_thr, min=0.0, max=1.0, step=0.01,
-                                       description="attention_thr", **slider),
-        "sliding": W.Checkbox(value=c.sliding_crop_size > 0, description=f"sliding window ({crop} px)", indent=False),
-        "refinement": W.Dropdown(options=list(refinements),
-                                 value=c.refinement if c.refinement in refinements else "none",
-                                 description="refinement", disabled=len(refinements) < 2,
-                                 tooltip=None if len(refinements) > 1 else "this model was built without a refinement"),
-        "selection_head": W.IntSlider(value=c.selection_head, min=0,
-                                      max=max(c.selection_head, 5 * len(c.sd_layers) - 1),
-                                      description="selection head", **slider),
-        "score_threshold": W.FloatSlider(value=c.score_threshold, min=0.0, max=1.0, step=0.01,
-                                         description="score_threshold", **slider),
-        "bkg_thre": W.FloatSlider(value=c.bkg_thre, min=0.0, max=1.0, step=0.001, readout_format=".3f",
-                                  description="bkg_thre", **slider),
-        "is_normalize": W.Checkbox(value=c.is_normalize, description="min-max normalise maps", indent=False),
+        "classes": W.Text(
+            value=classes_text,
+            description="classes",
+            continuous_update=False,
+            placeholder="cat; sofa; wall (';'-separated)",
+            layout=W.Layout(width="420px"),
+        ),
+        "background": W.Text(
+            value=background_text,
+            description="background",
+            continuous_update=False,
+            placeholder="background words (';'-separated) or auto; empty = none",
+            layout=W.Layout(width="420px"),
+        ),
+        "fuse_layers": W.IntRangeSlider(
+            value=fuse, min=0, max=top, description="fused layers", **slider
+        ),
+        "select_layer": W.IntSlider(
+            value=c.select_layer,
+            min=-num_layers,
+            max=num_layers - 1,
+            description="select layer",
+            **slider,
+        ),
+        "attention_thr": W.FloatSlider(
+            value=c.attention_thr,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            description="attention_thr",
+            **slider,
+        ),
+        "sliding": W.Checkbox(
+            value=c.sliding_crop_size > 0, description=f"sliding window ({crop} px)", indent=False
+        ),
+        "refinement": W.Dropdown(
+            options=list(refinements),
+            value=c.refinement if c.refinement in refinements else "none",
+            description="refinement",
+            disabled=len(refinements) < 2,
+            tooltip=None if len(refinements) > 1 else "this model was built without a refinement",
+        ),
+        "selection_head": W.IntSlider(
+            value=c.selection_head,
+            min=0,
+            max=max(c.selection_head, 5 * len(c.sd_layers) - 1),
+            description="selection head",
+            **slider,
+        ),
+        "score_threshold": W.FloatSlider(
+            value=c.score_threshold,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            description="score_threshold",
+            **slider,
+        ),
+        "bkg_thre": W.FloatSlider(
+            value=c.bkg_thre,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            readout_format=".3f",
+            description="bkg_thre",
+            **slider,
+        ),
+        "is_normalize": W.Checkbox(
+            value=c.is_normalize, description="min-max normalise maps", indent=False
+        ),
         "map_class": W.Dropdown(options=[], description="class map"),
     }
     controls["selection_head"].disabled = controls["refinement"].value != "selection"
     return controls
 
 
-def build_layout(k: dict[str, Any], outputs: dict[str, Any], buttons: dict[str, Any], hint: Any, exported: Any,
-                 status: Any) -> Any:
+def build_layout(
+    k: dict[str, Any],
+    outputs: dict[str, Any],
+    buttons: dict[str, Any],
+    hint: Any,
+    exported: Any,
+    status: Any,
+) -> Any:
     """Header (image, upload, classes, background), actions (reset, export), knobs beside the outputs, status."""
     import ipywidgets as W
 
-    for name, box in [*k.items(), *buttons.items(), ("status", status), ("exported", exported),
-                      *((f"out-{n}", o) for n, o in outputs.items())]:
+    for name, box in [
+        *k.items(),
+        *buttons.items(),
+        ("status", status),
+        ("exported", exported),
+        *((f"out-{n}", o) for n, o in outputs.items()),
+    ]:
         box.add_class(f"cliper-{name.replace('_', '-')}")
-    header = W.VBox([W.HBox([k["image"], k["upload"]]), W.HBox([k["classes"], hint]), k["background"]])
-    fusion_box = W.VBox([W.HTML("<b>early-layer fusion</b>"), k["fuse_layers"], k["select_layer"],
-                         k["attention_thr"], k["sliding"]])
-    refine_box = W.VBox([W.HTML("<b>fine-grained compensation</b>"), k["refinement"], k["selection_head"]])
-    label_box = W.VBox([W.HTML("<b>scores and labels</b>"), k["score_threshold"], k["bkg_thre"], k["is_normalize"]])
+    header = W.VBox(
+        [W.HBox([k["image"], k["upload"]]), W.HBox([k["classes"], hint]), k["background"]]
+    )
+    fusion_box = W.VBox(
+        [
+            W.HTML("<b>early-layer fusion</b>"),
+            k["fuse_layers"],
+            k["select_layer"],
+            k["attention_thr"],
+            k["sliding"],
+        ]
+    )
+    refine_box = W.VBox(
+        [W.HTML("<b>fine-grained compensation</b>"), k["refinement"], k["selection_head"]]
+    )
+    label_box = W.VBox(
+        [W.HTML("<b>scores and labels</b>"), k["score_threshold"], k["bkg_thre"], k["is_normalize"]]
+    )
     panel = W.VBox([fusion_box, refine_box, label_box], layout=W.Layout(min_width="360px"))
-    results = W.VBox([outputs["overlay"], W.HBox([W.VBox([k["map_class"], outputs["maps"]]), outputs["scores"]])])
+    results = W.VBox(
+        [outputs["overlay"], W.HBox([W.VBox([k["map_class"], outputs["maps"]]), outputs["scores"]])]
+    )
     actions = W.HBox([buttons["reset"], buttons["export"], exported])
-    return W.VBox([W.HTML("<h3>CLIPer explorer</h3>"), header, actions, W.HBox([panel, results]), status])
+    return W.VBox(
+        [W.HTML("<h3>CLIPer explorer</h3>"), header, actions, W.HBox([panel, results]), status]
+    )

@@ -3,10 +3,12 @@
 Pure functions of what the explorer shows (`widgets.ExplorerState`); they return `Figure`s not registered with
 pyplot (any backend) or HTML text, so the explorer, the app and tests draw the same things.
 """
+
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,18 +19,34 @@ from matplotlib.patches import Patch
 from .viz import heatmap_grid, palette, show_segmentation
 
 
-def scored_legend(classes: Sequence[str], scores: np.ndarray, labels: np.ndarray, threshold: float) -> list[Patch]:
+def scored_legend(
+    classes: Sequence[str], scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> list[Patch]:
     """One legend entry per class with its score: present ones in their label colour, absent ones hatched grey."""
     present = set(int(k) for k in np.unique(labels) if k > 0)
     colours = palette(len(classes) + 1) / 255.0
     handles = []
     for k, (name, score) in enumerate(zip(classes, scores), start=1):
         if k in present:
-            handles.append(Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5, label=f"{name}  {score:.3f}"))
+            handles.append(
+                Patch(
+                    facecolor=colours[k],
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=f"{name}  {score:.3f}",
+                )
+            )
         else:
             why = "≤ threshold" if score <= threshold else "no pixels"
-            handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", linewidth=0.5,
-                                 label=f"{name}  {score:.3f}  absent ({why})"))
+            handles.append(
+                Patch(
+                    facecolor="white",
+                    edgecolor="grey",
+                    hatch="///",
+                    linewidth=0.5,
+                    label=f"{name}  {score:.3f}  absent ({why})",
+                )
+            )
     return handles
 
 
@@ -38,13 +56,28 @@ def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
     fig = Figure(figsize=(7.5, max(2.5, 5.0 * h / max(w, 1))), layout="constrained")
     ax = fig.add_subplot()
     cfg = state.cfg
-    show_segmentation(ax, state.outputs.image, state.labels, state.classes, alpha=alpha, legend=False,
-                      title=f"{state.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
-                            f"{cfg.bkg_thre:.3g}, refinement {refinement})")
-    ax.legend(handles=scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold),
-              title="class  score", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-              fontsize="small", title_fontsize="small")
-    fig.suptitle(f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}")
+    show_segmentation(
+        ax,
+        state.outputs.image,
+        state.labels,
+        state.classes,
+        alpha=alpha,
+        legend=False,
+        title=f"{state.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
+        f"{cfg.bkg_thre:.3g}, refinement {refinement})",
+    )
+    ax.legend(
+        handles=scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold),
+        title="class  score",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        title_fontsize="small",
+    )
+    fig.suptitle(
+        f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}"
+    )
     return fig
 
 
@@ -69,18 +102,33 @@ def maps_figure(state: Any, name: str, refinement: str) -> Figure:
     c = state.classes.index(name)
     image = state.outputs.image
     size = image.shape[:2]
-    up = [F.interpolate(m[c][None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-          for m in (state.coarse, state.refined)]  # (H0, W0) each
-    return heatmap_grid(torch.stack(up), titles=[f"coarse S_c: {name}", f"refined S_f ({refinement}): {name}"],
-                        ncols=2, suptitle=f"class maps of '{name}' (score {state.scores[c]:.3f})", image=image,
-                        colorbar_label="map value", panel_size=2.8)
+    up = [
+        F.interpolate(
+            m[c][None, None].float().cpu(), size=size, mode="bilinear", align_corners=False
+        )[0, 0]
+        for m in (state.coarse, state.refined)
+    ]  # (H0, W0) each
+    return heatmap_grid(
+        torch.stack(up),
+        titles=[f"coarse S_c: {name}", f"refined S_f ({refinement}): {name}"],
+        ncols=2,
+        suptitle=f"class maps of '{name}' (score {state.scores[c]:.3f})",
+        image=image,
+        colorbar_label="map value",
+        panel_size=2.8,
+    )
 
 
 def status_html(state: Any, cached: Sequence[str], notices: Sequence[str]) -> str:
     """What the last move recomputed and cost, what stayed cached, the classes present, and any notices."""
-    done = ", ".join(f"{stage} {sec:.2f} s" for stage, sec in state.recomputed.items()) or "nothing (all cached)"
+    done = (
+        ", ".join(f"{stage} {sec:.2f} s" for stage, sec in state.recomputed.items())
+        or "nothing (all cached)"
+    )
     present = [state.classes[i - 1] for i in np.unique(state.labels) if i > 0]
     notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in notices)
-    return (f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; compute {state.compute_seconds:.2f} s, "
-            f"drawing {state.render_seconds:.2f} s &nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
-            f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}{notes}")
+    return (
+        f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; compute {state.compute_seconds:.2f} s, "
+        f"drawing {state.render_seconds:.2f} s &nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
+        f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}{notes}"
+    )

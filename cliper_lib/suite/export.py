@@ -3,13 +3,14 @@
 The YAML is a complete preset (every config field of the current state) headed by the command that reproduces
 the labels: `cliper segment IMAGE --preset <stem>_config.yaml --classes ... --background ...`.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,11 +20,22 @@ from .batch import OUTPUT_SUFFIXES
 from .viz import save_label_png, save_overlay_png
 
 #: the four files of one export, by kind (<stem><suffix>): `cliper segment`'s three and the config reproducing them.
-EXPORT_SUFFIXES = {**dict(zip(("labels", "overlay", "scores"), OUTPUT_SUFFIXES)), "config": "_config.yaml"}
+EXPORT_SUFFIXES = {
+    **dict(zip(("labels", "overlay", "scores"), OUTPUT_SUFFIXES)),
+    "config": "_config.yaml",
+}
 
 
-def write_segmentation_files(paths: Sequence[Path], image: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                             record: dict, title: str, alpha: float = 0.5, num_labels: int | None = None) -> None:
+def write_segmentation_files(
+    paths: Sequence[Path],
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    record: dict,
+    title: str,
+    alpha: float = 0.5,
+    num_labels: int | None = None,
+) -> None:
     """Label PNG, overlay PNG (with a legend) and scores JSON of one image, to `paths` in OUTPUT_SUFFIXES order."""
     label_path, overlay_path, scores_path = paths
     save_label_png(label_path, labels, num_labels=num_labels)
@@ -31,16 +43,43 @@ def write_segmentation_files(paths: Sequence[Path], image: np.ndarray, labels: n
     atomic_write_json(scores_path, record)
 
 
-def reproduce_command(image: str, config_path: Path, classes: Sequence[str], background: Sequence[str],
-                      out: str = "reproduced") -> str:
+def reproduce_command(
+    image: str,
+    config_path: Path,
+    classes: Sequence[str],
+    background: Sequence[str],
+    out: str = "reproduced",
+) -> str:
     """The `cliper segment` command line that recomputes an export's labels from its config YAML."""
-    return shlex.join(["cliper", "segment", image, "--preset", str(config_path), "--classes", "; ".join(classes),
-                       "--background", "; ".join(background), "--out", out])
+    return shlex.join(
+        [
+            "cliper",
+            "segment",
+            image,
+            "--preset",
+            str(config_path),
+            "--classes",
+            "; ".join(classes),
+            "--background",
+            "; ".join(background),
+            "--out",
+            out,
+        ]
+    )
 
 
-def export_result(folder: str | Path, stem: str, image: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                  background: Sequence[str], scores: np.ndarray, cfg: CLIPerConfig, image_path: str | None = None,
-                  alpha: float = 0.5) -> dict[str, Path]:
+def export_result(
+    folder: str | Path,
+    stem: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    background: Sequence[str],
+    scores: np.ndarray,
+    cfg: CLIPerConfig,
+    image_path: str | None = None,
+    alpha: float = 0.5,
+) -> dict[str, Path]:
     """Write the four files of the current state to `folder`; returns {kind: path} (kinds of EXPORT_SUFFIXES)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,14 +87,30 @@ def export_result(folder: str | Path, stem: str, image: np.ndarray, labels: np.n
     command = reproduce_command(image_path or "<your image>", paths["config"], classes, background)
     present = [classes[k - 1] for k in np.unique(labels) if 0 < k <= len(classes)]
     record = {
-        "image": image_path, "classes": list(classes), "background": list(background),
-        "scores": {name: round(float(s), 6) for name, s in zip(classes, scores)}, "present": present,
-        "profile": cfg.profile, "preset": cfg.preset, "refinement": cfg.refinement, "reproduce": command,
+        "image": image_path,
+        "classes": list(classes),
+        "background": list(background),
+        "scores": {name: round(float(s), 6) for name, s in zip(classes, scores)},
+        "present": present,
+        "profile": cfg.profile,
+        "preset": cfg.preset,
+        "refinement": cfg.refinement,
+        "reproduce": command,
     }
-    write_segmentation_files([paths[kind] for kind in ("labels", "overlay", "scores")], image, labels, classes, record,
-                             title=f"{stem}: CLIPer ({cfg.profile})", alpha=alpha)
-    atomic_write_text(paths["config"], f"# CLIPer config exported by the explorer. Reproduce the labels with:\n"
-                                       f"#   {command}\n" + cfg.to_yaml())
+    write_segmentation_files(
+        [paths[kind] for kind in ("labels", "overlay", "scores")],
+        image,
+        labels,
+        classes,
+        record,
+        title=f"{stem}: CLIPer ({cfg.profile})",
+        alpha=alpha,
+    )
+    atomic_write_text(
+        paths["config"],
+        f"# CLIPer config exported by the explorer. Reproduce the labels with:\n"
+        f"#   {command}\n" + cfg.to_yaml(),
+    )
     return paths
 
 
@@ -65,7 +120,9 @@ def download_links_html(paths: dict[str, Path]) -> str:
     links = []
     for kind, path in paths.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        links.append(f"<a download='{html.escape(path.name)}' href='data:{kinds[path.suffix]};base64,{data}' "
-                     f"class='cliper-download'>{html.escape(path.name)}</a>")
+        links.append(
+            f"<a download='{html.escape(path.name)}' href='data:{kinds[path.suffix]};base64,{data}' "
+            f"class='cliper-download'>{html.escape(path.name)}</a>"
+        )
     folder = html.escape(str(next(iter(paths.values())).parent)) if paths else ""
     return f"exported to <code>{folder}</code>: " + " · ".join(links)

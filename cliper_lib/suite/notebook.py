@@ -5,13 +5,15 @@ by $CLIPER_METRICS_FILE (set per notebook; the kernel inherits the environment),
 `repo_path` resolves paths from the repository root and `output_dir` gives the folder a notebook writes to. This
 module imports nothing heavy, so notebooks can use it without papermill.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..files import atomic_write_json
 from ..provenance import IN_CHECKOUT, REPO_ROOT
@@ -37,12 +39,16 @@ def _jsonable(value: Any, name: str) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf; keep them readable
+        return (
+            value if math.isfinite(value) else str(value)
+        )  # JSON has no NaN/inf; keep them readable
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"metric {name!r}: {type(value).__name__} is not a number, string, list or dict")
+    raise TypeError(
+        f"metric {name!r}: {type(value).__name__} is not a number, string, list or dict"
+    )
 
 
 def publish(name: str, value: float | int | str | dict | list) -> None:
@@ -57,7 +63,9 @@ def publish(name: str, value: float | int | str | dict | list) -> None:
         metrics = json.loads(path.read_text()) if path.exists() else {}
         metrics[name] = clean  # publishing a name again replaces its value
         atomic_write_json(path, metrics)
-    print(f"[metric] {name} = {clean!r}")  # returns None, so a last-line publish does not echo the value again
+    print(
+        f"[metric] {name} = {clean!r}"
+    )  # returns None, so a last-line publish does not echo the value again
 
 
 def published() -> dict[str, Any]:

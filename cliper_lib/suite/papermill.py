@@ -6,6 +6,7 @@ versions, git commit, device, times, published metrics) and a summary (`summary.
 failing notebook stops the plan with `NotebookFailed`; the partial summary is still written. Papermill is
 imported only when a plan runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,10 +14,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from .. import provenance
 from ..config import ConfigError, parse_overrides
@@ -36,14 +38,25 @@ class KernelError(RuntimeError):
 class NotebookFailed(RuntimeError):
     """A notebook of a plan raised; names the notebook, the cell and the error, and where the executed copy is."""
 
-    def __init__(self, notebook: str, output: str, cell_index: int | None, exec_count: int | None,
-                 ename: str, evalue: str, source: str = "") -> None:
+    def __init__(
+        self,
+        notebook: str,
+        output: str,
+        cell_index: int | None,
+        exec_count: int | None,
+        ename: str,
+        evalue: str,
+        source: str = "",
+    ) -> None:
         self.notebook, self.output = notebook, output
         self.cell_index, self.exec_count = cell_index, exec_count
         self.ename, self.evalue, self.source = ename, evalue, source
         count = f" (execution count {exec_count})" if exec_count is not None else ""
-        where = "outside any cell (the kernel did not start, or died)" if cell_index is None else (
-            f"in cell {cell_index}{count} of the executed copy")
+        where = (
+            "outside any cell (the kernel did not start, or died)"
+            if cell_index is None
+            else (f"in cell {cell_index}{count} of the executed copy")
+        )
         first_line = next((ln for ln in source.splitlines() if ln.strip()), "")
         super().__init__(
             f"notebook {notebook} failed {where}: {ename}: {evalue}"
@@ -53,7 +66,7 @@ class NotebookFailed(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _runs_this_python(argv: Sequence[str]) -> bool:
@@ -62,7 +75,9 @@ def _runs_this_python(argv: Sequence[str]) -> bool:
     if exe in {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}:
         return True
     # no realpath: a venv's python is a symlink to the system one, which has other site-packages
-    return os.path.normpath(os.path.abspath(exe)) == os.path.normpath(os.path.abspath(sys.executable))
+    return os.path.normpath(os.path.abspath(exe)) == os.path.normpath(
+        os.path.abspath(sys.executable)
+    )
 
 
 def ensure_kernel(kernel_name: str | None = None, install_prefix: str | None = None) -> str:
@@ -79,7 +94,9 @@ def ensure_kernel(kernel_name: str | None = None, install_prefix: str | None = N
             ksm.get_kernel_spec(kernel_name)
         except NoSuchKernel:
             known = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-            raise KernelError(f"no Jupyter kernel named {kernel_name!r} (available: {known})") from None
+            raise KernelError(
+                f"no Jupyter kernel named {kernel_name!r} (available: {known})"
+            ) from None
         return kernel_name
     for candidate in ("python3", FALLBACK_KERNEL):
         try:
@@ -90,9 +107,14 @@ def ensure_kernel(kernel_name: str | None = None, install_prefix: str | None = N
     try:
         from ipykernel.kernelspec import install
     except ImportError as exc:
-        raise KernelError("ipykernel is not installed in this environment: pip install -e '.[notebooks]'") from exc
-    install(kernel_name=FALLBACK_KERNEL, display_name=f"Python (cliper suite, {sys.prefix})",
-            prefix=install_prefix or sys.prefix)
+        raise KernelError(
+            "ipykernel is not installed in this environment: pip install -e '.[notebooks]'"
+        ) from exc
+    install(
+        kernel_name=FALLBACK_KERNEL,
+        display_name=f"Python (cliper suite, {sys.prefix})",
+        prefix=install_prefix or sys.prefix,
+    )
     spec = KernelSpecManager().get_kernel_spec(FALLBACK_KERNEL)
     if not _runs_this_python(spec.argv):
         raise KernelError(
@@ -124,7 +146,9 @@ class RunRecord:
     git: dict[str, Any] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     plan: str | None = None
-    reused: bool = False  # true when taken from an earlier invocation (the run was not selected this time)
+    reused: bool = (
+        False  # true when taken from an earlier invocation (the run was not selected this time)
+    )
 
 
 @dataclass
@@ -160,12 +184,16 @@ class Summary:
         """The summary table (one row per run) with a header naming plan, commit and device."""
         commit = self.git.get("commit") or "unknown"
         changed = self.git.get("changed") or []
-        dirty = f" plus uncommitted changes to {', '.join(changed) or 'tracked files'}" if self.git.get("dirty") else ""
+        dirty = (
+            f" plus uncommitted changes to {', '.join(changed) or 'tracked files'}"
+            if self.git.get("dirty")
+            else ""
+        )
         note = regenerate_note(self.out_dir, self.plan)
         lines = [
             f"# Plan `{self.plan}`: {self.status}",
             "",
-            *( [self.description.strip(), ""] if self.description.strip() else [] ),
+            *([self.description.strip(), ""] if self.description.strip() else []),
             f"- started {self.started}, finished {self.finished}",
             f"- commit `{commit[:12]}`{dirty}; device {self.device.get('type')} ({self.device.get('name')})",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items() if v),
@@ -181,18 +209,24 @@ class Summary:
                 status += f": {r.error.get('ename')} in cell {r.error.get('cell_index')}"
             if r.reused:
                 status += f" (earlier run, {r.finished})"
-            name = run_cell(self.out_dir, r.name, r.notebook)  # links that resolve where the summary is read
-            lines.append(f"| {name} | {status} | {dur} | {_cell(r.parameters)} | {_cell(r.metrics)} |")
+            name = run_cell(
+                self.out_dir, r.name, r.notebook
+            )  # links that resolve where the summary is read
+            lines.append(
+                f"| {name} | {status} | {dur} | {_cell(r.parameters)} | {_cell(r.metrics)} |"
+            )
         return "\n".join(lines) + "\n"
 
 
 def _cell(values: Mapping[str, Any]) -> str:
     """key=value pairs for a markdown table cell (pipes escaped, floats shortened)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
         text = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
         return text if len(text) <= 60 else text[:57] + "..."
+
     return "<br>".join(f"{k}={fmt(v)}" for k, v in values.items()).replace("|", "\\|")
 
 
@@ -249,61 +283,117 @@ def run_plan(
     Raises PlanError before anything runs if the plan is malformed or a selected notebook is missing, and
     NotebookFailed (after writing the partial summary) when a notebook raises.
     """
-    plan = load_plan(plan_name_or_path)  # first: outside a checkout this says the notebooks are not installed
+    plan = load_plan(
+        plan_name_or_path
+    )  # first: outside a checkout this says the notebooks are not installed
     try:
         import papermill
         from papermill.exceptions import PapermillExecutionError
     except ImportError as error:
-        raise PlanError("running notebooks needs the notebooks extra: pip install 'cliper-suite[notebooks]' "
-                        f"(or `make setup` in the checkout); {error}") from None
+        raise PlanError(
+            "running notebooks needs the notebooks extra: pip install 'cliper-suite[notebooks]' "
+            f"(or `make setup` in the checkout); {error}"
+        ) from None
     selected = _select(plan, only)
     # check everything before the first kernel starts: a typo should not cost a long run
     missing = [str(r.notebook) for r in selected if not r.notebook.exists()]
     if missing:
-        raise PlanError(f"plan {plan.name!r}: notebook(s) not found: {', '.join(missing)} (--only runs a subset)")
+        raise PlanError(
+            f"plan {plan.name!r}: notebook(s) not found: {', '.join(missing)} (--only runs a subset)"
+        )
     for r in selected:  # an override beats a run's own value too: it is the caller's last word
         r.parameters = {k: v for k, v in r.parameters.items() if k not in (overrides or {})}
-    params = {r.name: _resolve_parameters(r, {**plan.defaults, **(overrides or {})}) for r in selected}
+    params = {
+        r.name: _resolve_parameters(r, {**plan.defaults, **(overrides or {})}) for r in selected
+    }
     unused = sorted(k for k in overrides or {} if not any(k in p for p in params.values()))
     if unused:
-        raise PlanError(f"override(s) {unused} match no parameter of the selected notebooks (a typo?)")
+        raise PlanError(
+            f"override(s) {unused} match no parameter of the selected notebooks (a typo?)"
+        )
     kernel = ensure_kernel(kernel_name)
 
     out = Path(out_dir) if out_dir is not None else PLAN_DIR / plan.name
     out.mkdir(parents=True, exist_ok=True)
-    versions, git, device = provenance.package_versions(), provenance.git_state(), provenance.device_info()
-    git["changed"] = (provenance.changed_files() or []) if git.get("dirty") else []  # exactly what differed
-    summary = Summary(plan=plan.name, description=plan.description, out_dir=out, status="ok", records=[],
-                      started=_now(), finished=_now(), git=git, device=device, versions=versions)
+    versions, git, device = (
+        provenance.package_versions(),
+        provenance.git_state(),
+        provenance.device_info(),
+    )
+    git["changed"] = (
+        (provenance.changed_files() or []) if git.get("dirty") else []
+    )  # exactly what differed
+    summary = Summary(
+        plan=plan.name,
+        description=plan.description,
+        out_dir=out,
+        status="ok",
+        records=[],
+        started=_now(),
+        finished=_now(),
+        git=git,
+        device=device,
+        versions=versions,
+    )
     records: dict[str, RunRecord] = {}
     for r in plan.runs:  # rows for runs not selected this time keep their earlier result, if any
         if r not in selected:
             records[r.name] = _previous_record(out / f"{r.name}.json") or RunRecord(
-                name=r.name, notebook=_rel(r.notebook), output=_rel(out / f"{r.name}.ipynb"), status="skipped")
+                name=r.name,
+                notebook=_rel(r.notebook),
+                output=_rel(out / f"{r.name}.ipynb"),
+                status="skipped",
+            )
 
     failure: NotebookFailed | None = None
     finished_loop = False
     try:
         for i, run in enumerate(selected):
             if failure is not None:
-                records[run.name] = RunRecord(name=run.name, notebook=_rel(run.notebook),
-                                              output=_rel(out / f"{run.name}.ipynb"), status="not run")
+                records[run.name] = RunRecord(
+                    name=run.name,
+                    notebook=_rel(run.notebook),
+                    output=_rel(out / f"{run.name}.ipynb"),
+                    status="not run",
+                )
                 continue
-            print(f"[{plan.name} {i + 1}/{len(selected)}] {_rel(run.notebook)}", file=sys.stderr, flush=True)
-            rec, failure = _execute(run, params[run.name], out, kernel, plan, log_output, progress_bar,
-                                    papermill, PapermillExecutionError)
+            print(
+                f"[{plan.name} {i + 1}/{len(selected)}] {_rel(run.notebook)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            rec, failure = _execute(
+                run,
+                params[run.name],
+                out,
+                kernel,
+                plan,
+                log_output,
+                progress_bar,
+                papermill,
+                PapermillExecutionError,
+            )
             rec.versions, rec.git, rec.device = versions, git, device
             records[run.name] = rec
             atomic_write_json(out / f"{run.name}.json", asdict(rec))
         finished_loop = True
     finally:
         # written even when interrupted, so a long plan always leaves an account of what happened
-        summary.records = [records.get(r.name) or RunRecord(
-            name=r.name, notebook=_rel(r.notebook), output=_rel(out / f"{r.name}.ipynb"), status="not run")
-            for r in plan.runs]
+        summary.records = [
+            records.get(r.name)
+            or RunRecord(
+                name=r.name,
+                notebook=_rel(r.notebook),
+                output=_rel(out / f"{r.name}.ipynb"),
+                status="not run",
+            )
+            for r in plan.runs
+        ]
         summary.finished = _now()
         failed_here = any(records.get(r.name) and records[r.name].status != "ok" for r in selected)
-        summary.status = "failed" if failed_here or failure else "ok" if finished_loop else "interrupted"
+        summary.status = (
+            "failed" if failed_here or failure else "ok" if finished_loop else "interrupted"
+        )
         _write_summary(summary)
     if failure is not None:
         raise failure
@@ -317,42 +407,90 @@ def _running_cell(executed: Path) -> tuple[int | None, str]:
     except (OSError, ValueError):
         return None, ""
     # papermill marks every cell "completed" on the way out, but only cells that ran have a start time
-    started = [i for i, c in enumerate(nb.get("cells", []))
-               if (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
+    started = [
+        i
+        for i, c in enumerate(nb.get("cells", []))
+        if (c.get("metadata", {}).get("papermill") or {}).get("start_time")
+    ]
     if not started:
         return None, ""
     src = nb["cells"][started[-1]].get("source", "")
     return started[-1], "".join(src) if isinstance(src, list) else src
 
 
-def _execute(run: Run, params: dict[str, Any], out: Path, kernel: str, plan: Plan, log_output: bool,
-             progress_bar: bool, papermill: Any, exec_error: type) -> tuple[RunRecord, NotebookFailed | None]:
+def _execute(
+    run: Run,
+    params: dict[str, Any],
+    out: Path,
+    kernel: str,
+    plan: Plan,
+    log_output: bool,
+    progress_bar: bool,
+    papermill: Any,
+    exec_error: type,
+) -> tuple[RunRecord, NotebookFailed | None]:
     """Run one notebook; return its record and, if it raised, the NotebookFailed to stop the plan with."""
     executed = out / f"{run.name}.ipynb"
     metrics_file = out / f".{run.name}.metrics.json"
-    metrics_file.unlink(missing_ok=True)  # a stale file would leak an earlier run's metrics into this one
+    metrics_file.unlink(
+        missing_ok=True
+    )  # a stale file would leak an earlier run's metrics into this one
     files_dir = out / "work" / run.name
-    rec = RunRecord(name=run.name, notebook=_rel(run.notebook), output=_rel(executed), status="ok",
-                    parameters=params, kernel=kernel, cwd=_rel(run.notebook.parent), plan=plan.name)
-    env = {METRICS_ENV: str(metrics_file.resolve()), OUTPUT_DIR_ENV: str(files_dir.resolve()),
-           RUN_NAME_ENV: f"{plan.name}/{run.name}"}
+    rec = RunRecord(
+        name=run.name,
+        notebook=_rel(run.notebook),
+        output=_rel(executed),
+        status="ok",
+        parameters=params,
+        kernel=kernel,
+        cwd=_rel(run.notebook.parent),
+        plan=plan.name,
+    )
+    env = {
+        METRICS_ENV: str(metrics_file.resolve()),
+        OUTPUT_DIR_ENV: str(files_dir.resolve()),
+        RUN_NAME_ENV: f"{plan.name}/{run.name}",
+    }
     failure: NotebookFailed | None = None
     rec.started, t0 = _now(), time.perf_counter()
     try:
         with _environ(env):
             papermill.execute_notebook(
-                str(run.notebook), str(executed), parameters=params, kernel_name=kernel,
-                cwd=str(run.notebook.parent),  # the notebook's folder, as in an interactive Jupyter session
-                progress_bar=progress_bar, log_output=log_output, start_timeout=plan.start_timeout,
+                str(run.notebook),
+                str(executed),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(
+                    run.notebook.parent
+                ),  # the notebook's folder, as in an interactive Jupyter session
+                progress_bar=progress_bar,
+                log_output=log_output,
+                start_timeout=plan.start_timeout,
                 execution_timeout=plan.cell_timeout,
             )
     except exec_error as exc:
-        failure = NotebookFailed(_rel(run.notebook), str(executed), exc.cell_index, exc.exec_count,
-                                 exc.ename, exc.evalue, exc.source or "")
-    except Exception as exc:  # cell timeout, dead kernel, kernel that never started: no traceback from a cell
+        failure = NotebookFailed(
+            _rel(run.notebook),
+            str(executed),
+            exc.cell_index,
+            exc.exec_count,
+            exc.ename,
+            exc.evalue,
+            exc.source or "",
+        )
+    except (
+        Exception
+    ) as exc:  # cell timeout, dead kernel, kernel that never started: no traceback from a cell
         cell, source = _running_cell(executed)
-        failure = NotebookFailed(_rel(run.notebook), str(executed), cell, None, type(exc).__name__,
-                                 str(exc).strip() or repr(exc), source)
+        failure = NotebookFailed(
+            _rel(run.notebook),
+            str(executed),
+            cell,
+            None,
+            type(exc).__name__,
+            str(exc).strip() or repr(exc),
+            source,
+        )
     finally:
         rec.duration_s = round(time.perf_counter() - t0, 3)
         rec.finished = _now()
@@ -362,8 +500,13 @@ def _execute(run: Run, params: dict[str, Any], out: Path, kernel: str, plan: Pla
             metrics_file.unlink(missing_ok=True)
     if failure is not None:
         rec.status = "failed"
-        rec.error = {"cell_index": failure.cell_index, "exec_count": failure.exec_count, "ename": failure.ename,
-                     "evalue": failure.evalue, "source": failure.source[:2000]}
+        rec.error = {
+            "cell_index": failure.cell_index,
+            "exec_count": failure.exec_count,
+            "ename": failure.ename,
+            "evalue": failure.evalue,
+            "source": failure.source[:2000],
+        }
     return rec, failure
 
 
@@ -371,14 +514,22 @@ def run_reproduce(args: Any) -> int:
     """Run the plan named by parsed arguments; print where the summary is; 0 on success, 1 failed, 2 bad plan."""
     try:
         overrides = parse_overrides(getattr(args, "overrides", None) or [], what="parameter")
-        summary = run_plan(args.plan, out_dir=args.out, kernel_name=args.kernel, log_output=args.log_output,
-                           only=args.only, progress_bar=not getattr(args, "no_progress", False),
-                           overrides=overrides)
+        summary = run_plan(
+            args.plan,
+            out_dir=args.out,
+            kernel_name=args.kernel,
+            log_output=args.log_output,
+            only=args.only,
+            progress_bar=not getattr(args, "no_progress", False),
+            overrides=overrides,
+        )
     except NotebookFailed as exc:
         print(f"reproduce: {exc}", file=sys.stderr)
         return 1
     except (PlanError, KernelError, ConfigError) as exc:
         print(f"reproduce: {exc}", file=sys.stderr)
         return 2
-    print(f"reproduce: plan {summary.plan!r} {summary.status}; summary in {summary.out_dir / 'summary.md'}")
+    print(
+        f"reproduce: plan {summary.plan!r} {summary.status}; summary in {summary.out_dir / 'summary.md'}"
+    )
     return 0 if summary.ok else 1

@@ -3,15 +3,17 @@
 A plan (format in papermill_runs/README.md) lists notebooks and the parameters injected into each; parameters
 are checked against each notebook's own `parameters` cell before anything runs.
 """
+
 from __future__ import annotations
 
 import ast
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -33,7 +35,9 @@ class Run:
 
     notebook: Path  # absolute path of the source notebook
     name: str  # output stem: <out_dir>/<name>.ipynb and .json
-    parameters: dict[str, Any] = field(default_factory=dict)  # the run's own parameters (beat the defaults)
+    parameters: dict[str, Any] = field(
+        default_factory=dict
+    )  # the run's own parameters (beat the defaults)
     description: str = ""
 
 
@@ -59,15 +63,19 @@ def _plan_path(plan: str | os.PathLike) -> Path:
             return repo_path(p)
         raise PlanError(f"run plan file {plan} does not exist")
     if not IN_CHECKOUT:
-        raise PlanError(f"`cliper reproduce --plan {plan}` needs a checkout of the repository: the notebooks and "
-                        f"the run plans (papermill_runs/) are not part of the installed package. Clone the "
-                        f"repository and run it there (`make setup`, then `.venv/bin/cliper reproduce`), or pass "
-                        f"a plan .yaml whose notebook paths are absolute")
+        raise PlanError(
+            f"`cliper reproduce --plan {plan}` needs a checkout of the repository: the notebooks and "
+            f"the run plans (papermill_runs/) are not part of the installed package. Clone the "
+            f"repository and run it there (`make setup`, then `.venv/bin/cliper reproduce`), or pass "
+            f"a plan .yaml whose notebook paths are absolute"
+        )
     named = PLAN_DIR / f"{plan}.yaml"
     if named.exists():
         return named
     known = ", ".join(sorted(q.stem for q in PLAN_DIR.glob("*.yaml"))) or "none"
-    raise PlanError(f"no run plan named {plan!r} in {PLAN_DIR} (available: {known}); or pass a path to a .yaml file")
+    raise PlanError(
+        f"no run plan named {plan!r} in {PLAN_DIR} (available: {known}); or pass a path to a .yaml file"
+    )
 
 
 def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
@@ -95,7 +103,9 @@ def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
         raise PlanError(f"{where}: `defaults` must be a mapping of parameter names to values")
     entries = raw.get("runs")
     if not isinstance(entries, list) or not entries:
-        raise PlanError(f"{where}: `runs` must be a non-empty list of {{notebook: ..., parameters: {{...}}}}")
+        raise PlanError(
+            f"{where}: `runs` must be a non-empty list of {{notebook: ..., parameters: {{...}}}}"
+        )
     runs: list[Run] = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
@@ -104,7 +114,9 @@ def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
             raise PlanError(f"{where}: runs[{i}] needs a `notebook` path")
         bad = set(entry) - _RUN_KEYS
         if bad:
-            raise PlanError(f"{where}: runs[{i}] has unknown key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}")
+            raise PlanError(
+                f"{where}: runs[{i}] has unknown key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}"
+            )
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
             raise PlanError(f"{where}: runs[{i}].parameters must be a mapping")
@@ -113,14 +125,29 @@ def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
         if "/" in run_name or run_name in {"summary", ""}:
             raise PlanError(f"{where}: runs[{i}] has an unusable name {run_name!r}")
         if any(r.name == run_name for r in runs):
-            raise PlanError(f"{where}: two runs are named {run_name!r}; give repeated notebooks a distinct `name`")
-        runs.append(Run(notebook=nb, name=run_name, parameters=dict(params),
-                        description=str(entry.get("description") or "")))
+            raise PlanError(
+                f"{where}: two runs are named {run_name!r}; give repeated notebooks a distinct `name`"
+            )
+        runs.append(
+            Run(
+                notebook=nb,
+                name=run_name,
+                parameters=dict(params),
+                description=str(entry.get("description") or ""),
+            )
+        )
     cell_timeout = raw.get("cell_timeout")
     if cell_timeout is not None and (not isinstance(cell_timeout, int) or cell_timeout <= 0):
         raise PlanError(f"{where}: cell_timeout must be a positive number of seconds")
-    return Plan(name=name, path=path, description=str(raw.get("description") or ""), defaults=dict(defaults),
-                runs=runs, cell_timeout=cell_timeout, start_timeout=int(raw.get("start_timeout") or 120))
+    return Plan(
+        name=name,
+        path=path,
+        description=str(raw.get("description") or ""),
+        defaults=dict(defaults),
+        runs=runs,
+        cell_timeout=cell_timeout,
+        start_timeout=int(raw.get("start_timeout") or 120),
+    )
 
 
 def _select(plan: Plan, only: str | Sequence[str] | None) -> list[Run]:
@@ -131,11 +158,16 @@ def _select(plan: Plan, only: str | Sequence[str] | None) -> list[Run]:
     chosen: list[Run] = []
     for w in wanted:
         w_stem = Path(w).stem if w.endswith(".ipynb") else Path(w).name
-        hits = [r for r in plan.runs
-                if w_stem in (r.name, r.notebook.stem) or r.notebook.stem.startswith(w_stem + "_")]
+        hits = [
+            r
+            for r in plan.runs
+            if w_stem in (r.name, r.notebook.stem) or r.notebook.stem.startswith(w_stem + "_")
+        ]
         if not hits:
-            raise PlanError(f"--only {w!r} matches no run of plan {plan.name!r}; runs: "
-                            + ", ".join(r.name for r in plan.runs))
+            raise PlanError(
+                f"--only {w!r} matches no run of plan {plan.name!r}; runs: "
+                + ", ".join(r.name for r in plan.runs)
+            )
         chosen += [r for r in hits if r not in chosen]
     return [r for r in plan.runs if r in chosen]  # keep plan order
 
@@ -146,11 +178,15 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def _expand_env(value: Any, where: str) -> Any:
     """Replace ${NAME} in string values by the environment variable NAME; an unset one is a PlanError."""
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             if m.group(1) not in os.environ:
-                raise PlanError(f"{where} uses ${{{m.group(1)}}}, but that environment variable is not set "
-                                f"(set it, or override the parameter with --set)")
+                raise PlanError(
+                    f"{where} uses ${{{m.group(1)}}}, but that environment variable is not set "
+                    f"(set it, or override the parameter with --set)"
+                )
             return os.environ[m.group(1)]
+
         return _ENV_REF.sub(sub, value)
     if isinstance(value, list):
         return [_expand_env(v, where) for v in value]
@@ -165,7 +201,9 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read notebook {path}: {exc}") from exc
-    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     if not cells:
         return {}
     source = cells[0].get("source", "")
@@ -176,14 +214,21 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
         raise PlanError(f"the parameters cell of {path} is not valid Python: {exc}") from exc
     out: dict[str, Any] = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) and node.value is not None else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign) and node.value is not None
+            else []
+        )
         for t in targets:
             if isinstance(t, ast.Name):
                 try:
                     out[t.id] = ast.literal_eval(node.value)
                 except ValueError:
-                    out[t.id] = None  # declared, but not a plain literal (the hygiene test flags that)
+                    out[t.id] = (
+                        None  # declared, but not a plain literal (the hygiene test flags that)
+                    )
     return out
 
 

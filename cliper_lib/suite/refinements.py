@@ -1,9 +1,11 @@
 """Refinements side by side (notebook 04): SD's self-attention chain against a VFM's patch affinities, on the same
 cached CLIP stages, with what each costs for one image (seconds, memory) and how their labels compare."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,7 +27,9 @@ class RefinementRun:
     name: str
     run: StageRun  # every stage value (run["refine"] = S_f, run["labels"] = (scores, maps, labels))
     seconds: dict[str, float]  # the refinement's stages that ran -> seconds
-    affinity_mib: float  # what the affinity stage keeps: SD head maps (m, T, T) or VFM features (fh, fw, D)
+    affinity_mib: (
+        float  # what the affinity stage keeps: SD head maps (m, T, T) or VFM features (fh, fw, D)
+    )
     peak_cuda_mib: float | None  # peak CUDA memory above what was allocated before (None on CPU)
 
     @property
@@ -33,8 +37,9 @@ class RefinementRun:
         return self.run["labels"][2].cpu()  # (H0, W0)
 
 
-def run_refinement(cache: StageCache, image: Any, classes: Sequence[str], name: str, cfg: CLIPerConfig
-                   ) -> RefinementRun:
+def run_refinement(
+    cache: StageCache, image: Any, classes: Sequence[str], name: str, cfg: CLIPerConfig
+) -> RefinementRun:
     """Run `cfg` through a branch of `cache` with the refinement's stages dropped, so that they (only) are timed.
 
     A VFM is loaded before the clock starts (loading is not per-image work).
@@ -57,8 +62,9 @@ def run_refinement(cache: StageCache, image: Any, classes: Sequence[str], name: 
     return RefinementRun(name, run, seconds, affinity, peak)
 
 
-def compare_refinements(cache: StageCache, image: Any, classes: Sequence[str],
-                        configs: Mapping[str, CLIPerConfig]) -> tuple[pd.DataFrame, dict[str, RefinementRun]]:
+def compare_refinements(
+    cache: StageCache, image: Any, classes: Sequence[str], configs: Mapping[str, CLIPerConfig]
+) -> tuple[pd.DataFrame, dict[str, RefinementRun]]:
     """Each named config's refinement on `image`: a table (grid of S_f, seconds, memory, classes found, label
     agreement with the first config) and the runs themselves."""
     runs = {name: run_refinement(cache, image, classes, name, cfg) for name, cfg in configs.items()}
@@ -66,13 +72,18 @@ def compare_refinements(cache: StageCache, image: Any, classes: Sequence[str],
     rows = []
     for name, r in runs.items():
         refined = r.run["refine"]  # (C, s, s) or (C, fh, fw)
-        rows.append({
-            "refinement": name, "S_f grid": "×".join(map(str, refined.shape[1:])),
-            "seconds (affinity + refine)": sum(r.seconds.values()),
-            **{f"{stage} s": r.seconds.get(stage) for stage in REFINEMENT_STAGES},
-            "affinity stage MiB": round(r.affinity_mib, 2),
-            "peak CUDA MiB": None if r.peak_cuda_mib is None else round(r.peak_cuda_mib, 1),
-            "classes present": ", ".join(r.run["text"].names[i - 1] for i in torch.unique(r.labels).tolist() if i),
-            "label agreement with first": float((r.labels == first.labels).float().mean()),
-        })
+        rows.append(
+            {
+                "refinement": name,
+                "S_f grid": "×".join(map(str, refined.shape[1:])),
+                "seconds (affinity + refine)": sum(r.seconds.values()),
+                **{f"{stage} s": r.seconds.get(stage) for stage in REFINEMENT_STAGES},
+                "affinity stage MiB": round(r.affinity_mib, 2),
+                "peak CUDA MiB": None if r.peak_cuda_mib is None else round(r.peak_cuda_mib, 1),
+                "classes present": ", ".join(
+                    r.run["text"].names[i - 1] for i in torch.unique(r.labels).tolist() if i
+                ),
+                "label agreement with first": float((r.labels == first.labels).float().mean()),
+            }
+        )
     return pd.DataFrame(rows), runs

@@ -4,6 +4,7 @@ Executed notebooks of a plan folder inside the checkout may be git-ignored (the 
 figures); a committed summary then links the source notebook and says how to regenerate the executed copy,
 instead of a link that resolves only on the machine that ran it.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,11 @@ def git_ignored(path: Path) -> bool:
         return False
     try:
         path.resolve().relative_to(REPO_ROOT)
-        res = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(path.resolve())],
-                             capture_output=True, timeout=20)
+        res = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(path.resolve())],
+            capture_output=True,
+            timeout=20,
+        )
     except (ValueError, OSError, subprocess.SubprocessError):
         return False
     return res.returncode == 0
@@ -46,7 +50,9 @@ def run_cell(out_dir: Path, name: str, notebook: str) -> str:
     source = Path(notebook) if Path(notebook).is_absolute() else REPO_ROOT / notebook
     if source.exists():
         link = os.path.relpath(source.resolve(), Path(out_dir).resolve()).replace(os.sep, "/")
-        return f"{name} ([source]({link}){'; executed copy not committed' if copy.exists() else ''})"
+        return (
+            f"{name} ([source]({link}){'; executed copy not committed' if copy.exists() else ''})"
+        )
     return name
 
 
@@ -54,6 +60,10 @@ def regenerate_note(out_dir: Path, plan: str) -> str | None:
     """A line for the summary when its executed copies are git-ignored: how to regenerate them."""
     if not any(git_ignored(p) for p in Path(out_dir).glob("*.ipynb")):
         return None
-    readme = os.path.relpath(REPO_ROOT / "papermill_runs" / "README.md", Path(out_dir).resolve()).replace(os.sep, "/")
-    return (f"- executed notebooks are not committed (git-ignored: figures of random models); regenerate them "
-            f"with `cliper reproduce --plan {plan}` ([how]({readme}))")
+    readme = os.path.relpath(
+        REPO_ROOT / "papermill_runs" / "README.md", Path(out_dir).resolve()
+    ).replace(os.sep, "/")
+    return (
+        f"- executed notebooks are not committed (git-ignored: figures of random models); regenerate them "
+        f"with `cliper reproduce --plan {plan}` ([how]({readme}))"
+    )

@@ -1,4 +1,5 @@
 """The bundled sample photos (cliper_lib/data/samples) and the class names its samples.yaml suggests for each."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,11 @@ def suggested_classes_by_image(folder: str | Path | None = None) -> dict[str, st
     if not path.exists():
         return {}
     entries = yaml.safe_load(path.read_text()) or {}
-    return {name: entry["classes"] for name, entry in entries.items()
-            if isinstance(entry, dict) and entry.get("classes")}
+    return {
+        name: entry["classes"]
+        for name, entry in entries.items()
+        if isinstance(entry, dict) and entry.get("classes")
+    }
 
 
 def suggested_classes(name: str, folder: str | Path | None = None) -> str | None:
@@ -50,5 +54,7 @@ def sample_path(name_or_path: str | Path) -> Path:
     by_stem = {p.stem: p for p in samples.values()}
     if name in by_stem:
         return by_stem[name]
-    raise FileNotFoundError(f"{str(name_or_path)!r} is neither an image file nor a bundled sample "
-                            f"({', '.join(samples)} in {SAMPLES_DIR})")
+    raise FileNotFoundError(
+        f"{str(name_or_path)!r} is neither an image file nor a bundled sample "
+        f"({', '.join(samples)} in {SAMPLES_DIR})"
+    )

@@ -6,12 +6,14 @@ stages it consumes, so moving one knob recomputes only the stages downstream of 
 is a cache hit. `INVALIDATES` (what each explorer control recomputes) is derived from the same declarations.
 `sweep_fused_layer_ranges` uses the cache to score many fused layer ranges while walking each image once.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,15 +29,34 @@ from ..vocab import parse_class_names
 
 #: how many results each stage keeps (least recently used goes first). The walk and the SD head maps are the
 #: large ones (hundreds of MB per image at paper size), the later stages are small.
-DEFAULT_CAPACITY = {"text": 32, "clip_walk": 2, "fusion": 4, "layer_maps": 8, "coarse": 8, "sd_attention": 2,
-                    "refine": 8, "labels": 8, "proxy": 4, "vfm": 2}
+DEFAULT_CAPACITY = {
+    "text": 32,
+    "clip_walk": 2,
+    "fusion": 4,
+    "layer_maps": 8,
+    "coarse": 8,
+    "sd_attention": 2,
+    "refine": 8,
+    "labels": 8,
+    "proxy": 4,
+    "vfm": 2,
+}
 
 #: the config fields (or run inputs) behind each explorer control.
 CONTROL_FIELDS = {
-    "image": ("image",), "classes": ("classes",), "background": ("background",), "sliding": ("sliding_crop_size",),
-    "fuse_layers": ("fuse_layers",), "select_layer": ("select_layer",), "attention_thr": ("attention_thr",),
-    "refinement": ("refinement",), "selection_head": ("selection_head",), "score_threshold": ("score_threshold",),
-    "bkg_thre": ("bkg_thre",), "is_normalize": ("is_normalize",), "map_class": (),  # display only
+    "image": ("image",),
+    "classes": ("classes",),
+    "background": ("background",),
+    "sliding": ("sliding_crop_size",),
+    "fuse_layers": ("fuse_layers",),
+    "select_layer": ("select_layer",),
+    "attention_thr": ("attention_thr",),
+    "refinement": ("refinement",),
+    "selection_head": ("selection_head",),
+    "score_threshold": ("score_threshold",),
+    "bkg_thre": ("bkg_thre",),
+    "is_normalize": ("is_normalize",),
+    "map_class": (),  # display only
 }
 #: which stages each explorer control invalidates, derived from the stage graph (SD runs the first time a
 #: refinement needs it for an image; selection_head matters only while refinement == "selection").
@@ -65,12 +86,16 @@ class StageOutputs:
     coarse: torch.Tensor | None  # (C, h, w) S_c
     select_map: torch.Tensor | None  # (C, h, w) thresholded S_sel
     head_maps: torch.Tensor | None  # (m, T, T) SD head maps, None when no refinement runs
-    refined: torch.Tensor | None  # (C, s, s) S_f (S_c when refinement is none); None if stopped before refine
+    refined: (
+        torch.Tensor | None
+    )  # (C, s, s) S_f (S_c when refinement is none); None if stopped before refine
     scores: torch.Tensor | None  # (C,)
     maps: torch.Tensor | None  # (C, H0, W0) score-scaled maps
     labels: torch.Tensor | None  # (H0, W0) int64, 0 = background
     keys: dict[str, Hashable] = field(default_factory=dict)  # the key of every stage reached
-    recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, for this run only
+    recomputed: dict[str, float] = field(
+        default_factory=dict
+    )  # stage -> seconds, for this run only
 
     @property
     def class_names(self) -> list[str]:
@@ -108,7 +133,7 @@ class StageCache:
         for stage in stages or STAGES:
             self._store[stage].clear()
 
-    def copy(self) -> "StageCache":
+    def copy(self) -> StageCache:
         """A cache holding the same results (shared, read-only) with fresh counters, e.g. to branch a sweep."""
         other = StageCache(self.model, self.capacity)
         other._store = {stage: OrderedDict(entries) for stage, entries in self._store.items()}
@@ -141,9 +166,15 @@ class StageCache:
 
     # --- the pipeline ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, image: Any, cfg: CLIPerConfig | None = None, classes: Sequence[str] | str | TextSet | None = None,
-            background: Sequence[str] | str | None = None, image_id: Hashable | None = None,
-            until: str = "labels") -> StageOutputs:
+    def run(
+        self,
+        image: Any,
+        cfg: CLIPerConfig | None = None,
+        classes: Sequence[str] | str | TextSet | None = None,
+        background: Sequence[str] | str | None = None,
+        image_id: Hashable | None = None,
+        until: str = "labels",
+    ) -> StageOutputs:
         """The pipeline of `CLIPer.segment` with every stage looked up before it is computed.
 
         `image_id` names the image in the keys (default: a hash of its pixels); `until` stops after a stage
@@ -161,22 +192,45 @@ class StageCache:
         self.runs += 1
         # the text is always part of a run (the explorer shows the class names, whatever stage it stops at)
         targets = ("text", until) if until != "text" else ("text",)
-        run = model.run(image, None if text else classes, background, cfg, targets, text=text,
-                        image_id=image_id, store=self)
+        run = model.run(
+            image,
+            None if text else classes,
+            background,
+            cfg,
+            targets,
+            text=text,
+            image_id=image_id,
+            store=self,
+        )
         get = run.values.get
         coarse = get("coarse", (None, None))
         scores, maps, labels = get("labels", (None, None, None))
         return StageOutputs(
-            image_id=image_id, image=run["image"], cfg=cfg, text=get("text"), features=get("clip_walk"), fused=get("fusion"),
-            layer_maps=get("layer_maps"), coarse=coarse[0], select_map=coarse[1], head_maps=get("sd_attention"),
-            refined=get("refine"), scores=scores, maps=maps, labels=labels, keys=dict(run.keys),
-            recomputed=dict(run.recomputed))
+            image_id=image_id,
+            image=run["image"],
+            cfg=cfg,
+            text=get("text"),
+            features=get("clip_walk"),
+            fused=get("fusion"),
+            layer_maps=get("layer_maps"),
+            coarse=coarse[0],
+            select_map=coarse[1],
+            head_maps=get("sd_attention"),
+            refined=get("refine"),
+            scores=scores,
+            maps=maps,
+            labels=labels,
+            keys=dict(run.keys),
+            recomputed=dict(run.recomputed),
+        )
 
 
 def timing_rows(move: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Long-form rows (move, stage, seconds) of one `Explorer.apply` record: every stage (0 when cached) + drawing."""
-    rows = [{"move": move, "stage": stage, "seconds": float(record["recomputed"].get(stage, 0.0))}
-            for stage in STAGES]
+    rows = [
+        {"move": move, "stage": stage, "seconds": float(record["recomputed"].get(stage, 0.0))}
+        for stage in STAGES
+    ]
     rows.append({"move": move, "stage": "drawing", "seconds": float(record["render_s"])})
     return rows
 
@@ -194,7 +248,9 @@ def layer_ranges(num_layers: int, min_length: int = 1) -> list[tuple[int, int]]:
 
 def coarse_prediction(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Label map 1..C from S_c: bilinear upsampling (C, h, w) -> (C, H, W), argmax over classes, + 1."""
-    up = F.interpolate(coarse[None].float(), size=size, mode="bilinear", align_corners=False)[0]  # (C, H, W)
+    up = F.interpolate(coarse[None].float(), size=size, mode="bilinear", align_corners=False)[
+        0
+    ]  # (C, H, W)
     return up.argmax(dim=0).cpu() + 1
 
 
@@ -228,26 +284,37 @@ def sweep_fused_layer_ranges(
         raise ValueError(f"proxy={proxy!r}; use 'coarse' or 'labels'")
     cfg = cfg or model.cfg
     num_layers = model.clip.num_layers
-    ranges = [tuple(int(v) for v in r) for r in (layer_ranges(num_layers) if ranges is None else ranges)]
+    ranges = [
+        tuple(int(v) for v in r) for r in (layer_ranges(num_layers) if ranges is None else ranges)
+    ]
     for first, last in ranges:
-        cfg.replace(fuse_layers=[first, last]).check_against_depth(num_layers)  # fail before any work
+        cfg.replace(fuse_layers=[first, last]).check_against_depth(
+            num_layers
+        )  # fail before any work
     if text is None:
         names = getattr(samples, "class_names", None)
         if names is None:
             raise ValueError("give `text`: the samples do not name their classes")
         text = list(names[1:])  # label 0 is background, k is class_names[k]
-    num_classes = (text.num_classes if isinstance(text, TextSet)
-                   else len(parse_class_names(text) if isinstance(text, str) else text)) + 1
+    num_classes = (
+        text.num_classes
+        if isinstance(text, TextSet)
+        else len(parse_class_names(text) if isinstance(text, str) else text)
+    ) + 1
     ignore = set(cfg.ignore_labels if ignore_labels is None else ignore_labels)
     if proxy == "coarse":
         ignore.add(0)
     cache = cache or StageCache(model)
     matrices = {r: ConfusionMatrix(num_classes, ignore) for r in ranges}
     seconds = {r: 0.0 for r in ranges}  # fusion onward: what each range costs on its own
-    shared = 0.0  # text, CLIP walks, SD: paid once per image (or once), whatever the number of ranges
+    shared = (
+        0.0  # text, CLIP walks, SD: paid once per image (or once), whatever the number of ranges
+    )
     walks_before = cache.recomputed["clip_walk"]
 
-    items = list(samples) if limit is None else [samples[i] for i in range(min(limit, len(samples)))]
+    items = (
+        list(samples) if limit is None else [samples[i] for i in range(min(limit, len(samples)))]
+    )
     iterator: Iterable[Any] = items
     if progress:
         from tqdm.auto import tqdm
@@ -258,32 +325,51 @@ def sweep_fused_layer_ranges(
             raise ValueError(f"sample {sample.name!r} has no ground truth mask")
         image_id = f"sample:{getattr(sample, 'name', '')}:{content_id(sample.image)}"
         for first, last in ranges:
-            out = cache.run(sample.image, cfg.replace(fuse_layers=[first, last]), text, background,
-                            image_id=image_id, until="coarse" if proxy == "coarse" else "labels")
+            out = cache.run(
+                sample.image,
+                cfg.replace(fuse_layers=[first, last]),
+                text,
+                background,
+                image_id=image_id,
+                until="coarse" if proxy == "coarse" else "labels",
+            )
             for stage, spent in out.recomputed.items():
                 if stage in SHARED_STAGES:
                     shared += spent
                 else:
                     seconds[(first, last)] += spent
             mask = np.asarray(sample.mask)
-            pred = coarse_prediction(out.coarse, mask.shape) if proxy == "coarse" else out.labels.cpu()
+            pred = (
+                coarse_prediction(out.coarse, mask.shape) if proxy == "coarse" else out.labels.cpu()
+            )
             matrices[(first, last)].update(mask, pred.numpy().astype(np.int64))
 
     rows = []
     for first, last in ranges:
         stats = matrices[(first, last)].compute()
-        rows.append({
-            "first": first, "last": last, "range": f"{first}-{last}", "num_fused": last - first + 1,
-            "miou": stats["mIoU"], "pixel_accuracy": stats["pAcc"], "proxy": proxy,
-            "num_images": len(items), "num_pixels": stats["num_pixels"], "seconds": seconds[(first, last)],
-            # the same for every row: the whole sweep's shared stages, and its CLIP walks (== images when reused)
-            "shared_seconds": shared, "walks": cache.recomputed["clip_walk"] - walks_before,
-        })
+        rows.append(
+            {
+                "first": first,
+                "last": last,
+                "range": f"{first}-{last}",
+                "num_fused": last - first + 1,
+                "miou": stats["mIoU"],
+                "pixel_accuracy": stats["pAcc"],
+                "proxy": proxy,
+                "num_images": len(items),
+                "num_pixels": stats["num_pixels"],
+                "seconds": seconds[(first, last)],
+                # the same for every row: the whole sweep's shared stages, and its CLIP walks (== images when reused)
+                "shared_seconds": shared,
+                "walks": cache.recomputed["clip_walk"] - walks_before,
+            }
+        )
     return rows
 
 
 def best_range(rows: Sequence[Mapping[str, Any]], metric: str = "miou") -> Mapping[str, Any]:
     """The row with the highest `metric` (NaN rows last; ties to the earlier row)."""
+
     def value(row):
         v = row[metric]
         return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else v
@@ -291,8 +377,14 @@ def best_range(rows: Sequence[Mapping[str, Any]], metric: str = "miou") -> Mappi
     return max(rows, key=value)
 
 
-def sweep_samples(cfg: CLIPerConfig, dataset: str, data_root: str | None, limit: int, proxy: str = "coarse",
-                  mask_dir: str | None = None) -> tuple[Any | None, str]:
+def sweep_samples(
+    cfg: CLIPerConfig,
+    dataset: str,
+    data_root: str | None,
+    limit: int,
+    proxy: str = "coarse",
+    mask_dir: str | None = None,
+) -> tuple[Any | None, str]:
     """The images with ground truth a layer-range sweep scores, and a line saying what they are.
 
     smoke: synthetic shapes with exact masks. paper: the first `limit` images of benchmark `dataset` under
@@ -305,11 +397,16 @@ def sweep_samples(cfg: CLIPerConfig, dataset: str, data_root: str | None, limit:
 
     if cfg.profile == "smoke":
         samples: Any = SyntheticDataset(num_images=limit, classes=6, size=128, seed=0)
-        return samples, f"{proxy} proxy: agreement (mIoU) with synthetic ground truth, {len(samples)} images"
+        return (
+            samples,
+            f"{proxy} proxy: agreement (mIoU) with synthetic ground truth, {len(samples)} images",
+        )
     try:
         if dataset == "folder":
             if not data_root or not mask_dir:
-                raise DatasetError("sweep_dataset 'folder' needs data_root (the images) and a mask folder")
+                raise DatasetError(
+                    "sweep_dataset 'folder' needs data_root (the images) and a mask folder"
+                )
             folder = FolderDataset(data_root, cfg.classes, mask_dir)
             samples = [folder[i] for i in range(min(limit, len(folder)))]
             where = f"images in {data_root}"
@@ -320,7 +417,9 @@ def sweep_samples(cfg: CLIPerConfig, dataset: str, data_root: str | None, limit:
             where = f"the first images of {dataset}"
     except DatasetError as error:
         first = str(error).splitlines()[0]
-        return None, (f"layer-range sweep skipped: it needs images with ground truth, and {first}. Point data_root "
-                      f"at the benchmarks (or set $CLIPER_DATA), or set sweep_dataset='folder' with data_root (an "
-                      f"image folder) and sweep_mask_dir (label-map PNGs named like the images).")
+        return None, (
+            f"layer-range sweep skipped: it needs images with ground truth, and {first}. Point data_root "
+            f"at the benchmarks (or set $CLIPER_DATA), or set sweep_dataset='folder' with data_root (an "
+            f"image folder) and sweep_mask_dir (label-map PNGs named like the images)."
+        )
     return samples, f"{proxy} proxy: mIoU on {len(samples)} {where}"

@@ -6,13 +6,15 @@ Conventions: a label map is (H, W) integers with 0 = background and k = class_na
 figures in loops, and display once in Jupyter when they are a cell's last expression (or via `display(fig)`).
 Only numpy, matplotlib and PIL are needed; seaborn is imported by `set_theme` alone.
 """
+
 from __future__ import annotations
 
 import base64
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -21,8 +23,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import ScalarFormatter
 from PIL import Image
 
-from ..files import atomic_path
 from ..eval.report import Example, short_name
+from ..files import atomic_path
 from ..images import rgb_array
 
 __all__ = [
@@ -101,7 +103,9 @@ def overlay(image: Any, labels: Any, alpha: float = 0.5) -> np.ndarray:
     img = rgb_array(image, floats=True)
     lab = _as_labels(labels)
     if lab.shape != img.shape[:2]:
-        raise ValueError(f"labels {lab.shape} and image {img.shape[:2]} must have the same height and width")
+        raise ValueError(
+            f"labels {lab.shape} and image {img.shape[:2]} must have the same height and width"
+        )
     colours = colorize_labels(lab).astype(np.float32)
     blended = (1.0 - alpha) * img.astype(np.float32) + alpha * colours
     # blending background with black would only darken the photo; leave it untouched instead
@@ -117,13 +121,22 @@ def _class_name(k: int, class_names: Sequence[str]) -> str:
     return "ignore" if k == 255 else f"class {k}"
 
 
-def legend_handles(labels: Any, class_names: Sequence[str], include_background: bool = False) -> list[Patch]:
+def legend_handles(
+    labels: Any, class_names: Sequence[str], include_background: bool = False
+) -> list[Patch]:
     """Legend patches (palette colour + name) for the classes present in a label map, in id order."""
     lab = _as_labels(labels)
     present = [int(k) for k in np.unique(lab) if include_background or k != 0]
     colours = palette(max(present + [0]) + 1) / 255.0
-    return [Patch(facecolor=colours[k], edgecolor="black", linewidth=0.5, label=_class_name(k, class_names))
-            for k in present]
+    return [
+        Patch(
+            facecolor=colours[k],
+            edgecolor="black",
+            linewidth=0.5,
+            label=_class_name(k, class_names),
+        )
+        for k in present
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,7 +151,9 @@ def save_label_png(path: str | os.PathLike, labels: Any, num_labels: int | None 
     lab = _as_labels(labels)
     top = max(num_labels or 0, int(lab.max()) + 1 if lab.size else 0)
     if top > 65536 or (lab.size and lab.min() < 0):
-        raise ValueError(f"a label PNG holds ids 0..65535; this map has ids {lab.min()} .. {lab.max()}")
+        raise ValueError(
+            f"a label PNG holds ids 0..65535; this map has ids {lab.min()} .. {lab.max()}"
+        )
     if top > 256:
         img = Image.fromarray(lab.astype(np.uint16))  # mode I;16
     else:
@@ -153,8 +168,10 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG written by `save_label_png` back into (H, W) int64 class ids (no palette lookup)."""
     with Image.open(path) as img:
         if img.mode not in ("P", "L", "I;16", "I"):
-            raise ValueError(f"{path}: expected a palette (P) or greyscale (L, I;16) PNG of class ids, got mode "
-                             f"{img.mode}")
+            raise ValueError(
+                f"{path}: expected a palette (P) or greyscale (L, I;16) PNG of class ids, got mode "
+                f"{img.mode}"
+            )
         return np.asarray(img).astype(np.int64)
 
 
@@ -171,7 +188,9 @@ def save_overlay_png(
     img = rgb_array(image, floats=True)
     h, w = img.shape[:2]
     # size the canvas to the image plus a strip for the legend, so pixels are not resampled much
-    fig = Figure(figsize=(max(w / dpi, 3.0) + 2.2, max(h / dpi, 2.5) + 0.5), dpi=dpi, layout="constrained")
+    fig = Figure(
+        figsize=(max(w / dpi, 3.0) + 2.2, max(h / dpi, 2.5) + 0.5), dpi=dpi, layout="constrained"
+    )
     ax = fig.add_subplot()
     show_segmentation(ax, img, labels, class_names, title or Path(path).stem, alpha=alpha)
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
@@ -202,8 +221,15 @@ def show_segmentation(
     if legend:
         handles = legend_handles(labels, class_names)
         if handles:
-            ax.legend(handles=handles, title="classes", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                      borderaxespad=0.0, fontsize="small", title_fontsize="small")
+            ax.legend(
+                handles=handles,
+                title="classes",
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0.0,
+                fontsize="small",
+                title_fontsize="small",
+            )
         else:
             ax.text(1.02, 1.0, "no class found", transform=ax.transAxes, va="top", fontsize="small")
     return ax
@@ -244,25 +270,41 @@ def heatmap_grid(
     if len(titles) != arr.shape[0]:
         raise ValueError(f"{arr.shape[0]} maps but {len(titles)} titles")
     img = rgb_array(image, floats=True) if image is not None else None
-    vmin, vmax = (float(np.nanmin(arr)), float(np.nanmax(arr))) if shared_scale and arr.size else (None, None)
+    vmin, vmax = (
+        (float(np.nanmin(arr)), float(np.nanmax(arr)))
+        if shared_scale and arr.size
+        else (None, None)
+    )
     fig, axes = _grid(arr.shape[0], ncols, panel_size, suptitle)
     for ax, m, t in zip(axes, arr, titles):
         if img is not None:
             h, w = img.shape[:2]
             ax.imshow(img)
             # extent stretches the low-resolution map over the image without resampling it ourselves
-            im = ax.imshow(m, cmap=cmap, alpha=alpha, extent=(0, w, h, 0), interpolation="bilinear",
-                           vmin=vmin, vmax=vmax)
+            im = ax.imshow(
+                m,
+                cmap=cmap,
+                alpha=alpha,
+                extent=(0, w, h, 0),
+                interpolation="bilinear",
+                vmin=vmin,
+                vmax=vmax,
+            )
         else:
             im = ax.imshow(m, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
         flat = not shared_scale and _widen_flat_scale(im)
-        ax.set_title(str(t) + (f"\n(nearly flat: spread {float(np.ptp(m)):.1e})" if flat else ""), fontsize="small")
+        ax.set_title(
+            str(t) + (f"\n(nearly flat: spread {float(np.ptp(m)):.1e})" if flat else ""),
+            fontsize="small",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         if not shared_scale:
             _plain_ticks(fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar_label))
     if shared_scale:
-        _plain_ticks(fig.colorbar(im, ax=list(axes[: arr.shape[0]]), shrink=0.8, label=colorbar_label))
+        _plain_ticks(
+            fig.colorbar(im, ax=list(axes[: arr.shape[0]]), shrink=0.8, label=colorbar_label)
+        )
     return fig
 
 
@@ -289,10 +331,14 @@ def _plain_ticks(colorbar: Any) -> None:
     colorbar.update_ticks()
 
 
-def mark_patch(ax: Axes, patch: tuple[int, int], grid: tuple[int, int], image_size: tuple[int, int]) -> None:
+def mark_patch(
+    ax: Axes, patch: tuple[int, int], grid: tuple[int, int], image_size: tuple[int, int]
+) -> None:
     """Outline patch (row, col) of an h × w grid drawn over an image of image_size (H, W) pixels, in cyan."""
     (r, c), (h, w), (H, W) = patch, grid, image_size
-    ax.add_patch(Rectangle((c * W / w, r * H / h), W / w, H / h, fill=False, edgecolor="cyan", linewidth=1.5))
+    ax.add_patch(
+        Rectangle((c * W / w, r * H / h), W / w, H / h, fill=False, edgecolor="cyan", linewidth=1.5)
+    )
 
 
 def attention_grid(
@@ -317,24 +363,37 @@ def attention_grid(
     if att.ndim == 3:
         att = att.mean(axis=0) if head is None else att[head]  # (N, N)
     if att.ndim != 2 or att.shape[0] != att.shape[1]:
-        raise ValueError(f"attention must be (N, N) or (heads, N, N), got shape {_to_numpy(attention).shape}")
+        raise ValueError(
+            f"attention must be (N, N) or (heads, N, N), got shape {_to_numpy(attention).shape}"
+        )
     n = att.shape[0]
     if n == h * w + 1:
-        att = att[1:, 1:]  # drop the CLS row and column: only patch-to-patch attention has a place in the image
+        att = att[
+            1:, 1:
+        ]  # drop the CLS row and column: only patch-to-patch attention has a place in the image
     elif n != h * w:
-        raise ValueError(f"attention has {n} tokens; grid {h}x{w} needs {h * w} (or {h * w + 1} with CLS)")
+        raise ValueError(
+            f"attention has {n} tokens; grid {h}x{w} needs {h * w} (or {h * w + 1} with CLS)"
+        )
     img = rgb_array(image, floats=True)
     H, W = img.shape[:2]
     flat = [q if isinstance(q, (int, np.integer)) else int(q[0]) * w + int(q[1]) for q in queries]
     for q in flat:
         if not 0 <= q < h * w:
             raise ValueError(f"query patch {q} is outside the {h}x{w} grid")
-    fig, axes = _grid(len(flat), ncols, panel_size, suptitle + ("" if head is None else f" (head {head})"))
+    fig, axes = _grid(
+        len(flat), ncols, panel_size, suptitle + ("" if head is None else f" (head {head})")
+    )
     for ax, q in zip(axes, flat):
         r, c = divmod(q, w)
         ax.imshow(img)
-        im = ax.imshow(att[q].reshape(h, w), cmap=cmap, alpha=alpha, extent=(0, W, H, 0),
-                       interpolation="nearest")  # (h, w): one value per key patch
+        im = ax.imshow(
+            att[q].reshape(h, w),
+            cmap=cmap,
+            alpha=alpha,
+            extent=(0, W, H, 0),
+            interpolation="nearest",
+        )  # (h, w): one value per key patch
         mark_patch(ax, (r, c), (h, w), (H, W))
         ax.set_title(f"query patch ({r}, {c})", fontsize="small")
         ax.set_xticks([])
@@ -360,13 +419,22 @@ def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
     fig.savefig(buffer, format="png", dpi=dpi)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     title = fig._suptitle.get_text() if fig._suptitle is not None else "figure"
-    return {"output_type": "display_data", "data": {"image/png": data, "text/plain": f"<{title}>"}, "metadata": {}}
+    return {
+        "output_type": "display_data",
+        "data": {"image/png": data, "text/plain": f"<{title}>"},
+        "metadata": {},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # the examples figure
-def examples_figure(examples: Sequence[Example], class_names: Sequence[str], title: str, alpha: float = 0.5,
-                    panel: float = 3.0) -> Figure:
+def examples_figure(
+    examples: Sequence[Example],
+    class_names: Sequence[str],
+    title: str,
+    alpha: float = 0.5,
+    panel: float = 3.0,
+) -> Figure:
     """Rows of image | ground truth | prediction (overlays with a legend each), titled with the per-image scores.
 
     `class_names` are the foreground classes (label k = class_names[k - 1], 0 background) as `viz` expects.
@@ -384,7 +452,11 @@ def examples_figure(examples: Sequence[Example], class_names: Sequence[str], tit
         row[0].set(xticks=[], yticks=[], title=f"{example.rank}: {s.name}")
         row[0].set_ylabel(f"mIoU {100 * s.miou:.1f}%\npAcc {100 * s.pacc:.1f}%")
         row[0].set_xlabel(f"{example.image.shape[1]} × {example.image.shape[0]} px")
-        show_segmentation(row[1], example.image, example.mask, names, title="ground truth", alpha=alpha)
-        show_segmentation(row[2], example.image, example.pred, names, title="prediction", alpha=alpha)
+        show_segmentation(
+            row[1], example.image, example.mask, names, title="ground truth", alpha=alpha
+        )
+        show_segmentation(
+            row[2], example.image, example.pred, names, title="prediction", alpha=alpha
+        )
     fig.suptitle(title)
     return fig

@@ -10,14 +10,16 @@ Each control has an observer (`observe(..., names="value")`); no `interact`. Fig
 PNG display data, which works with or without a frontend. Which stages each control invalidates:
 `tuning.INVALIDATES`, derived from the stage graph that also makes the cache keys.
 """
+
 from __future__ import annotations
 
 import html
 import io
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,8 @@ from ..config import CLIPerConfig
 from ..images import content_id, read_image, rgb_array
 from ..method.pipeline import CLIPer
 from ..vocab import read_class_file
-from .explorer_controls import DEFAULT_CROP, build_controls, build_layout, runnable_refinements
 from .background import Vocabulary, resolve_vocabulary
+from .explorer_controls import DEFAULT_CROP, build_controls, build_layout, runnable_refinements
 from .explorer_view import maps_figure, overlay_figure, scores_figure, status_html
 from .export import download_links_html, export_result
 from .samples import sample_images, suggested_classes
@@ -36,8 +38,20 @@ from .tuning import STAGES, StageCache, StageOutputs
 from .viz import figure_output, overlay
 
 #: the controls that change the computation (everything but the class shown in the map panel).
-COMPUTE_CONTROLS = ("image", "classes", "background", "fuse_layers", "select_layer", "attention_thr",
-                    "score_threshold", "bkg_thre", "is_normalize", "sliding", "refinement", "selection_head")
+COMPUTE_CONTROLS = (
+    "image",
+    "classes",
+    "background",
+    "fuse_layers",
+    "select_layer",
+    "attention_thr",
+    "score_threshold",
+    "bkg_thre",
+    "is_normalize",
+    "sliding",
+    "refinement",
+    "selection_head",
+)
 
 
 @dataclass
@@ -54,7 +68,9 @@ class ExplorerState:
     overlay: np.ndarray | None = None  # (H0, W0, 3) uint8, the image with the label colours
     outputs: StageOutputs | None = None  # every stage result of the last run
     background: list[str] = field(default_factory=list)  # the words the classes competed with
-    notices: list[str] = field(default_factory=list)  # what the background rules changed in the input
+    notices: list[str] = field(
+        default_factory=list
+    )  # what the background rules changed in the input
     recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, last move
     compute_seconds: float = 0.0
     render_seconds: float = 0.0
@@ -101,11 +117,15 @@ class Explorer:
         self.history: list[dict[str, Any]] = []
         self._images: dict[str, Any] = dict(images) if images is not None else dict(sample_images())
         if not self._images:
-            raise ValueError("no images: pass `images` (name -> path or array) or add photos to cliper_lib/data/samples")
+            raise ValueError(
+                "no images: pass `images` (name -> path or array) or add photos to cliper_lib/data/samples"
+            )
         self._arrays: dict[str, np.ndarray] = {}
         self._ids: dict[str, str] = {}
         self._suspended = False
-        self._drawn: dict[str, Any] = {}  # panel -> the key of what it shows, to skip redundant redraws
+        self._drawn: dict[
+            str, Any
+        ] = {}  # panel -> the key of what it shows, to skip redundant redraws
 
         image = image if image is not None else next(iter(self._images))
         if image not in self._images:
@@ -118,26 +138,46 @@ class Explorer:
         background_text = background if isinstance(background, str) else "; ".join(background)
 
         self._crop = self.cfg.sliding_crop_size or DEFAULT_CROP
-        self.controls = build_controls(self.cfg, self.num_layers, list(self._images), image, classes_text,
-                                       background_text, runnable_refinements(model, self.cfg))
-        self.outputs = {name: W.Output(layout=W.Layout(border="1px solid #ddd"))
-                        for name in ("overlay", "maps", "scores")}
+        self.controls = build_controls(
+            self.cfg,
+            self.num_layers,
+            list(self._images),
+            image,
+            classes_text,
+            background_text,
+            runnable_refinements(model, self.cfg),
+        )
+        self.outputs = {
+            name: W.Output(layout=W.Layout(border="1px solid #ddd"))
+            for name in ("overlay", "maps", "scores")
+        }
         self.status = W.HTML(value="")
         self.hint = W.HTML(value="")
-        self.buttons = {"reset": W.Button(description="reset", tooltip="back to the opening state"),
-                        "export": W.Button(description="export", icon="download",
-                                           tooltip="label PNG, overlay PNG, scores JSON, config YAML")}
+        self.buttons = {
+            "reset": W.Button(description="reset", tooltip="back to the opening state"),
+            "export": W.Button(
+                description="export",
+                icon="download",
+                tooltip="label PNG, overlay PNG, scores JSON, config YAML",
+            ),
+        }
         self.exported = W.HTML(value="")
         self.buttons["reset"].on_click(lambda _: self.reset())
         self.buttons["export"].on_click(lambda _: self._export_clicked())
 
         for name in COMPUTE_CONTROLS:
-            self.controls[name].observe(lambda change, name=name: self._on_change(name, change), names="value")
+            self.controls[name].observe(
+                lambda change, name=name: self._on_change(name, change), names="value"
+            )
         self.controls["upload"].observe(self._on_upload, names="value")
         self.controls["map_class"].observe(self._on_map_class, names="value")
 
-        self.widget = build_layout(self.controls, self.outputs, self.buttons, self.hint, self.exported, self.status)
-        self._opening = {name: box.value for name, box in self.controls.items() if name in COMPUTE_CONTROLS}
+        self.widget = build_layout(
+            self.controls, self.outputs, self.buttons, self.hint, self.exported, self.status
+        )
+        self._opening = {
+            name: box.value for name, box in self.controls.items() if name in COMPUTE_CONTROLS
+        }
         self._show_hint(image)
         if not defer:
             self.update("init")
@@ -161,8 +201,9 @@ class Explorer:
 
     def vocabulary(self) -> Vocabulary:
         """The classes and background words the boxes describe, after the rules of `background`."""
-        return resolve_vocabulary(self.model, self.controls["classes"].value, self.controls["background"].value,
-                                  self.cfg)
+        return resolve_vocabulary(
+            self.model, self.controls["classes"].value, self.controls["background"].value, self.cfg
+        )
 
     def current_classes(self) -> list[str]:
         return self.vocabulary().classes
@@ -201,7 +242,9 @@ class Explorer:
     def _on_upload(self, change: dict) -> None:
         files = change["new"] or ()
         for item in files:
-            self.add_image(item["name"], read_image(io.BytesIO(bytes(item["content"])), name=item["name"]))
+            self.add_image(
+                item["name"], read_image(io.BytesIO(bytes(item["content"])), name=item["name"])
+            )
         if files:
             self.controls["upload"].value = ()  # clear it, so the same file can be uploaded again
 
@@ -224,7 +267,9 @@ class Explorer:
 
     def _show_hint(self, image: str) -> None:
         hint = suggested_classes(image)
-        self.hint.value = f"<i>suggested for {html.escape(image)}: {html.escape(hint)}</i>" if hint else ""
+        self.hint.value = (
+            f"<i>suggested for {html.escape(image)}: {html.escape(hint)}</i>" if hint else ""
+        )
 
     # --- the update ------------------------------------------------------------------------------------------------
     def apply(self, name: str, value: Any) -> dict[str, Any]:
@@ -232,8 +277,15 @@ class Explorer:
         before = len(self.history)
         self.controls[name].value = value
         if len(self.history) == before:  # the value did not change: no observer fired
-            return {"control": name, "value": value, "recomputed": {}, "compute_s": 0.0, "render_s": 0.0,
-                    "total_s": 0.0, "error": None}
+            return {
+                "control": name,
+                "value": value,
+                "recomputed": {},
+                "compute_s": 0.0,
+                "render_s": 0.0,
+                "total_s": 0.0,
+                "error": None,
+            }
         return self.history[-1]
 
     def update(self, reason: str = "update") -> dict[str, Any]:
@@ -245,23 +297,34 @@ class Explorer:
             cfg = self.current_config()
             vocab = self.vocabulary()
             start = time.perf_counter()
-            out = self.cache.run(image, cfg, vocab.classes, vocab.background, image_id=self._ids[name])
+            out = self.cache.run(
+                image, cfg, vocab.classes, vocab.background, image_id=self._ids[name]
+            )
             compute = time.perf_counter() - start
-        except Exception as error:  # a bad value typed into a box: say so in the status line, keep the last result
+        except (
+            Exception
+        ) as error:  # a bad value typed into a box: say so in the status line, keep the last result
             state.error = f"{type(error).__name__}: {error}"
             self.status.value = f"<span style='color:#b00'>{html.escape(state.error)}</span>"
             record = self._record(reason, self._value_of(reason), {}, 0.0, 0.0)
             if self.raise_errors:
                 raise
             return record
-        if out.head_maps is not None:  # the real number of SD heads, once known (set quietly: no new move)
+        if (
+            out.head_maps is not None
+        ):  # the real number of SD heads, once known (set quietly: no new move)
             self._suspended = True
             try:
                 self.controls["selection_head"].max = max(int(out.head_maps.shape[0]) - 1, 0)
             finally:
                 self._suspended = False
         state.error = None
-        state.image_name, state.cfg, state.classes, state.outputs = name, cfg, list(out.class_names), out
+        state.image_name, state.cfg, state.classes, state.outputs = (
+            name,
+            cfg,
+            list(out.class_names),
+            out,
+        )
         state.background, state.notices = list(out.text.background), list(vocab.notices)
         state.labels = out.labels.cpu().numpy()
         state.coarse, state.refined = out.coarse, out.refined
@@ -275,14 +338,25 @@ class Explorer:
         self._draw_maps()
         state.render_seconds = time.perf_counter() - start
         self.status.value = self._status_html()
-        return self._record(reason, self._value_of(reason), state.recomputed, compute, state.render_seconds)
+        return self._record(
+            reason, self._value_of(reason), state.recomputed, compute, state.render_seconds
+        )
 
     def _value_of(self, name: str) -> Any:
         return self.controls[name].value if name in self.controls else None
 
-    def _record(self, control: str, value: Any, recomputed: dict[str, float], compute: float, render: float):
-        record = {"control": control, "value": value, "recomputed": dict(recomputed), "compute_s": compute,
-                  "render_s": render, "total_s": compute + render, "error": self.state.error}
+    def _record(
+        self, control: str, value: Any, recomputed: dict[str, float], compute: float, render: float
+    ):
+        record = {
+            "control": control,
+            "value": value,
+            "recomputed": dict(recomputed),
+            "compute_s": compute,
+            "render_s": render,
+            "total_s": compute + render,
+            "error": self.state.error,
+        }
         self.history.append(record)
         return record
 
@@ -296,7 +370,11 @@ class Explorer:
             box.options = names
             if keep is None and names:
                 scores = self.state.scores
-                keep = names[int(np.argmax(scores))] if scores is not None and len(scores) else names[0]
+                keep = (
+                    names[int(np.argmax(scores))]
+                    if scores is not None and len(scores)
+                    else names[0]
+                )
             box.value = keep
         finally:
             self._suspended = False
@@ -313,7 +391,9 @@ class Explorer:
         try:
             for name, value in self._opening.items():
                 self.controls[name].value = value
-            self.controls["selection_head"].disabled = self.controls["refinement"].value != "selection"
+            self.controls["selection_head"].disabled = (
+                self.controls["refinement"].value != "selection"
+            )
         finally:
             self._suspended = False
         return self.update("reset")
@@ -324,15 +404,29 @@ class Explorer:
         if s.labels is None:
             raise ValueError("nothing to export yet: no result is shown")
         source = self._images.get(s.image_name)
-        image_path = str(Path(source).resolve()) if isinstance(source, (str, Path)) else s.image_name
-        return export_result(folder or self.export_dir, Path(s.image_name).stem, s.outputs.image, s.labels,
-                             s.classes, s.background, s.scores, s.cfg, image_path=image_path, alpha=self.alpha)
+        image_path = (
+            str(Path(source).resolve()) if isinstance(source, (str, Path)) else s.image_name
+        )
+        return export_result(
+            folder or self.export_dir,
+            Path(s.image_name).stem,
+            s.outputs.image,
+            s.labels,
+            s.classes,
+            s.background,
+            s.scores,
+            s.cfg,
+            image_path=image_path,
+            alpha=self.alpha,
+        )
 
     def _export_clicked(self) -> None:
         try:
             self.exported.value = download_links_html(self.export())
         except Exception as error:  # a full disk or no result yet: say so beside the button
-            self.exported.value = f"<span style='color:#b00'>{html.escape(f'{type(error).__name__}: {error}')}</span>"
+            self.exported.value = (
+                f"<span style='color:#b00'>{html.escape(f'{type(error).__name__}: {error}')}</span>"
+            )
 
     # --- drawing -----------------------------------------------------------------------------------------------------
     def _show(self, panel: str, fig: Figure) -> None:

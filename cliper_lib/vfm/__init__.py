@@ -4,6 +4,7 @@ against, as tensor functions. `affinity` holds the maths on features, `encoder` 
 This layer sits between `method` and the bottom of the package: it imports only config/images/files, and
 `method` wires it into the stage graph (stages `proxy` and `vfm`).
 """
+
 from .affinity import (
     REFINE_MEAN_WEIGHT,
     REFINE_SCALE,
@@ -24,7 +25,18 @@ from .encoder import (
 )
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "REFINE_MEAN_WEIGHT", "REFINE_SCALE", "VFMEncoder", "cosine_similarity",
-    "encoder_of", "proxy_attention", "proxy_attentions", "proxy_input", "refine_with_features",
-    "refinement_features", "refinement_probabilities", "vfm_pixels",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "REFINE_MEAN_WEIGHT",
+    "REFINE_SCALE",
+    "VFMEncoder",
+    "cosine_similarity",
+    "encoder_of",
+    "proxy_attention",
+    "proxy_attentions",
+    "proxy_input",
+    "refine_with_features",
+    "refinement_features",
+    "refinement_probabilities",
+    "vfm_pixels",
 ]

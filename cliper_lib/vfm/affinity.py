@@ -3,6 +3,7 @@
 Shapes: B images, T = h*w patch tokens of a (h, w) grid, N = 1 + T tokens (CLIP's CLS first), D feature width,
 C classes. Features are a VFM's last-layer patch tokens after its final norm (CLS and register tokens dropped).
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,19 +68,27 @@ def refinement_probabilities(features: torch.Tensor, rows: slice | None = None) 
     return _softmax_of_nonnegative(logits, first_row=start)
 
 
-def refine_with_features(coarse: torch.Tensor, features: torch.Tensor, block: int = 2048) -> torch.Tensor:
+def refine_with_features(
+    coarse: torch.Tensor, features: torch.Tensor, block: int = 2048
+) -> torch.Tensor:
     """S_f = P · S_c↑ for coarse maps (C, h, w) and VFM features (fh, fw, D) -> (C, fh, fw).
 
     S_c is resized bilinearly to the VFM grid; P (T x T, T = fh·fw) is built `block` rows at a time, so memory
     grows with block·T, not T² (a 1000 x 750 image through a patch-8 VFM has T ≈ 11,700).
     """
     if coarse.ndim != 3 or features.ndim != 3:
-        raise ValueError(f"expected coarse (C, h, w) and features (fh, fw, D), got {tuple(coarse.shape)}, "
-                         f"{tuple(features.shape)}")
+        raise ValueError(
+            f"expected coarse (C, h, w) and features (fh, fw, D), got {tuple(coarse.shape)}, "
+            f"{tuple(features.shape)}"
+        )
     fh, fw, d = features.shape
     c = coarse.shape[0]
-    up = F.interpolate(coarse[None].float().to(features.device), size=(fh, fw), mode="bilinear",
-                       align_corners=False)[0]  # (C, fh, fw)
+    up = F.interpolate(
+        coarse[None].float().to(features.device),
+        size=(fh, fw),
+        mode="bilinear",
+        align_corners=False,
+    )[0]  # (C, fh, fw)
     scores = up.reshape(c, fh * fw).T  # (T, C)
     flat = features.reshape(fh * fw, d)
     refined = torch.empty_like(scores)

@@ -5,10 +5,12 @@ The model is any module called as `model(pixel_values=..., **forward_kwargs)` th
 (B, prefix + fh·fw, D) after its final norm: transformers' ViTModel (DINO) and Dinov2Model, built or loaded by
 `cliper_lib.weights.vfm`. Images: (B, 3, H, W) float.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,9 @@ class VFMEncoder:
     patch_size: int
     num_prefix_tokens: int  # CLS plus register tokens, dropped from the output
     weights_id: str  # hub repo id, or "random-seed-N"
-    forward_kwargs: dict[str, Any] = field(default_factory=dict)  # ViTModel: interpolate_pos_encoding=True
+    forward_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # ViTModel: interpolate_pos_encoding=True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -42,16 +46,20 @@ class VFMEncoder:
         if height % p or width % p:
             raise ValueError(f"VFM input {height}x{width} is not a multiple of the patch size {p}")
         weight = next(self.model.parameters())
-        hidden = self.model(pixel_values=pixels.to(weight.device, weight.dtype), **self.forward_kwargs)
-        tokens = hidden.last_hidden_state[:, self.num_prefix_tokens:]  # (B, fh*fw, D)
+        hidden = self.model(
+            pixel_values=pixels.to(weight.device, weight.dtype), **self.forward_kwargs
+        )
+        tokens = hidden.last_hidden_state[:, self.num_prefix_tokens :]  # (B, fh*fw, D)
         return tokens.reshape(b, height // p, width // p, -1).float()
 
 
 def encoder_of(encoders: Callable[[str], VFMEncoder] | None, name: str) -> VFMEncoder:
     """The encoder `name` from a model's VFM provider (name -> VFMEncoder), or a clear error when it has none."""
     if encoders is None:
-        raise RuntimeError(f"this CLIPer was built without vision foundation models, so {name!r} cannot run: build it "
-                           "with CLIPer.from_config, or pass vfm=<name -> VFMEncoder>")
+        raise RuntimeError(
+            f"this CLIPer was built without vision foundation models, so {name!r} cannot run: build it "
+            "with CLIPer.from_config, or pass vfm=<name -> VFMEncoder>"
+        )
     return encoders(name)
 
 
@@ -71,8 +79,12 @@ def vfm_pixels(images: torch.Tensor, encoder: VFMEncoder) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
-def proxy_input(clip_input: torch.Tensor, clip_mean: Sequence[float], clip_std: Sequence[float],
-                double_normalization: bool = False) -> torch.Tensor:
+def proxy_input(
+    clip_input: torch.Tensor,
+    clip_mean: Sequence[float],
+    clip_std: Sequence[float],
+    double_normalization: bool = False,
+) -> torch.Tensor:
     """What `vfm_pixels` normalises for the proxy attention, from CLIP's normalised input (B, 3, H, W).
 
     Single normalisation (default): CLIP's normalisation undone, the [0, 1] image. Double (the authors'
@@ -86,19 +98,28 @@ def proxy_input(clip_input: torch.Tensor, clip_mean: Sequence[float], clip_std: 
 
 
 @torch.no_grad()
-def proxy_attentions(encoder: VFMEncoder, clip: Any, clip_input: torch.Tensor,
-                     boxes: Sequence[tuple[int, int, int, int]], double_normalization: bool = False):
+def proxy_attentions(
+    encoder: VFMEncoder,
+    clip: Any,
+    clip_input: torch.Tensor,
+    boxes: Sequence[tuple[int, int, int, int]],
+    double_normalization: bool = False,
+):
     """Stage proxy: the VFM attention of CLIP's input (3, H, W) and of its sliding-window crops `boxes`.
 
     `clip` gives CLIP's patch_size, mean and std (a ClipBundle). Features of each image are resized bilinearly
     to CLIP's grid (H/p, W/p) before `proxy_attention`. Returns (whole (1, 1, N, N), crops (K, 1, N', N') or None).
     """
 
-    def attention(images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) CLIP-normalised -> (B, 1, N, N)
+    def attention(
+        images: torch.Tensor,
+    ) -> torch.Tensor:  # (B, 3, H, W) CLIP-normalised -> (B, 1, N, N)
         pixels = vfm_pixels(proxy_input(images, clip.mean, clip.std, double_normalization), encoder)
         features = encoder.patch_features(pixels).permute(0, 3, 1, 2)  # (B, D, fh, fw)
         grid = (images.shape[-2] // clip.patch_size, images.shape[-1] // clip.patch_size)
-        features = F.interpolate(features, size=grid, mode="bilinear", align_corners=False)  # (B, D, h, w)
+        features = F.interpolate(
+            features, size=grid, mode="bilinear", align_corners=False
+        )  # (B, D, h, w)
         return proxy_attention(features.flatten(2).transpose(1, 2))  # (B, 1, 1 + h*w, 1 + h*w)
 
     crops = [clip_input[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
@@ -110,5 +131,7 @@ def refinement_features(encoder: VFMEncoder, image: Any) -> torch.Tensor:
     """Stage vfm: the VFM's patch features of the original image (its [0, 1] pixels): (fh, fw, D)."""
     array = rgb_array(image)  # (H0, W0, 3) uint8
     weight = next(encoder.model.parameters())
-    pixels = torch.from_numpy(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H0, W0)
+    pixels = (
+        torch.from_numpy(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0
+    )  # (1, 3, H0, W0)
     return encoder.patch_features(vfm_pixels(pixels, encoder))[0]

@@ -4,14 +4,16 @@ Both profiles go through the same constructor (`open_clip.create_model`); only t
 without cached weights, loading stops at once with `WeightsMissingError`, whose message names what is missing,
 where it was looked for and how to get it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -50,7 +52,9 @@ def clip_weights_repo(backbone: str, pretrained: str) -> str:
 
     cfg = open_clip.get_pretrained_cfg(backbone, pretrained)
     if not cfg or not cfg.get("hf_hub"):
-        raise WeightsMissingError(f"open_clip has no hub weights for {backbone!r} with pretrained={pretrained!r}")
+        raise WeightsMissingError(
+            f"open_clip has no hub weights for {backbone!r} with pretrained={pretrained!r}"
+        )
     return cfg["hf_hub"].rstrip("/")
 
 
@@ -58,7 +62,11 @@ def fetch_clip_weights(backbone: str, pretrained: str, allow_download: bool = Tr
     """Local path of the open_clip checkpoint `backbone`/`pretrained`, downloading it into the hub cache if allowed."""
     repo = clip_weights_repo(backbone, pretrained)
     return fetch_hub_file(
-        repo, OPEN_CLIP_WEIGHT_FILES, allow_download, what=f"CLIP {backbone} ({pretrained})", fix="cliper download"
+        repo,
+        OPEN_CLIP_WEIGHT_FILES,
+        allow_download,
+        what=f"CLIP {backbone} ({pretrained})",
+        fix="cliper download",
     )
 
 
@@ -66,6 +74,7 @@ def fetch_clip_weights(backbone: str, pretrained: str, allow_download: bool = Tr
 def _quiet_random_init_warning() -> Iterator[None]:
     """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (root logger) while building a
     model whose weights we load ourselves, or that is random on purpose: a warning nobody can act on."""
+
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("No pretrained weights loaded")
 
@@ -91,7 +100,9 @@ def uses_quick_gelu(cfg: CLIPerConfig, from_file: bool) -> bool:
     return (cfg.pretrained or PAPER_PRETRAINED.get(cfg.backbone, "openai")) == "openai"
 
 
-def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_download: bool = True) -> ClipBundle:
+def load_clip(
+    cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_download: bool = True
+) -> ClipBundle:
     """Build the CLIP model of `cfg`: real weights (paper) or a seeded tiny random ViT (smoke).
 
     A checkpoint (hub or local file, TorchScript included) is read and checked against the backbone before the
@@ -114,14 +125,20 @@ def load_clip(cfg: CLIPerConfig, device: torch.device | str = "cpu", allow_downl
         from_file = path.suffix in CHECKPOINT_SUFFIXES
         if from_file:
             if not path.exists():
-                raise WeightsMissingError(f"CLIP checkpoint file {path} does not exist (config field `pretrained`)")
+                raise WeightsMissingError(
+                    f"CLIP checkpoint file {path} does not exist (config field `pretrained`)"
+                )
             weights = path
         else:
             weights = fetch_clip_weights(name, pretrained, allow_download)
         state_dict = read_clip_checkpoint(weights)
-        check_architecture(state_dict, name, weights)  # before building the model: a wrong file costs nothing
+        check_architecture(
+            state_dict, name, weights
+        )  # before building the model: a wrong file costs nothing
         with _quiet_random_init_warning():  # the weights are loaded right below
-            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg, from_file))
+            model = open_clip.create_model(
+                name, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg, from_file)
+            )
         load_clip_state_dict(model, state_dict, name, weights)
         weights_id = f"{name}/{pretrained}"
     model = model.eval().to(device=device, dtype=resolve_dtype(cfg.dtype))
@@ -173,7 +190,9 @@ def read_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 loaded.pop(key, None)
         else:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling, zip, safetensors header errors: the file is not what we need
+    except (
+        Exception
+    ) as error:  # unpickling, zip, safetensors header errors: the file is not what we need
         raise CheckpointError(
             f"{path} is not a CLIP checkpoint that can be read safely ({type(error).__name__}). Expected an "
             f"open_clip/OpenAI state dict (.pt/.pth/.bin saved with torch.save, or .safetensors) or OpenAI's "
@@ -181,10 +200,14 @@ def read_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if (
+        not isinstance(loaded, dict)
+        or not loaded
+        or not all(isinstance(v, torch.Tensor) for v in loaded.values())
+    ):
         raise CheckpointError(f"{path} holds {type(loaded).__name__}, not a state dict of tensors")
     if next(iter(loaded)).startswith("module."):  # saved from DistributedDataParallel
-        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+        loaded = {k[len("module.") :]: v for k, v in loaded.items()}
     return loaded
 
 
@@ -193,7 +216,9 @@ def _vision_shape(state_dict: dict[str, torch.Tensor]) -> dict[str, int] | None:
     conv = state_dict.get("visual.conv1.weight")
     if conv is None or conv.ndim != 4:
         return None
-    blocks = {int(k.split(".")[3]) for k in state_dict if k.startswith("visual.transformer.resblocks.")}
+    blocks = {
+        int(k.split(".")[3]) for k in state_dict if k.startswith("visual.transformer.resblocks.")
+    }
     return {"width": conv.shape[0], "layers": len(blocks), "patch_size": conv.shape[-1]}
 
 
@@ -204,12 +229,18 @@ def _named_like(shape: dict[str, int]) -> str:
     names = []
     for name in open_clip.list_models():
         vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
-        if all(vision.get(k) == v for k, v in shape.items()) and "-" in name and "quickgelu" not in name:
+        if (
+            all(vision.get(k) == v for k, v in shape.items())
+            and "-" in name
+            and "quickgelu" not in name
+        ):
             names.append(name)
     return f" (like {', '.join(sorted(names, key=len)[:2])})" if names else ""
 
 
-def check_architecture(state_dict: dict[str, torch.Tensor], backbone: str, path: str | Path) -> None:
+def check_architecture(
+    state_dict: dict[str, torch.Tensor], backbone: str, path: str | Path
+) -> None:
     """A `CheckpointError` naming both architectures when the file's vision tower is not `backbone`'s."""
     import open_clip
 
@@ -217,8 +248,10 @@ def check_architecture(state_dict: dict[str, torch.Tensor], backbone: str, path:
     expected = {k: vision.get(k) for k in ("width", "layers", "patch_size")}
     found = _vision_shape(state_dict)
     if found is None:
-        raise CheckpointError(f"{path} is not a CLIP ViT checkpoint (it has no visual.conv1.weight); backbone "
-                              f"{backbone} needs one")
+        raise CheckpointError(
+            f"{path} is not a CLIP ViT checkpoint (it has no visual.conv1.weight); backbone "
+            f"{backbone} needs one"
+        )
     if found != expected:
         raise CheckpointError(
             f"{path} is a checkpoint of another architecture: its vision tower has width {found['width']}, "
@@ -228,8 +261,9 @@ def check_architecture(state_dict: dict[str, torch.Tensor], backbone: str, path:
         )
 
 
-def load_clip_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], backbone: str,
-                         path: str | Path) -> None:
+def load_clip_state_dict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], backbone: str, path: str | Path
+) -> None:
     """Load a checked state dict into `model` as open_clip's own loader would (key conversion, resized position
     embeddings); what still does not fit is a `CheckpointError`."""
     from open_clip.convert import convert_state_dict
@@ -243,11 +277,15 @@ def load_clip_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Ten
             state_dict.pop(name, None)
     if "logit_scale" in state_dict and model.logit_scale.ndim != state_dict["logit_scale"].ndim:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
-    resize_pos_embed(state_dict, model)  # a checkpoint trained at another resolution: interpolate, as open_clip
+    resize_pos_embed(
+        state_dict, model
+    )  # a checkpoint trained at another resolution: interpolate, as open_clip
     resize_text_pos_embed(state_dict, model)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise CheckpointError(f"{path} does not fit backbone {backbone}: "
-                              f"{detail if len(detail) < 400 else detail[:400] + '...'}") from None
+        raise CheckpointError(
+            f"{path} does not fit backbone {backbone}: "
+            f"{detail if len(detail) < 400 else detail[:400] + '...'}"
+        ) from None

@@ -1,4 +1,5 @@
 """The Hugging Face hub cache: where weights are looked for, whether downloads can work, and what to say when not."""
+
 from __future__ import annotations
 
 import socket
@@ -30,7 +31,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     # resolve in a worker thread and give up after `timeout`.
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        addresses = pool.submit(socket.getaddrinfo, host, 443, type=socket.SOCK_STREAM).result(timeout=timeout)
+        addresses = pool.submit(socket.getaddrinfo, host, 443, type=socket.SOCK_STREAM).result(
+            timeout=timeout
+        )
         family, kind, proto, _, address = addresses[0]
         with socket.socket(family, kind, proto) as sock:
             sock.settimeout(timeout)
@@ -52,7 +55,9 @@ def missing_weights_message(what: str, repo_id: str, files: str, fix: str) -> st
     )
 
 
-def fetch_hub_file(repo_id: str, filenames: tuple[str, ...], allow_download: bool, what: str, fix: str) -> Path:
+def fetch_hub_file(
+    repo_id: str, filenames: tuple[str, ...], allow_download: bool, what: str, fix: str
+) -> Path:
     """Return the local path of the first of `filenames` in `repo_id`: from the cache, else downloaded."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError

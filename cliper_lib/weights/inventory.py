@@ -3,6 +3,7 @@
 Offline, `CLIPer.from_config` and `cliper download` list all missing files at once (CLIP and Stable Diffusion,
 with approximate sizes) instead of stopping at the first model, so one copy from a connected machine is enough.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,13 +26,27 @@ APPROX_MB = {
     ("sd", "unet/diffusion_pytorch_model.fp16.safetensors"): 1732,
     ("sd", "vae/diffusion_pytorch_model.fp16.safetensors"): 167,
     ("sd", "text_encoder/model.fp16.safetensors"): 681,
-    **{(VFM_MODELS[name], "model.safetensors"): mb for name, mb in (
-        ("dino-s8", 87), ("dino-s16", 87), ("dino-b8", 343), ("dino-b16", 343),
-        ("dinov2-s14", 88), ("dinov2-b14", 346), ("dinov2-l14", 1217), ("dinov2-g14", 4546))},
+    **{
+        (VFM_MODELS[name], "model.safetensors"): mb
+        for name, mb in (
+            ("dino-s8", 87),
+            ("dino-s16", 87),
+            ("dino-b8", 343),
+            ("dino-b16", 343),
+            ("dinov2-s14", 88),
+            ("dinov2-b14", 346),
+            ("dinov2-l14", 1217),
+            ("dinov2-g14", 4546),
+        )
+    },
 }
 #: the tokenizer files of a diffusers SD repo (transformers' CLIPTokenizer reads these).
-SD_TOKENIZER_FILES = ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
-                      "tokenizer/tokenizer_config.json")
+SD_TOKENIZER_FILES = (
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +62,20 @@ class WeightFile:
 def sd_weight_files(repo: str, variant: str | None = None) -> list[WeightFile]:
     """The files the SD extraction reads from `repo` (no safety checker, no feature extractor)."""
     suffix = "" if variant is None else f".{variant}"
-    names = ["model_index.json", "scheduler/scheduler_config.json", *SD_TOKENIZER_FILES, "unet/config.json",
-             "vae/config.json", "text_encoder/config.json", f"unet/diffusion_pytorch_model{suffix}.safetensors",
-             f"vae/diffusion_pytorch_model{suffix}.safetensors", f"text_encoder/model{suffix}.safetensors"]
-    return [WeightFile("Stable Diffusion", repo, name, APPROX_MB.get(("sd", name))) for name in names]
+    names = [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        *SD_TOKENIZER_FILES,
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        f"unet/diffusion_pytorch_model{suffix}.safetensors",
+        f"vae/diffusion_pytorch_model{suffix}.safetensors",
+        f"text_encoder/model{suffix}.safetensors",
+    ]
+    return [
+        WeightFile("Stable Diffusion", repo, name, APPROX_MB.get(("sd", name))) for name in names
+    ]
 
 
 def clip_weight_files(backbone: str, pretrained: str) -> list[WeightFile]:
@@ -62,13 +87,17 @@ def clip_weight_files(backbone: str, pretrained: str) -> list[WeightFile]:
 def vfm_weight_files(name: str) -> list[WeightFile]:
     """A DINO/DINOv2 repository's config and weights (model.safetensors; pytorch_model.bin counts as well)."""
     repo = VFM_MODELS[name]
-    return [WeightFile(f"VFM {name}", repo, file, APPROX_MB.get((repo, file)))
-            for file in ("config.json", "model.safetensors")]
+    return [
+        WeightFile(f"VFM {name}", repo, file, APPROX_MB.get((repo, file)))
+        for file in ("config.json", "model.safetensors")
+    ]
 
 
 def _vfm_missing(name: str) -> list[WeightFile]:
     files = vfm_weight_files(name)
-    weights_cached = _cached(files[1]) or _cached(WeightFile(files[1].model, files[1].repo, "pytorch_model.bin", None))
+    weights_cached = _cached(files[1]) or _cached(
+        WeightFile(files[1].model, files[1].repo, "pytorch_model.bin", None)
+    )
     return [f for f in files if not (weights_cached if f is files[1] else _cached(f))]
 
 
@@ -90,11 +119,18 @@ def missing_weight_files(cfg: CLIPerConfig, variant: str | None = None) -> list[
     pretrained = cfg.pretrained or PAPER_PRETRAINED.get(cfg.backbone, "openai")
     if Path(pretrained).suffix not in CHECKPOINT_SUFFIXES:
         files = clip_weight_files(cfg.backbone, pretrained)
-        alternatives = [WeightFile(f.model, f.repo, name, None) for f in files for name in OPEN_CLIP_WEIGHT_FILES]
+        alternatives = [
+            WeightFile(f.model, f.repo, name, None)
+            for f in files
+            for name in OPEN_CLIP_WEIGHT_FILES
+        ]
         if not any(_cached(f) for f in alternatives):
             missing += files
     if cfg.refinement in SD_REFINEMENTS and not Path(cfg.sd_repo).expanduser().is_dir():
-        by_variant = {v: [f for f in sd_weight_files(cfg.sd_repo, v) if not _cached(f)] for v in (None, "fp16")}
+        by_variant = {
+            v: [f for f in sd_weight_files(cfg.sd_repo, v) if not _cached(f)]
+            for v in (None, "fp16")
+        }
         if all(by_variant.values()):
             missing += by_variant[variant]
     for name in vfms_used(cfg):
@@ -110,8 +146,10 @@ def _size(mb: float | None) -> str:
 
 def offline_report(missing: list[WeightFile]) -> str:
     """The one message listing every missing file, grouped by repository, with sizes and the ways out."""
-    lines = ["model weights are missing from the local Hugging Face cache and cannot be downloaded here "
-             "(offline or HF_HUB_OFFLINE=1). Missing, all at once:"]
+    lines = [
+        "model weights are missing from the local Hugging Face cache and cannot be downloaded here "
+        "(offline or HF_HUB_OFFLINE=1). Missing, all at once:"
+    ]
     total = 0.0
     for repo in dict.fromkeys(f.repo for f in missing):
         files = [f for f in missing if f.repo == repo]
@@ -124,7 +162,7 @@ def offline_report(missing: list[WeightFile]) -> str:
         f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)",
         "  ways out:",
         "    - on a machine with internet run `cliper download` with the same preset (`--dtype float16` fetches the"
-        " half-size SD files), then copy its Hugging Face cache here (README: \"Weights on an offline machine\")",
+        ' half-size SD files), then copy its Hugging Face cache here (README: "Weights on an offline machine")',
         "    - local files: --set pretrained=/path/to/clip.pt (OpenAI's TorchScript files too), "
         "--set sd_repo=/path/to/diffusers-folder",
         "    - CLIP only, without Stable Diffusion: --refinement none",
@@ -133,8 +171,12 @@ def offline_report(missing: list[WeightFile]) -> str:
     return "\n".join(lines)
 
 
-def download_weights(cfg: CLIPerConfig, backbones: list[str] | None = None, skip_sd: bool = False,
-                     vfms: list[str] | None = None) -> list[str]:
+def download_weights(
+    cfg: CLIPerConfig,
+    backbones: list[str] | None = None,
+    skip_sd: bool = False,
+    vfms: list[str] | None = None,
+) -> list[str]:
     """`cliper download`: fetch the CLIP weights of `backbones` (default: the config's) and SD into the hub cache.
 
     `vfms` (default: those the config uses) are DINO/DINOv2 models. With `dtype: float16` the half-size fp16 variant of SD is fetched (CLIP has one file; it is cast on load).
@@ -147,22 +189,32 @@ def download_weights(cfg: CLIPerConfig, backbones: list[str] | None = None, skip
 
     variant = "fp16" if cfg.dtype == "float16" else None
     vfms = list(vfms or vfms_used(cfg))
-    pairs = [(b, PAPER_PRETRAINED.get(b, cfg.pretrained)) for b in backbones] if backbones else [
-        (cfg.backbone, cfg.pretrained or PAPER_PRETRAINED.get(cfg.backbone, "openai"))]
-    pairs = [(b, p) for b, p in pairs if Path(p).suffix not in CHECKPOINT_SUFFIXES]  # a local file: nothing to fetch
+    pairs = (
+        [(b, PAPER_PRETRAINED.get(b, cfg.pretrained)) for b in backbones]
+        if backbones
+        else [(cfg.backbone, cfg.pretrained or PAPER_PRETRAINED.get(cfg.backbone, "openai"))]
+    )
+    pairs = [
+        (b, p) for b, p in pairs if Path(p).suffix not in CHECKPOINT_SUFFIXES
+    ]  # a local file: nothing to fetch
     if not hub_reachable():
         wanted = [f for b, p in pairs for f in clip_weight_files(b, p)]
         if not skip_sd:
             wanted += sd_weight_files(cfg.sd_repo, variant)
-        missing = [f for f in wanted if not _cached(f)] + [f for name in vfms for f in _vfm_missing(name)]
+        missing = [f for f in wanted if not _cached(f)] + [
+            f for name in vfms for f in _vfm_missing(name)
+        ]
         if not missing:
             return [f"every file is already in {hub_cache_dir()}; nothing to download"]
         raise WeightsMissingError(
             "`cliper download` needs internet (the Hugging Face hub is unreachable from here, or HF_HUB_OFFLINE=1).\n"
-            + offline_report(missing))
+            + offline_report(missing)
+        )
     done = [f"CLIP {b} ({p}): {fetch_clip_weights(b, p, allow_download=True)}" for b, p in pairs]
     if not skip_sd:
         precision = "fp16 variant" if variant else "float32"
-        done.append(f"Stable Diffusion ({cfg.sd_repo}, {precision}): {download_sd_weights(cfg.sd_repo, variant)}")
+        done.append(
+            f"Stable Diffusion ({cfg.sd_repo}, {precision}): {download_sd_weights(cfg.sd_repo, variant)}"
+        )
     done += [f"VFM {name} ({VFM_MODELS[name]}): {download_vfm_weights(name)}" for name in vfms]
     return done

@@ -1,4 +1,5 @@
 """Build the models a config names and hand them to the method: `CLIPer.from_config(cfg)`."""
+
 from __future__ import annotations
 
 from ..config import SD_REFINEMENTS, CLIPerConfig, resolve_device
@@ -14,14 +15,20 @@ class CLIPer(_MethodCLIPer):
     """The CLIPer method (`cliper_lib.method.pipeline.CLIPer`) plus `from_config`, which builds its models."""
 
     @classmethod
-    def from_config(cls, cfg: CLIPerConfig, allow_download: bool = True,
-                    text_cache_dir: str | None | bool = True) -> "CLIPer":
+    def from_config(
+        cls,
+        cfg: CLIPerConfig,
+        allow_download: bool = True,
+        text_cache_dir: str | None | bool = True,
+    ) -> CLIPer:
         """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models).
 
         The VFMs the config uses (proxy_model for last_layer_attention=proxy, a VFM refinement) are loaded now, so
         missing weights stop here; other VFMs load on first use (the explorer switching refinements).
         """
-        if cfg.profile == "paper":  # offline, name every missing file at once (CLIP and SD), not the first
+        if (
+            cfg.profile == "paper"
+        ):  # offline, name every missing file at once (CLIP and SD), not the first
             missing = missing_weight_files(cfg)
             if missing and not (allow_download and hub_reachable()):
                 raise WeightsMissingError(offline_report(missing))

@@ -5,6 +5,7 @@ and the scheduler shipped with the weights) from a local diffusers folder or the
 uncached, loading stops at once with `WeightsMissingError`. The smoke profile (and the benchmarks) build seeded
 random components of the same classes from the configs below, SD-2.1-base's layout at tiny or full size.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ from ..config import CLIPerConfig, resolve_device, resolve_dtype
 from ..files import atomic_write_text, default_cache_dir
 from ..method.sd_attention import SDComponents, SDSelfAttention
 from .hub import WeightsMissingError, hub_reachable, missing_weights_message
-from .sd_prompt import (cached_empty_embedding, encode_empty_prompt, folder_identity, hub_snapshot_folder,
-                        random_identity)
+from .sd_prompt import (
+    cached_empty_embedding,
+    encode_empty_prompt,
+    folder_identity,
+    hub_snapshot_folder,
+    random_identity,
+)
 
 #: the pipeline components of a diffusers folder / hub repo, by subfolder.
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -43,8 +49,18 @@ SD21_SCHEDULER_CONFIG: dict[str, Any] = {
 _UNET_LAYOUT: dict[str, Any] = {
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
     "use_linear_projection": True,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
@@ -54,10 +70,24 @@ _UNET_LAYOUT: dict[str, Any] = {
 }
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     # up blocks have layers_per_block + 1 attentions, so layers_per_block=1 still gives up_blocks.3.attentions.0/1
-    "tiny": {**_UNET_LAYOUT, "sample_size": 32, "block_out_channels": (32, 32, 64, 64), "layers_per_block": 1,
-             "attention_head_dim": (2, 2, 4, 4), "cross_attention_dim": 32, "norm_num_groups": 8},
-    "full": {**_UNET_LAYOUT, "sample_size": 64, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
-             "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024, "norm_num_groups": 32},
+    "tiny": {
+        **_UNET_LAYOUT,
+        "sample_size": 32,
+        "block_out_channels": (32, 32, 64, 64),
+        "layers_per_block": 1,
+        "attention_head_dim": (2, 2, 4, 4),
+        "cross_attention_dim": 32,
+        "norm_num_groups": 8,
+    },
+    "full": {
+        **_UNET_LAYOUT,
+        "sample_size": 64,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "attention_head_dim": (5, 10, 20, 20),
+        "cross_attention_dim": 1024,
+        "norm_num_groups": 32,
+    },
 }
 _VAE_LAYOUT: dict[str, Any] = {
     "in_channels": 3,
@@ -69,10 +99,20 @@ _VAE_LAYOUT: dict[str, Any] = {
     "scaling_factor": 0.18215,
 }
 VAE_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {**_VAE_LAYOUT, "block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 4,
-             "sample_size": 256},
-    "full": {**_VAE_LAYOUT, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
-             "norm_num_groups": 32, "sample_size": 512},
+    "tiny": {
+        **_VAE_LAYOUT,
+        "block_out_channels": (8, 16, 32, 32),
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "sample_size": 256,
+    },
+    "full": {
+        **_VAE_LAYOUT,
+        "block_out_channels": (128, 256, 512, 512),
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+    },
 }
 _TEXT_LAYOUT: dict[str, Any] = {
     "vocab_size": 49408,
@@ -84,13 +124,24 @@ _TEXT_LAYOUT: dict[str, Any] = {
     "eos_token_id": 49407,
 }
 TEXT_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {**_TEXT_LAYOUT, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "projection_dim": 32},
+    "tiny": {
+        **_TEXT_LAYOUT,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "projection_dim": 32,
+    },
     # SD-2.x uses the OpenCLIP ViT-H text tower without its last block (23 of 24)
-    "full": {**_TEXT_LAYOUT, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-             "num_attention_heads": 16, "projection_dim": 512},
+    "full": {
+        **_TEXT_LAYOUT,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 23,
+        "num_attention_heads": 16,
+        "projection_dim": 512,
+    },
 }
-
 
 
 _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -125,7 +176,9 @@ def tiny_tokenizer_dir() -> Path:
         "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
     }
     for name, text in contents.items():
-        atomic_write_text(folder / name, text)  # concurrent test workers never read a half-written file
+        atomic_write_text(
+            folder / name, text
+        )  # concurrent test workers never read a half-written file
     return folder
 
 
@@ -143,7 +196,9 @@ def save_sd_folder(components: SDComponents, folder: str | Path) -> Path:
     return folder
 
 
-def move_components(components: SDComponents, device: torch.device | str, dtype: torch.dtype) -> SDComponents:
+def move_components(
+    components: SDComponents, device: torch.device | str, dtype: torch.dtype
+) -> SDComponents:
     """Move the networks and the empty-prompt embedding to `device`/`dtype` (in place); return the components."""
     cast = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat16"}
     if dtype not in cast:
@@ -189,17 +244,26 @@ def build_random_sd_components(
         unet = UNet2DConditionModel(**UNET_CONFIGS[size])
         vae = AutoencoderKL(**VAE_CONFIGS[size])
         if lean:
-            def encode() -> torch.Tensor:  # a miss: the encoder from where the seeded stream stands, used once
+
+            def encode() -> (
+                torch.Tensor
+            ):  # a miss: the encoder from where the seeded stream stands, used once
                 encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
-                return encode_empty_prompt(CLIPTokenizer.from_pretrained(tiny_tokenizer_dir()), encoder)
+                return encode_empty_prompt(
+                    CLIPTokenizer.from_pretrained(tiny_tokenizer_dir()), encoder
+                )
 
             embedding = cached_empty_embedding(random_identity(source, TEXT_CONFIGS[size]), encode)
         else:
             text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
             tokenizer = CLIPTokenizer.from_pretrained(tiny_tokenizer_dir())
             embedding = encode_empty_prompt(tokenizer, text_encoder)
-    scheduler = PNDMScheduler.from_config(SD21_SCHEDULER_CONFIG)  # from_config drops keys PNDM does not take
-    components = SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=source, empty_embedding=embedding)
+    scheduler = PNDMScheduler.from_config(
+        SD21_SCHEDULER_CONFIG
+    )  # from_config drops keys PNDM does not take
+    components = SDComponents(
+        unet, vae, text_encoder, tokenizer, scheduler, source=source, empty_embedding=embedding
+    )
     return move_components(components, device, dtype)
 
 
@@ -208,11 +272,15 @@ def _load_scheduler(source: str, local_files_only: bool) -> Any:
     import diffusers
 
     # any scheduler class can read the JSON: they share the file name scheduler_config.json
-    config = diffusers.DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=local_files_only)
+    config = diffusers.DDIMScheduler.load_config(
+        source, subfolder="scheduler", local_files_only=local_files_only
+    )
     class_name = config.get("_class_name", "DDIMScheduler")
     scheduler_class = getattr(diffusers, class_name, None)
     if scheduler_class is None:
-        raise ValueError(f"scheduler class {class_name!r} of {source} is not in diffusers {diffusers.__version__}")
+        raise ValueError(
+            f"scheduler class {class_name!r} of {source} is not in diffusers {diffusers.__version__}"
+        )
     return scheduler_class.from_config(config)
 
 
@@ -225,8 +293,12 @@ def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -
     common = {"local_files_only": local_files_only, "variant": variant}
 
     def encode() -> torch.Tensor:
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_files_only)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", **common
+        ).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(
+            source, subfolder="tokenizer", local_files_only=local_files_only
+        )
         # transformers 5 returns a 2-token tokenizer instead of raising when the vocabulary files are absent
         if len(tokenizer) != text_encoder.config.vocab_size:
             raise OSError(
@@ -236,7 +308,9 @@ def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -
         return encode_empty_prompt(tokenizer, text_encoder)
 
     folder = Path(source) if Path(source).is_dir() else hub_snapshot_folder(source)
-    embedding = cached_empty_embedding(folder_identity(folder), encode)  # first: the encoder is freed before the UNet
+    embedding = cached_empty_embedding(
+        folder_identity(folder), encode
+    )  # first: the encoder is freed before the UNet
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **common)
     scheduler = _load_scheduler(source, local_files_only)
@@ -280,7 +354,9 @@ def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents
 
     folder = Path(cfg.sd_repo).expanduser()
     if not folder.is_dir() and (folder.is_absolute() or cfg.sd_repo.startswith((".", "~"))):
-        raise WeightsMissingError(f"the Stable Diffusion folder {folder} (config field sd_repo) does not exist")
+        raise WeightsMissingError(
+            f"the Stable Diffusion folder {folder} (config field sd_repo) does not exist"
+        )
     if folder.is_dir():
         try:
             components = _load_any_variant(str(folder))
@@ -301,7 +377,10 @@ def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents
     except (OSError, ValueError) as error:
         if not (allow_download and hub_reachable()):
             message = missing_weights_message(
-                "Stable Diffusion", repo, f"{', '.join(SD_SUBFOLDERS)} (configs and weights)", "cliper download"
+                "Stable Diffusion",
+                repo,
+                f"{', '.join(SD_SUBFOLDERS)} (configs and weights)",
+                "cliper download",
             )
             raise WeightsMissingError(message) from error
         components = _load_any_variant(str(download_sd_weights(repo)))
@@ -346,18 +425,24 @@ def download_sd_weights(repo: str, variant: str | None = None) -> Path:
         raise ValueError(f"variant={variant!r}: use None (full precision) or 'fp16'")
     if not hub_reachable():
         raise WeightsMissingError(
-            missing_weights_message("Stable Diffusion", repo, ", ".join(sd_allow_patterns(variant)), "cliper download")
+            missing_weights_message(
+                "Stable Diffusion", repo, ", ".join(sd_allow_patterns(variant)), "cliper download"
+            )
         )
     patterns = sd_allow_patterns(variant)
     try:
         snapshot = Path(snapshot_download(repo, allow_patterns=patterns))
     except HfHubHTTPError as error:
-        raise WeightsMissingError(f"could not download Stable Diffusion weights from '{repo}': {error}") from error
+        raise WeightsMissingError(
+            f"could not download Stable Diffusion weights from '{repo}': {error}"
+        ) from error
     # allow_patterns silently matches nothing when a repo lacks a file (e.g. a mirror with .bin weights only)
     missing = [name for name in patterns if "*" not in name and not (snapshot / name).exists()]
     if missing:
-        raise WeightsMissingError(f"'{repo}' has no {', '.join(missing)}; it is not a diffusers SD repo with "
-                                  f"safetensors weights{'' if variant is None else f' of variant {variant}'}")
+        raise WeightsMissingError(
+            f"'{repo}' has no {', '.join(missing)}; it is not a diffusers SD repo with "
+            f"safetensors weights{'' if variant is None else f' of variant {variant}'}"
+        )
     return snapshot
 
 
@@ -371,4 +456,6 @@ def load_sd_extractor(
     """The SD self-attention extractor of `cfg` (device/dtype default to the config's): components loaded, wrapped."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     dtype = resolve_dtype(cfg.dtype) if dtype is None else dtype
-    return SDSelfAttention(load_sd_components(cfg, device, dtype, allow_download, keep_vae_decoder), cfg)
+    return SDSelfAttention(
+        load_sd_components(cfg, device, dtype, allow_download, keep_vae_decoder), cfg
+    )

@@ -8,11 +8,13 @@ never loaded (1.4 GB of fp32 weights for SD-2.x). The key names the weights, not
 - seeded random weights: the source name, the text-encoder config and the torch/transformers versions, which
   decide what a seeded initialisation produces.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,7 +32,11 @@ def prompt_cache(folder: str | os.PathLike | None = None) -> TensorCache:
 def encode_empty_prompt(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
     """(1, 77, D) float32 on the CPU: the text encoder's output for "" (as the SD pipeline's encode_prompt)."""
     ids = tokenizer(
-        "", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        "",
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids  # (1, 77)
     device = next(text_encoder.parameters()).device
     return text_encoder(ids.to(device))[0].float().cpu()
@@ -44,7 +50,9 @@ def folder_identity(folder: str | os.PathLike) -> list[Any]:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
         for path in files:
             name = path.relative_to(folder).as_posix()
-            if path.is_symlink():  # a hub snapshot links to blobs/<sha256 or etag>: the content's name
+            if (
+                path.is_symlink()
+            ):  # a hub snapshot links to blobs/<sha256 or etag>: the content's name
                 identity.append([name, Path(os.readlink(path)).name])
             else:
                 stat = path.stat()
@@ -61,8 +69,9 @@ def random_identity(source: str, text_config: dict[str, Any]) -> list[Any]:
     return [source, text_config, torch.__version__, transformers.__version__]
 
 
-def cached_empty_embedding(identity: list[Any], compute: Callable[[], torch.Tensor],
-                           cache: TensorCache | None = None) -> torch.Tensor:
+def cached_empty_embedding(
+    identity: list[Any], compute: Callable[[], torch.Tensor], cache: TensorCache | None = None
+) -> torch.Tensor:
     """The empty-prompt embedding of the weights `identity` names: from the cache, else `compute()` (stored)."""
     cache = prompt_cache() if cache is None else cache
     return cache.get_or_compute(cache.key("sd-empty-prompt", identity), compute)

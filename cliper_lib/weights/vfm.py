@@ -4,6 +4,7 @@ or seeded random models of the same classes built from configs (smoke profile: t
 Never torch.hub (it fetches code from GitHub at run time). Offline and uncached, loading stops at once with
 `WeightsMissingError`, naming the repo and files, like the CLIP and SD loaders.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,14 @@ from .hub import WeightsMissingError, hub_reachable, missing_weights_message
 
 #: architecture of each VFM: (family, width, blocks, heads, patch). family: vit = DINO, dinov2 = DINOv2.
 VFM_ARCHITECTURES: dict[str, tuple[str, int, int, int, int]] = {
-    "dino-s8": ("vit", 384, 12, 6, 8), "dino-b8": ("vit", 768, 12, 12, 8),
-    "dino-s16": ("vit", 384, 12, 6, 16), "dino-b16": ("vit", 768, 12, 12, 16),
-    "dinov2-s14": ("dinov2", 384, 12, 6, 14), "dinov2-b14": ("dinov2", 768, 12, 12, 14),
-    "dinov2-l14": ("dinov2", 1024, 24, 16, 14), "dinov2-g14": ("dinov2", 1536, 40, 24, 14),
+    "dino-s8": ("vit", 384, 12, 6, 8),
+    "dino-b8": ("vit", 768, 12, 12, 8),
+    "dino-s16": ("vit", 384, 12, 6, 16),
+    "dino-b16": ("vit", 768, 12, 12, 16),
+    "dinov2-s14": ("dinov2", 384, 12, 6, 14),
+    "dinov2-b14": ("dinov2", 768, 12, 12, 14),
+    "dinov2-l14": ("dinov2", 1024, 24, 16, 14),
+    "dinov2-g14": ("dinov2", 1536, 40, 24, 14),
 }
 #: the smoke profile's size: same classes and patch sizes, width 32, 2 blocks, 2 heads.
 TINY_VFM = {"width": 32, "blocks": 2, "heads": 2}
@@ -35,11 +40,25 @@ def vfm_config(name: str, full_size: bool = False) -> Any:
     if not full_size:
         width, blocks, heads = TINY_VFM["width"], TINY_VFM["blocks"], TINY_VFM["heads"]
     if family == "vit":
-        return ViTConfig(hidden_size=width, num_hidden_layers=blocks, num_attention_heads=heads,
-                         intermediate_size=4 * width, patch_size=patch, image_size=224, layer_norm_eps=1e-6)
+        return ViTConfig(
+            hidden_size=width,
+            num_hidden_layers=blocks,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            patch_size=patch,
+            image_size=224,
+            layer_norm_eps=1e-6,
+        )
     giant = name == "dinov2-g14"  # DINOv2-g uses a SwiGLU feed-forward
-    return Dinov2Config(hidden_size=width, num_hidden_layers=blocks, num_attention_heads=heads, patch_size=patch,
-                        image_size=518, use_swiglu_ffn=giant and full_size, layer_norm_eps=1e-6)
+    return Dinov2Config(
+        hidden_size=width,
+        num_hidden_layers=blocks,
+        num_attention_heads=heads,
+        patch_size=patch,
+        image_size=518,
+        use_swiglu_ffn=giant and full_size,
+        layer_norm_eps=1e-6,
+    )
 
 
 def wrap_vfm(model: torch.nn.Module, name: str, weights_id: str) -> VFMEncoder:
@@ -51,15 +70,24 @@ def wrap_vfm(model: torch.nn.Module, name: str, weights_id: str) -> VFMEncoder:
     return VFMEncoder(model.eval().requires_grad_(False), name, patch, prefix, weights_id, kwargs)
 
 
-def build_random_vfm(name: str, seed: int = 0, full_size: bool = False, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> VFMEncoder:
+def build_random_vfm(
+    name: str,
+    seed: int = 0,
+    full_size: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VFMEncoder:
     """A seeded random VFM of `name`'s class: tiny (tests, smoke) or its real size (benchmarks)."""
     from transformers import Dinov2Model, ViTModel
 
     config = vfm_config(name, full_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ViTModel(config, add_pooling_layer=False) if config.model_type == "vit" else Dinov2Model(config)
+        model = (
+            ViTModel(config, add_pooling_layer=False)
+            if config.model_type == "vit"
+            else Dinov2Model(config)
+        )
     tag = f"random-full-size-seed-{seed}" if full_size else f"random-seed-{seed}"
     return wrap_vfm(model.to(device=device, dtype=dtype), name, tag)
 
@@ -69,12 +97,20 @@ def _from_pretrained(repo: str, local_files_only: bool) -> torch.nn.Module:
 
     config = AutoConfig.from_pretrained(repo, local_files_only=local_files_only)
     if config.model_type == "vit":  # DINO: no pooler (its weights are not in the checkpoint)
-        return ViTModel.from_pretrained(repo, add_pooling_layer=False, local_files_only=local_files_only)
-    return AutoModel.from_pretrained(repo, local_files_only=local_files_only)  # Dinov2Model (with registers too)
+        return ViTModel.from_pretrained(
+            repo, add_pooling_layer=False, local_files_only=local_files_only
+        )
+    return AutoModel.from_pretrained(
+        repo, local_files_only=local_files_only
+    )  # Dinov2Model (with registers too)
 
 
-def load_vfm(name: str, cfg: CLIPerConfig, device: torch.device | str | None = None, allow_download: bool = True
-             ) -> VFMEncoder:
+def load_vfm(
+    name: str,
+    cfg: CLIPerConfig,
+    device: torch.device | str | None = None,
+    allow_download: bool = True,
+) -> VFMEncoder:
     """VFM `name` (a config.VFM_MODELS key) for `cfg`'s profile, device and dtype."""
     if name not in VFM_MODELS:
         raise ValueError(f"unknown VFM {name!r}; choose one of {', '.join(VFM_MODELS)}")
@@ -87,7 +123,9 @@ def load_vfm(name: str, cfg: CLIPerConfig, device: torch.device | str | None = N
         model = _from_pretrained(repo, local_files_only=True)
     except (OSError, ValueError) as error:
         if not (allow_download and hub_reachable()):
-            message = missing_weights_message(f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}")
+            message = missing_weights_message(
+                f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}"
+            )
             raise WeightsMissingError(message) from error
         model = _from_pretrained(repo, local_files_only=False)
     return wrap_vfm(model.to(device=device, dtype=dtype), name, repo)
@@ -96,7 +134,11 @@ def load_vfm(name: str, cfg: CLIPerConfig, device: torch.device | str | None = N
 def vfms_used(cfg: CLIPerConfig) -> list[str]:
     """The VFMs a config runs: proxy_model with last_layer_attention=proxy, and a VFM refinement."""
     names = [cfg.proxy_model] if cfg.last_layer_attention == "proxy" else []
-    return names + [cfg.refinement] if cfg.refinement in VFM_MODELS and cfg.refinement not in names else names
+    return (
+        names + [cfg.refinement]
+        if cfg.refinement in VFM_MODELS and cfg.refinement not in names
+        else names
+    )
 
 
 def download_vfm_weights(name: str) -> Path:
@@ -106,12 +148,17 @@ def download_vfm_weights(name: str) -> Path:
 
     repo = VFM_MODELS[name]
     if not hub_reachable():
-        raise WeightsMissingError(missing_weights_message(f"VFM {name}", repo, VFM_WEIGHT_FILES,
-                                                          f"cliper download --vfm {name}"))
+        raise WeightsMissingError(
+            missing_weights_message(
+                f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}"
+            )
+        )
     try:  # safetensors where the repo has them, else the PyTorch pickle
         snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors"]))
         if not list(snapshot.glob("*.safetensors")):
-            snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "pytorch_model.bin"]))
+            snapshot = Path(
+                snapshot_download(repo, allow_patterns=["config.json", "pytorch_model.bin"])
+            )
     except HfHubHTTPError as error:
         raise WeightsMissingError(f"could not download {name} from '{repo}': {error}") from error
     return snapshot
@@ -120,7 +167,12 @@ def download_vfm_weights(name: str) -> Path:
 class VFMLoader:
     """name -> VFMEncoder for one config's profile/device/dtype, each model loaded on first use and kept."""
 
-    def __init__(self, cfg: CLIPerConfig, device: torch.device | str | None = None, allow_download: bool = True):
+    def __init__(
+        self,
+        cfg: CLIPerConfig,
+        device: torch.device | str | None = None,
+        allow_download: bool = True,
+    ):
         self.cfg, self.device, self.allow_download = cfg, device, allow_download
         self.loaded: dict[str, VFMEncoder] = {}
 

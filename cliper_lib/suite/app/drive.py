@@ -8,6 +8,7 @@
 Every widget of the explorer carries a CSS class `cliper-<control>` (explorer_controls.build_layout); a move is
 done when the status line is rewritten with the move's result and the overlay image has been redrawn.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -53,26 +54,45 @@ def _free_port() -> int:
 class AppServer:
     """`cliper app ARGS --no-browser --port <free>` in a subprocess (environment inherited); stopped on exit."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 180.0,
-                 log: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        timeout: float = 180.0,
+        log: str | os.PathLike | None = None,
+    ):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.args = [sys.executable, "-m", "cliper_lib", "app", *args, "--no-browser", f"--port={self.port}"]
+        self.args = [
+            sys.executable,
+            "-m",
+            "cliper_lib",
+            "app",
+            *args,
+            "--no-browser",
+            f"--port={self.port}",
+        ]
         self.env = {**os.environ, **(env or {})}
         self.timeout = timeout
         self.log_path = Path(log) if log else None
         self.process: subprocess.Popen | None = None
         self.started_s = 0.0
 
-    def __enter__(self) -> "AppServer":
+    def __enter__(self) -> AppServer:
         start = time.perf_counter()
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         while time.perf_counter() - start < self.timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"cliper app exited with {self.process.returncode} (log: {self.log_path})")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                raise RuntimeError(
+                    f"cliper app exited with {self.process.returncode} (log: {self.log_path})"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
                 self.started_s = time.perf_counter() - start
                 return self
             time.sleep(0.25)
@@ -82,7 +102,9 @@ class AppServer:
     def __exit__(self, *exc) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)  # the server and the kernels it started (its own session)
+        os.killpg(
+            self.process.pid, signal.SIGTERM
+        )  # the server and the kernels it started (its own session)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -133,7 +155,10 @@ class AppDriver:
                  const line = document.querySelector('.cliper-status');
                  return img && line && img.src !== src && line.innerText !== status
                         && line.innerText.includes('recomputed');
-               }""", arg=[before_src, before_status], timeout=self.timeout_ms)
+               }""",
+            arg=[before_src, before_status],
+            timeout=self.timeout_ms,
+        )
 
     def _move(self, action) -> float:
         src, status = self.overlay_src(), self.status()
@@ -149,12 +174,18 @@ class AppDriver:
         start = time.perf_counter()
         self.page.goto(self.url, timeout=self.timeout_ms)
         marks = {}
-        for mark, selector in [("placeholder", ".cliper-app"), ("controls", ".cliper-fuse-layers"),
-                               ("ready", ".cliper-ready .cliper-fuse-layers"), ("result", ".cliper-out-overlay img")]:
+        for mark, selector in [
+            ("placeholder", ".cliper-app"),
+            ("controls", ".cliper-fuse-layers"),
+            ("ready", ".cliper-ready .cliper-fuse-layers"),
+            ("result", ".cliper-out-overlay img"),
+        ]:
             self.page.wait_for_selector(selector, timeout=self.timeout_ms)
             marks[mark] = time.perf_counter() - start
-        self.page.wait_for_function("document.querySelector('.cliper-status').innerText.includes('recomputed')",
-                                    timeout=self.timeout_ms)
+        self.page.wait_for_function(
+            "document.querySelector('.cliper-status').innerText.includes('recomputed')",
+            timeout=self.timeout_ms,
+        )
         marks["result"] = time.perf_counter() - start
         return marks
 
@@ -167,6 +198,7 @@ class AppDriver:
             handle.focus()
             for _ in range(abs(steps)):
                 handle.press(key)
+
         return self._move(press)
 
     def move_layer_range_start(self, steps: int = 1) -> float:
@@ -184,18 +216,24 @@ class AppDriver:
 
     def upload(self, path: str | os.PathLike) -> float:
         """Upload an image file; it becomes the shown image."""
+
         def choose():
             with self.page.expect_file_chooser(timeout=self.timeout_ms) as chooser:
-                self.page.locator(".cliper-upload").first.click()  # the widget opens the system file dialog
+                self.page.locator(
+                    ".cliper-upload"
+                ).first.click()  # the widget opens the system file dialog
             chooser.value.set_files(str(path))
+
         return self._move(choose)
 
     def export(self) -> float:
         """Click export and wait for the four download links."""
         start = time.perf_counter()
         self.page.locator(".cliper-export").first.click()
-        self.page.wait_for_function("document.querySelectorAll('.cliper-exported a.cliper-download').length === 4",
-                                    timeout=self.timeout_ms)
+        self.page.wait_for_function(
+            "document.querySelectorAll('.cliper-exported a.cliper-download').length === 4",
+            timeout=self.timeout_ms,
+        )
         return time.perf_counter() - start
 
     def map_classes(self) -> list[str]:

@@ -5,18 +5,27 @@ while the models load), then the live controls once the models are loaded (once 
 first result (Voila renders progressively, cell by cell). A model that cannot be built (paper weights missing offline, a bad preset) shows the same one-line
 message the CLI prints, never a traceback.
 """
+
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 #: the environment variables `cliper app` sets for the page (the kernel inherits the server's environment).
-ENV = {"preset": "CLIPER_APP_PRESET", "profile": "CLIPER_APP_PROFILE", "device": "CLIPER_APP_DEVICE",
-       "dtype": "CLIPER_APP_DTYPE", "images": "CLIPER_APP_IMAGES", "classes": "CLIPER_APP_CLASSES",
-       "background": "CLIPER_APP_BACKGROUND", "out": "CLIPER_APP_OUT"}
+ENV = {
+    "preset": "CLIPER_APP_PRESET",
+    "profile": "CLIPER_APP_PROFILE",
+    "device": "CLIPER_APP_DEVICE",
+    "dtype": "CLIPER_APP_DTYPE",
+    "images": "CLIPER_APP_IMAGES",
+    "classes": "CLIPER_APP_CLASSES",
+    "background": "CLIPER_APP_BACKGROUND",
+    "out": "CLIPER_APP_OUT",
+}
 
 
 @dataclass
@@ -27,15 +36,21 @@ class AppSettings:
     profile: str | None = None  # None: the preset's (paper)
     device: str | None = None
     dtype: str | None = None
-    images: list[str] = field(default_factory=list)  # extra images (paths) before the bundled samples
-    classes: str | None = None  # None: the first image's suggested classes (empty for your own image)
+    images: list[str] = field(
+        default_factory=list
+    )  # extra images (paths) before the bundled samples
+    classes: str | None = (
+        None  # None: the first image's suggested classes (empty for your own image)
+    )
     background: str | None = None  # None: the preset's vocabulary minus the classes
     out: str = "outputs/app"
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "AppSettings":
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {name: env[var] for name, var in ENV.items() if env.get(var) is not None}
+        values: dict[str, Any] = {
+            name: env[var] for name, var in ENV.items() if env.get(var) is not None
+        }
         if "images" in values:
             values["images"] = [p for p in values["images"].split(os.pathsep) if p]
         return cls(**values)
@@ -53,8 +68,9 @@ def load_model(settings: AppSettings):
     from ...config import CLIPerConfig
     from ...weights.models import CLIPer
 
-    cfg = CLIPerConfig.from_preset(settings.preset, profile=settings.profile, device=settings.device,
-                                   dtype=settings.dtype)
+    cfg = CLIPerConfig.from_preset(
+        settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
+    )
     key = (settings.preset, cfg.profile, cfg.device, cfg.dtype)
     if key not in _MODELS:
         _MODELS[key] = CLIPer.from_config(cfg)
@@ -73,26 +89,35 @@ class Opening:
     background: str | None
 
     @classmethod
-    def from_settings(cls, settings: AppSettings) -> "Opening":
+    def from_settings(cls, settings: AppSettings) -> Opening:
         from ...config import CLIPerConfig
         from ...images import read_image
         from ..samples import sample_images, suggested_classes
 
-        cfg = CLIPerConfig.from_preset(settings.preset, profile=settings.profile, device=settings.device,
-                                       dtype=settings.dtype)
+        cfg = CLIPerConfig.from_preset(
+            settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
+        )
         images: dict[str, Any] = {Path(p).name: Path(p) for p in settings.images}
         for path in settings.images:
-            read_image(path)  # an unreadable file fails here, with its name, before the page is built
+            read_image(
+                path
+            )  # an unreadable file fails here, with its name, before the page is built
         images.update({name: path for name, path in sample_images().items() if name not in images})
         first = next(iter(images))
-        classes = settings.classes if settings.classes is not None else (suggested_classes(first) or "")
+        classes = (
+            settings.classes if settings.classes is not None else (suggested_classes(first) or "")
+        )
         return cls(cfg, images, first, classes, settings.background)
 
     def background_text(self) -> str:
         """The background box's opening text, as `Explorer` fills it (the preset's vocabulary when unset)."""
         from ...vocab import read_class_file
 
-        words = read_class_file(self.cfg.classes).background if self.background is None else self.background
+        words = (
+            read_class_file(self.cfg.classes).background
+            if self.background is None
+            else self.background
+        )
         return words if isinstance(words, str) else "; ".join(words)
 
 
@@ -105,13 +130,25 @@ def preview_widget(opening: Opening, message: str) -> Any:
 
     depth = vision_depth(opening.cfg)
     opening.cfg.check_against_depth(depth)
-    controls = build_controls(opening.cfg, depth, list(opening.images), opening.image, opening.classes,
-                              opening.background_text(), planned_refinements(opening.cfg))
+    controls = build_controls(
+        opening.cfg,
+        depth,
+        list(opening.images),
+        opening.image,
+        opening.classes,
+        opening.background_text(),
+        planned_refinements(opening.cfg),
+    )
     for box in controls.values():
         box.disabled = True
-    outputs = {name: W.Output(layout=W.Layout(border="1px solid #ddd")) for name in ("overlay", "maps", "scores")}
-    buttons = {"reset": W.Button(description="reset", disabled=True),
-               "export": W.Button(description="export", icon="download", disabled=True)}
+    outputs = {
+        name: W.Output(layout=W.Layout(border="1px solid #ddd"))
+        for name in ("overlay", "maps", "scores")
+    }
+    buttons = {
+        "reset": W.Button(description="reset", disabled=True),
+        "export": W.Button(description="export", icon="download", disabled=True),
+    }
     return build_layout(controls, outputs, buttons, W.HTML(), W.HTML(), W.HTML(value=message))
 
 
@@ -121,13 +158,22 @@ def build_explorer(settings: AppSettings, defer: bool = True, opening: Opening |
 
     opening = opening or Opening.from_settings(settings)
     model = load_model(settings)
-    return Explorer(model, images=opening.images, image=opening.image, classes=opening.classes,
-                    background=settings.background, export_dir=settings.out, defer=defer)
+    return Explorer(
+        model,
+        images=opening.images,
+        image=opening.image,
+        classes=opening.classes,
+        background=settings.background,
+        export_dir=settings.out,
+        defer=defer,
+    )
 
 
 def error_html(error: BaseException) -> str:
-    return (f"<div class='cliper-error' style='color:#b00;font-family:monospace;white-space:pre-wrap'>"
-            f"cliper: {html.escape(str(error))}</div>")
+    return (
+        f"<div class='cliper-error' style='color:#b00;font-family:monospace;white-space:pre-wrap'>"
+        f"cliper: {html.escape(str(error))}</div>"
+    )
 
 
 def _page_errors() -> tuple[type[BaseException], ...]:
@@ -156,8 +202,10 @@ class AppPage:
         self.explorer = None
         self.error: str | None = None
         self.opening: Opening | None = None
-        loading = (f"<i>loading the models ({html.escape(self.settings.preset)}, profile "
-                   f"{html.escape(self.settings.profile or 'paper')})…</i>")
+        loading = (
+            f"<i>loading the models ({html.escape(self.settings.preset)}, profile "
+            f"{html.escape(self.settings.profile or 'paper')})…</i>"
+        )
         try:
             self.opening = Opening.from_settings(self.settings)
             shown = preview_widget(self.opening, loading)
@@ -182,6 +230,7 @@ class AppPage:
         self.widget.children = [self.explorer.widget]
         self.widget.add_class("cliper-ready")
         self.explorer.status.value = "<i>computing the first result…</i>"
+
     def first_result(self) -> None:
         """Compute and draw the opening result (or ask for classes when there are none yet)."""
         if self.explorer is None:
@@ -189,4 +238,6 @@ class AppPage:
         if self.explorer.controls["classes"].value.strip():
             self.explorer.update("init")
         else:
-            self.explorer.status.value = "<b>type the classes to look for</b> (';'-separated), then press Enter"
+            self.explorer.status.value = (
+                "<b>type the classes to look for</b> (';'-separated), then press Enter"
+            )

@@ -8,14 +8,15 @@ Server settings, and why:
   so closed visits free their memory. `cull_connected` stays False: an open tab keeps its kernel, however idle.
 - `--Voila.ip=127.0.0.1` unless `--host` says otherwise: the app is for this machine; sharing it is a choice.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from .page import AppSettings
 
@@ -34,31 +35,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def voila_command(port: int, open_browser: bool, host: str = "127.0.0.1", cull_idle: int = CULL_IDLE_SECONDS,
-                  cull_interval: int = CULL_INTERVAL_SECONDS) -> list[str]:
+def voila_command(
+    port: int,
+    open_browser: bool,
+    host: str = "127.0.0.1",
+    cull_idle: int = CULL_IDLE_SECONDS,
+    cull_interval: int = CULL_INTERVAL_SECONDS,
+) -> list[str]:
     """The Voila command line that serves the app notebook."""
-    return [sys.executable, "-m", "voila", str(notebook_path()), f"--port={port}", f"--Voila.ip={host}",
-            f"--Voila.open_browser={open_browser}", "--VoilaConfiguration.progressive_rendering=True",
-            f"--MappingKernelManager.cull_idle_timeout={cull_idle}",
-            f"--MappingKernelManager.cull_interval={min(cull_interval, max(cull_idle, 1))}",
-            "--MappingKernelManager.cull_connected=False"]
+    return [
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook_path()),
+        f"--port={port}",
+        f"--Voila.ip={host}",
+        f"--Voila.open_browser={open_browser}",
+        "--VoilaConfiguration.progressive_rendering=True",
+        f"--MappingKernelManager.cull_idle_timeout={cull_idle}",
+        f"--MappingKernelManager.cull_interval={min(cull_interval, max(cull_idle, 1))}",
+        "--MappingKernelManager.cull_connected=False",
+    ]
 
 
-def app_settings(cfg_preset: str, profile: str | None, device: str | None, dtype: str | None,
-                 images: Sequence[Path], classes: str | None, background: str | None, out: str) -> AppSettings:
+def app_settings(
+    cfg_preset: str,
+    profile: str | None,
+    device: str | None,
+    dtype: str | None,
+    images: Sequence[Path],
+    classes: str | None,
+    background: str | None,
+    out: str,
+) -> AppSettings:
     """Settings with absolute paths (the kernel runs in the notebook's folder, not here)."""
-    return AppSettings(preset=str(Path(cfg_preset).resolve()) if Path(cfg_preset).suffix in (".yaml", ".yml")
-                       else cfg_preset, profile=profile, device=device, dtype=dtype,
-                       images=[str(Path(p).resolve()) for p in images], classes=classes, background=background,
-                       out=str(Path(out).resolve()))
+    return AppSettings(
+        preset=str(Path(cfg_preset).resolve())
+        if Path(cfg_preset).suffix in (".yaml", ".yml")
+        else cfg_preset,
+        profile=profile,
+        device=device,
+        dtype=dtype,
+        images=[str(Path(p).resolve()) for p in images],
+        classes=classes,
+        background=background,
+        out=str(Path(out).resolve()),
+    )
 
 
-def serve(settings: AppSettings, port: int | None, open_browser: bool, host: str = "127.0.0.1",
-          cull_idle: int = CULL_IDLE_SECONDS) -> None:
+def serve(
+    settings: AppSettings,
+    port: int | None,
+    open_browser: bool,
+    host: str = "127.0.0.1",
+    cull_idle: int = CULL_IDLE_SECONDS,
+) -> None:
     """Replace this process with the Voila server (so stopping `cliper app` stops the server and its kernels)."""
     port = port or free_port()
     command = voila_command(port, open_browser, host, cull_idle)
     env = {**os.environ, **settings.to_environment()}
-    print(f"cliper app: http://{host}:{port}/ (profile {settings.profile or 'paper'}, preset {settings.preset}); "
-          f"idle kernels culled after {cull_idle} s; Ctrl-C stops it", flush=True)
+    print(
+        f"cliper app: http://{host}:{port}/ (profile {settings.profile or 'paper'}, preset {settings.preset}); "
+        f"idle kernels culled after {cull_idle} s; Ctrl-C stops it",
+        flush=True,
+    )
     os.execve(sys.executable, command, env)

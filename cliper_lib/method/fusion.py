@@ -1,7 +1,9 @@
-"""Early-layer fusion (ELF): fused attention, the last block's value path, per-layer maps, sliding window, coarse map.
+"""Early-layer fusion (ELF): fused attention, the last block's value path, per-layer maps, sliding
+window, coarse map.
 
-Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes, T = C + B_bg + 1
-text rows. Each step of docs/method.md section 3 is its own small function so the notebooks can show it.
+Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes, T =
+C + B_bg + 1 text rows. Each step of docs/method.md section 3 is its own small function so the
+notebooks can show it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LAST_LAYER_ATTENTIONS
-from ..images import crop_boxes  # noqa: F401 (the sliding window's geometry, also read as elf.crop_boxes)
+
+# noqa: F401 (the sliding window's geometry, also read as elf.crop_boxes)
+from ..images import crop_boxes
 from .clip_backbone import LayerWalk, project_tokens, walk_layers
 
 
-# --- fused attention, one step at a time -----------------------------------------------------------------------
+# --- fused attention, one step at a time
+# -----------------------------------------------------------------------
 def sum_attention(attentions: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
     """A = sum of A_i over `layers`, per head, in float32: (B, H, N, N)."""
     if len(layers) == 0:
@@ -60,10 +65,11 @@ def clamp_nonnegative(attention: torch.Tensor) -> torch.Tensor:
 def finish_fused_attention(balanced: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Â from a Sinkhorn-balanced sum: symmetrise, centre the columns, clamp at 0, row-normalise.
 
-    The same operations as normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced)))), in place on
-    one buffer (`out`, or a new one): on a CPU each fresh (B, H, N, N) temporary costs as much as the arithmetic on
-    it. A row left all zero by the clamp (every entry at or below its column mean: uniform attention, or a 1-patch
-    image) becomes uniform, where the authors' code divides 0 by 0 and every later map turns NaN.
+    The same operations as normalize_rows(clamp_nonnegative(center_columns(symmetrize(balanced)))),
+    in place on one buffer (`out`, or a new one): on a CPU each fresh (B, H, N, N) temporary costs
+    as much as the arithmetic on it. A row left all zero by the clamp (every entry at or below its
+    column mean: uniform attention, or a 1-patch image) becomes uniform, where the authors' code
+    divides 0 by 0 and every later map turns NaN.
     """
     out = torch.add(balanced, balanced.transpose(-2, -1), out=out)
     out /= 2
@@ -79,20 +85,24 @@ def finish_fused_attention(balanced: torch.Tensor, out: torch.Tensor | None = No
 
 
 def iter_fused_attentions(
-    summed: torch.Tensor, num_outputs: int, rounds: str | int = "cumulative", reuse: bool = False
+    summed: torch.Tensor,
+    num_outputs: int,
+    rounds: str | int = "cumulative",
+    reuse: bool = False,
+    per_head: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield Â_k for k = 0 … num_outputs-1 (each (B, H, N, N)).
 
-    rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output, so output
-    k sees k+1 column/row rounds. An integer gives every output the same fixed number of rounds. `reuse`: every
-    Â_k is written into the same buffer, overwritten by the next one (for a consumer that is done with Â_k
-    before it asks for Â_{k+1}, as fuse_layers is).
-
-    On a CPU each head is balanced and finished on its own (B, N, N) slice: the same operations, so the same bits,
-    but a head stays in cache through its ~10 passes where (B, H, N, N) does not (twice as fast here).
+    rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output,
+    so output k sees k+1 column/row rounds. An integer gives every output the same fixed number of
+    rounds. `reuse`: every Â_k is written into the same buffer, overwritten by the next one (for a
+    consumer that is done with Â_k before it asks for Â_{k+1}, as fuse_layers is). `per_head`:
+    balance and finish one head's
+    (B, N, N) slice at a time (the same operations, so the same bits; a head can stay in a CPU's
+    cache through its ~10 passes, where (B, H, N, N) cannot).
     """
     balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
-    heads = range(balanced.shape[1]) if balanced.is_cpu else [slice(None)]
+    heads = range(balanced.shape[1]) if per_head else [slice(None)]
 
     def next_output(rounds: int, out: torch.Tensor | None) -> torch.Tensor:
         out = torch.empty_like(balanced) if out is None else out
@@ -112,7 +122,8 @@ def iter_fused_attentions(
         yield from (fused for _ in range(num_outputs))
 
 
-# --- the last block's value path ------------------------------------------------------------------------------
+# --- the last block's value path
+# ------------------------------------------------------------------------------
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, d)
@@ -130,7 +141,9 @@ def qkv_heads(
 
 
 def variant_attention(block: torch.Tensor, normed: torch.Tensor, kind: str) -> torch.Tensor:
-    """Last-layer attention probabilities (B, H, N, N) of the ablation variants, from normalised features."""
+    """Last-layer attention probabilities (B, H, N, N) of the ablation variants, from normalised
+    features.
+    """
     q, k, v = qkv_heads(block, normed)
     n = normed.shape[1]
     if kind == "identity":
@@ -146,7 +159,8 @@ def value_path(
 ) -> torch.Tensor:
     """out_proj(attention · V(normed)): the last block's attention branch with a given attention.
 
-    No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
+    No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B,
+    N, D).
     """
     attn, width = block.attn, normed.shape[-1]  # only V: a third of the in-projection
     v = _split_heads(
@@ -159,7 +173,8 @@ def value_path(
     return block.ls_1(block.attn.out_proj(mixed))
 
 
-# --- per-layer embeddings and maps ----------------------------------------------------------------------------
+# --- per-layer embeddings and maps
+# ----------------------------------------------------------------------------
 @dataclass
 class FusionOutput:
     """ELF on one batch: L per-layer embeddings and the fused attention of the last output."""
@@ -171,18 +186,9 @@ class FusionOutput:
     grid: tuple[int, int]
 
 
-@torch.no_grad()
-def fuse_layers(
-    visual: torch.nn.Module,
-    walk: LayerWalk,
-    fuse: Sequence[int] | None = None,
-    rounds: str | int = "cumulative",
-    last_layer_attention: str = "fused",
-    proxy: torch.Tensor | None = None,
-) -> FusionOutput:  # proxy (B, 1, N, N): the VFM attention of "proxy"
-    """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and Â_{L-1}."""
-    blocks = visual.transformer.resblocks
-    num_layers = len(blocks)
+def _check_fusion(
+    num_layers: int, walk: LayerWalk, fuse: list[int], last_layer_attention: str, proxy
+) -> None:
     if walk.num_walked < num_layers - 1:
         raise ValueError(
             f"the walk covers {walk.num_walked} blocks; ELF needs the first {num_layers - 1}"
@@ -195,45 +201,52 @@ def fuse_layers(
         raise ValueError(
             "a proxy attention is needed for, and only taken by, last_layer_attention='proxy'"
         )
-    fuse = list(range(num_layers - 1)) if fuse is None else list(fuse)
     if any(not 0 <= i <= num_layers - 2 for i in fuse):
         raise ValueError(f"fused layers {fuse} must lie in 0 .. {num_layers - 2}")
+    summed = walk.summed_layers
+    if last_layer_attention == "fused" and summed is not None and tuple(fuse) != summed:
+        raise ValueError(f"the walk summed layers {list(summed)}, not the fused layers {fuse}")
+
+
+@torch.no_grad()
+def fuse_layers(
+    visual: torch.nn.Module,
+    walk: LayerWalk,
+    fuse: Sequence[int] | None = None,
+    rounds: str | int = "cumulative",
+    last_layer_attention: str = "fused",
+    proxy: torch.Tensor | None = None,
+    per_head: bool = False,
+) -> FusionOutput:
+    """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and
+    Â_{L-1}.
+
+    `proxy` (B, 1, N, N): the VFM attention of last_layer_attention="proxy"; `per_head`: see
+    iter_fused_attentions.
+    """
+    blocks = visual.transformer.resblocks
+    num_layers = len(blocks)
+    fuse = list(range(num_layers - 1)) if fuse is None else list(fuse)
+    _check_fusion(num_layers, walk, fuse, last_layer_attention, proxy)
     last = blocks[num_layers - 1]
     # The kept features: X_0 … X_{L-2} (already ln_1-normalised) then the residual stream x_{L-1}.
     features = walk.normalized_inputs[: num_layers - 1] + [walk.residual_inputs[num_layers - 1]]
-    if (
-        last_layer_attention == "fused"
-        and walk.summed_layers is not None
-        and tuple(fuse) != walk.summed_layers
-    ):
-        raise ValueError(
-            f"the walk summed layers {list(walk.summed_layers)}, not the fused layers {fuse}"
-        )
-    summed = (
-        walk.attention_sum if walk.summed_layers is not None else None
-    )  # the low-memory walk's sum
-    fused_iter = (
-        iter_fused_attentions(
-            summed if summed is not None else sum_attention(walk.attentions, fuse),
-            num_layers,
-            rounds,
-            reuse=True,
-        )  # each Â_k is used at once; the last one, kept, is never overwritten
-        if last_layer_attention == "fused"
-        else (proxy for _ in features)
-        if proxy is not None
-        else None
-    )
+    attentions: Iterator[torch.Tensor] | None = None
+    if last_layer_attention == "fused":
+        # the low-memory walk kept only the sum; each Â_k is used at once (the last one is kept)
+        summed = walk.attention_sum if walk.summed_layers is not None else None
+        if summed is None:
+            summed = sum_attention(walk.attentions, fuse)
+        attentions = iter_fused_attentions(summed, num_layers, rounds, True, per_head)
+    elif proxy is not None:
+        attentions = (proxy for _ in features)
     embeddings, attention = [], None
     for feature in features:
-        normed = last.ln_1(
-            feature
-        )  # early features pass through two layer norms, as in the authors' code
-        attention = (
-            next(fused_iter)
-            if fused_iter is not None
-            else variant_attention(last, normed, last_layer_attention)
-        )
+        normed = last.ln_1(feature)  # early features pass through two layer norms, as the authors'
+        if attentions is not None:
+            attention = next(attentions)
+        else:
+            attention = variant_attention(last, normed, last_layer_attention)
         embeddings.append(project_tokens(visual, value_path(last, normed, attention)).float())
     return FusionOutput(
         embeddings=torch.stack(embeddings), last_attention=attention.float(), grid=walk.grid
@@ -246,12 +259,12 @@ def layer_logits(
     """logit_scale · cos(patch embeddings, text rows): (L, B, N, E) -> (L, B, T, h, w)."""
     patches = F.normalize(embeddings[:, :, 1:].float(), dim=-1)  # (L, B, h*w, E)
     logits = logit_scale * patches @ text_set.float().T.to(patches.device)  # (L, B, h*w, T)
-    l, b, _, t = logits.shape
-    return logits.transpose(-2, -1).reshape(l, b, t, *grid)  # (L, B, T, h, w)
+    layers, b, _, t = logits.shape
+    return logits.transpose(-2, -1).reshape(layers, b, t, *grid)  # (L, B, T, h, w)
 
 
 def logits_to_maps(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Softmax over the text rows (dim -3), keep the fg channels: (..., T, h, w) -> (..., C, h, w)."""
+    """Softmax over the text rows (dim -3), keep the fg rows: (..., T, h, w) -> (..., C, h, w)."""
     return logits.softmax(dim=-3)[..., :num_classes, :, :]
 
 
@@ -260,7 +273,8 @@ def mean_patch_attention(attention: torch.Tensor) -> torch.Tensor:
     return attention.mean(dim=1)[:, 1:, 1:]
 
 
-# --- sliding window ---------------------------------------------------------------------------------------------
+# --- sliding window
+# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def walk_crops(
     visual: torch.nn.Module,
@@ -269,7 +283,9 @@ def walk_crops(
     stride: int,
     sum_layers: Sequence[int] | None = None,
 ) -> LayerWalk:
-    """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one batch."""
+    """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one
+    batch.
+    """
     boxes = crop_boxes(image.shape[1], image.shape[2], crop, stride)
     crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
     return walk_layers(visual, crops, len(visual.transformer.resblocks) - 1, sum_layers)
@@ -319,7 +335,9 @@ def sliding_window_from_fused(
     stride: int,
     logit_scale: float,
 ) -> SlidingWindowOutput:
-    """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and softmax."""
+    """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and
+    softmax.
+    """
     height, width = int(image_size[0]), int(image_size[1])
     gh, gw = height // patch, width // patch
     boxes = crop_boxes(height, width, crop, stride)
@@ -349,14 +367,16 @@ def sliding_window_from_fused(
         attn_count[idx[:, None], idx[None, :]] += 1
     logits = logits_sum / logits_count
     attention = normalize_rows(attn_sum / (attn_count + 1e-5))
-    l, t = logits.shape[:2]
-    mixed = (logits.reshape(l, t, gh * gw) @ attention).reshape(l, t, gh, gw)  # logits[flat] @ M
+    layers, t = logits.shape[:2]
+    # logits[flat] @ M
+    mixed = (logits.reshape(layers, t, gh * gw) @ attention).reshape(layers, t, gh, gw)
     return SlidingWindowOutput(
         logits=logits, attention=attention, maps=logits_to_maps(mixed, num_classes)
     )
 
 
-# --- coarse map -----------------------------------------------------------------------------------------------
+# --- coarse map
+# -----------------------------------------------------------------------------------------------
 def threshold_select_map(select_map: torch.Tensor, attention_thr: float) -> torch.Tensor:
     """Zero every value below attention_thr × (spatial max of its class): (C, h, w) -> (C, h, w)."""
     peak = select_map.flatten(1).amax(dim=1)[:, None, None]  # (C, 1, 1)
@@ -368,8 +388,8 @@ def coarse_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """S_c = R + mean_k S_k with R = thr(S_sel)[flat] @ mean_h Â; returns (S_c, thresholded S_sel).
 
-    layer_maps (L, C, h, w); patch_attention (h*w, h*w). As in the authors' code the layer mean sees the
-    thresholded select map (they threshold a view of the stacked maps).
+    layer_maps (L, C, h, w); patch_attention (h*w, h*w). As in the authors' code the layer mean sees
+    the thresholded select map (they threshold a view of the stacked maps).
     """
     num_layers, c, h, w = layer_maps.shape
     maps = layer_maps.clone()

@@ -1,9 +1,11 @@
-"""Stable Diffusion self-attention for fine-grained compensation (docs/method.md, "Fine-grained compensation").
+"""Stable Diffusion self-attention for fine-grained compensation (docs/method.md, "Fine-grained
+compensation").
 
-The image is resized to the SD side, VAE-encoded, noised at one timestep and passed through the UNet with the
-empty prompt, up to the last named layer it reaches (nothing after it is read). A processor on the `attn1` of
-the named layers computes diffusers' default output head by head and hands each head's float32 probabilities to
-a sink: a store of maps, or the refinement chain itself. Components: `cliper_lib.weights`, or built by hand.
+The image is resized to the SD side, VAE-encoded, noised at one timestep and passed through the UNet
+with the empty prompt, up to the last named layer it reaches (nothing after it is read). A processor
+on the `attn1` of the named layers computes diffusers' default output head by head and hands each
+head's float32 probabilities to a sink: a store of maps, or the refinement chain itself. Components:
+`cliper_lib.weights`, or built by hand.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from ..images import ImageLike, float_tensor, resize_square
 
 @dataclass
 class SDComponents:
-    """The parts of a Stable Diffusion pipeline the one-step extraction needs (`cliper_lib.weights.sd` loads and
-    moves them). The text encoder only encodes "": the extraction reads `empty_embedding`, not the encoder."""
+    """The parts of a Stable Diffusion pipeline the one-step extraction needs
+    (`cliper_lib.weights.sd` loads and moves them). The text encoder only encodes "": the extraction
+    reads `empty_embedding`, not the encoder."""
 
     unet: Any  # diffusers UNet2DConditionModel (eval mode)
     vae: Any  # diffusers AutoencoderKL (eval mode; only its encoder is used)
@@ -37,14 +40,18 @@ class SDComponents:
     empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
 
 
-# --- attention capture -----------------------------------------------------------------------------------------
-#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given last first, in
-#: the capture's scratch buffer (overwritten by the next head): a sink keeps a copy, and may change it in place.
+# --- attention capture
+# -----------------------------------------------------------------------------------------
+#: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given
+#: last first, in the capture's scratch buffer (overwritten by the next head): a sink keeps a copy,
+#: and may change it in place.
 HeadSink = Callable[[str, int, int, torch.Tensor], None]
 
 
 class AttentionStore(dict):
-    """A sink keeping every captured head: path -> float32 probabilities (B, heads, T, S); the latest call wins."""
+    """A sink keeping every captured head: path -> float32 probabilities (B, heads, T, S); the
+    latest call wins.
+    """
 
     def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
         if head == heads - 1:  # the first head of a call (they come last first): a fresh buffer
@@ -57,15 +64,19 @@ class AttentionStore(dict):
 
 
 class _EndOfCapture(Exception):
-    """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is never read."""
+    """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is
+    never read.
+    """
 
 
 class CaptureAttnProcessor:
-    """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist at once),
-    each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths still to capture in
-    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink. `scratch`:
-    the (B, T, S) score and probability buffers, shared by the processors of one capture and reused head after
-    head: on a CPU a fresh 64 MB tensor costs as much as the arithmetic on it (new pages, zeroed by the kernel)."""
+    """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist
+    at once), each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths
+    still to capture in
+    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink.
+    `scratch`: the (B, T, S) score and probability buffers, shared by the processors of one capture
+    and reused head after head: on a CPU a fresh 64 MB tensor costs as much as the arithmetic on it
+    (new pages, zeroed by the kernel)."""
 
     def __init__(
         self,
@@ -115,8 +126,9 @@ class CaptureAttnProcessor:
         scores, probabilities = (
             self._buffer(name, shape, query.device) for name in ("scores", "probabilities")
         )
-        # Last head first: the refinement chain applies the maps right to left. float32 even for fp16 models: the
-        # probabilities are multiplied along a chain of ~10 maps later. Scaling q first avoids a (T, S) temporary.
+        # Last head first: the refinement chain applies the maps right to left. float32 even for
+        # fp16 models: the probabilities are multiplied along a chain of ~10 maps later. Scaling q
+        # first avoids a (T, S) temporary.
         for head in reversed(range(heads)):
             torch.matmul(
                 query[:, head].float() * attn.scale,
@@ -144,12 +156,12 @@ class CaptureAttnProcessor:
 
 
 def normalize_layer_path(path: str) -> str:
-    """'up_blocks[3].attentions[1]' -> 'up_blocks.3.attentions.1' (the form `get_submodule` reads)."""
+    """'up_blocks[3].attentions[1]' -> 'up_blocks.3.attentions.1' (as `get_submodule` reads)."""
     return re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
 
 
 def self_attention_paths(unet: torch.nn.Module) -> list[str]:
-    """Module paths of every transformer layer in `unet` whose first block's attn1 can be captured."""
+    """Module paths of each transformer layer in `unet` whose first block's attn1 is capturable."""
     return [
         name
         for name, module in unet.named_modules()
@@ -158,7 +170,9 @@ def self_attention_paths(unet: torch.nn.Module) -> list[str]:
 
 
 def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
-    """The attn1 module named by `path`: a transformer layer ('up_blocks.3.attentions.1') or an attention itself."""
+    """The attn1 module named by `path`: a transformer layer ('up_blocks.3.attentions.1') or an
+    attention itself.
+    """
     from diffusers.models.attention_processor import Attention
 
     name = normalize_layer_path(path)
@@ -172,7 +186,8 @@ def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
         valid = self_attention_paths(unet)
         raise ValueError(
             f"{path!r} names no self-attention of this UNet; use a transformer layer (its "
-            f"transformer_blocks.0.attn1 is captured) or an '...attn1' path. Transformer layers: {', '.join(valid)}"
+            "transformer_blocks.0.attn1 is captured) or an '...attn1' path. Transformer layers: "
+            f"{', '.join(valid)}"
         )
     unsupported = [
         name
@@ -193,10 +208,11 @@ def capture_self_attention(
     sink: HeadSink | None = None,
     early_exit: bool = False,
 ) -> Iterator[HeadSink]:
-    """Install capture processors on the attn1 of each path; yield the sink (default: a new AttentionStore).
+    """Install capture processors on the attn1 of each path; yield the sink (default: a new
+    AttentionStore).
 
-    With `early_exit` the capture that completes the set raises `_EndOfCapture` (use `run_until_captured`). The
-    original processors are always restored.
+    With `early_exit` the capture that completes the set raises `_EndOfCapture` (use
+    `run_until_captured`). The original processors are always restored.
     """
     modules = {
         path: resolve_self_attention(unet, path) for path in paths
@@ -224,7 +240,9 @@ def capture_self_attention(
 def run_until_captured(
     unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink, *args: Any, **kwargs: Any
 ) -> None:
-    """unet(*args, **kwargs) up to the last of `paths` it reaches, with every head of those handed to `sink`."""
+    """unet(*args, **kwargs) up to the last of `paths` it reaches, with every head of those handed
+    to `sink`.
+    """
     with capture_self_attention(unet, paths, sink, early_exit=True):
         try:
             unet(*args, **kwargs)
@@ -233,11 +251,14 @@ def run_until_captured(
     raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
 
 
-# --- the extractor ---------------------------------------------------------------------------------------------
+# --- the extractor
+# ---------------------------------------------------------------------------------------------
 class SDSelfAttention:
-    """One noised UNet pass with the empty prompt, returning the self-attention head maps of `cfg.sd_layers`.
+    """One noised UNet pass with the empty prompt, returning the self-attention head maps of
+    `cfg.sd_layers`.
 
-    Every method reads the config given to it (a stage passes the run's config), else the one of construction.
+    Every method reads the config given to it (a stage passes the run's config), else the one of
+    construction.
     """
 
     def __init__(self, components: SDComponents, cfg: CLIPerConfig) -> None:
@@ -264,8 +285,9 @@ class SDSelfAttention:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8). The encoder's own calls,
-        resnet by resnet: no block input outlives its first resnet (in Encoder.forward, +128 MiB at 512 px fp32)."""
+        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8). The
+        encoder's own calls, resnet by resnet: no block input outlives its first resnet (in
+        Encoder.forward, +128 MiB at 512 px fp32)."""
         vae, enc = self.components.vae, self.components.vae.encoder
         if vae.use_tiling or any(
             type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks
@@ -286,22 +308,25 @@ class SDSelfAttention:
     def timestep(
         self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None
     ) -> torch.Tensor:
-        """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)` (index defaults to the config's)."""
+        """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)` (index defaults to
+        the config's).
+        """
         cfg = cfg or self.cfg
         index = cfg.sd_timestep_index if timestep_index is None else timestep_index
         scheduler = self.components.scheduler
         scheduler.set_timesteps(cfg.sd_num_steps)
         if not -len(scheduler.timesteps) <= index < len(scheduler.timesteps):
             raise ValueError(
-                f"timestep index {index} is outside the {len(scheduler.timesteps)} scheduler timesteps"
+                f"timestep index {index} is outside the {len(scheduler.timesteps)} scheduler "
+                "timesteps"
             )
         return scheduler.timesteps[index]
 
     def add_noise(
         self, latents: torch.Tensor, timestep: torch.Tensor, cfg: CLIPerConfig | None = None
     ) -> torch.Tensor:
-        """Noise (B, 4, s, s) latents at `timestep`, every image with the noise a CPU generator seeded by cfg.seed
-        gives one image (the same on any device and at any batch size)."""
+        """Noise (B, 4, s, s) latents at `timestep`, every image with the noise a CPU generator
+        seeded by cfg.seed gives one image (the same on any device and at any batch size)."""
         generator = torch.Generator("cpu").manual_seed((cfg or self.cfg).seed)
         noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32).to(
             latents.device
@@ -314,7 +339,8 @@ class SDSelfAttention:
 
     @torch.no_grad()
     def latents(self, images: Sequence[ImageLike], cfg: CLIPerConfig | None = None) -> torch.Tensor:
-        """The images' VAE latents (B, 4, s/8, s/8). Freed heap pages go back to the system first: the encoder's
+        """The images' VAE latents (B, 4, s/8, s/8). Freed heap pages go back to the system first:
+        the encoder's
         activations (~0.6 GB at 512 x 512 in float32) are the largest of an image."""
         cfg = cfg or self.cfg
         release_free_memory()
@@ -323,25 +349,27 @@ class SDSelfAttention:
     @torch.no_grad()
     def capture(
         self,
-        images: Sequence[ImageLike],
+        latents: torch.Tensor,
         sink: HeadSink,
+        cfg: CLIPerConfig | None = None,
         layers: Sequence[str] | None = None,
         timestep_index: int | None = None,
-        cfg: CLIPerConfig | None = None,
-        latents: torch.Tensor | None = None,
     ) -> None:
-        """One UNet pass over a batch of images, ended after the last of `layers` (default cfg.sd_layers) it
-        reaches; each head's probabilities (B, T, T) go to `sink`, last head first, as the UNet runs the layers."""
+        """One UNet pass over VAE latents (B, 4, s/8, s/8), noised at the configured timestep.
+
+        The pass ends after the last of `layers` (default cfg.sd_layers) it reaches; each head's
+        probabilities (B, T, T) go to `sink`, last head first, as the UNet runs the layers.
+        """
         cfg = cfg or self.cfg
         layers = list(cfg.sd_layers if layers is None else layers)
-        latents = self.latents(images, cfg) if latents is None else latents  # (B, 4, s/8, s/8)
         timestep = self.timestep(timestep_index, cfg)
         noisy = self.add_noise(latents, timestep, cfg)
         if self._empty_embedding is None:
             raise ValueError(
-                "the SD components hold no empty-prompt embedding (the text encoder's output for '')"
+                "the SD components hold no empty-prompt embedding (the text encoder's output for "
+                "'')"
             )
-        context = self._empty_embedding.expand(len(images), -1, -1)  # (B, 77, D)
+        context = self._empty_embedding.expand(len(latents), -1, -1)  # (B, 77, D)
         run_until_captured(
             self.components.unet,
             layers,
@@ -352,6 +380,18 @@ class SDSelfAttention:
             return_dict=False,
         )
 
+    def head_maps(
+        self, latents: torch.Tensor, cfg: CLIPerConfig | None = None
+    ) -> list[torch.Tensor]:
+        """Head maps (m, T, T) float32 of each of the B latents, in the authors' order.
+
+        All heads of cfg.sd_layers[0], then of sd_layers[1], ...
+        """
+        cfg = cfg or self.cfg
+        store = AttentionStore()
+        self.capture(latents, store, cfg)
+        return [torch.cat([store[path][b] for path in cfg.sd_layers]) for b in range(len(latents))]
+
     def extract(
         self,
         image: ImageLike,
@@ -359,14 +399,17 @@ class SDSelfAttention:
         timestep_index: int | None = None,
         cfg: CLIPerConfig | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Self-attention probabilities of any attn1 `layers` at any timestep: {path: (heads, T, T) float32}."""
-        layers = list((cfg or self.cfg).sd_layers if layers is None else layers)
+        """Self-attention probabilities of any attn1 `layers` at any timestep.
+
+        Returns {path: (heads, T, T) float32}.
+        """
+        cfg = cfg or self.cfg
+        layers = list(cfg.sd_layers if layers is None else layers)
         store = AttentionStore()
-        self.capture([image], store, layers, timestep_index, cfg)
+        self.capture(self.latents([image], cfg), store, cfg, layers, timestep_index)
         return {path: store[path][0] for path in layers}
 
     def __call__(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
-        """Head maps (m, T, T) float32: all heads of cfg.sd_layers[0], then of sd_layers[1], ... (authors' order)."""
+        """Head maps (m, T, T) float32 of one image, in the authors' order (see head_maps)."""
         cfg = cfg or self.cfg
-        maps = self.extract(image, cfg=cfg)
-        return torch.cat([maps[path] for path in cfg.sd_layers])  # (sum of heads, T, T)
+        return self.head_maps(self.latents([image], cfg), cfg)[0]

@@ -1,5 +1,5 @@
-"""Files: atomic writes (a reader sees the old file or the new one, never half of one), the suite's cache folder,
-and a cache of tensors on disk."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one), the suite's
+cache folder, and a cache of tensors on disk."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-_UMASK = os.umask(
-    0o22
-)  # read the process umask (the only way is to set it) and put it back at once
+# read the process umask (the only way is to set it) and put it back at once
+_UMASK = os.umask(0o22)
 os.umask(_UMASK)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync and move it into place, else delete it."""
+    """Yield a temporary path beside `path`; on success fsync and move it into place, else delete
+    it."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file must be in the same folder: os.replace is atomic only within one file system.
+    # The temporary file must be in the same folder: os.replace is atomic only within one file
+    # system.
     fd, tmp = tempfile.mkstemp(
         dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix or ".tmp"
     )
@@ -42,10 +43,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
-    """Temporary paths beside each of `paths`; when the block succeeds all are moved into place, else none is.
+    """Temporary paths beside each of `paths`; when the block succeeds all are moved into place,
+    else none is.
 
-    For outputs that only make sense together (one image's label map, overlay and scores): a failure part way
-    (a full disk) leaves none of them, and the temporary files are removed.
+    For outputs that only make sense together (one image's label map, overlay and scores): a failure
+    part way (a full disk) leaves none of them, and the temporary files are removed.
     """
     finals = [Path(p) for p in paths]
     temps: list[Path] = []
@@ -63,7 +65,7 @@ def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o666 & ~_UMASK)
-        for tmp, final in zip(temps, finals):
+        for tmp, final in zip(temps, finals, strict=True):
             os.replace(tmp, final)
             placed.append(final)
     except BaseException:
@@ -74,7 +76,8 @@ def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
 
 
 class OutputPathError(ValueError):
-    """An output path cannot be written (a file where a folder is needed, a folder where a file is, read-only)."""
+    """An output path cannot be written (a file where a folder is needed, a folder where a file is,
+    read-only)."""
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -85,7 +88,8 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _probe_writable(folder: Path, what: str) -> None:
-    """Create and delete a file in `folder` (os.access says yes to root even on a read-only file system)."""
+    """Create and delete a file in `folder` (os.access says yes to root even on a read-only file
+    system)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cliper-write-check.")
         os.close(fd)
@@ -97,7 +101,8 @@ def _probe_writable(folder: Path, what: str) -> None:
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> None:
-    """Before any work: `path` is (or can be created as) a folder we can write in; creates nothing."""
+    """Before any work: `path` is (or can be created as) a folder we can write in; creates
+    nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what} {path} is an existing file, not a folder")
@@ -110,7 +115,8 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> None:
-    """Before any work: `path` is not a folder and its folder is (or can be made) writable; creates nothing."""
+    """Before any work: `path` is not a folder and its folder is (or can be made) writable; creates
+    nothing."""
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is a folder; give a file name")
@@ -130,13 +136,15 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """The suite's own cache (text embeddings, the smoke tokenizer): CLIPER_CACHE, else ~/.cache/cliper."""
+    """The suite's own cache (text embeddings, the smoke tokenizer): CLIPER_CACHE, else
+    ~/.cache/cliper."""
     return Path(os.environ.get("CLIPER_CACHE", Path.home() / ".cache" / "cliper"))
 
 
 class TensorCache:
-    """Tensors on disk, one .pt file per key (text embeddings, the SD empty-prompt embedding); a folder of None
-    caches nothing. Written atomically; a corrupt file is recomputed, never trusted."""
+    """Tensors on disk, one .pt file per key (text embeddings, the SD empty-prompt embedding); a
+    folder of None caches nothing. Written atomically; a corrupt file is recomputed, never
+    trusted."""
 
     def __init__(self, folder: str | os.PathLike | None):
         self.folder = Path(folder) if folder is not None else None
@@ -151,7 +159,7 @@ class TensorCache:
     def lookup(self, key: str) -> Any | None:
         path = self.folder / f"{key}.pt" if self.folder is not None else None
         if path is not None and path.exists():
-            import torch
+            import torch  # lazy: the command line and the app import this module without torch
 
             try:
                 value = torch.load(path, weights_only=True)
@@ -168,7 +176,7 @@ class TensorCache:
         self.misses += 1
         value = compute()
         if self.folder is not None:
-            import torch
+            import torch  # lazy, as in lookup
 
             with atomic_path(self.folder / f"{key}.pt") as tmp:  # a reader never sees half a file
                 torch.save(value.cpu(), tmp)

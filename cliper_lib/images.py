@@ -1,7 +1,9 @@
-"""The one place where images are read and converted: files, PIL images, arrays and tensors to RGB pixels.
+"""The one place where images are read and converted: files, PIL images, arrays and tensors to RGB
+pixels.
 
-Everything that reads an image (the pipeline, the SD extractor, the data sets, the command line, the widgets,
-the plots) goes through `read_image` (a file) or `rgb_array` (anything), so a rule about decoding lives here once.
+Everything that reads an image (the pipeline, the SD extractor, the data sets, the command line, the
+widgets, the plots) goes through `read_image` (a file) or `rgb_array` (anything), so a rule about
+decoding lives here once.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: the file suffixes read as images (lower case), for folders, glob patterns and explicit paths alike.
+#: the file suffixes read as images (lower case), for folders, glob patterns and explicit paths
+#: alike.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
-#: what an image argument may be: a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor in [0, 1].
+#: what an image argument may be: a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor
+#: in [0, 1].
 ImageLike = Any
 
 
@@ -32,9 +36,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
-    """Decode an image file (a path, or an open binary file such as an upload) to a writable (H, W, 3) uint8 RGB
-    array, turned upright as its EXIF orientation says (as every viewer shows it) and high bit depths scaled to
-    8 bits; ImageReadError naming the file (`name`, else the path) if it cannot be decoded or is empty."""
+    """Decode an image file (a path, or an open binary file such as an upload) to a writable
+    (H, W, 3) uint8 RGB array, turned upright as its EXIF orientation says (as every viewer shows
+    it) and high bit depths scaled to 8 bits; ImageReadError naming the file (`name`, else the path)
+    if it cannot be decoded or is empty."""
     name = name or source
     try:
         with Image.open(source) as im:
@@ -42,9 +47,8 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
                 raise ImageReadError(
                     f"cannot read image {name}: it is empty ({im.width}x{im.height} pixels)"
                 )
-            im = ImageOps.exif_transpose(
-                im
-            )  # a phone photo stored sideways (orientation 6) comes out upright
+            # a phone photo stored sideways (orientation 6) comes out upright
+            im = ImageOps.exif_transpose(im)
             return _rgb8(im, name)
     except (
         OSError,
@@ -59,10 +63,12 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
 
 
 def _rgb8(im: Image.Image, name: Any) -> np.ndarray:
-    """(H, W, 3) uint8 of a PIL image; 16-bit ("I;16*"), 32-bit ("I") and float ("F") grey scaled to 8 bits.
+    """(H, W, 3) uint8 of a PIL image; 16-bit ("I;16*"), 32-bit ("I") and float ("F") grey scaled to
+    8 bits.
 
-    convert("RGB") would clip those modes (a 16-bit PNG turns almost white), so they are scaled here: 16-bit and
-    non-negative integers up to 65535 by 255/65535, floats in [0, 1] by 255 and floats in [0, 255] as they are.
+    convert("RGB") would clip those modes (a 16-bit PNG turns almost white), so they are scaled
+    here: 16-bit and non-negative integers up to 65535 by 255/65535, floats in [0, 1] by 255 and
+    floats in [0, 255] as they are.
     """
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         values = np.asarray(im).astype(np.float64)
@@ -86,11 +92,13 @@ def _rgb8(im: Image.Image, name: Any) -> np.ndarray:
 
 
 def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a path, a PIL image, a uint8 array or a (3, H, W) float tensor in [0, 1].
+    """(H, W, 3) uint8 RGB from a path, a PIL image, a uint8 array or a (3, H, W) float tensor in
+    [0, 1].
 
-    Arrays are (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped). With `floats`, float arrays (and
-    tensors in (H, W, 3) layout) are accepted too, as [0, 1] when their maximum is at most 1, else as 0..255:
-    plotting code receives all of these; the method itself takes only the unambiguous forms.
+    Arrays are (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped). With `floats`, float
+    arrays (and tensors in (H, W, 3) layout) are accepted too, as [0, 1] when their maximum is at
+    most 1, else as 0..255: plotting code receives all of these; the method itself takes only the
+    unambiguous forms.
     """
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
@@ -133,14 +141,15 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
 
 def float_tensor(image: ImageLike):
     """An image as a float32 tensor (1, 3, H, W) in [0, 1]; float tensors pass through unrounded."""
-    import torch
+    import torch  # lazy: the command line and the app import this module without torch
 
     if isinstance(image, torch.Tensor):
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(
-                f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} {image.dtype}"
+                f"tensor images must be float (3, H, W) in [0, 1], got {tuple(image.shape)} "
+                f"{image.dtype}"
             )
         if 0 in image.shape:
             raise ValueError(f"image is empty (shape {tuple(image.shape)})")
@@ -159,14 +168,16 @@ def float_tensor(image: ImageLike):
         )
     if not isinstance(image, (np.ndarray, Image.Image, str, os.PathLike)):
         raise TypeError(
-            f"unsupported image type {type(image).__name__}: use a uint8 array, a PIL image or a tensor"
+            f"unsupported image type {type(image).__name__}: use a uint8 array, "
+            "a PIL image or a tensor"
         )
     # torch.tensor copies: arrays from PIL are read-only
     return torch.tensor(rgb_array(image)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
 
 
 def content_id(image: ImageLike) -> str:
-    """A content id for an image (PIL, (H, W, 3) array or tensor): shape, dtype and SHA-1 of its bytes."""
+    """A content id for an image (PIL, (H, W, 3) array or tensor): shape, dtype and SHA-1 of its
+    bytes."""
     array = np.ascontiguousarray(
         np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
     )
@@ -175,8 +186,9 @@ def content_id(image: ImageLike) -> str:
 
 
 def resize_square(image, side: int, mode: str = "nearest"):
-    """(1, 3, H, W) tensor in [0, 1] -> (1, 3, side, side) in [0, 1], the whole image (aspect ratio not kept)."""
-    import torch
+    """(1, 3, H, W) tensor in [0, 1] -> (1, 3, side, side) in [0, 1], the whole image (aspect ratio
+    not kept)."""
+    import torch  # lazy, as in float_tensor
     import torch.nn.functional as F
 
     if mode == "nearest":
@@ -197,7 +209,8 @@ def resize_square(image, side: int, mode: str = "nearest"):
 
 
 def crop_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """(y1, y2, x1, x2) windows covering the image (mmseg's slide order: rows, then columns; last ones flush)."""
+    """(y1, y2, x1, x2) windows covering the image (mmseg's slide order: rows, then columns; last
+    ones flush)."""
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
     boxes = []

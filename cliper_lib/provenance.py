@@ -1,4 +1,5 @@
-"""Where a number came from: package versions, the git state and the device, recorded by evaluations and runs."""
+"""Where a number came from: package versions, the git state and the device, recorded by evaluations
+and runs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: True when the package runs from a checkout of the repository (notebooks, run plans and git beside it); False
-#: for an installed wheel, where REPO_ROOT is site-packages and nothing may be read from or written there.
+#: True when the package runs from a checkout of the repository (notebooks, run plans and git beside
+#: it); False for an installed wheel, where REPO_ROOT is site-packages and nothing may be read from
+#: or written there.
 IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir()
 
 #: the distributions whose versions decide (or record how we got) the numbers, by their pip names.
@@ -35,7 +37,8 @@ VERSIONED_PACKAGES = (
 def package_versions(
     packages: Sequence[str] | Mapping[str, str] = VERSIONED_PACKAGES,
 ) -> dict[str, str | None]:
-    """{name: version} of `packages` (distribution names, or key -> distribution), plus Python's and CUDA's.
+    """{name: version} of `packages` (distribution names, or key -> distribution), plus Python's and
+    CUDA's.
 
     None where a package is not installed (or torch has no CUDA).
     """
@@ -48,9 +51,8 @@ def package_versions(
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[key] = None
-    torch = sys.modules.get(
-        "torch"
-    )  # only when already imported: a record never pays for importing torch
+    # only when already imported: a record never pays for importing torch
+    torch = sys.modules.get("torch")
     out["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
     return out
 
@@ -58,8 +60,8 @@ def package_versions(
 def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str, Any]:
     """Commit and dirty flag of the repository (None values when git or the repo is unavailable).
 
-    An installed package has no repository of its own: None values, never the state of whatever git repository
-    happens to enclose site-packages.
+    An installed package has no repository of its own: None values, never the state of whatever git
+    repository happens to enclose site-packages.
     """
     if root == REPO_ROOT and not IN_CHECKOUT:
         return {"commit": None, "dirty": None}
@@ -83,8 +85,9 @@ def git_state(root: Path = REPO_ROOT, untracked_files: bool = False) -> dict[str
 
 
 def changed_files(root: Path = REPO_ROOT, limit: int = 50) -> list[str] | None:
-    """Tracked files that differ from the commit (paths relative to the repository), at most `limit` and then
-    "... and N more"; None outside a checkout. What a record made from an uncommitted tree ran on."""
+    """Tracked files that differ from the commit (paths relative to the repository), at most `limit`
+    and then "... and N more"; None outside a checkout. What a record made from an uncommitted tree
+    ran on."""
     if root == REPO_ROOT and not IN_CHECKOUT:
         return None
     try:
@@ -103,14 +106,17 @@ def changed_files(root: Path = REPO_ROOT, limit: int = 50) -> list[str] | None:
 
 
 def device_info() -> dict[str, Any]:
-    """cpu/cuda and the accelerator name, probed in a child process so the caller never holds a CUDA context."""
+    """cpu/cuda and the accelerator name, probed in a child process so the caller never holds a CUDA
+    context."""
     probe = (
         "import json, platform\n"
         "try:\n"
         "    import torch\n"
         "    ok = torch.cuda.is_available()\n"
-        "    d = {'type': 'cuda', 'name': torch.cuda.get_device_name(0), 'count': torch.cuda.device_count()} "
-        "if ok else {'type': 'cpu', 'name': platform.processor() or platform.machine(), 'count': 0}\n"
+        "    d = {'type': 'cuda', 'name': torch.cuda.get_device_name(0), "
+        "'count': torch.cuda.device_count()} "
+        "if ok else {'type': 'cpu', 'name': platform.processor() or platform.machine(), "
+        "'count': 0}\n"
         "except Exception as e:\n"
         "    d = {'type': 'cpu', 'name': platform.machine(), 'count': 0, 'note': repr(e)}\n"
         "print(json.dumps(d))\n"

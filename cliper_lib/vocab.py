@@ -1,5 +1,6 @@
-"""The words the method reads: the bundled class files (a background line, then one class per line), the prompt
-templates, and class names as users type them. Plain text, no model: every layer may use it."""
+"""The words the method reads: the bundled class files (a background line, then one class per line),
+the prompt templates, and class names as users type them. Plain text, no model: every layer may use
+it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_t
 
 @dataclass(frozen=True)
 class ClassList:
-    """Foreground class lines (label k = names[k-1]) and the background vocabulary (softmax competitors only)."""
+    """Foreground class lines (label k = names[k-1]) and the background vocabulary (softmax
+    competitors only)."""
 
     names: list[str]
     background: list[str]
@@ -42,7 +44,8 @@ def class_file_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
-    """Parse a class file: first line = background vocabulary, then one class (with synonyms) per line."""
+    """Parse a class file: first line = background vocabulary, then one class (with synonyms) per
+    line."""
     lines = [line.strip() for line in class_file_path(name_or_path).read_text().splitlines()]
     lines = [line for line in lines if line]
     if len(lines) < 2:
@@ -53,7 +56,8 @@ def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
 
 
 def parse_class_names(text: str) -> list[str]:
-    """User input 'cat; sofa; person with clothes' -> ['cat', 'sofa', 'person with clothes'] (';' or newlines)."""
+    """User input 'cat; sofa; person with clothes' -> ['cat', 'sofa', 'person with clothes']
+    (';' or newlines)."""
     names = [part.strip() for part in re.split(r"[;\n]", text) if part.strip()]
     if not names:
         raise ValueError("give at least one class name (separate several with ';')")
@@ -61,8 +65,8 @@ def parse_class_names(text: str) -> list[str]:
 
 
 def check_class_names(names: Sequence[str] | str) -> list[str]:
-    """Class names stripped (a string is split on ';'); ValueError for a non-text or empty entry (dropping it
-    would silently shift every later label id) and for no names at all."""
+    """Class names stripped (a string is split on ';'); ValueError for a non-text or empty entry
+    (dropping it would silently shift every later label id) and for no names at all."""
     if isinstance(names, str):
         return parse_class_names(names)
     for i, name in enumerate(names):
@@ -84,7 +88,8 @@ def load_templates(name_or_path: str) -> list[str]:
     if not path.exists():
         if name_or_path not in TEMPLATE_FILES:
             raise ValueError(
-                f"unknown template set {name_or_path!r}; use one of {list(TEMPLATE_FILES)} or a path"
+                f"unknown template set {name_or_path!r}; "
+                f"use one of {list(TEMPLATE_FILES)} or a path"
             )
         path = DATA_DIR / "templates" / TEMPLATE_FILES[name_or_path]
     templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -1,7 +1,8 @@
-"""The 8 benchmarks of the paper in the authors' folder layouts, with their class files and ignored labels.
+"""The 8 benchmarks of the paper in the authors' folder layouts, with their class files and ignored
+labels.
 
-Files are listed and checked when a benchmark is built, so a missing folder or file stops the run before any
-model work, with one message naming what is missing and the layout that was expected.
+Files are listed and checked when a benchmark is built, so a missing folder or file stops the run
+before any model work, with one message naming what is missing and the layout that was expected.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from ..config import BENCHMARKS
 from .datasets import (
     DatasetError,
     Sample,
+    SampleFiles,
     SegmentationDataset,
-    _check_files,
-    _Item,
+    check_files,
     read_split,
     shift_labels,
 )
@@ -42,18 +43,18 @@ def _paired(
     limit: int | None,
     label_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SegmentationDataset:
-    """A benchmark whose split names map to one image and one mask path each (patterns use {name})."""
+    """A benchmark whose split names map to one image and one mask path each (patterns use
+    {name})."""
     root = Path(root).expanduser()
     names = _split_names(split, limit)
     items = [
-        _Item(n, root / image_pattern.format(name=n), root / mask_pattern.format(name=n))
+        SampleFiles(n, root / image_pattern.format(name=n), root / mask_pattern.format(name=n))
         for n in names
     ]
-    # {name} only ever appears in the file name, so the parents are the fixed folders that must exist.
+    # {name} only ever appears in the file name, so the parents are the fixed folders that must
+    # exist.
     dirs = [root / Path(image_pattern).parent, root / Path(mask_pattern).parent]
-    _check_files(
-        dataset, root, layout, dirs, [f for item in items for f in (item.image, item.mask)]
-    )
+    check_files(dataset, root, layout, dirs, [f for item in items for f in (item.image, item.mask)])
     return SegmentationDataset(
         items, class_file, name=dataset, root=root, label_transform=label_transform
     )
@@ -93,9 +94,12 @@ LAYOUTS: dict[str, str] = {
     ),
     "cityscapes": (
         "  cityscapes/\n"
-        "    leftImg8bit/val/<city>/<name>_leftImg8bit.png        (e.g. frankfurt/frankfurt_000000_000294)\n"
-        "    gtFine/val/<city>/<name>_gtFine_labelTrainIds.png    (0..18, 255 ignore; loaded as 1..19)\n"
-        "  names: cliper_lib/data/splits/cityscapes_val.txt (500 city/name; each image gives a left and a right half)"
+        "    leftImg8bit/val/<city>/<name>_leftImg8bit.png        "
+        "(e.g. frankfurt/frankfurt_000000_000294)\n"
+        "    gtFine/val/<city>/<name>_gtFine_labelTrainIds.png    "
+        "(0..18, 255 ignore; loaded as 1..19)\n"
+        "  names: cliper_lib/data/splits/cityscapes_val.txt "
+        "(500 city/name; each image gives a left and a right half)"
     ),
 }
 
@@ -129,7 +133,8 @@ def load_context(root: str | os.PathLike, limit: int | None = None) -> Segmentat
 
 
 def load_coco_object(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
-    """COCO-2014 val 5k with its object annotations pre-rendered as label-map PNGs (the authors' "Object")."""
+    """COCO-2014 val 5k with its object annotations pre-rendered as label-map PNGs (the authors'
+    "Object")."""
     return _paired(
         "coco_object",
         root,
@@ -171,15 +176,18 @@ def load_ade20k(root: str | os.PathLike, limit: int | None = None) -> Segmentati
     )
 
 
-#: the half-image crops a Cityscapes image is evaluated as (the authors' protocol, docs/method.md section 4).
+#: the half-image crops a Cityscapes image is evaluated as (the authors' protocol, docs/method.md
+#: section 4).
 CITYSCAPES_SIZE = (1024, 2048)  # (H, W)
 CITYSCAPES_HALVES = {"left": (0, 1024), "right": (1024, 2048)}
 
 
 def load_cityscapes(root: str | os.PathLike, limit: int | None = None) -> SegmentationDataset:
-    """Cityscapes val (500 images), each 2048x1024 image as its left and right 1024x1024 halves (1000 samples).
+    """Cityscapes val (500 images), each 2048x1024 image as its left and right 1024x1024 halves
+    (1000 samples).
 
-    `limit` counts samples (halves), so limit=3 gives both halves of the first image and the left of the second.
+    `limit` counts samples (halves), so limit=3 gives both halves of the first image and the left of
+    the second.
     """
     root = Path(root).expanduser()
     names = read_split("cityscapes_val")
@@ -190,7 +198,8 @@ def load_cityscapes(root: str | os.PathLike, limit: int | None = None) -> Segmen
         image = root / f"cityscapes/leftImg8bit/val/{n}_leftImg8bit.png"
         mask = root / f"cityscapes/gtFine/val/{n}_gtFine_labelTrainIds.png"
         items += [
-            _Item(f"{n}#{half}", image, mask, cols) for half, cols in CITYSCAPES_HALVES.items()
+            SampleFiles(f"{n}#{half}", image, mask, cols)
+            for half, cols in CITYSCAPES_HALVES.items()
         ]
     if limit is not None:
         items = items[:limit]
@@ -199,7 +208,7 @@ def load_cityscapes(root: str | os.PathLike, limit: int | None = None) -> Segmen
         root / "cityscapes/leftImg8bit/val",
         root / "cityscapes/gtFine/val",
     ]
-    _check_files(
+    check_files(
         "cityscapes",
         root,
         LAYOUTS["cityscapes"],
@@ -219,13 +228,15 @@ class _CityscapesDataset(SegmentationDataset):
         height, width = self._image(item.image).shape[:2]
         if (height, width) != CITYSCAPES_SIZE:
             raise DatasetError(
-                f"Cityscapes image {item.image} is {width}x{height}; the half-image protocol expects 2048x1024"
+                f"Cityscapes image {item.image} is {width}x{height}; "
+                "the half-image protocol expects 2048x1024"
             )
         return super().__getitem__(index)
 
 
 class DatasetSpec(NamedTuple):
-    """How to load a benchmark: loader(root, limit), its class file, and the labels its metric ignores by default."""
+    """How to load a benchmark: loader(root, limit), its class file, and the labels its metric
+    ignores by default."""
 
     loader: Callable[..., SegmentationDataset]
     class_file: str
@@ -235,9 +246,8 @@ class DatasetSpec(NamedTuple):
 #: the 8 benchmarks, by the names the presets use (docs/method.md section 5).
 DATASETS: dict[str, DatasetSpec] = {
     "voc21": DatasetSpec(load_voc, "voc21", (255,)),
-    "voc20": DatasetSpec(
-        load_voc, "voc21", (0, 255)
-    ),  # 21-class prediction, ground-truth background ignored
+    # 21-class prediction, ground-truth background ignored
+    "voc20": DatasetSpec(load_voc, "voc21", (0, 255)),
     "context60": DatasetSpec(load_context, "context60", (255,)),
     "context59": DatasetSpec(load_context, "context60", (0, 255)),
     "coco_object": DatasetSpec(load_coco_object, "coco_object81", (255,)),
@@ -250,14 +260,16 @@ BENCHMARK_ORDER = BENCHMARKS
 
 
 def default_data_root() -> Path:
-    """Where the benchmarks live unless --data-root says otherwise: $CLIPER_DATA, else ./datasets."""
+    """Where the benchmarks live unless --data-root says otherwise: $CLIPER_DATA, else
+    ./datasets."""
     return Path(os.environ.get("CLIPER_DATA", "datasets")).expanduser()
 
 
 def load_benchmark(
     name: str, root: str | os.PathLike | None = None, limit: int | None = None
 ) -> SegmentationDataset:
-    """Build benchmark `name` (a DATASETS key) from `root`, checking its files; `limit` keeps the first samples."""
+    """Build benchmark `name` (a DATASETS key) from `root`, checking its files; `limit` keeps the
+    first samples."""
     if name not in DATASETS:
         raise DatasetError(f"unknown data set {name!r}; benchmarks: {', '.join(DATASETS)}")
     dataset = DATASETS[name].loader(default_data_root() if root is None else root, limit=limit)

@@ -1,10 +1,12 @@
-"""Data sets as sequences of samples: class files, split lists, decoding, a list of files, and any image folder.
+"""Data sets as sequences of samples: class files, split lists, decoding, a list of files, and any
+image folder.
 
-Every data set is a sequence of `Sample(name, image, mask)`; images are (H, W, 3) uint8, masks (H, W) int64 in the
-label convention of docs/method.md section 4 (0 = background or "other", k = k-th class line, 255 = ignore).
-Files are listed and checked when a data set is built, so a missing folder or file stops the run before any
-model work, with one message naming what is missing and the layout that was expected. Images are decoded
-lazily; a file that cannot be decoded raises `DatasetError` naming it.
+Every data set is a sequence of `Sample(name, image, mask)`; images are (H, W, 3) uint8, masks
+(H, W) int64 in the label convention of docs/method.md section 4 (0 = background or "other", k =
+k-th class line, 255 = ignore). Files are listed and checked when a data set is built, so a missing
+folder or file stops the run before any model work, with one message naming what is missing and the
+layout that was expected. Images are decoded lazily; a file that cannot be decoded raises
+`DatasetError` naming it.
 """
 
 from __future__ import annotations
@@ -28,25 +30,29 @@ MAX_LISTED_MISSING = 5
 
 
 class DatasetError(RuntimeError):
-    """A data set folder or file is missing or unreadable; the message names it and the expected layout."""
+    """A data set folder or file is missing or unreadable; the message names it and the expected
+    layout."""
 
 
 @dataclass
 class Sample:
-    """One evaluation item: a name (unique within the data set), the RGB image and its label map (or None)."""
+    """One evaluation item: a name (unique within the data set), the RGB image and its label map
+    (or None)."""
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray | None  # (H, W) int64, or None when the data set has no annotations
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # class files and split lists
 
 
 def class_names(name: str | os.PathLike) -> list[str]:
-    """Label names of a class file by label index: 'background' for 0, then one class line per label."""
-    # The first line is a background vocabulary (possibly a comma list), never a label name of its own.
+    """Label names of a class file by label index: 'background' for 0, then one class line per
+    label."""
+    # The first line is a background vocabulary (possibly a comma list), never a label name of its
+    # own.
     return ["background"] + list(read_class_file(name).names)
 
 
@@ -56,7 +62,8 @@ def num_classes_of(name: str | os.PathLike) -> int:
 
 
 def read_split(name: str | os.PathLike) -> list[str]:
-    """Sample names of a split list in cliper_lib/data/splits (`voc12_val`) or at a path; one name per line."""
+    """Sample names of a split list in cliper_lib/data/splits (`voc12_val`) or at a path; one name
+    per line."""
     path = Path(name)
     if not (path.suffix == ".txt" and path.exists()):
         path = SPLIT_DIR / f"{name}.txt"
@@ -65,12 +72,13 @@ def read_split(name: str | os.PathLike) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # decoding
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; DatasetError naming the file if it cannot be read."""
+    """Decode an image file to (H, W, 3) uint8 RGB; DatasetError naming the file if it cannot be
+    read."""
     try:
         return read_image(path)
     except ImageReadError as error:
@@ -78,13 +86,14 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """Decode a label-map PNG to (H, W) int64; palette or grey images only (a colour mask is an error)."""
+    """Decode a label-map PNG to (H, W) int64; palette or grey images only (a colour mask is an
+    error)."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
                 raise DatasetError(
-                    f"annotation {path} has mode {im.mode!r}: expected a label map (palette 'P' or grey 'L'), "
-                    "not a colour rendering"
+                    f"annotation {path} has mode {im.mode!r}: expected a label map "
+                    "(palette 'P' or grey 'L'), not a colour rendering"
                 )
             # np.array of a palette image gives the palette indices, which are the labels.
             array = np.array(im)
@@ -104,34 +113,35 @@ def load_mask(path: Path) -> np.ndarray:
 
 
 def shift_labels(mask: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """Add 1 to every label except `ignore`, so 0 is never a class (COCO-Stuff and Cityscapes train ids)."""
+    """Add 1 to every label except `ignore`, so 0 is never a class (COCO-Stuff and Cityscapes train
+    ids)."""
     out = mask.copy()
     out[mask != ignore] += 1
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # data sets
 
 
 @dataclass(frozen=True)
-class _Item:
+class SampleFiles:
     """Where one sample comes from: its files and, for half-image samples, the column range."""
 
     name: str
     image: Path
     mask: Path | None
-    columns: tuple[int, int] | None = (
-        None  # (start, stop) pixel columns kept; None = the whole image
-    )
+    # (start, stop) pixel columns kept; None = the whole image
+    columns: tuple[int, int] | None = None
 
 
 class SegmentationDataset(Sequence[Sample]):
-    """A list of (image, mask) files decoded on access; `names` gives sample names without decoding."""
+    """A list of (image, mask) files decoded on access; `names` gives sample names without
+    decoding."""
 
     def __init__(
         self,
-        items: Sequence[_Item],
+        items: Sequence[SampleFiles],
         class_file: str | os.PathLike,
         *,
         name: str,
@@ -146,7 +156,8 @@ class SegmentationDataset(Sequence[Sample]):
         self._names = [item.name for item in self.items]
         if len(set(self._names)) != len(self._names):
             raise DatasetError(f"data set {name!r} has duplicate sample names")
-        # Two samples can share one file (the halves of a Cityscapes image): keep the last decoded image.
+        # Two samples can share one file (the halves of a Cityscapes image): keep the last decoded
+        # image.
         self._cache_lock = threading.Lock()
         self._cache: tuple[Path, np.ndarray] | None = None
 
@@ -178,8 +189,8 @@ class SegmentationDataset(Sequence[Sample]):
             mask = load_mask(item.mask)
             if mask.shape != image.shape[:2]:
                 raise DatasetError(
-                    f"annotation {item.mask} is {mask.shape[1]}x{mask.shape[0]} but image {item.image} is "
-                    f"{image.shape[1]}x{image.shape[0]} (width x height)"
+                    f"annotation {item.mask} is {mask.shape[1]}x{mask.shape[0]} but image "
+                    f"{item.image} is {image.shape[1]}x{image.shape[0]} (width x height)"
                 )
             if self.label_transform is not None:
                 mask = self.label_transform(mask)
@@ -202,10 +213,11 @@ class SegmentationDataset(Sequence[Sample]):
         return f"{type(self).__name__}({self.name!r}, {len(self)} samples, root={self.root})"
 
 
-def _check_files(
+def check_files(
     dataset: str, root: Path, layout: str, required_dirs: Sequence[Path], files: Sequence[Path]
 ) -> None:
-    """Raise one DatasetError listing what is missing (root, folders, then files) with the expected layout."""
+    """Raise one DatasetError listing what is missing (root, folders, then files) with the expected
+    layout."""
     problems: list[str] = []
     if not root.is_dir():
         problems.append(f"data root {root} does not exist")
@@ -227,12 +239,13 @@ def _check_files(
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # any folder
 
 
 class FolderDataset(SegmentationDataset):
-    """Every image in `root` (recursively, sorted), with masks `<mask_dir>/<relative stem>.png` when given."""
+    """Every image in `root` (recursively, sorted), with masks `<mask_dir>/<relative stem>.png` when
+    given."""
 
     def __init__(
         self,
@@ -257,7 +270,7 @@ class FolderDataset(SegmentationDataset):
         for path in images:
             name = path.relative_to(root).with_suffix("").as_posix()
             mask = None if mask_root is None else mask_root / f"{name}.png"
-            items.append(_Item(name, path, mask))
+            items.append(SampleFiles(name, path, mask))
         if mask_root is not None:
-            _check_files("folder", root, layout, [mask_root], [item.mask for item in items])
+            check_files("folder", root, layout, [mask_root], [item.mask for item in items])
         super().__init__(items, class_file, name="folder", root=root)

@@ -1,9 +1,9 @@
 """Streaming confusion matrix and the authors' segmentation metrics (mIoU, mAcc, pAcc).
 
 Conventions (docs/method.md 3.12): a pixel is skipped when its ground truth is in `ignore_labels` or
-outside [0, num_classes); every class mean (mIoU, mAcc) runs over the classes that have ground-truth pixels in
-the whole split, so a class that is only ever predicted (never present) does not pull the mean down. Counts are
-int64, so sums over shards, checkpoints and ranks are exact.
+outside [0, num_classes); every class mean (mIoU, mAcc) runs over the classes that have ground-truth
+pixels in the whole split, so a class that is only ever predicted (never present) does not pull the
+mean down. Counts are int64, so sums over shards, checkpoints and ranks are exact.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -27,21 +28,22 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
 
 
 class ConfusionMatrix:
-    """A (num_classes x num_classes) int64 count of (ground truth row, prediction column) pixel pairs."""
+    """A (num_classes x num_classes) int64 count of (ground truth row, prediction column) pixel
+    pairs."""
 
     def __init__(self, num_classes: int, ignore_labels: Iterable[int] = (255,)) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_labels = tuple(sorted({int(v) for v in ignore_labels}))
-        self.matrix = torch.zeros(
-            (self.num_classes, self.num_classes), dtype=torch.int64
-        )  # (gt, pred)
-        # Pixels whose gt is outside [0, num_classes) and not an ignore label: skipped like the authors do, but
-        # counted, since a non-zero count usually means the class file and the annotations disagree.
+        # (gt, pred)
+        self.matrix = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64)
+        # Pixels whose gt is outside [0, num_classes) and not an ignore label: skipped like the
+        # authors do, but counted, since a non-zero count usually means the class file and the
+        # annotations disagree.
         self.unexpected_pixels = 0
-        # Ignore labels inside [0, C) are dropped by zeroing their rows after each update: the same as skipping
-        # those pixels, without a per-pixel membership test.
+        # Ignore labels inside [0, C) are dropped by zeroing their rows after each update: the same
+        # as skipping those pixels, without a per-pixel membership test.
         self._ignored_rows = torch.tensor(
             [v for v in self.ignore_labels if 0 <= v < self.num_classes], dtype=torch.long
         )
@@ -53,7 +55,8 @@ class ConfusionMatrix:
         gt_t, pred_t = _as_tensor(gt), _as_tensor(pred)
         if gt_t.shape != pred_t.shape:
             raise ValueError(
-                f"ground truth {tuple(gt_t.shape)} and prediction {tuple(pred_t.shape)} differ in shape"
+                f"ground truth {tuple(gt_t.shape)} and prediction {tuple(pred_t.shape)} "
+                "differ in shape"
             )
         if gt_t.is_floating_point() or pred_t.is_floating_point():
             raise TypeError("label maps must hold integers (got a floating point map)")
@@ -74,17 +77,18 @@ class ConfusionMatrix:
     def _counts_numpy(
         self, gt: np.ndarray, pred: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # numpy's bincount is ~2-4x faster than torch's on CPU for one 512x512 map (benchmarks/bench_metrics.py).
+        # numpy's bincount is ~2-4x faster than torch's on CPU for one 512x512 map
+        # (benchmarks/bench_metrics.py).
         c = self.num_classes
         g = gt.reshape(-1).astype(np.int64, copy=False)
         p = pred.reshape(-1).astype(np.int64, copy=False)
         lo, hi = int(p.min()), int(p.max())
         if lo < 0 or hi >= c:
             raise ValueError(f"prediction labels must lie in [0, {c}); got values in [{lo}, {hi}]")
-        valid = (
-            g.view(np.uint64) < c
-        )  # one comparison: negatives wrap around to huge unsigned values
-        # Invalid pixels go to one extra bin past the matrix instead of being compacted out (faster than g[valid]).
+        # one comparison: negatives wrap around to huge unsigned values
+        valid = g.view(np.uint64) < c
+        # Invalid pixels go to one extra bin past the matrix instead of being compacted out (faster
+        # than g[valid]).
         index = np.where(valid, g * c + p, c * c)
         counts = np.bincount(index, minlength=c * c + 1)
         outside = None if counts[c * c] == 0 else torch.from_numpy(g[~valid])
@@ -110,20 +114,19 @@ class ConfusionMatrix:
         """Add another matrix with the same classes and ignore labels into this one (in place)."""
         if (other.num_classes, other.ignore_labels) != (self.num_classes, self.ignore_labels):
             raise ValueError(
-                f"cannot merge a {other.num_classes}-class matrix ignoring {other.ignore_labels} into a "
-                f"{self.num_classes}-class one ignoring {self.ignore_labels}"
+                f"cannot merge a {other.num_classes}-class matrix ignoring {other.ignore_labels} "
+                f"into a {self.num_classes}-class one ignoring {self.ignore_labels}"
             )
         self.matrix += other.matrix
         self.unexpected_pixels += other.unexpected_pixels
         return self
 
     def all_reduce(self, group: Any = None) -> ConfusionMatrix:
-        """Sum the counts of every torch.distributed rank into each rank (in place); no-op when not initialised.
+        """Sum the counts of every torch.distributed rank into each rank (in place); no-op when not
+        initialised.
 
         Call it once per evaluation: a second call would add the already summed counts again.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return self
         # NCCL reduces CUDA tensors only; gloo reduces CPU tensors. int64 keeps the sum exact.
@@ -154,7 +157,8 @@ class ConfusionMatrix:
 
     # ------------------------------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:
-        """mIoU, mAcc, pAcc (fractions and percentages) and per-class IoU/accuracy (NaN for absent classes)."""
+        """mIoU, mAcc, pAcc (fractions and percentages) and per-class IoU/accuracy (NaN for absent
+        classes)."""
         m = self.matrix.to(torch.float64)
         tp = torch.diagonal(m)
         gt_pixels = m.sum(dim=1)

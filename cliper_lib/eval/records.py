@@ -1,5 +1,5 @@
-"""Result records of an evaluation: the JSON file (config, versions, weights, metrics, timings, commit) and the
-markdown rows that put our mIoU beside the paper's.
+"""Result records of an evaluation: the JSON file (config, versions, weights, metrics, timings,
+commit) and the markdown rows that put our mIoU beside the paper's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ MARKDOWN_HEADER = "| preset | our mIoU | paper mIoU |\n|---|---|---|"
 
 
 def git_commit() -> dict[str, Any] | None:
-    """The commit of the repository this package lives in, and whether the tree had changes; None without git."""
+    """The commit of the repository this package lives in, and whether the tree had changes; None
+    without git."""
     state = provenance.git_state(untracked_files=True)
     return state if state["commit"] else None
 
@@ -44,9 +45,8 @@ def weights_ids(model: Any, cfg: CLIPerConfig) -> dict[str, Any]:
         if cfg.refinement not in SD_REFINEMENTS
         else sd or (f"random-seed-{cfg.seed}" if smoke else cfg.sd_repo),
     }
-    if (
-        vfms
-    ):  # DINO / DINOv2 (proxy attention, VFM refinement): hub repo ids, or the smoke models' seed
+    # DINO / DINOv2 (proxy attention, VFM refinement): hub repo ids, or the smoke models' seed
+    if vfms:
         ids["vfm"] = {
             name: f"random-seed-{cfg.seed}" if smoke else VFM_MODELS[name] for name in vfms
         }
@@ -66,7 +66,8 @@ def results_record(
     model: Any = None,
     data_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """The JSON record of one evaluation: config, versions, weights, metrics, per-class IoU, timings, commit."""
+    """The JSON record of one evaluation: config, versions, weights, metrics, per-class IoU,
+    timings, commit."""
     m = result.metrics
     per_class = [
         {
@@ -123,13 +124,14 @@ def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
-def _fmt(value: float | None) -> str:
+def format_percent(value: float | None) -> str:
+    """A percentage with one decimal, or "–" for none (None or NaN), as in the markdown rows."""
     return "–" if value is None or value != value else f"{value:.1f}"
 
 
 def markdown_row(preset: str | None, miou_pct: float | None, paper_miou: float | None) -> str:
     """`| vit-b-16/voc21 | 66.4 | 66.5 |`: our mIoU next to the paper's (– when there is none)."""
-    return f"| {preset or '?'} | {_fmt(miou_pct)} | {_fmt(paper_miou)} |"
+    return f"| {preset or '?'} | {format_percent(miou_pct)} | {format_percent(paper_miou)} |"
 
 
 def markdown_table(rows: Iterable[str]) -> str:
@@ -138,7 +140,8 @@ def markdown_table(rows: Iterable[str]) -> str:
 
 
 def append_markdown_rows(path: str | os.PathLike, rows: Sequence[str]) -> Path:
-    """Append rows to a markdown table file, writing the header first when the file is new or empty."""
+    """Append rows to a markdown table file, writing the header first when the file is new or
+    empty."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     text = old if old.strip() else MARKDOWN_HEADER + "\n"

@@ -1,10 +1,11 @@
-"""Benchmark reports (notebook 05): the paper's table beside ours, per-class IoU, per-image scores and examples.
+"""Benchmark reports (notebook 05): the paper's table beside ours, per-class IoU, per-image scores
+and examples.
 
-`paper_table` builds the paper's result table (docs/method.md section 5) from the presets' `paper_miou` /
-`paper_miou_no_fgc` fields, with rows of measured numbers added. `PerImageScores.add` is handed to
-`evaluate` as its per-sample hook, so the one pass that fills the confusion matrix also scores every image on its
-own and keeps the predictions of the best and worst few (memory stays bounded on a whole split);
-`cliper_lib.suite.viz.examples_figure` draws them.
+`paper_table` builds the paper's result table (docs/method.md section 5) from the presets'
+`paper_miou` / `paper_miou_no_fgc` fields, with rows of measured numbers added. `PerImageScores.add`
+is handed to `evaluate` as its per-sample hook, so the one pass that fills the confusion matrix also
+scores every image on its own and keeps the predictions of the best and worst few (memory stays
+bounded on a whole split); `cliper_lib.suite.studies.examples.examples_figure` draws them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def backbone_title(folder: str) -> str:
 
 
 def short_name(class_line: str) -> str:
-    """A class line's display name: the text before its first comma ('person with clothes, people' -> 'person with clothes')."""
+    """A class line's display name: the text before its first comma ('person with clothes, people'
+    -> 'person with clothes')."""
     return class_line.split(",")[0].strip()
 
 
@@ -85,8 +87,9 @@ def paper_table(
 
     For each backbone folder: the paper's CLIPer row and its row without FGC, read from the presets
     (`paper_miou`, `paper_miou_no_fgc`), then, when `measured` names presets of that backbone
-    (`{"vit-b-16/voc21": 64.2}`), a `measured_label` row with those numbers (NaN elsewhere). A measured
-    backbone missing from `backbones` is added. The average is taken only over rows that have all 8 sets.
+    (`{"vit-b-16/voc21": 64.2}`), a `measured_label` row with those numbers (NaN elsewhere). A
+    measured backbone missing from `backbones` is added. The average is taken only over rows that
+    have all 8 sets.
     """
     measured = dict(measured or {})
     folders = list(backbones) + sorted({p.split("/")[0] for p in measured} - set(backbones))
@@ -99,9 +102,8 @@ def paper_table(
             preset = f"{folder}/{dataset}"
             try:
                 cfg = CLIPerConfig.from_preset(preset)
-            except (
-                ValueError
-            ):  # ConfigError: no preset of this backbone for this set (e.g. vit-h-14)
+            except ValueError:
+                # ConfigError: no preset of this backbone for this set (e.g. vit-h-14)
                 cfg = None
             with_fgc.append(_number(cfg.paper_miou if cfg else None))
             no_fgc.append(_number(cfg.paper_miou_no_fgc if cfg else None))
@@ -112,7 +114,8 @@ def paper_table(
             rows[(title, measured_label)] = ours
     if measured:
         raise ValueError(
-            f"measured presets {sorted(measured)} are not benchmark presets ({', '.join(BENCHMARK_ORDER)})"
+            f"measured presets {sorted(measured)} are not benchmark presets "
+            f"({', '.join(BENCHMARK_ORDER)})"
         )
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     frame.index = pd.MultiIndex.from_tuples(frame.index, names=["backbone", "row"])
@@ -127,7 +130,8 @@ def _number(value: Any) -> float:
 def style_paper_table(
     frame: pd.DataFrame, highlight: tuple[tuple[str, str], str] | None = None, caption: str = ""
 ) -> Any:
-    """A pandas Styler of `paper_table`: one decimal, '–' for missing, the cell `((backbone, row), column)` highlighted."""
+    """A pandas Styler of `paper_table`: one decimal, '–' for missing, the cell `((backbone, row),
+    column)` highlighted."""
     styler = frame.style.format("{:.1f}", na_rep="–").set_caption(caption)
     if highlight is not None:
         (row, column) = highlight
@@ -139,7 +143,8 @@ def style_paper_table(
 
 
 def results_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per `evaluate.results_record`: metrics (%), the paper's numbers, the gap, and the speed; by preset."""
+    """One row per `evaluate.results_record`: metrics (%), the paper's numbers, the gap, and the
+    speed; by preset."""
     rows = []
     for record in records:
         metrics, timings, paper = record["metrics"], record["timings"], record.get("paper_miou")
@@ -166,10 +171,11 @@ def results_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 # per-class IoU
 def per_class_frame(metrics: Mapping[str, Any], class_names: Sequence[str]) -> pd.DataFrame:
-    """One row per label of `ConfusionMatrix.compute()` output: id, name, iou and acc (%), pixel counts, present.
+    """One row per label of `ConfusionMatrix.compute()` output: id, name, iou and acc (%), pixel
+    counts, present.
 
-    `class_names[k]` names label k (background first). Rows are sorted by IoU, best first; labels absent from the
-    ground truth (IoU NaN, excluded from the mean) come last.
+    `class_names[k]` names label k (background first). Rows are sorted by IoU, best first; labels
+    absent from the ground truth (IoU NaN, excluded from the mean) come last.
     """
     n = len(metrics["iou"])
     if len(class_names) != n:
@@ -192,10 +198,11 @@ def per_class_frame(metrics: Mapping[str, Any], class_names: Sequence[str]) -> p
 
 
 def bars_to_draw(frame: pd.DataFrame, max_bars: int) -> pd.DataFrame:
-    """The present classes of `per_class_frame`, best first, with a `group` column for the plot's legend.
+    """The present classes of `per_class_frame`, best first, with a `group` column for the plot's
+    legend.
 
-    With more than `max_bars` present classes only the best `max_bars // 2` and the worst rest are kept
-    (groups "best classes" / "worst classes"); otherwise all are kept (group "IoU per class").
+    With more than `max_bars` present classes only the best `max_bars // 2` and the worst rest are
+    kept (groups "best classes" / "worst classes"); otherwise all are kept (group "IoU per class").
     """
     if max_bars < 2:
         raise ValueError(f"max_bars must be >= 2, got {max_bars}")
@@ -212,11 +219,13 @@ def bars_to_draw(frame: pd.DataFrame, max_bars: int) -> pd.DataFrame:
 def image_scores(
     gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_labels: Iterable[int]
 ) -> tuple[float, float, int]:
-    """(mIoU, pixel accuracy, classes) of one image: the split metric's conventions on one label-map pair.
+    """(mIoU, pixel accuracy, classes) of one image: the split metric's conventions on one label-map
+    pair.
 
-    Pixels whose ground truth is ignored or outside [0, num_classes) are skipped; the mean runs over the
-    classes present in this image's ground truth (a class only predicted lowers the IoU of the classes
-    whose pixels it took, as in the split's metric). Both fractions; NaN when no pixel is scored.
+    Pixels whose ground truth is ignored or outside [0, num_classes) are skipped; the mean runs over
+    the classes present in this image's ground truth (a class only predicted lowers the IoU of the
+    classes whose pixels it took, as in the split's metric). Both fractions; NaN when no pixel is
+    scored.
     """
     gt, pred = (
         np.asarray(gt).astype(np.int64, copy=False),
@@ -261,9 +270,9 @@ class PerImageScores:
         result = evaluate(segment, dataset, num_classes, ignore_labels, on_sample=scorer.add)
         scorer.frame(); scorer.examples()
 
-    `evaluate` calls `add` with each sample it counted and the prediction it counted (any order, any shard,
-    with prefetching threads). Images with nothing scored (NaN) are listed but not ranked. Ties rank the
-    earlier sample first.
+    `evaluate` calls `add` with each sample it counted and the prediction it counted (any order, any
+    shard, with prefetching threads). Images with nothing scored (NaN) are listed but not ranked.
+    Ties rank the earlier sample first.
     """
 
     def __init__(
@@ -290,7 +299,8 @@ class PerImageScores:
         self._tiebreak = itertools.count()
 
     def add(self, index: int, sample: Sample, pred: np.ndarray) -> ImageScore:
-        """Score one prediction against its sample and keep it if it ranks among the best or worst."""
+        """Score one prediction against its sample and keep it if it ranks among the best or
+        worst."""
         if sample.mask is None:
             raise ValueError(f"sample {sample.name!r} has no annotation to score against")
         pred = np.asarray(pred)
@@ -305,12 +315,12 @@ class PerImageScores:
         self.scores.append(score)
         key = getattr(score, self.rank_by)
         if self.keep and not math.isnan(key):
-            compact = pred.astype(
-                np.uint8 if self.num_classes <= 256 else np.int32
-            )  # the kept maps stay small
+            # the kept maps stay small
+            compact = pred.astype(np.uint8 if self.num_classes <= 256 else np.int32)
             entry = (score, sample.image, sample.mask, compact)
             tick = next(self._tiebreak)
-            # Ties: the later sample is the first to leave either heap, so the earlier one ranks first.
+            # Ties: the later sample is the first to leave either heap, so the earlier one ranks
+            # first.
             self._push(self._best, (key, -index, tick, entry))
             self._push(self._worst, (-key, -index, tick, entry))
 

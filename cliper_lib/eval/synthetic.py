@@ -1,4 +1,5 @@
-"""A synthetic data set with exact masks: textured shapes of known classes, for tests and smoke runs."""
+"""A synthetic data set with exact masks: textured shapes of known classes, for tests and smoke
+runs."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from .datasets import Sample, class_file_path, class_names
 class SyntheticDataset(Sequence[Sample]):
     """Discs, rectangles and triangles of known classes on a textured background, with exact masks.
 
-    Sample i depends only on (seed, i), so any shard or resumed run sees the same images. Each class has its own
-    colour and texture (stripes, checks, dots or flat); the background is a smooth colour gradient with noise.
-    Labels are drawn from a small pool of classes so a few images still repeat each class.
+    Sample i depends only on (seed, i), so any shard or resumed run sees the same images. Each class
+    has its own colour and texture (stripes, checks, dots or flat); the background is a smooth
+    colour gradient with noise. Labels are drawn from a small pool of classes so a few images still
+    repeat each class.
     """
 
     SHAPES = ("disc", "rectangle", "triangle")
@@ -87,9 +89,8 @@ class SyntheticDataset(Sequence[Sample]):
             label = int(rng.choice(self.label_pool))
             region = self._shape(rng, yy, xx)
             image[region] = self._texture(label, yy, xx)[region]
-            mask[region] = (
-                label  # later shapes cover earlier ones in the mask exactly as in the image
-            )
+            # later shapes cover earlier ones in the mask exactly as in the image
+            mask[region] = label
         return Sample(self._names[index], np.clip(image, 0, 255).astype(np.uint8), mask)
 
     def _shape(
@@ -109,11 +110,10 @@ class SyntheticDataset(Sequence[Sample]):
             return (np.abs(yy - cy) <= hy) & (np.abs(xx - cx) <= hx)
         # Triangle: the intersection of three half-planes through its corners (any winding order).
         angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
-        corners = np.stack(
-            [cy + half * np.sin(angles), cx + half * np.cos(angles)], axis=1
-        )  # (3, 2) y, x
+        # (3, 2) y, x
+        corners = np.stack([cy + half * np.sin(angles), cx + half * np.cos(angles)], axis=1)
         sides = []
-        for (y0, x0), (y1, x1) in zip(corners, np.roll(corners, -1, axis=0)):
+        for (y0, x0), (y1, x1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
             sides.append((x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0))
         sides = np.stack(sides)  # (3, H, W)
         return np.all(sides >= 0, axis=0) | np.all(sides <= 0, axis=0)

@@ -1,8 +1,9 @@
-"""Vision foundation models (DINO, DINOv2) in place of CLIPer's own attention: the alternatives the paper argues
-against, as tensor functions. `affinity` holds the maths on features, `encoder` runs a VFM on images.
+"""Vision foundation models (DINO, DINOv2) in place of CLIPer's own attention: the alternatives the
+paper argues against, as tensor functions. `affinity` holds the maths on features, `encoder` runs a
+VFM on images.
 
-This layer sits between `method` and the bottom of the package: it imports only config/images/files, and
-`method` wires it into the stage graph (stages `proxy` and `vfm`).
+This layer sits between `method` and the bottom of the package: it imports only config/images/files,
+and `method` wires it into the stage graph (stages `proxy` and `vfm`).
 """
 
 from .affinity import (

@@ -1,7 +1,9 @@
-"""Patch affinities from VFM features: ProxyCLIP-style last-layer attention and the VFM refinement (S_f = P·S_c).
+"""Patch affinities from VFM features: ProxyCLIP-style last-layer attention and the VFM refinement
+(S_f = P·S_c).
 
-Shapes: B images, T = h*w patch tokens of a (h, w) grid, N = 1 + T tokens (CLIP's CLS first), D feature width,
-C classes. Features are a VFM's last-layer patch tokens after its final norm (CLS and register tokens dropped).
+Shapes: B images, T = h*w patch tokens of a (h, w) grid, N = 1 + T tokens (CLIP's CLS first), D
+feature width, C classes. Features are a VFM's last-layer patch tokens after its final norm (CLS and
+register tokens dropped).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: the refinement's logits are (S - REFINE_MEAN_WEIGHT · mean(S)) · REFINE_SCALE (the authors' constants).
+#: the refinement's logits are (S - REFINE_MEAN_WEIGHT · mean(S)) · REFINE_SCALE (the authors'
+#: constants).
 REFINE_MEAN_WEIGHT = 1.2
 REFINE_SCALE = 3.0
 
@@ -21,11 +24,12 @@ def cosine_similarity(features: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_of_nonnegative(logits: torch.Tensor, first_row: int = 0) -> torch.Tensor:
-    """Softmax over keys of the logits >= 0 (the rest count as -inf): (R, T) or (B, R, T), rows first_row....
+    """Softmax over keys of the logits >= 0 (the rest count as -inf): (R, T) or (B, R, T), rows
+    first_row....
 
-    A row with no logit >= 0 would be all -inf (NaN after the softmax); such a token keeps itself (its diagonal
-    entry) instead. That happens only for degenerate features (all tokens nearly alike), never in the formulas'
-    normal range, where the diagonal (similarity 1) clears the cut.
+    A row with no logit >= 0 would be all -inf (NaN after the softmax); such a token keeps itself
+    (its diagonal entry) instead. That happens only for degenerate features (all tokens nearly
+    alike), never in the formulas' normal range, where the diagonal (similarity 1) clears the cut.
     """
     masked = logits < 0
     empty = masked.all(dim=-1)  # (..., R)
@@ -38,10 +42,11 @@ def _softmax_of_nonnegative(logits: torch.Tensor, first_row: int = 0) -> torch.T
 
 
 def proxy_attention(features: torch.Tensor) -> torch.Tensor:
-    """ProxyCLIP-style attention from VFM features on CLIP's grid: (B, T, D) -> (B, 1, N, N), N = 1 + T.
+    """ProxyCLIP-style attention from VFM features on CLIP's grid: (B, T, D) -> (B, 1, N, N),
+    N = 1 + T.
 
-    S = cos(features); S - mean(S) (one mean per image over all pairs); entries below 0 dropped; softmax over
-    keys. The CLS row and column stay zero: the attention mixes patch tokens only.
+    S = cos(features); S - mean(S) (one mean per image over all pairs); entries below 0 dropped;
+    softmax over keys. The CLS row and column stay zero: the attention mixes patch tokens only.
     """
     if features.ndim != 3:
         raise ValueError(f"features must have shape (B, T, D), got {tuple(features.shape)}")
@@ -56,8 +61,9 @@ def proxy_attention(features: torch.Tensor) -> torch.Tensor:
 def refinement_probabilities(features: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
     """P = softmax over keys of (S - 1.2·mean(S))·3 with entries below 0 dropped; rows `rows` of it.
 
-    features (T, D) -> (R, T), R = the number of rows asked for (all T by default). mean(S) is over all T x T
-    pairs; for unit vectors it equals |mean of the vectors|², so a block of rows needs no full S.
+    features (T, D) -> (R, T), R = the number of rows asked for (all T by default). mean(S) is over
+    all T x T pairs; for unit vectors it equals |mean of the vectors|², so a block of rows needs no
+    full S.
     """
     if features.ndim != 2:
         raise ValueError(f"features must have shape (T, D), got {tuple(features.shape)}")
@@ -73,8 +79,8 @@ def refine_with_features(
 ) -> torch.Tensor:
     """S_f = P · S_c↑ for coarse maps (C, h, w) and VFM features (fh, fw, D) -> (C, fh, fw).
 
-    S_c is resized bilinearly to the VFM grid; P (T x T, T = fh·fw) is built `block` rows at a time, so memory
-    grows with block·T, not T² (a 1000 x 750 image through a patch-8 VFM has T ≈ 11,700).
+    S_c is resized bilinearly to the VFM grid; P (T x T, T = fh·fw) is built `block` rows at a time,
+    so memory grows with block·T, not T² (a 1000 x 750 image through a patch-8 VFM has T ≈ 11,700).
     """
     if coarse.ndim != 3 or features.ndim != 3:
         raise ValueError(

@@ -1,9 +1,10 @@
-"""Running a VFM on images: its input (resize to patch multiples, its normalisation), its last-layer patch tokens,
-and the two stage computations built on them (ProxyCLIP-style attention for CLIP's grid; refinement features).
+"""Running a VFM on images: its input (resize to patch multiples, its normalisation), its last-layer
+patch tokens, and the two stage computations built on them (ProxyCLIP-style attention for CLIP's
+grid; refinement features).
 
-The model is any module called as `model(pixel_values=..., **forward_kwargs)` that returns `last_hidden_state`
-(B, prefix + fh·fw, D) after its final norm: transformers' ViTModel (DINO) and Dinov2Model, built or loaded by
-`cliper_lib.weights.vfm`. Images: (B, 3, H, W) float.
+The model is any module called as `model(pixel_values=..., **forward_kwargs)` that returns
+`last_hidden_state` (B, prefix + fh·fw, D) after its final norm: transformers' ViTModel (DINO) and
+Dinov2Model, built or loaded by `cliper_lib.weights.vfm`. Images: (B, 3, H, W) float.
 """
 
 from __future__ import annotations
@@ -25,22 +26,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class VFMEncoder:
-    """A vision foundation model with what is needed to use it (built by cliper_lib.weights.vfm, or by hand)."""
+    """A vision foundation model with what is needed to use it (built by cliper_lib.weights.vfm, or
+    by hand)."""
 
     model: torch.nn.Module  # eval mode; returns last_hidden_state after the final norm
     name: str  # short name, e.g. dino-b8 (config.VFM_MODELS)
     patch_size: int
     num_prefix_tokens: int  # CLS plus register tokens, dropped from the output
     weights_id: str  # hub repo id, or "random-seed-N"
-    forward_kwargs: dict[str, Any] = field(
-        default_factory=dict
-    )  # ViTModel: interpolate_pos_encoding=True
+    # ViTModel: interpolate_pos_encoding=True
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     @torch.no_grad()
     def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Last-layer patch tokens of normalised pixels (B, 3, H, W), H and W multiples of the patch: (B, fh, fw, D)."""
+        """Last-layer patch tokens of normalised pixels (B, 3, H, W), H and W multiples of the
+        patch: (B, fh, fw, D)."""
         b, _, height, width = pixels.shape
         p = self.patch_size
         if height % p or width % p:
@@ -54,11 +56,12 @@ class VFMEncoder:
 
 
 def encoder_of(encoders: Callable[[str], VFMEncoder] | None, name: str) -> VFMEncoder:
-    """The encoder `name` from a model's VFM provider (name -> VFMEncoder), or a clear error when it has none."""
+    """The encoder `name` from a model's VFM provider (name -> VFMEncoder), or a clear error when it
+    has none."""
     if encoders is None:
         raise RuntimeError(
-            f"this CLIPer was built without vision foundation models, so {name!r} cannot run: build it "
-            "with CLIPer.from_config, or pass vfm=<name -> VFMEncoder>"
+            f"this CLIPer was built without vision foundation models, so {name!r} cannot run: "
+            "build it with CLIPer.from_config, or pass vfm=<name -> VFMEncoder>"
         )
     return encoders(name)
 
@@ -69,7 +72,8 @@ def patch_multiple(size: int, patch: int) -> int:
 
 
 def vfm_pixels(images: torch.Tensor, encoder: VFMEncoder) -> torch.Tensor:
-    """The VFM's input: (B, 3, H, W) resized bilinearly to patch multiples, then normalised with its mean/std."""
+    """The VFM's input: (B, 3, H, W) resized bilinearly to patch multiples, then normalised with its
+    mean/std."""
     p = encoder.patch_size
     size = (patch_multiple(images.shape[-2], p), patch_multiple(images.shape[-1], p))
     if size != tuple(images.shape[-2:]):
@@ -85,10 +89,12 @@ def proxy_input(
     clip_std: Sequence[float],
     double_normalization: bool = False,
 ) -> torch.Tensor:
-    """What `vfm_pixels` normalises for the proxy attention, from CLIP's normalised input (B, 3, H, W).
+    """What `vfm_pixels` normalises for the proxy attention, from CLIP's normalised input
+    (B, 3, H, W).
 
-    Single normalisation (default): CLIP's normalisation undone, the [0, 1] image. Double (the authors'
-    published code): CLIP's normalised tensor as it is, so the VFM sees it normalised twice.
+    Single normalisation (default): CLIP's normalisation undone, the [0, 1] image. Double (the
+    authors' published code): CLIP's normalised tensor as it is, so the VFM sees it normalised
+    twice.
     """
     if double_normalization:
         return clip_input.float()
@@ -105,21 +111,21 @@ def proxy_attentions(
     boxes: Sequence[tuple[int, int, int, int]],
     double_normalization: bool = False,
 ):
-    """Stage proxy: the VFM attention of CLIP's input (3, H, W) and of its sliding-window crops `boxes`.
+    """Stage proxy: the VFM attention of CLIP's input (3, H, W) and of its sliding-window crops
+    `boxes`.
 
-    `clip` gives CLIP's patch_size, mean and std (a ClipBundle). Features of each image are resized bilinearly
-    to CLIP's grid (H/p, W/p) before `proxy_attention`. Returns (whole (1, 1, N, N), crops (K, 1, N', N') or None).
+    `clip` gives CLIP's patch_size, mean and std (a ClipBundle). Features of each image are resized
+    bilinearly to CLIP's grid (H/p, W/p) before `proxy_attention`. Returns (whole (1, 1, N, N),
+    crops (K, 1, N', N') or None).
     """
 
-    def attention(
-        images: torch.Tensor,
-    ) -> torch.Tensor:  # (B, 3, H, W) CLIP-normalised -> (B, 1, N, N)
+    def attention(images: torch.Tensor) -> torch.Tensor:
+        # (B, 3, H, W) CLIP-normalised -> (B, 1, N, N)
         pixels = vfm_pixels(proxy_input(images, clip.mean, clip.std, double_normalization), encoder)
         features = encoder.patch_features(pixels).permute(0, 3, 1, 2)  # (B, D, fh, fw)
         grid = (images.shape[-2] // clip.patch_size, images.shape[-1] // clip.patch_size)
-        features = F.interpolate(
-            features, size=grid, mode="bilinear", align_corners=False
-        )  # (B, D, h, w)
+        # (B, D, h, w)
+        features = F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
         return proxy_attention(features.flatten(2).transpose(1, 2))  # (B, 1, 1 + h*w, 1 + h*w)
 
     crops = [clip_input[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
@@ -128,10 +134,10 @@ def proxy_attentions(
 
 @torch.no_grad()
 def refinement_features(encoder: VFMEncoder, image: Any) -> torch.Tensor:
-    """Stage vfm: the VFM's patch features of the original image (its [0, 1] pixels): (fh, fw, D)."""
+    """Stage vfm: the VFM's patch features of the original image (its [0, 1] pixels):
+    (fh, fw, D)."""
     array = rgb_array(image)  # (H0, W0, 3) uint8
     weight = next(encoder.model.parameters())
-    pixels = (
-        torch.from_numpy(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0
-    )  # (1, 3, H0, W0)
+    # (1, 3, H0, W0)
+    pixels = torch.from_numpy(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0
     return encoder.patch_features(vfm_pixels(pixels, encoder))[0]

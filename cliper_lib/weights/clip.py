@@ -1,8 +1,9 @@
-"""CLIP weights: open_clip pretrained tags through the hub cache, a local checkpoint file, or a tiny random ViT.
+"""CLIP weights: open_clip pretrained tags through the hub cache, a local checkpoint file, or a tiny
+random ViT.
 
-Both profiles go through the same constructor (`open_clip.create_model`); only the weights differ. Offline and
-without cached weights, loading stops at once with `WeightsMissingError`, whose message names what is missing,
-where it was looked for and how to get it.
+Both profiles go through the same constructor (`open_clip.create_model`); only the weights differ.
+Offline and without cached weights, loading stops at once with `WeightsMissingError`, whose message
+names what is missing, where it was looked for and how to get it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from ..config import PAPER_PRETRAINED, CLIPerConfig, resolve_dtype
 from ..method.clip_backbone import ClipBundle
@@ -35,20 +38,21 @@ OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_mode
 
 
 def register_tiny_clip() -> None:
+    """Make the tiny smoke architecture known to open_clip under TINY_CLIP_NAME (once)."""
+    # lazy (open_clip takes seconds to import): only building or looking up a model needs it
     import open_clip
 
     if TINY_CLIP_NAME in open_clip.list_models():
         return
     # open_clip registers configs from JSON files only; write ours to a private temporary folder.
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="cliper_oc_cfg_"))
     (folder / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
     open_clip.add_model_config(folder)
 
 
 def clip_weights_repo(backbone: str, pretrained: str) -> str:
-    import open_clip
+    """The hub repository open_clip takes `backbone`'s `pretrained` weights from."""
+    import open_clip  # lazy, as in register_tiny_clip
 
     cfg = open_clip.get_pretrained_cfg(backbone, pretrained)
     if not cfg or not cfg.get("hf_hub"):
@@ -59,7 +63,8 @@ def clip_weights_repo(backbone: str, pretrained: str) -> str:
 
 
 def fetch_clip_weights(backbone: str, pretrained: str, allow_download: bool = True) -> Path:
-    """Local path of the open_clip checkpoint `backbone`/`pretrained`, downloading it into the hub cache if allowed."""
+    """Local path of the open_clip checkpoint `backbone`/`pretrained`, downloading it into the hub
+    cache if allowed."""
     repo = clip_weights_repo(backbone, pretrained)
     return fetch_hub_file(
         repo,
@@ -72,8 +77,9 @@ def fetch_clip_weights(backbone: str, pretrained: str, allow_download: bool = Tr
 
 @contextlib.contextmanager
 def _quiet_random_init_warning() -> Iterator[None]:
-    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (root logger) while building a
-    model whose weights we load ourselves, or that is random on purpose: a warning nobody can act on."""
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (root logger) while
+    building a model whose weights we load ourselves, or that is random on purpose: a warning nobody
+    can act on."""
 
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("No pretrained weights loaded")
@@ -87,11 +93,13 @@ def _quiet_random_init_warning() -> Iterator[None]:
 
 
 def uses_quick_gelu(cfg: CLIPerConfig, from_file: bool) -> bool:
-    """Whether to build the backbone with QuickGELU: `quick_gelu` true/false, or auto (docs/method.md 4.8).
+    """Whether to build the backbone with QuickGELU: `quick_gelu` true/false, or auto
+    (docs/method.md 4.8).
 
-    auto: QuickGELU for OpenAI's weights, i.e. the `openai` tag, or a checkpoint file for a backbone whose paper
-    weights are OpenAI's (ViT-B-16, ViT-L-14; OpenAI's own TorchScript files are such files). Set it to false for
-    a GELU-trained checkpoint of those backbones (LAION's, say), true for a QuickGELU one of another backbone.
+    auto: QuickGELU for OpenAI's weights, i.e. the `openai` tag, or a checkpoint file for a backbone
+    whose paper weights are OpenAI's (ViT-B-16, ViT-L-14; OpenAI's own TorchScript files are such
+    files). Set it to false for a GELU-trained checkpoint of those backbones (LAION's, say), true
+    for a QuickGELU one of another backbone.
     """
     if cfg.quick_gelu != "auto":
         return bool(cfg.quick_gelu)
@@ -105,10 +113,11 @@ def load_clip(
 ) -> ClipBundle:
     """Build the CLIP model of `cfg`: real weights (paper) or a seeded tiny random ViT (smoke).
 
-    A checkpoint (hub or local file, TorchScript included) is read and checked against the backbone before the
-    model is built, so a wrong file stops with a `CheckpointError` naming both architectures.
+    A checkpoint (hub or local file, TorchScript included) is read and checked against the backbone
+    before the model is built, so a wrong file stops with a `CheckpointError` naming both
+    architectures.
     """
-    import open_clip
+    import open_clip  # lazy, as in register_tiny_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     register_tiny_clip()  # so the tiny architecture can also be loaded from a local checkpoint
@@ -132,9 +141,8 @@ def load_clip(
         else:
             weights = fetch_clip_weights(name, pretrained, allow_download)
         state_dict = read_clip_checkpoint(weights)
-        check_architecture(
-            state_dict, name, weights
-        )  # before building the model: a wrong file costs nothing
+        # before building the model: a wrong file costs nothing
+        check_architecture(state_dict, name, weights)
         with _quiet_random_init_warning():  # the weights are loaded right below
             model = open_clip.create_model(
                 name, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg, from_file)
@@ -163,11 +171,13 @@ _TORCHSCRIPT_CONSTANTS = ("input_resolution", "context_length", "vocab_size")
 
 
 class CheckpointError(ValueError):
-    """A weights file is not a CLIP checkpoint, or is one of another architecture; the message says which."""
+    """A weights file is not a CLIP checkpoint, or is one of another architecture; the message says
+    which."""
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (what OpenAI published): a zip whose folder holds code/ and constants.pkl."""
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (what OpenAI published): a zip whose folder holds code/ and
+    constants.pkl."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -176,27 +186,26 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def read_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in a CLIP weights file: safetensors, a torch checkpoint (read with weights_only=True: no
-    code runs), or a TorchScript archive (OpenAI's .pt files). Anything else is a `CheckpointError`."""
+    """The state dict in a CLIP weights file: safetensors, a torch checkpoint (read with
+    weights_only=True: no code runs), or a TorchScript archive (OpenAI's .pt files). Anything else
+    is a `CheckpointError`."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             loaded: Any = load_file(str(path))
-        elif _is_torchscript(path):
+        elif is_torchscript(path):
             loaded = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             for key in _TORCHSCRIPT_CONSTANTS:
                 loaded.pop(key, None)
         else:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as error:  # unpickling, zip, safetensors header errors: the file is not what we need
+    except Exception as error:
+        # unpickling, zip, safetensors header errors: the file is not what we need
         raise CheckpointError(
-            f"{path} is not a CLIP checkpoint that can be read safely ({type(error).__name__}). Expected an "
-            f"open_clip/OpenAI state dict (.pt/.pth/.bin saved with torch.save, or .safetensors) or OpenAI's "
-            f"TorchScript .pt file; a file that needs arbitrary code to unpickle is refused on purpose."
+            f"{path} is not a CLIP checkpoint that can be read safely ({type(error).__name__}). "
+            "Expected an open_clip/OpenAI state dict (.pt/.pth/.bin saved with torch.save, "
+            "or .safetensors) or OpenAI's TorchScript .pt file; a file that needs arbitrary code "
+            "to unpickle is refused on purpose."
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
@@ -212,7 +221,8 @@ def read_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _vision_shape(state_dict: dict[str, torch.Tensor]) -> dict[str, int] | None:
-    """Width, depth and patch size of the vision tower of an open_clip/OpenAI ViT state dict (None if not one)."""
+    """Width, depth and patch size of the vision tower of an open_clip/OpenAI ViT state dict
+    (None if not one)."""
     conv = state_dict.get("visual.conv1.weight")
     if conv is None or conv.ndim != 4:
         return None
@@ -224,7 +234,7 @@ def _vision_shape(state_dict: dict[str, torch.Tensor]) -> dict[str, int] | None:
 
 def _named_like(shape: dict[str, int]) -> str:
     """open_clip model names whose vision tower has this shape (e.g. "like ViT-L-14"), or ""."""
-    import open_clip
+    import open_clip  # lazy, as in register_tiny_clip
 
     names = []
     for name in open_clip.list_models():
@@ -241,8 +251,9 @@ def _named_like(shape: dict[str, int]) -> str:
 def check_architecture(
     state_dict: dict[str, torch.Tensor], backbone: str, path: str | Path
 ) -> None:
-    """A `CheckpointError` naming both architectures when the file's vision tower is not `backbone`'s."""
-    import open_clip
+    """A `CheckpointError` naming both architectures when the file's vision tower is not
+    `backbone`'s."""
+    import open_clip  # lazy, as in register_tiny_clip
 
     vision = (open_clip.get_model_config(backbone) or {}).get("vision_cfg", {})
     expected = {k: vision.get(k) for k in ("width", "layers", "patch_size")}
@@ -254,32 +265,35 @@ def check_architecture(
         )
     if found != expected:
         raise CheckpointError(
-            f"{path} is a checkpoint of another architecture: its vision tower has width {found['width']}, "
-            f"{found['layers']} blocks, patch {found['patch_size']}{_named_like(found)}, but the config's backbone "
-            f"{backbone} has width {expected['width']}, {expected['layers']} blocks, patch {expected['patch_size']}. "
-            f"Set `backbone` to match the file (--set backbone=...) or use a checkpoint of {backbone}."
+            f"{path} is a checkpoint of another architecture: its vision tower has width "
+            f"{found['width']}, {found['layers']} blocks, patch {found['patch_size']}"
+            f"{_named_like(found)}, but the config's backbone {backbone} has width "
+            f"{expected['width']}, {expected['layers']} blocks, patch {expected['patch_size']}. "
+            "Set `backbone` to match the file (--set backbone=...) "
+            f"or use a checkpoint of {backbone}."
         )
 
 
 def load_clip_state_dict(
     model: torch.nn.Module, state_dict: dict[str, torch.Tensor], backbone: str, path: str | Path
 ) -> None:
-    """Load a checked state dict into `model` as open_clip's own loader would (key conversion, resized position
-    embeddings); what still does not fit is a `CheckpointError`."""
+    """Load a checked state dict into `model` as open_clip's own loader would (key conversion,
+    resized position embeddings); what still does not fit is a `CheckpointError`."""
+    # lazy, as in register_tiny_clip
     from open_clip.convert import convert_state_dict
     from open_clip.model import resize_pos_embed, resize_text_pos_embed
 
     state_dict = convert_state_dict(model, dict(state_dict))
-    # buffers the model rebuilds itself (attn_mask) are not saved by torch.save, but TorchScript keeps them
+    # buffers the model rebuilds itself (attn_mask) are not saved by torch.save, but TorchScript
+    # keeps them
     persistent = set(model.state_dict())
     for name, _ in model.named_buffers():
         if name not in persistent:
             state_dict.pop(name, None)
     if "logit_scale" in state_dict and model.logit_scale.ndim != state_dict["logit_scale"].ndim:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
-    resize_pos_embed(
-        state_dict, model
-    )  # a checkpoint trained at another resolution: interpolate, as open_clip
+    # a checkpoint trained at another resolution: interpolate, as open_clip
+    resize_pos_embed(state_dict, model)
     resize_text_pos_embed(state_dict, model)
     try:
         model.load_state_dict(state_dict, strict=True)

@@ -1,4 +1,5 @@
-"""The Hugging Face hub cache: where weights are looked for, whether downloads can work, and what to say when not."""
+"""The Hugging Face hub cache: where weights are looked for, whether downloads can work, and what to
+say when not."""
 
 from __future__ import annotations
 
@@ -10,25 +11,29 @@ from urllib.parse import urlparse
 
 
 class WeightsMissingError(RuntimeError):
-    """Model weights are neither in the local cache nor downloadable; the message says how to get them."""
+    """Model weights are neither in the local cache nor downloadable; the message says how to get
+    them."""
 
 
 def hub_cache_dir() -> Path:
-    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub)."""
+    # lazy: the command line (every command, --help included) and the app page import this module
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when downloads could work: not HF_HUB_OFFLINE and the hub's host resolves and accepts a connection."""
-    from huggingface_hub import constants
+    """True when downloads could work: not HF_HUB_OFFLINE and the hub's host resolves and accepts a
+    connection."""
+    from huggingface_hub import constants  # lazy, as in hub_cache_dir
 
     if constants.HF_HUB_OFFLINE:
         return False
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    # create_connection's timeout does not cover the DNS lookup, which can stall for long on some networks:
-    # resolve in a worker thread and give up after `timeout`.
+    # create_connection's timeout does not cover the DNS lookup, which can stall for long on some
+    # networks: resolve in a worker thread and give up after `timeout`.
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         addresses = pool.submit(socket.getaddrinfo, host, 443, type=socket.SOCK_STREAM).result(
@@ -50,15 +55,18 @@ def missing_weights_message(what: str, repo_id: str, files: str, fix: str) -> st
         f"{what} weights are not available offline.\n"
         f"  missing : {files} from the Hugging Face repo '{repo_id}'\n"
         f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)\n"
-        f"  fix     : run `{fix}` on a machine with internet (then copy the cache here), point the config at a "
-        f"local copy, or use the tiny random models with `--profile smoke` / `PROFILE=smoke`."
+        f"  fix     : run `{fix}` on a machine with internet (then copy the cache here), "
+        "point the config at a local copy, or use the tiny random models with "
+        "`--profile smoke` / `PROFILE=smoke`."
     )
 
 
 def fetch_hub_file(
     repo_id: str, filenames: tuple[str, ...], allow_download: bool, what: str, fix: str
 ) -> Path:
-    """Return the local path of the first of `filenames` in `repo_id`: from the cache, else downloaded."""
+    """Return the local path of the first of `filenames` in `repo_id`: from the cache, else
+    downloaded."""
+    # lazy, as in hub_cache_dir
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 

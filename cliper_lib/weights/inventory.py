@@ -1,7 +1,9 @@
-"""Every weight file a config needs from the Hugging Face hub, which of them the local cache lacks, and one report.
+"""Every weight file a config needs from the Hugging Face hub, which of them the local cache lacks,
+and one report.
 
-Offline, `CLIPer.from_config` and `cliper download` list all missing files at once (CLIP and Stable Diffusion,
-with approximate sizes) instead of stopping at the first model, so one copy from a connected machine is enough.
+Offline, `CLIPer.from_config` and `cliper download` list all missing files at once (CLIP and Stable
+Diffusion, with approximate sizes) instead of stopping at the first model, so one copy from a
+connected machine is enough.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+
 from ..config import PAPER_PRETRAINED, SD_REFINEMENTS, VFM_MODELS, CLIPerConfig
+from . import clip, hub, sd, vfm
 from .clip import CHECKPOINT_SUFFIXES, OPEN_CLIP_WEIGHT_FILES, clip_weights_repo
-from .hub import hub_cache_dir
+from .hub import WeightsMissingError, hub_cache_dir
 from .vfm import vfms_used
 
-#: approximate sizes in MB of the large files (float32 weights unless the name says fp16), from the parameter
-#: counts of the architectures; everything else (configs, tokenizer) is under 2 MB.
+#: approximate sizes in MB of the large files (float32 weights unless the name says fp16), from the
+#: parameter counts of the architectures; everything else (configs, tokenizer) is under 2 MB.
 APPROX_MB = {
     ("timm/vit_base_patch16_clip_224.openai", "open_clip_model.safetensors"): 599,
     ("timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors"): 1711,
@@ -85,7 +90,8 @@ def clip_weight_files(backbone: str, pretrained: str) -> list[WeightFile]:
 
 
 def vfm_weight_files(name: str) -> list[WeightFile]:
-    """A DINO/DINOv2 repository's config and weights (model.safetensors; pytorch_model.bin counts as well)."""
+    """A DINO/DINOv2 repository's config and weights (model.safetensors; pytorch_model.bin counts as
+    well)."""
     repo = VFM_MODELS[name]
     return [
         WeightFile(f"VFM {name}", repo, file, APPROX_MB.get((repo, file)))
@@ -102,16 +108,16 @@ def _vfm_missing(name: str) -> list[WeightFile]:
 
 
 def _cached(file: WeightFile) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return isinstance(try_to_load_from_cache(file.repo, file.filename), str)
 
 
 def missing_weight_files(cfg: CLIPerConfig, variant: str | None = None) -> list[WeightFile]:
-    """The hub files `cfg` needs that the local cache lacks ([] for the smoke profile and for local files/folders).
+    """The hub files `cfg` needs that the local cache lacks ([] for the smoke profile and for local
+    files/folders).
 
-    CLIP counts as present when either of open_clip's file names is cached. SD counts as present with either
-    precision (what the loader accepts); when both are missing, `variant` picks which files are listed.
+    CLIP counts as present when either of open_clip's file names is cached. SD counts as present
+    with either precision (what the loader accepts); when both are missing, `variant` picks which
+    files are listed.
     """
     if cfg.profile != "paper":
         return []
@@ -145,7 +151,8 @@ def _size(mb: float | None) -> str:
 
 
 def offline_report(missing: list[WeightFile]) -> str:
-    """The one message listing every missing file, grouped by repository, with sizes and the ways out."""
+    """The one message listing every missing file, grouped by repository, with sizes and the ways
+    out."""
     lines = [
         "model weights are missing from the local Hugging Face cache and cannot be downloaded here "
         "(offline or HF_HUB_OFFLINE=1). Missing, all at once:"
@@ -161,8 +168,9 @@ def offline_report(missing: list[WeightFile]) -> str:
         f"  total about {total / 1000:.1f} GB (sizes are approximate)",
         f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)",
         "  ways out:",
-        "    - on a machine with internet run `cliper download` with the same preset (`--dtype float16` fetches the"
-        ' half-size SD files), then copy its Hugging Face cache here (README: "Weights on an offline machine")',
+        "    - on a machine with internet run `cliper download` with the same preset "
+        "(`--dtype float16` fetches the half-size SD files), then copy its Hugging Face cache "
+        'here (README: "Weights on an offline machine")',
         "    - local files: --set pretrained=/path/to/clip.pt (OpenAI's TorchScript files too), "
         "--set sd_repo=/path/to/diffusers-folder",
         "    - CLIP only, without Stable Diffusion: --refinement none",
@@ -177,16 +185,15 @@ def download_weights(
     skip_sd: bool = False,
     vfms: list[str] | None = None,
 ) -> list[str]:
-    """`cliper download`: fetch the CLIP weights of `backbones` (default: the config's) and SD into the hub cache.
+    """`cliper download`: fetch the CLIP weights of `backbones` (default: the config's) and SD into
+    the hub cache.
 
-    `vfms` (default: those the config uses) are DINO/DINOv2 models. With `dtype: float16` the half-size fp16 variant of SD is fetched (CLIP has one file; it is cast on load).
-    Without internet it says so at once and lists what to copy from a connected machine instead.
+    `vfms` (default: those the config uses) are DINO/DINOv2 models. With `dtype: float16` the
+    half-size fp16 variant of SD is fetched (CLIP has one file; it is cast on load). Without
+    internet it says so at once and lists what to copy from a connected machine instead.
     """
-    from .clip import fetch_clip_weights
-    from .hub import WeightsMissingError, hub_reachable
-    from .sd import download_sd_weights
-    from .vfm import download_vfm_weights
-
+    # The fetching functions are looked up on their modules when called, so that a replacement
+    # made there (a test's monkeypatch) is the one used.
     variant = "fp16" if cfg.dtype == "float16" else None
     vfms = list(vfms or vfms_used(cfg))
     pairs = (
@@ -194,10 +201,9 @@ def download_weights(
         if backbones
         else [(cfg.backbone, cfg.pretrained or PAPER_PRETRAINED.get(cfg.backbone, "openai"))]
     )
-    pairs = [
-        (b, p) for b, p in pairs if Path(p).suffix not in CHECKPOINT_SUFFIXES
-    ]  # a local file: nothing to fetch
-    if not hub_reachable():
+    # a local file: nothing to fetch
+    pairs = [(b, p) for b, p in pairs if Path(p).suffix not in CHECKPOINT_SUFFIXES]
+    if not hub.hub_reachable():
         wanted = [f for b, p in pairs for f in clip_weight_files(b, p)]
         if not skip_sd:
             wanted += sd_weight_files(cfg.sd_repo, variant)
@@ -207,14 +213,17 @@ def download_weights(
         if not missing:
             return [f"every file is already in {hub_cache_dir()}; nothing to download"]
         raise WeightsMissingError(
-            "`cliper download` needs internet (the Hugging Face hub is unreachable from here, or HF_HUB_OFFLINE=1).\n"
-            + offline_report(missing)
+            "`cliper download` needs internet (the Hugging Face hub is unreachable from here, "
+            "or HF_HUB_OFFLINE=1).\n" + offline_report(missing)
         )
-    done = [f"CLIP {b} ({p}): {fetch_clip_weights(b, p, allow_download=True)}" for b, p in pairs]
+    done = [
+        f"CLIP {b} ({p}): {clip.fetch_clip_weights(b, p, allow_download=True)}" for b, p in pairs
+    ]
     if not skip_sd:
         precision = "fp16 variant" if variant else "float32"
         done.append(
-            f"Stable Diffusion ({cfg.sd_repo}, {precision}): {download_sd_weights(cfg.sd_repo, variant)}"
+            f"Stable Diffusion ({cfg.sd_repo}, {precision}): "
+            f"{sd.download_sd_weights(cfg.sd_repo, variant)}"
         )
-    done += [f"VFM {name} ({VFM_MODELS[name]}): {download_vfm_weights(name)}" for name in vfms]
+    done += [f"VFM {name} ({VFM_MODELS[name]}): {vfm.download_vfm_weights(name)}" for name in vfms]
     return done

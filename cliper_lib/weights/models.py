@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import SD_REFINEMENTS, CLIPerConfig, resolve_device
+from ..config import CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
+from ..method.refinements import REFINEMENTS
 from .clip import load_clip
 from .hub import WeightsMissingError, hub_reachable
 from .inventory import missing_weight_files, offline_report
@@ -12,7 +13,8 @@ from .vfm import VFMLoader, vfms_used
 
 
 class CLIPer(_MethodCLIPer):
-    """The CLIPer method (`cliper_lib.method.pipeline.CLIPer`) plus `from_config`, which builds its models."""
+    """The CLIPer method (`cliper_lib.method.pipeline.CLIPer`) plus `from_config`, which builds its
+    models."""
 
     @classmethod
     def from_config(
@@ -21,21 +23,22 @@ class CLIPer(_MethodCLIPer):
         allow_download: bool = True,
         text_cache_dir: str | None | bool = True,
     ) -> CLIPer:
-        """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random models).
+        """Build the models `cfg` names (paper: real weights via the hub cache; smoke: tiny random
+        models).
 
-        The VFMs the config uses (proxy_model for last_layer_attention=proxy, a VFM refinement) are loaded now, so
-        missing weights stop here; other VFMs load on first use (the explorer switching refinements).
+        The VFMs the config uses (proxy_model for last_layer_attention=proxy, a VFM refinement) are
+        loaded now, so missing weights stop here; other VFMs load on first use (the explorer
+        switching refinements).
         """
-        if (
-            cfg.profile == "paper"
-        ):  # offline, name every missing file at once (CLIP and SD), not the first
+        # offline, name every missing file at once (CLIP and SD), not the first
+        if cfg.profile == "paper":
             missing = missing_weight_files(cfg)
             if missing and not (allow_download and hub_reachable()):
                 raise WeightsMissingError(offline_report(missing))
         device = resolve_device(cfg.device)
         clip = load_clip(cfg, device=device, allow_download=allow_download)
         sd = None
-        if cfg.refinement in SD_REFINEMENTS:
+        if REFINEMENTS[cfg.refinement].part == "sd":
             sd = load_sd_extractor(cfg, device=device, allow_download=allow_download)
         vfm = VFMLoader(cfg, device, allow_download)
         for name in vfms_used(cfg):

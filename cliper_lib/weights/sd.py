@@ -1,9 +1,11 @@
-"""Stable Diffusion weights: a hub repo id or a local diffusers folder (paper), or tiny random components (smoke).
+"""Stable Diffusion weights: a hub repo id or a local diffusers folder (paper), or tiny random
+components (smoke).
 
-The paper profile loads the five components the one-step extraction needs (UNet, VAE, text encoder, tokenizer
-and the scheduler shipped with the weights) from a local diffusers folder or the hub cache; offline and
-uncached, loading stops at once with `WeightsMissingError`. The smoke profile (and the benchmarks) build seeded
-random components of the same classes from the configs below, SD-2.1-base's layout at tiny or full size.
+The paper profile loads the five components the one-step extraction needs (UNet, VAE, text encoder,
+tokenizer and the scheduler shipped with the weights) from a local diffusers folder or the hub
+cache; offline and uncached, loading stops at once with `WeightsMissingError`. The smoke profile
+(and the benchmarks) build seeded random components of the same classes from the configs below,
+SD-2.1-base's layout at tiny or full size.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError
 
 from ..config import CLIPerConfig, resolve_device, resolve_dtype
 from ..files import atomic_write_text, default_cache_dir
@@ -29,7 +34,8 @@ from .sd_prompt import (
 #: the pipeline components of a diffusers folder / hub repo, by subfolder.
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
-#: the scheduler values of SD-2.1-base (used for the smoke profile; the paper profile loads the shipped one).
+#: the scheduler values of SD-2.1-base (used for the smoke profile; the paper profile loads the
+#: shipped one).
 SD21_SCHEDULER_CONFIG: dict[str, Any] = {
     # SD-2.1-base ships a PNDM scheduler (PLMS steps only); with 50 steps timesteps[45] is 101.
     "_class_name": "PNDMScheduler",
@@ -44,8 +50,9 @@ SD21_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
-#: SD-2.1-base UNet layout. diffusers' legacy `attention_head_dim` is the number of heads per block here
-#: (320/5 = 64 channels per head in the blocks at full latent resolution, hence 5 heads in up_blocks.3).
+#: SD-2.1-base UNet layout. diffusers' legacy `attention_head_dim` is the number of heads per block
+#: here (320/5 = 64 channels per head in the blocks at full latent resolution, hence 5 heads in
+#: up_blocks.3).
 _UNET_LAYOUT: dict[str, Any] = {
     "in_channels": 4,
     "out_channels": 4,
@@ -69,7 +76,8 @@ _UNET_LAYOUT: dict[str, Any] = {
     "downsample_padding": 1,
 }
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
-    # up blocks have layers_per_block + 1 attentions, so layers_per_block=1 still gives up_blocks.3.attentions.0/1
+    # up blocks have layers_per_block + 1 attentions, so layers_per_block=1 still gives
+    # up_blocks.3.attentions.0/1
     "tiny": {
         **_UNET_LAYOUT,
         "sample_size": 32,
@@ -148,15 +156,17 @@ _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
 def tiny_tokenizer_dir() -> Path:
-    """A folder with a CLIP tokenizer in transformers' format, written once from open_clip's bundled BPE table."""
+    """A folder with a CLIP tokenizer in transformers' format, written once from open_clip's bundled
+    BPE table."""
     folder = default_cache_dir() / "sd-tokenizer-openclip-bpe"
     if all((folder / name).exists() for name in _TOKENIZER_FILES):
         return folder
+    # lazy (open_clip takes seconds to import): needed once, to write the folder
     from open_clip.tokenizer import SimpleTokenizer
 
     bpe = SimpleTokenizer()
-    # Same ids as open_clip: byte symbols, byte symbols + '</w>', merges in rank order, then the two specials,
-    # which transformers spells <|startoftext|>/<|endoftext|>.
+    # Same ids as open_clip: byte symbols, byte symbols + '</w>', merges in rank order, then the two
+    # specials, which transformers spells <|startoftext|>/<|endoftext|>.
     rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {rename.get(token, token): index for token, index in bpe.encoder.items()}
     merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
@@ -176,14 +186,14 @@ def tiny_tokenizer_dir() -> Path:
         "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
     }
     for name, text in contents.items():
-        atomic_write_text(
-            folder / name, text
-        )  # concurrent test workers never read a half-written file
+        # concurrent test workers never read a half-written file
+        atomic_write_text(folder / name, text)
     return folder
 
 
 def save_sd_folder(components: SDComponents, folder: str | Path) -> Path:
-    """Write a diffusers folder layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json)."""
+    """Write a diffusers folder layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/,
+    model_index.json)."""
     folder = Path(folder)
     for name in SD_SUBFOLDERS:
         getattr(components, name).save_pretrained(folder / name)
@@ -199,14 +209,16 @@ def save_sd_folder(components: SDComponents, folder: str | Path) -> Path:
 def move_components(
     components: SDComponents, device: torch.device | str, dtype: torch.dtype
 ) -> SDComponents:
-    """Move the networks and the empty-prompt embedding to `device`/`dtype` (in place); return the components."""
+    """Move the networks and the empty-prompt embedding to `device`/`dtype` (in place); return the
+    components."""
     cast = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat16"}
     if dtype not in cast:
         raise ValueError(f"dtype={dtype}: use float32, float16 or bfloat16")
     for module in (components.unet, components.vae, components.text_encoder):
         if module is not None:
             module.to(device)
-            # .half()/.float() rather than .to(dtype): diffusers logs a warning on every .to(dtype) call
+            # .half()/.float() rather than .to(dtype): diffusers logs a warning on every .to(dtype)
+            # call
             getattr(module, cast[dtype])().eval().requires_grad_(False)
     if components.empty_embedding is not None:
         components.empty_embedding = components.empty_embedding.to(device=device, dtype=dtype)
@@ -214,7 +226,8 @@ def move_components(
 
 
 def drop_vae_decoder(vae: Any) -> Any:
-    """Free the VAE's decoder half (the extraction only encodes): about 0.2 GB of fp32 weights for SD-2.x."""
+    """Free the VAE's decoder half (the extraction only encodes): about 0.2 GB of fp32 weights for
+    SD-2.x."""
     vae.decoder = None
     vae.post_quant_conv = None
     return vae
@@ -227,12 +240,14 @@ def build_random_sd_components(
     dtype: torch.dtype = torch.float32,
     lean: bool = False,
 ) -> SDComponents:
-    """Seeded random UNet/VAE/text encoder built from configs: tiny (tests, smoke) or SD-2.1-base size (benchmarks).
+    """Seeded random UNet/VAE/text encoder built from configs: tiny (tests, smoke) or SD-2.1-base
+    size (benchmarks).
 
-    `lean` (what `load_sd_components` uses) holds the empty-prompt embedding (from the on-disk cache; the text
-    encoder is built only on a miss) instead of the text encoder and tokenizer. The weights are the same either
-    way (one seeded stream: UNet, VAE, then text encoder).
+    `lean` (what `load_sd_components` uses) holds the empty-prompt embedding (from the on-disk
+    cache; the text encoder is built only on a miss) instead of the text encoder and tokenizer. The
+    weights are the same either way (one seeded stream: UNet, VAE, then text encoder).
     """
+    # lazy (slow to import): only building SD needs them, and a config without SD never does
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -244,10 +259,8 @@ def build_random_sd_components(
         unet = UNet2DConditionModel(**UNET_CONFIGS[size])
         vae = AutoencoderKL(**VAE_CONFIGS[size])
         if lean:
-
-            def encode() -> (
-                torch.Tensor
-            ):  # a miss: the encoder from where the seeded stream stands, used once
+            # a miss: the encoder from where the seeded stream stands, used once
+            def encode() -> torch.Tensor:
                 encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
                 return encode_empty_prompt(
                     CLIPTokenizer.from_pretrained(tiny_tokenizer_dir()), encoder
@@ -258,9 +271,8 @@ def build_random_sd_components(
             text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[size])).eval()
             tokenizer = CLIPTokenizer.from_pretrained(tiny_tokenizer_dir())
             embedding = encode_empty_prompt(tokenizer, text_encoder)
-    scheduler = PNDMScheduler.from_config(
-        SD21_SCHEDULER_CONFIG
-    )  # from_config drops keys PNDM does not take
+    # from_config drops keys PNDM does not take
+    scheduler = PNDMScheduler.from_config(SD21_SCHEDULER_CONFIG)
     components = SDComponents(
         unet, vae, text_encoder, tokenizer, scheduler, source=source, empty_embedding=embedding
     )
@@ -268,8 +280,9 @@ def build_random_sd_components(
 
 
 def _load_scheduler(source: str, local_files_only: bool) -> Any:
-    """The scheduler class named in `scheduler/scheduler_config.json` (what the pipeline loader would pick)."""
-    import diffusers
+    """The scheduler class named in `scheduler/scheduler_config.json` (what the pipeline loader
+    would pick)."""
+    import diffusers  # lazy, as in build_random_sd_components
 
     # any scheduler class can read the JSON: they share the file name scheduler_config.json
     config = diffusers.DDIMScheduler.load_config(
@@ -279,14 +292,17 @@ def _load_scheduler(source: str, local_files_only: bool) -> Any:
     scheduler_class = getattr(diffusers, class_name, None)
     if scheduler_class is None:
         raise ValueError(
-            f"scheduler class {class_name!r} of {source} is not in diffusers {diffusers.__version__}"
+            f"scheduler class {class_name!r} of {source} is not in diffusers "
+            f"{diffusers.__version__}"
         )
     return scheduler_class.from_config(config)
 
 
 def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -> SDComponents:
-    """Load what the extraction runs from a hub repo id or a diffusers folder (OSError when files are missing):
-    UNet, VAE encoder, scheduler and the empty-prompt embedding (cached; the text encoder is loaded on a miss)."""
+    """Load what the extraction runs from a hub repo id or a diffusers folder (OSError when files
+    are missing): UNet, VAE encoder, scheduler and the empty-prompt embedding (cached; the text
+    encoder is loaded on a miss)."""
+    # lazy, as in build_random_sd_components
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -299,18 +315,19 @@ def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -
         tokenizer = CLIPTokenizer.from_pretrained(
             source, subfolder="tokenizer", local_files_only=local_files_only
         )
-        # transformers 5 returns a 2-token tokenizer instead of raising when the vocabulary files are absent
+        # transformers 5 returns a 2-token tokenizer instead of raising when the vocabulary files
+        # are absent
         if len(tokenizer) != text_encoder.config.vocab_size:
             raise OSError(
-                f"the tokenizer of {source} has {len(tokenizer)} tokens but its text encoder expects "
-                f"{text_encoder.config.vocab_size}: tokenizer/vocab.json and merges.txt (or tokenizer.json) are missing"
+                f"the tokenizer of {source} has {len(tokenizer)} tokens "
+                f"but its text encoder expects {text_encoder.config.vocab_size}: "
+                "tokenizer/vocab.json and merges.txt (or tokenizer.json) are missing"
             )
         return encode_empty_prompt(tokenizer, text_encoder)
 
     folder = Path(source) if Path(source).is_dir() else hub_snapshot_folder(source)
-    embedding = cached_empty_embedding(
-        folder_identity(folder), encode
-    )  # first: the encoder is freed before the UNet
+    # first: the encoder is freed before the UNet
+    embedding = cached_empty_embedding(folder_identity(folder), encode)
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **common)
     scheduler = _load_scheduler(source, local_files_only)
@@ -320,7 +337,8 @@ def _load_pretrained(source: str, local_files_only: bool, variant: str | None) -
 
 
 def _load_any_variant(source: str) -> SDComponents:
-    """Load local files: the full-precision weights, else the fp16 variant (what `cliper download` may fetch)."""
+    """Load local files: the full-precision weights, else the fp16 variant (what `cliper download`
+    may fetch)."""
     try:
         return _load_pretrained(source, local_files_only=True, variant=None)
     except (OSError, ValueError) as error:
@@ -337,10 +355,11 @@ def load_sd_components(
     allow_download: bool = True,
     keep_vae_decoder: bool = False,
 ) -> SDComponents:
-    """The SD components of `cfg`: tiny random ones (smoke) or real weights from a local folder / the hub cache.
+    """The SD components of `cfg`: tiny random ones (smoke) or real weights from a local folder /
+    the hub cache.
 
-    What the extraction runs, nothing more: the cached empty-prompt embedding instead of the text encoder, and
-    no VAE decoder unless `keep_vae_decoder` (a notebook that shows decoded latents).
+    What the extraction runs, nothing more: the cached empty-prompt embedding instead of the text
+    encoder, and no VAE decoder unless `keep_vae_decoder` (a notebook that shows decoded latents).
     """
     components = _load_sd_components(cfg, allow_download)
     if not keep_vae_decoder:
@@ -363,15 +382,16 @@ def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents
         except (OSError, ValueError) as error:
             present = sorted(p.name for p in folder.iterdir())
             raise WeightsMissingError(
-                f"{folder} is not a complete diffusers Stable Diffusion folder: it needs the subfolders "
-                f"{', '.join(SD_SUBFOLDERS)} with their configs and weights (found: {present}).\n  cause: {error}"
+                f"{folder} is not a complete diffusers Stable Diffusion folder: it needs the "
+                f"subfolders {', '.join(SD_SUBFOLDERS)} with their configs and weights "
+                f"(found: {present}).\n  cause: {error}"
             ) from error
         return components
 
     repo = cfg.sd_repo
-    # Cache first, with no network at all: offline, diffusers/transformers would otherwise retry for a while.
-    # The cached snapshot is loaded as a local folder: diffusers' hub path passes huggingface_hub a deprecated
-    # argument (a warning on every load that no user can act on).
+    # Cache first, with no network at all: offline, diffusers/transformers would otherwise retry for
+    # a while. The cached snapshot is loaded as a local folder: diffusers' hub path passes
+    # huggingface_hub a deprecated argument (a warning on every load that no user can act on).
     try:
         components = _load_any_variant(str(_cached_snapshot(repo)))
     except (OSError, ValueError) as error:
@@ -389,9 +409,8 @@ def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents
 
 
 def _cached_snapshot(repo: str) -> Path:
-    """The folder of `repo`'s cached snapshot (the one refs/main names); OSError when nothing is cached."""
-    from huggingface_hub import try_to_load_from_cache
-
+    """The folder of `repo`'s cached snapshot (the one refs/main names); OSError when nothing is
+    cached."""
     index = try_to_load_from_cache(repo, "model_index.json")
     if not isinstance(index, str):
         raise OSError(f"'{repo}' is not in the Hugging Face cache")
@@ -399,7 +418,8 @@ def _cached_snapshot(repo: str) -> Path:
 
 
 def sd_allow_patterns(variant: str | None = None) -> list[str]:
-    """The files of a diffusers SD repo that the extraction needs (no safety checker, no feature extractor)."""
+    """The files of a diffusers SD repo that the extraction needs (no safety checker, no feature
+    extractor)."""
     suffix = "" if variant is None else f".{variant}"
     return [
         "model_index.json",
@@ -415,10 +435,8 @@ def sd_allow_patterns(variant: str | None = None) -> list[str]:
 
 
 def download_sd_weights(repo: str, variant: str | None = None) -> Path:
-    """Fetch the needed files of `repo` into the hub cache (fp32 weights, or variant="fp16"); return the snapshot."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
+    """Fetch the needed files of `repo` into the hub cache (fp32 weights, or variant="fp16"); return
+    the snapshot."""
     if Path(repo).expanduser().is_dir():
         return Path(repo).expanduser()  # a local folder needs no download
     if variant not in (None, "fp16"):
@@ -431,12 +449,14 @@ def download_sd_weights(repo: str, variant: str | None = None) -> Path:
         )
     patterns = sd_allow_patterns(variant)
     try:
-        snapshot = Path(snapshot_download(repo, allow_patterns=patterns))
+        # looked up when called, so that a replacement (a test's monkeypatch) is the one used
+        snapshot = Path(huggingface_hub.snapshot_download(repo, allow_patterns=patterns))
     except HfHubHTTPError as error:
         raise WeightsMissingError(
             f"could not download Stable Diffusion weights from '{repo}': {error}"
         ) from error
-    # allow_patterns silently matches nothing when a repo lacks a file (e.g. a mirror with .bin weights only)
+    # allow_patterns silently matches nothing when a repo lacks a file (e.g. a mirror with .bin
+    # weights only)
     missing = [name for name in patterns if "*" not in name and not (snapshot / name).exists()]
     if missing:
         raise WeightsMissingError(
@@ -453,7 +473,8 @@ def load_sd_extractor(
     allow_download: bool = True,
     keep_vae_decoder: bool = False,
 ) -> SDSelfAttention:
-    """The SD self-attention extractor of `cfg` (device/dtype default to the config's): components loaded, wrapped."""
+    """The SD self-attention extractor of `cfg` (device/dtype default to the config's): components
+    loaded, wrapped."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     dtype = resolve_dtype(cfg.dtype) if dtype is None else dtype
     return SDSelfAttention(

@@ -1,8 +1,9 @@
-"""DINO / DINOv2 weights: transformers' ViTModel and Dinov2Model from the Hugging Face hub cache (paper profile),
-or seeded random models of the same classes built from configs (smoke profile: tiny; benchmarks: full size).
+"""DINO / DINOv2 weights: transformers' ViTModel and Dinov2Model from the Hugging Face hub cache
+(paper profile), or seeded random models of the same classes built from configs (smoke profile:
+tiny; benchmarks: full size).
 
-Never torch.hub (it fetches code from GitHub at run time). Offline and uncached, loading stops at once with
-`WeightsMissingError`, naming the repo and files, like the CLIP and SD loaders.
+Never torch.hub (it fetches code from GitHub at run time). Offline and uncached, loading stops at
+once with `WeightsMissingError`, naming the repo and files, like the CLIP and SD loaders.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 
 from ..config import VFM_MODELS, CLIPerConfig, resolve_device, resolve_dtype
 from ..vfm import VFMEncoder
 from .hub import WeightsMissingError, hub_reachable, missing_weights_message
 
-#: architecture of each VFM: (family, width, blocks, heads, patch). family: vit = DINO, dinov2 = DINOv2.
+#: architecture of each VFM: (family, width, blocks, heads, patch). family: vit = DINO, dinov2 =
+#: DINOv2.
 VFM_ARCHITECTURES: dict[str, tuple[str, int, int, int, int]] = {
     "dino-s8": ("vit", 384, 12, 6, 8),
     "dino-b8": ("vit", 768, 12, 12, 8),
@@ -33,7 +37,9 @@ VFM_WEIGHT_FILES = "config.json, model.safetensors"
 
 
 def vfm_config(name: str, full_size: bool = False) -> Any:
-    """The transformers config of VFM `name`: its real architecture (full_size) or the tiny smoke one."""
+    """The transformers config of VFM `name`: its real architecture (full_size) or the tiny smoke
+    one."""
+    # lazy (transformers is slow to import): only building a VFM needs it; most configs use none
     from transformers import Dinov2Config, ViTConfig
 
     family, width, blocks, heads, patch = VFM_ARCHITECTURES[name]
@@ -62,7 +68,8 @@ def vfm_config(name: str, full_size: bool = False) -> Any:
 
 
 def wrap_vfm(model: torch.nn.Module, name: str, weights_id: str) -> VFMEncoder:
-    """A transformers DINO / DINOv2 model as a VFMEncoder: patch size, prefix tokens (CLS + registers), kwargs."""
+    """A transformers DINO / DINOv2 model as a VFMEncoder: patch size, prefix tokens
+    (CLS + registers), kwargs."""
     config = model.config
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
@@ -78,7 +85,7 @@ def build_random_vfm(
     dtype: torch.dtype = torch.float32,
 ) -> VFMEncoder:
     """A seeded random VFM of `name`'s class: tiny (tests, smoke) or its real size (benchmarks)."""
-    from transformers import Dinov2Model, ViTModel
+    from transformers import Dinov2Model, ViTModel  # lazy, as in vfm_config
 
     config = vfm_config(name, full_size)
     with torch.random.fork_rng(devices=[]):
@@ -92,17 +99,21 @@ def build_random_vfm(
     return wrap_vfm(model.to(device=device, dtype=dtype), name, tag)
 
 
-def _from_pretrained(repo: str, local_files_only: bool) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModel, ViTModel
+def from_pretrained(repo: str, local_files_only: bool) -> torch.nn.Module:
+    """The DINO (ViTModel, no pooler) or DINOv2 model in hub repo or folder `repo`."""
+    from transformers import AutoConfig, AutoModel, ViTModel  # lazy, as in vfm_config
 
     config = AutoConfig.from_pretrained(repo, local_files_only=local_files_only)
     if config.model_type == "vit":  # DINO: no pooler (its weights are not in the checkpoint)
         return ViTModel.from_pretrained(
             repo, add_pooling_layer=False, local_files_only=local_files_only
         )
-    return AutoModel.from_pretrained(
-        repo, local_files_only=local_files_only
-    )  # Dinov2Model (with registers too)
+    # Dinov2Model (with registers too)
+    return AutoModel.from_pretrained(repo, local_files_only=local_files_only)
+
+
+#: the former name, which tests/test_vfm.py still imports
+_from_pretrained = from_pretrained
 
 
 def load_vfm(
@@ -120,14 +131,14 @@ def load_vfm(
         return build_random_vfm(name, cfg.seed, device=device, dtype=dtype)
     repo = VFM_MODELS[name]
     try:  # the cache first, with no network at all
-        model = _from_pretrained(repo, local_files_only=True)
+        model = from_pretrained(repo, local_files_only=True)
     except (OSError, ValueError) as error:
         if not (allow_download and hub_reachable()):
             message = missing_weights_message(
                 f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}"
             )
             raise WeightsMissingError(message) from error
-        model = _from_pretrained(repo, local_files_only=False)
+        model = from_pretrained(repo, local_files_only=False)
     return wrap_vfm(model.to(device=device, dtype=dtype), name, repo)
 
 
@@ -143,9 +154,6 @@ def vfms_used(cfg: CLIPerConfig) -> list[str]:
 
 def download_vfm_weights(name: str) -> Path:
     """Fetch VFM `name`'s config and weights into the hub cache; return the snapshot folder."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
     repo = VFM_MODELS[name]
     if not hub_reachable():
         raise WeightsMissingError(
@@ -153,6 +161,8 @@ def download_vfm_weights(name: str) -> Path:
                 f"VFM {name}", repo, VFM_WEIGHT_FILES, f"cliper download --vfm {name}"
             )
         )
+    # looked up when called, so that a replacement (a test's monkeypatch) is the one used
+    snapshot_download = huggingface_hub.snapshot_download
     try:  # safetensors where the repo has them, else the PyTorch pickle
         snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors"]))
         if not list(snapshot.glob("*.safetensors")):
@@ -165,7 +175,8 @@ def download_vfm_weights(name: str) -> Path:
 
 
 class VFMLoader:
-    """name -> VFMEncoder for one config's profile/device/dtype, each model loaded on first use and kept."""
+    """name -> VFMEncoder for one config's profile/device/dtype, each model loaded on first use and
+    kept."""
 
     def __init__(
         self,

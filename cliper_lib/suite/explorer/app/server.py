@@ -1,12 +1,14 @@
 """Start Voila on the app notebook with the settings of `cliper app` (README "The app").
 
 Server settings, and why:
-- `--VoilaConfiguration.progressive_rendering=True`: the page shows the controls as soon as the cell displays
-  them, instead of after the whole notebook has run.
-- `--MappingKernelManager.cull_idle_timeout` (default 600 s, `--cull-idle-after`) and `cull_interval` (60 s):
-  each visit gets a kernel holding its own models; a kernel idle that long with no page connected is shut down,
-  so closed visits free their memory. `cull_connected` stays False: an open tab keeps its kernel, however idle.
-- `--Voila.ip=127.0.0.1` unless `--host` says otherwise: the app is for this machine; sharing it is a choice.
+- `--VoilaConfiguration.progressive_rendering=True`: the page shows the controls as soon as the cell
+  displays them, instead of after the whole notebook has run.
+- `--MappingKernelManager.cull_idle_timeout` (default 600 s, `--cull-idle-after`) and
+  `cull_interval` (60 s): each visit gets a kernel holding its own models; a kernel idle that long
+  with no page connected is shut down, so closed visits free their memory. `cull_connected` stays
+  False: an open tab keeps its kernel, however idle.
+- `--Voila.ip=127.0.0.1` unless `--host` says otherwise: the app is for this machine; sharing it is
+  a choice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from .page import AppSettings
+from .settings import AppSettings
 
 CULL_IDLE_SECONDS = 600
 CULL_INTERVAL_SECONDS = 60
@@ -26,7 +28,7 @@ CULL_INTERVAL_SECONDS = 60
 
 def notebook_path() -> Path:
     """The app notebook shipped inside the package."""
-    return Path(str(resources.files("cliper_lib.suite.app") / "app.ipynb"))
+    return Path(str(resources.files(__package__) / "app.ipynb"))
 
 
 def free_port() -> int:
@@ -90,12 +92,14 @@ def serve(
     host: str = "127.0.0.1",
     cull_idle: int = CULL_IDLE_SECONDS,
 ) -> None:
-    """Replace this process with the Voila server (so stopping `cliper app` stops the server and its kernels)."""
+    """Replace this process with the Voila server (so stopping `cliper app` stops the server and its
+    kernels)."""
     port = port or free_port()
     command = voila_command(port, open_browser, host, cull_idle)
     env = {**os.environ, **settings.to_environment()}
     print(
-        f"cliper app: http://{host}:{port}/ (profile {settings.profile or 'paper'}, preset {settings.preset}); "
+        f"cliper app: http://{host}:{port}/ (profile {settings.profile or 'paper'}, "
+        f"preset {settings.preset}); "
         f"idle kernels culled after {cull_idle} s; Ctrl-C stops it",
         flush=True,
     )

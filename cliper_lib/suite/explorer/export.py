@@ -1,7 +1,9 @@
-"""Export what the explorer shows: label PNG, overlay PNG, scores JSON and the exact config YAML, in one folder.
+"""Export what the explorer shows: label PNG, overlay PNG, scores JSON and the exact config YAML, in
+one folder.
 
-The YAML is a complete preset (every config field of the current state) headed by the command that reproduces
-the labels: `cliper segment IMAGE --preset <stem>_config.yaml --classes ... --background ...`.
+The YAML is a complete preset (every config field of the current state) headed by the command that
+reproduces the labels: `cliper segment IMAGE --preset <stem>_config.yaml --classes ... --background
+...`.
 """
 
 from __future__ import annotations
@@ -11,36 +13,20 @@ import html
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..config import CLIPerConfig
-from ..files import atomic_write_json, atomic_write_text
-from .batch import OUTPUT_SUFFIXES
-from .viz import save_label_png, save_overlay_png
+from ...config import CLIPerConfig
+from ...files import atomic_write_text
+from ..toolkit.outputs import OUTPUT_SUFFIXES, write_segmentation_files
 
-#: the four files of one export, by kind (<stem><suffix>): `cliper segment`'s three and the config reproducing them.
+#: the four files of one export, by kind (<stem><suffix>): `cliper segment`'s three and the config
+#: reproducing them.
 EXPORT_SUFFIXES = {
-    **dict(zip(("labels", "overlay", "scores"), OUTPUT_SUFFIXES)),
+    **dict(zip(("labels", "overlay", "scores"), OUTPUT_SUFFIXES, strict=True)),
     "config": "_config.yaml",
 }
-
-
-def write_segmentation_files(
-    paths: Sequence[Path],
-    image: np.ndarray,
-    labels: np.ndarray,
-    classes: Sequence[str],
-    record: dict,
-    title: str,
-    alpha: float = 0.5,
-    num_labels: int | None = None,
-) -> None:
-    """Label PNG, overlay PNG (with a legend) and scores JSON of one image, to `paths` in OUTPUT_SUFFIXES order."""
-    label_path, overlay_path, scores_path = paths
-    save_label_png(label_path, labels, num_labels=num_labels)
-    save_overlay_png(overlay_path, image, labels, classes, alpha=alpha, title=title)
-    atomic_write_json(scores_path, record)
 
 
 def reproduce_command(
@@ -80,7 +66,8 @@ def export_result(
     image_path: str | None = None,
     alpha: float = 0.5,
 ) -> dict[str, Path]:
-    """Write the four files of the current state to `folder`; returns {kind: path} (kinds of EXPORT_SUFFIXES)."""
+    """Write the four files of the current state to `folder`; returns {kind: path} (the kinds of
+    EXPORT_SUFFIXES)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {kind: folder / f"{stem}{suffix}" for kind, suffix in EXPORT_SUFFIXES.items()}
@@ -90,7 +77,7 @@ def export_result(
         "image": image_path,
         "classes": list(classes),
         "background": list(background),
-        "scores": {name: round(float(s), 6) for name, s in zip(classes, scores)},
+        "scores": {name: round(float(s), 6) for name, s in zip(classes, scores, strict=True)},
         "present": present,
         "profile": cfg.profile,
         "preset": cfg.preset,
@@ -115,14 +102,40 @@ def export_result(
 
 
 def download_links_html(paths: dict[str, Path]) -> str:
-    """Links that download each exported file from the page itself (data URLs: no file server needed)."""
+    """Links that download each exported file from the page itself (data URLs: no file server
+    needed)."""
     kinds = {".png": "image/png", ".json": "application/json", ".yaml": "text/yaml"}
     links = []
-    for kind, path in paths.items():
+    for path in paths.values():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         links.append(
-            f"<a download='{html.escape(path.name)}' href='data:{kinds[path.suffix]};base64,{data}' "
+            f"<a download='{html.escape(path.name)}' "
+            f"href='data:{kinds[path.suffix]};base64,{data}' "
             f"class='cliper-download'>{html.escape(path.name)}</a>"
         )
     folder = html.escape(str(next(iter(paths.values())).parent)) if paths else ""
     return f"exported to <code>{folder}</code>: " + " · ".join(links)
+
+
+def export_state(
+    state: Any, folder: str | Path, source: Any, alpha: float = 0.5
+) -> dict[str, Path]:
+    """`export_result` of what the explorer shows (`ExplorerState`), named after its image; the
+    command names `source`, the image's file, when it has one. {kind: path}."""
+    if state.labels is None:
+        raise ValueError("nothing to export yet: no result is shown")
+    image_path = (
+        str(Path(source).resolve()) if isinstance(source, (str, Path)) else state.image_name
+    )
+    return export_result(
+        folder,
+        Path(state.image_name).stem,
+        state.outputs.image,
+        state.labels,
+        state.classes,
+        state.background,
+        state.scores,
+        state.cfg,
+        image_path=image_path,
+        alpha=alpha,
+    )

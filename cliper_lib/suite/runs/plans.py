@@ -1,7 +1,8 @@
-"""Run plans: which notebooks a reproduction executes, with which parameters (papermill_runs/<name>.yaml).
+"""Run plans: which notebooks a reproduction executes, with which parameters
+(papermill_runs/<name>.yaml).
 
-A plan (format in papermill_runs/README.md) lists notebooks and the parameters injected into each; parameters
-are checked against each notebook's own `parameters` cell before anything runs.
+A plan (format in papermill_runs/README.md) lists notebooks and the parameters injected into each;
+parameters are checked against each notebook's own `parameters` cell before anything runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..provenance import IN_CHECKOUT, REPO_ROOT
+from ...provenance import IN_CHECKOUT, REPO_ROOT
 from .notebook import repo_path
 
 PLAN_DIR = REPO_ROOT / "papermill_runs"
@@ -26,7 +27,8 @@ _RUN_KEYS = {"notebook", "name", "parameters", "description"}
 
 
 class PlanError(ValueError):
-    """A run plan is malformed, names a missing notebook, or injects a parameter a notebook does not declare."""
+    """A run plan is malformed, names a missing notebook, or injects a parameter a notebook does not
+    declare."""
 
 
 @dataclass
@@ -35,9 +37,8 @@ class Run:
 
     notebook: Path  # absolute path of the source notebook
     name: str  # output stem: <out_dir>/<name>.ipynb and .json
-    parameters: dict[str, Any] = field(
-        default_factory=dict
-    )  # the run's own parameters (beat the defaults)
+    # the run's own parameters (beat the defaults)
+    parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
 
@@ -64,22 +65,24 @@ def _plan_path(plan: str | os.PathLike) -> Path:
         raise PlanError(f"run plan file {plan} does not exist")
     if not IN_CHECKOUT:
         raise PlanError(
-            f"`cliper reproduce --plan {plan}` needs a checkout of the repository: the notebooks and "
-            f"the run plans (papermill_runs/) are not part of the installed package. Clone the "
-            f"repository and run it there (`make setup`, then `.venv/bin/cliper reproduce`), or pass "
-            f"a plan .yaml whose notebook paths are absolute"
+            f"`cliper reproduce --plan {plan}` needs a checkout of the repository: the notebooks "
+            f"and the run plans (papermill_runs/) are not part of the installed package. Clone the "
+            f"repository and run it there (`make setup`, then `.venv/bin/cliper reproduce`), or "
+            f"pass a plan .yaml whose notebook paths are absolute"
         )
     named = PLAN_DIR / f"{plan}.yaml"
     if named.exists():
         return named
     known = ", ".join(sorted(q.stem for q in PLAN_DIR.glob("*.yaml"))) or "none"
     raise PlanError(
-        f"no run plan named {plan!r} in {PLAN_DIR} (available: {known}); or pass a path to a .yaml file"
+        f"no run plan named {plan!r} in {PLAN_DIR} (available: {known}); "
+        f"or pass a path to a .yaml file"
     )
 
 
 def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
-    """Parse and check a plan given by name (papermill_runs/<name>.yaml), path, or an already-loaded mapping."""
+    """Parse and check a plan given by name (papermill_runs/<name>.yaml), path, or an already-loaded
+    mapping."""
     path: Path | None = None
     if isinstance(plan, Mapping):
         raw: Any = dict(plan)
@@ -108,34 +111,7 @@ def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
         )
     runs: list[Run] = []
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            entry = {"notebook": entry}
-        if not isinstance(entry, dict) or "notebook" not in entry:
-            raise PlanError(f"{where}: runs[{i}] needs a `notebook` path")
-        bad = set(entry) - _RUN_KEYS
-        if bad:
-            raise PlanError(
-                f"{where}: runs[{i}] has unknown key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}"
-            )
-        params = entry.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise PlanError(f"{where}: runs[{i}].parameters must be a mapping")
-        nb = repo_path(entry["notebook"])
-        run_name = str(entry.get("name") or nb.stem)
-        if "/" in run_name or run_name in {"summary", ""}:
-            raise PlanError(f"{where}: runs[{i}] has an unusable name {run_name!r}")
-        if any(r.name == run_name for r in runs):
-            raise PlanError(
-                f"{where}: two runs are named {run_name!r}; give repeated notebooks a distinct `name`"
-            )
-        runs.append(
-            Run(
-                notebook=nb,
-                name=run_name,
-                parameters=dict(params),
-                description=str(entry.get("description") or ""),
-            )
-        )
+        runs.append(_parse_run(entry, i, where, runs))
     cell_timeout = raw.get("cell_timeout")
     if cell_timeout is not None and (not isinstance(cell_timeout, int) or cell_timeout <= 0):
         raise PlanError(f"{where}: cell_timeout must be a positive number of seconds")
@@ -150,8 +126,41 @@ def load_plan(plan: str | os.PathLike | Mapping[str, Any]) -> Plan:
     )
 
 
-def _select(plan: Plan, only: str | Sequence[str] | None) -> list[Run]:
-    """The runs picked by `only` (run name, notebook file name, or numeric prefix such as '03')."""
+def _parse_run(entry: Any, i: int, where: str, earlier: Sequence[Run]) -> Run:
+    """Entry `i` of a plan's `runs` (a notebook path, or a mapping), checked against the runs before
+    it (names must differ)."""
+    if isinstance(entry, str):
+        entry = {"notebook": entry}
+    if not isinstance(entry, dict) or "notebook" not in entry:
+        raise PlanError(f"{where}: runs[{i}] needs a `notebook` path")
+    bad = set(entry) - _RUN_KEYS
+    if bad:
+        raise PlanError(
+            f"{where}: runs[{i}] has unknown key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}"
+        )
+    params = entry.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise PlanError(f"{where}: runs[{i}].parameters must be a mapping")
+    nb = repo_path(entry["notebook"])
+    run_name = str(entry.get("name") or nb.stem)
+    if "/" in run_name or run_name in {"summary", ""}:
+        raise PlanError(f"{where}: runs[{i}] has an unusable name {run_name!r}")
+    if any(r.name == run_name for r in earlier):
+        raise PlanError(
+            f"{where}: two runs are named {run_name!r}; give repeated notebooks a distinct `name`"
+        )
+    return Run(
+        notebook=nb,
+        name=run_name,
+        parameters=dict(params),
+        description=str(entry.get("description") or ""),
+    )
+
+
+def select_runs(plan: Plan, only: str | Sequence[str] | None) -> list[Run]:
+    """The runs of `plan` picked by `only` (a run name, notebook file name, or numeric prefix such
+    as '03', or a list of them), in plan order; all of them when `only` is empty. PlanError for a
+    name that matches no run."""
     if not only:
         return list(plan.runs)
     wanted = [only] if isinstance(only, str) else list(only)
@@ -176,7 +185,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _expand_env(value: Any, where: str) -> Any:
-    """Replace ${NAME} in string values by the environment variable NAME; an unset one is a PlanError."""
+    """Replace ${NAME} in string values by the environment variable NAME; an unset one is a
+    PlanError."""
     if isinstance(value, str):
 
         def sub(m: re.Match) -> str:
@@ -196,7 +206,8 @@ def _expand_env(value: Any, where: str) -> Any:
 
 
 def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """Names and default values declared in a notebook's `parameters` cell (parsed with ast, never run)."""
+    """Names and default values declared in a notebook's `parameters` cell (parsed with ast, never
+    run)."""
     try:
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -226,26 +237,29 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
                 try:
                     out[t.id] = ast.literal_eval(node.value)
                 except ValueError:
-                    out[t.id] = (
-                        None  # declared, but not a plain literal (the hygiene test flags that)
-                    )
+                    # declared, but not a plain literal (the hygiene test flags that)
+                    out[t.id] = None
     return out
 
 
-def _resolve_parameters(run: Run, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters to inject: defaults the notebook declares, then the run's own (which it must declare)."""
+def resolve_parameters(run: Run, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters to inject into a run's notebook: the `defaults` it declares, then the run's
+    own (which it must declare), with ${NAME} environment references expanded. PlanError for a
+    missing notebook, an undeclared parameter or an unset variable."""
     if not run.notebook.exists():
         raise PlanError(f"planned notebook {run.notebook} does not exist")
-    # our own parse, not papermill's line regex, which skips any line with a second '=' (even in a comment)
+    # our own parse, not papermill's line regex, which skips any line with a second '=' (even in a
+    # comment)
     declared = notebook_parameters(run.notebook)
     undeclared = sorted(set(run.parameters) - set(declared))
     if undeclared:
         raise PlanError(
-            f"run {run.name!r} sets {undeclared}, which {run.notebook.name} does not declare in its parameters "
-            f"cell (declared: {', '.join(declared) or 'none'})"
+            f"run {run.name!r} sets {undeclared}, which {run.notebook.name} does not declare in "
+            f"its parameters cell (declared: {', '.join(declared) or 'none'})"
         )
-    # a plan-wide default only reaches notebooks that declare it, so e.g. `data_root` can sit in defaults
+    # a plan-wide default only reaches notebooks that declare it, so e.g. `data_root` can sit in
+    # defaults
     params = {k: v for k, v in defaults.items() if k in declared}
     params.update(run.parameters)
-    # expanded only for what is injected, so an unset variable matters only to notebooks that use it
+    # expanded only for what is injected: an unset variable matters only to notebooks that use it
     return {k: _expand_env(v, f"parameter {k!r} of run {run.name!r}") for k, v in params.items()}

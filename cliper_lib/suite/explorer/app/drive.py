@@ -1,17 +1,21 @@
-"""Drive the app in a real browser (Playwright on a system Chromium): used by the browser test and bench_app.py.
+"""Drive the app in a real browser (Playwright on a system Chromium): used by the browser test and
+bench_app.py.
 
     with AppServer(["--profile", "smoke"]) as server, chromium() as browser:
         app = AppDriver(new_page(browser), server.url)
-        app.open()                              # seconds to the page, the controls, the live controls, the first result
-        app.move_layer_range_start(+1)          # the lower handle of the fused-layer slider, one step
+        # seconds to the page, the controls, the live controls, the first result
+        app.open()
+        app.move_layer_range_start(+1)  # the lower handle of the fused-layer slider, one step
 
-Every widget of the explorer carries a CSS class `cliper-<control>` (explorer_controls.build_layout); a move is
-done when the status line is rewritten with the move's result and the overlay image has been redrawn.
+Every widget of the explorer carries a CSS class `cliper-<control>` (controls.build_layout); a move
+is done when the status line is rewritten with the move's result and the overlay image has been
+redrawn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -35,13 +39,14 @@ def find_chromium() -> str | None:
 
 def browser_unavailable() -> str | None:
     """Why no browser test can run here, or None when Playwright and a Chromium are both present."""
-    import importlib.util
-
     for module, package in (("playwright", "playwright"), ("voila", "voila")):
         if importlib.util.find_spec(module) is None:
             return f"{package} is not installed (pip install {package})"
     if find_chromium() is None:
-        return f"no Chromium found ({', '.join(CHROMIUM_NAMES)} or $CLIPER_CHROMIUM); apt-get install chromium"
+        return (
+            f"no Chromium found ({', '.join(CHROMIUM_NAMES)} or $CLIPER_CHROMIUM); "
+            f"apt-get install chromium"
+        )
     return None
 
 
@@ -52,7 +57,8 @@ def _free_port() -> int:
 
 
 class AppServer:
-    """`cliper app ARGS --no-browser --port <free>` in a subprocess (environment inherited); stopped on exit."""
+    """`cliper app ARGS --no-browser --port <free>` in a subprocess (environment inherited); stopped
+    on exit."""
 
     def __init__(
         self,
@@ -102,9 +108,8 @@ class AppServer:
     def __exit__(self, *exc) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(
-            self.process.pid, signal.SIGTERM
-        )  # the server and the kernels it started (its own session)
+        # the server and the kernels it started (its own session)
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -115,6 +120,7 @@ class AppServer:
 @contextlib.contextmanager
 def chromium() -> Iterator[object]:
     """The system Chromium under Playwright (headless); open pages with `new_page(browser)`."""
+    # optional (the test extra): this module is imported where it is missing, and says so
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -137,7 +143,7 @@ class AppDriver:
         self.url = url
         self.timeout_ms = timeout_s * 1000
 
-    # --- reading the page --------------------------------------------------------------------------------------
+    # --- reading the page -------------------------------------------------------------------------
     def overlay_src(self) -> str:
         return self.page.locator(".cliper-out-overlay img").first.get_attribute("src") or ""
 
@@ -167,10 +173,10 @@ class AppDriver:
         self._wait_redrawn(src, status)
         return time.perf_counter() - start
 
-    # --- moves -------------------------------------------------------------------------------------------------
+    # --- moves ------------------------------------------------------------------------------------
     def open(self) -> dict[str, float]:
-        """Load the page: seconds to the page, the (disabled) controls, the live controls (models loaded), and the
-        first result."""
+        """Load the page: seconds to the page, the (disabled) controls, the live controls (models
+        loaded), and the first result."""
         start = time.perf_counter()
         self.page.goto(self.url, timeout=self.timeout_ms)
         marks = {}
@@ -190,7 +196,8 @@ class AppDriver:
         return marks
 
     def _move_handle(self, selector: str, steps: int) -> float:
-        """Press the arrow keys `steps` times (right when positive) on a slider handle; seconds until redrawn."""
+        """Press the arrow keys `steps` times (right when positive) on a slider handle; seconds
+        until redrawn."""
         handle = self.page.locator(selector)
         key = "ArrowRight" if steps > 0 else "ArrowLeft"
 

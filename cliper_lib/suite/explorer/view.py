@@ -1,13 +1,17 @@
-"""The explorer's figures and status line: overlay with a scored legend, class scores, coarse and refined maps.
+"""The explorer's figures and status line: overlay with a scored legend, class scores, coarse and
+refined maps.
 
-Pure functions of what the explorer shows (`widgets.ExplorerState`); they return `Figure`s not registered with
-pyplot (any backend) or HTML text, so the explorer, the app and tests draw the same things.
+Pure functions of what the explorer shows (`state.ExplorerState`); they return `Figure`s not
+registered with pyplot (any backend) or HTML text, so the explorer, the app and tests draw the same
+things.
 """
 
 from __future__ import annotations
 
+import base64
 import html
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,17 +20,18 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .viz import heatmap_grid, palette, show_segmentation
+from ..toolkit.viz import heatmap_grid, palette, show_segmentation
 
 
 def scored_legend(
     classes: Sequence[str], scores: np.ndarray, labels: np.ndarray, threshold: float
 ) -> list[Patch]:
-    """One legend entry per class with its score: present ones in their label colour, absent ones hatched grey."""
+    """One legend entry per class with its score: present ones in their label colour, absent ones
+    hatched grey."""
     present = set(int(k) for k in np.unique(labels) if k > 0)
     colours = palette(len(classes) + 1) / 255.0
     handles = []
-    for k, (name, score) in enumerate(zip(classes, scores), start=1):
+    for k, (name, score) in enumerate(zip(classes, scores, strict=True), start=1):
         if k in present:
             handles.append(
                 Patch(
@@ -51,7 +56,8 @@ def scored_legend(
 
 
 def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
-    """The image with its label colours and a legend listing every class with its score (absent ones marked)."""
+    """The image with its label colours and a legend listing every class with its score (absent ones
+    marked)."""
     h, w = state.labels.shape
     fig = Figure(figsize=(7.5, max(2.5, 5.0 * h / max(w, 1))), layout="constrained")
     ax = fig.add_subplot()
@@ -98,16 +104,17 @@ def scores_figure(classes: Sequence[str], scores: np.ndarray, threshold: float) 
 
 
 def maps_figure(state: Any, name: str, refinement: str) -> Figure:
-    """The coarse map S_c and the refined map S_f of one class, stretched over the image, each with a colour bar."""
+    """The coarse map S_c and the refined map S_f of one class, stretched over the image, each with
+    a colour bar."""
     c = state.classes.index(name)
     image = state.outputs.image
     size = image.shape[:2]
-    up = [
+    up = [  # (H0, W0) each
         F.interpolate(
             m[c][None, None].float().cpu(), size=size, mode="bilinear", align_corners=False
         )[0, 0]
         for m in (state.coarse, state.refined)
-    ]  # (H0, W0) each
+    ]
     return heatmap_grid(
         torch.stack(up),
         titles=[f"coarse S_c: {name}", f"refined S_f ({refinement}): {name}"],
@@ -120,7 +127,8 @@ def maps_figure(state: Any, name: str, refinement: str) -> Figure:
 
 
 def status_html(state: Any, cached: Sequence[str], notices: Sequence[str]) -> str:
-    """What the last move recomputed and cost, what stayed cached, the classes present, and any notices."""
+    """What the last move recomputed and cost, what stayed cached, the classes present, and any
+    notices."""
     done = (
         ", ".join(f"{stage} {sec:.2f} s" for stage, sec in state.recomputed.items())
         or "nothing (all cached)"
@@ -128,7 +136,72 @@ def status_html(state: Any, cached: Sequence[str], notices: Sequence[str]) -> st
     present = [state.classes[i - 1] for i in np.unique(state.labels) if i > 0]
     notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in notices)
     return (
-        f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; compute {state.compute_seconds:.2f} s, "
-        f"drawing {state.render_seconds:.2f} s &nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
+        f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; "
+        f"compute {state.compute_seconds:.2f} s, drawing {state.render_seconds:.2f} s "
+        f"&nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
         f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}{notes}"
     )
+
+
+def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
+    """A Jupyter display_data output holding the figure as PNG (for `Output.outputs`; no kernel
+    needed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    title = fig._suptitle.get_text() if fig._suptitle is not None else "figure"
+    return {
+        "output_type": "display_data",
+        "data": {"image/png": data, "text/plain": f"<{title}>"},
+        "metadata": {},
+    }
+
+
+def error_html(message: str) -> str:
+    """An error message in red, for the status line or beside the export button."""
+    return f"<span style='color:#b00'>{html.escape(message)}</span>"
+
+
+class Panels:
+    """The explorer's output panels (overlay, maps, scores) as PNG display data, each redrawn only
+    when what it shows changed (the stage keys behind it). `refinement_of(cfg)` names the
+    refinement that runs, for the titles."""
+
+    def __init__(
+        self,
+        outputs: dict[str, Any],
+        refinement_of: Callable[[Any], str],
+        alpha: float = 0.5,
+        dpi: int = 90,
+    ):
+        self.outputs = outputs
+        self.refinement_of = refinement_of
+        self.alpha, self.dpi = alpha, dpi
+        self.drawn: dict[str, Any] = {}  # panel -> the key of what it shows
+
+    def show(self, panel: str, fig: Figure) -> None:
+        self.outputs[panel].outputs = (figure_output(fig, self.dpi),)
+
+    def draw_overlay(self, s: Any) -> None:
+        key = s.outputs.keys["labels"]
+        if self.drawn.get("overlay") == key:
+            return
+        self.show("overlay", overlay_figure(s, self.refinement_of(s.cfg), self.alpha))
+        self.drawn["overlay"] = key
+
+    def draw_scores(self, s: Any) -> None:
+        key = (s.outputs.keys["labels"],)
+        if self.drawn.get("scores") == key:
+            return
+        self.show("scores", scores_figure(s.classes, s.scores, s.cfg.score_threshold))
+        self.drawn["scores"] = key
+
+    def draw_maps(self, s: Any, name: str, force: bool = False) -> None:
+        """The maps of class `name` (nothing when it is not one of the classes shown)."""
+        if name not in s.classes:
+            return
+        key = (s.outputs.keys["refine"], name)
+        if not force and self.drawn.get("maps") == key:
+            return
+        self.show("maps", maps_figure(s, name, self.refinement_of(s.cfg)))
+        self.drawn["maps"] = key

@@ -1,5 +1,6 @@
-"""Refinements side by side (notebook 04): SD's self-attention chain against a VFM's patch affinities, on the same
-cached CLIP stages, with what each costs for one image (seconds, memory) and how their labels compare."""
+"""Refinements side by side (notebook 04): SD's self-attention chain against a VFM's patch
+affinities, on the same cached CLIP stages, with what each costs for one image (seconds, memory) and
+how their labels compare."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..config import VFM_REFINEMENTS, CLIPerConfig
-from ..method.stages import StageRun
-from ..vfm.encoder import encoder_of
-from .tuning import StageCache
+from ...config import VFM_REFINEMENTS, CLIPerConfig
+from ...method.result import SegmentationResult
+from ...vfm.encoder import encoder_of
+from ..toolkit.stage_cache import StageCache
 
-#: the stages that belong to the refinement: the affinity source (SD head maps or VFM features) and S_f.
+#: the stages that belong to the refinement: the affinity source (SD head maps or VFM features) and
+#: S_f.
 REFINEMENT_STAGES = ("sd_attention", "vfm", "refine")
 _MIB = 2**20
 
@@ -25,22 +27,22 @@ class RefinementRun:
     """One refinement on one image: the stage run, its seconds and memory."""
 
     name: str
-    run: StageRun  # every stage value (run["refine"] = S_f, run["labels"] = (scores, maps, labels))
+    run: SegmentationResult  # every stage value (run.refined = S_f, run.labels, ...)
     seconds: dict[str, float]  # the refinement's stages that ran -> seconds
-    affinity_mib: (
-        float  # what the affinity stage keeps: SD head maps (m, T, T) or VFM features (fh, fw, D)
-    )
+    # what the affinity stage keeps: SD head maps (m, T, T) or VFM features (fh, fw, D)
+    affinity_mib: float
     peak_cuda_mib: float | None  # peak CUDA memory above what was allocated before (None on CPU)
 
     @property
     def labels(self) -> torch.Tensor:
-        return self.run["labels"][2].cpu()  # (H0, W0)
+        return self.run.labels  # (H0, W0), on the CPU
 
 
 def run_refinement(
     cache: StageCache, image: Any, classes: Sequence[str], name: str, cfg: CLIPerConfig
 ) -> RefinementRun:
-    """Run `cfg` through a branch of `cache` with the refinement's stages dropped, so that they (only) are timed.
+    """Run `cfg` through a branch of `cache` with the refinement's stages dropped, so that they
+    (only) are timed.
 
     A VFM is loaded before the clock starts (loading is not per-image work).
     """
@@ -58,15 +60,15 @@ def run_refinement(
     peak = (torch.cuda.max_memory_allocated(model.device) - before) / _MIB if cuda else None
     source = run.values.get("vfm") if "vfm" in run.keys else run.values.get("sd_attention")
     affinity = 0.0 if source is None else source.numel() * source.element_size() / _MIB
-    seconds = {stage: t for stage, t in run.recomputed.items() if stage in REFINEMENT_STAGES}
+    seconds = {stage: t for stage, t in run.timings.items() if stage in REFINEMENT_STAGES}
     return RefinementRun(name, run, seconds, affinity, peak)
 
 
 def compare_refinements(
     cache: StageCache, image: Any, classes: Sequence[str], configs: Mapping[str, CLIPerConfig]
 ) -> tuple[pd.DataFrame, dict[str, RefinementRun]]:
-    """Each named config's refinement on `image`: a table (grid of S_f, seconds, memory, classes found, label
-    agreement with the first config) and the runs themselves."""
+    """Each named config's refinement on `image`: a table (grid of S_f, seconds, memory, classes
+    found, label agreement with the first config) and the runs themselves."""
     runs = {name: run_refinement(cache, image, classes, name, cfg) for name, cfg in configs.items()}
     first = next(iter(runs.values()))
     rows = []

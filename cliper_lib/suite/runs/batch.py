@@ -1,10 +1,11 @@
 """`cliper segment` and `cliper demo` on a batch of images, for people who never open Jupyter.
 
-Everything that can be checked is checked before the model loads (the output folder, the class names, each
-image's type, header and size). Then each image's three outputs (label PNG, overlay, scores JSON) appear together
-or not at all; an image that cannot be read or segmented is named, skipped and listed again at the end; a full
-disk stops the batch with a message saying what was written. The output folder is created only for the first
-written image, so a failed run leaves no empty folder.
+Everything that can be checked is checked before the model loads (the output folder, the class
+names, each image's type, header and size). Then each image's three outputs (label PNG, overlay,
+scores JSON) appear together or not at all; an image that cannot be read or segmented is named,
+skipped and listed again at the end; a full disk stops the batch with a message saying what was
+written. The output folder is created only for the first written image, so a failed run leaves no
+empty folder.
 """
 
 from __future__ import annotations
@@ -19,22 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
-from ..config import CLIPerConfig, resolve_device
-from ..files import atomic_group, check_output_folder
-from ..images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
-from .samples import suggested_classes_by_image
+from ...config import CLIPerConfig, resolve_device
+from ...files import atomic_group, check_output_folder
+from ...images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from ...method.clip_backbone import resized_shape
+from ...vocab import parse_class_names
+from ...weights.clip import TINY_CLIP_CONFIG
+from ..toolkit.background import resolve_vocabulary
+from ..toolkit.outputs import OUTPUT_SUFFIXES, write_segmentation_files
+from ..toolkit.samples import suggested_classes_by_image
 
-#: the three files of one segmented image: <stem><suffix> (the explorer's export adds a config).
-OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_scores.json")
-
-#: OSError numbers that mean no later image can be written either: the batch stops instead of going on.
+#: OSError numbers that mean no later image can be written either: the batch stops instead of going
+#: on.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class BatchStopped(RuntimeError):
-    """Writing failed in a way that stops the whole batch (a full disk); the message says what was written."""
+    """Writing failed in a way that stops the whole batch (a full disk); the message says what was
+    written."""
 
 
 @dataclass
@@ -45,7 +52,8 @@ class BatchResult:
 
 
 def expand_images(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> sorted unique image paths; a miss is an error.
+    """Files, folders (their images) and glob patterns -> sorted unique image paths; a miss is an
+    error.
 
     Folders, patterns and explicit paths accept the same image types (IMAGE_SUFFIXES).
     """
@@ -69,9 +77,10 @@ def expand_images(patterns: Sequence[str]) -> list[Path]:
 
 
 def output_stems(images: Sequence[Path]) -> dict[Path, str]:
-    """A unique, stable name stem per image: its file stem; where stems collide (ignoring case, as some file
-    systems do) the suffix is added (photo_jpg, photo_png); where that still collides (the same name in several
-    folders) 8 hex digits of the path's hash are added too. Depends only on the set of paths."""
+    """A unique, stable name stem per image: its file stem; where stems collide (ignoring case, as
+    some file systems do) the suffix is added (photo_jpg, photo_png); where that still collides (the
+    same name in several folders) 8 hex digits of the path's hash are added too. Depends only on the
+    set of paths."""
 
     def clashing(stems: dict[Path, str]) -> set[Path]:
         counts: dict[str, int] = {}
@@ -88,19 +97,17 @@ def output_stems(images: Sequence[Path]) -> dict[Path, str]:
 
 
 def patch_size_of(cfg: CLIPerConfig) -> int | None:
-    """The CLIP patch size a config will load (smoke: the tiny model's; paper: from the name, e.g. ViT-B-16)."""
+    """The CLIP patch size a config will load (smoke: the tiny model's; paper: from the name, e.g.
+    ViT-B-16)."""
     if cfg.profile == "smoke":
-        from ..weights.clip import TINY_CLIP_CONFIG
-
         return int(TINY_CLIP_CONFIG["vision_cfg"]["patch_size"])
     match = re.search(r"-(\d+)(?:-|$)", cfg.backbone)
     return int(match.group(1)) if match else None
 
 
 def check_image_header(path: Path, cfg: CLIPerConfig, patch: int | None) -> None:
-    """Read only the header: ImageReadError if it is not an image, is empty or is over the size limit."""
-    from ..method.clip_backbone import resized_shape
-
+    """Read only the header: ImageReadError if it is not an image, is empty or is over the size
+    limit."""
     try:
         with Image.open(path) as im:
             width, height = im.size
@@ -124,14 +131,12 @@ def plan_batch(
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Everything checked before a model loads: `out`, the class names, each image's header.
 
-    Raises for a problem with the whole command; returns (images to run, (image, why) for those skipped).
+    Raises for a problem with the whole command; returns (images to run, (image, why) for those
+    skipped).
     """
-    from ..vocab import parse_class_names
-
     check_output_folder(out, "--out")
-    resolve_device(
-        cfg.device
-    )  # --device cuda without a GPU: said now, not after the images are read
+    # --device cuda without a GPU: said now, not after the images are read
+    resolve_device(cfg.device)
     if classes is not None:
         parse_class_names(classes)
     else:
@@ -165,86 +170,31 @@ def segment_images(
     say: Callable[[str], None] | None = None,
     result: BatchResult | None = None,
 ) -> BatchResult:
-    """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to `out`
-    (stems from `output_stems`), each image's three together or not at all. An image that cannot be read or
-    segmented is reported through `say` and skipped; a full disk raises BatchStopped."""
-    from tqdm.auto import tqdm
-
-    from .background import resolve_vocabulary
-    from .export import write_segmentation_files
-
+    """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to
+    `out` (stems from `output_stems`), each image's three together or not at all. An image that
+    cannot be read or segmented is reported through `say` and skipped; a full disk raises
+    BatchStopped."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     result = result if result is not None else BatchResult()
     suggestions = suggested_classes_by_image()
     text_cache: dict[str, Any] = {}
     stems = output_stems(images)
-    missing = [
-        folder for folder in (out, *out.parents) if not folder.exists()
-    ]  # made by the first write
+    # the folders the first write makes
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         for path in tqdm(images, desc="segment", unit="image", disable=not progress):
             names_text = classes or suggestions.get(path.name)
             try:
-                if names_text is None:
-                    raise ValueError(f"no --classes given and {path.name} is not a bundled sample")
-                image = read_image(path)
-                if names_text not in text_cache:
-                    vocab = resolve_vocabulary(
-                        model, names_text, background
-                    )  # README "Background words"
-                    for notice in vocab.notices:
-                        say(f"cliper: {notice}")
-                    text_cache[names_text] = model.encode_text(vocab.classes, vocab.background)
-                text = text_cache[names_text]
-                segmented = model.segment(image, text=text)
-            except (
-                ValueError,
-                RuntimeError,
-                MemoryError,
-            ) as error:  # this image only: name it and go on
+                image, text, segmented = segment_one(
+                    model, path, names_text, background, text_cache, say
+                )
+            except (ValueError, RuntimeError, MemoryError) as error:  # this image only: go on
                 say(f"cliper: skipping {path}: {error}")
                 result.failures.append((path, str(error)))
                 continue
-            labels = segmented.labels.numpy()
-            record = {
-                "image": str(path),
-                "classes": text.names,
-                "background": text.background,
-                "scores": {
-                    name: round(float(s), 6) for name, s in zip(text.names, segmented.scores)
-                },
-                "present": segmented.present_classes(),
-                "profile": model.cfg.profile,
-                "preset": model.cfg.preset,
-                "refinement": model.cfg.refinement,
-                "timings_s": {k: round(v, 4) for k, v in segmented.timings.items()},
-            }
+            record = image_record(model, path, text, segmented)
             finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
-            try:
-                with atomic_group(finals) as temporaries:
-                    write_segmentation_files(
-                        temporaries,
-                        image,
-                        labels,
-                        text.names,
-                        record,
-                        title=f"{path.name}: CLIPer ({model.cfg.profile})",
-                        num_labels=len(text.names) + 1,
-                    )
-            except OSError as error:
-                done = (
-                    f"{len(result.records)} image(s) complete in {out}"
-                    if result.records
-                    else "nothing written"
-                )
-                if error.errno in DISK_ERRNOS:
-                    raise BatchStopped(
-                        f"stopped at {path}: {error.strerror or error} while writing its outputs; "
-                        f"none of its files were kept; {done}"
-                    ) from error
-                raise BatchStopped(
-                    f"cannot write the outputs of {path}: {error}; {done}"
-                ) from error
+            write_image_files(model, path, out, finals, image, text, segmented, record, result)
             result.written.extend(finals)
             result.records.append(record)
     finally:
@@ -252,6 +202,83 @@ def segment_images(
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     return result
+
+
+def segment_one(
+    model,
+    path: Path,
+    names_text: str | None,
+    background: str | None,
+    text_cache: dict[str, Any],
+    say: Callable[[str], None],
+) -> tuple[np.ndarray, Any, Any]:
+    """Read and segment one image: (pixels, the text set, the segmentation). Each class text is
+    encoded once per batch (its background notices said once); ValueError when there are no class
+    names."""
+    if names_text is None:
+        raise ValueError(f"no --classes given and {path.name} is not a bundled sample")
+    image = read_image(path)
+    if names_text not in text_cache:
+        vocab = resolve_vocabulary(model, names_text, background)  # README "Background words"
+        for notice in vocab.notices:
+            say(f"cliper: {notice}")
+        text_cache[names_text] = model.encode_text(vocab.classes, vocab.background)
+    text = text_cache[names_text]
+    return image, text, model.segment(image, given={"text": text})
+
+
+def image_record(model, path: Path, text: Any, segmented: Any) -> dict[str, Any]:
+    """The scores JSON of one segmented image."""
+    scores = zip(text.names, segmented.scores, strict=True)
+    return {
+        "image": str(path),
+        "classes": text.names,
+        "background": text.background,
+        "scores": {name: round(float(s), 6) for name, s in scores},
+        "present": segmented.present_classes(),
+        "profile": model.cfg.profile,
+        "preset": model.cfg.preset,
+        "refinement": model.cfg.refinement,
+        "timings_s": {k: round(v, 4) for k, v in segmented.timings.items()},
+    }
+
+
+def write_image_files(
+    model,
+    path: Path,
+    out: Path,
+    finals: Sequence[Path],
+    image: np.ndarray,
+    text: Any,
+    segmented: Any,
+    record: dict[str, Any],
+    result: BatchResult,
+) -> None:
+    """Write one image's three files to `finals`, all or none; BatchStopped (saying what the batch
+    wrote so far) when writing fails."""
+    try:
+        with atomic_group(finals) as temporaries:
+            write_segmentation_files(
+                temporaries,
+                image,
+                segmented.labels.numpy(),
+                text.names,
+                record,
+                title=f"{path.name}: CLIPer ({model.cfg.profile})",
+                num_labels=len(text.names) + 1,
+            )
+    except OSError as error:
+        done = (
+            f"{len(result.records)} image(s) complete in {out}"
+            if result.records
+            else "nothing written"
+        )
+        if error.errno in DISK_ERRNOS:
+            raise BatchStopped(
+                f"stopped at {path}: {error.strerror or error} while writing its outputs; "
+                f"none of its files were kept; {done}"
+            ) from error
+        raise BatchStopped(f"cannot write the outputs of {path}: {error}; {done}") from error
 
 
 def run_batch(

@@ -1,8 +1,9 @@
-"""Portable run records: paths relative to the repository, and summary links that resolve where the summary is read.
+"""Portable run records: paths relative to the repository, and summary links that resolve where the
+summary is read.
 
-Executed notebooks of a plan folder inside the checkout may be git-ignored (the smoke plan's are ~18 MB of
-figures); a committed summary then links the source notebook and says how to regenerate the executed copy,
-instead of a link that resolves only on the machine that ran it.
+Executed notebooks of a plan folder inside the checkout may be git-ignored (the smoke plan's are ~18
+MB of figures); a committed summary then links the source notebook and says how to regenerate the
+executed copy, instead of a link that resolves only on the machine that ran it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..provenance import IN_CHECKOUT, REPO_ROOT
+from ...provenance import IN_CHECKOUT, REPO_ROOT
 
 
 def repo_relative(path: str | os.PathLike) -> str:
@@ -26,7 +27,8 @@ def repo_relative(path: str | os.PathLike) -> str:
 
 
 def git_ignored(path: Path) -> bool:
-    """True when `path` is inside the checkout and git ignores it (so a committed summary cannot link it)."""
+    """True when `path` is inside the checkout and git ignores it (so a committed summary cannot
+    link it)."""
     if not IN_CHECKOUT:
         return False
     try:
@@ -42,8 +44,9 @@ def git_ignored(path: Path) -> bool:
 
 
 def run_cell(out_dir: Path, name: str, notebook: str) -> str:
-    """The summary's first cell for a run: a link to its executed copy, or, when that copy is git-ignored or
-    missing, a link to the source notebook (relative to the summary) marked as not committed."""
+    """The summary's first cell for a run: a link to its executed copy, or, when that copy is
+    git-ignored or missing, a link to the source notebook (relative to the summary) marked as not
+    committed."""
     copy = Path(out_dir) / f"{name}.ipynb"
     if copy.exists() and not git_ignored(copy):
         return f"[{name}]({copy.name})"
@@ -64,6 +67,6 @@ def regenerate_note(out_dir: Path, plan: str) -> str | None:
         REPO_ROOT / "papermill_runs" / "README.md", Path(out_dir).resolve()
     ).replace(os.sep, "/")
     return (
-        f"- executed notebooks are not committed (git-ignored: figures of random models); regenerate them "
-        f"with `cliper reproduce --plan {plan}` ([how]({readme}))"
+        f"- executed notebooks are not committed (git-ignored: figures of random models); "
+        f"regenerate them with `cliper reproduce --plan {plan}` ([how]({readme}))"
     )

@@ -1,14 +1,15 @@
-"""The CLIPer explorer: explicit ipywidgets controls over a `StageCache`, so a control recomputes only its stages.
+"""The CLIPer explorer: explicit ipywidgets controls over a `StageCache`, so a control recomputes
+only its stages.
 
     explorer = Explorer(model, image="chelsea.jpg", classes="cat; sofa; wall")
     display(explorer.widget)                            # in Jupyter / Voila
     explorer.controls["score_threshold"].value = 0.5    # from code: outputs update synchronously
-    explorer.state.labels, explorer.state.recomputed    # what it shows, and what that move recomputed
+    explorer.state.labels, explorer.state.recomputed    # what it shows, what that move recomputed
 
 Each control has an observer (`observe(..., names="value")`); no `interact`. Figures are drawn on
-`matplotlib.figure.Figure` objects (no pyplot, so any backend, Agg included) and placed in `Output` widgets as
-PNG display data, which works with or without a frontend. Which stages each control invalidates:
-`tuning.INVALIDATES`, derived from the stage graph that also makes the cache keys.
+`matplotlib.figure.Figure` objects (no pyplot, so any backend, Agg included) and placed in `Output`
+widgets as PNG display data, which works with or without a frontend. Which stages each control
+invalidates: `moves.INVALIDATES`, derived from the stage graph that also makes the cache keys.
 """
 
 from __future__ import annotations
@@ -17,74 +18,45 @@ import html
 import io
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as W
 import numpy as np
-import torch
-from matplotlib.figure import Figure
 
-from ..config import CLIPerConfig
-from ..images import content_id, read_image, rgb_array
-from ..method.pipeline import CLIPer
-from ..vocab import read_class_file
-from .background import Vocabulary, resolve_vocabulary
-from .explorer_controls import DEFAULT_CROP, build_controls, build_layout, runnable_refinements
-from .explorer_view import maps_figure, overlay_figure, scores_figure, status_html
-from .export import download_links_html, export_result
-from .samples import sample_images, suggested_classes
-from .tuning import STAGES, StageCache, StageOutputs
-from .viz import figure_output, overlay
-
-#: the controls that change the computation (everything but the class shown in the map panel).
-COMPUTE_CONTROLS = (
-    "image",
-    "classes",
-    "background",
-    "fuse_layers",
-    "select_layer",
-    "attention_thr",
-    "score_threshold",
-    "bkg_thre",
-    "is_normalize",
-    "sliding",
-    "refinement",
-    "selection_head",
+from ...config import CLIPerConfig
+from ...images import content_id, read_image, rgb_array
+from ...method.pipeline import CLIPer
+from ...method.stages import STAGES
+from ...vocab import read_class_file
+from ..toolkit.background import Vocabulary, resolve_vocabulary
+from ..toolkit.samples import sample_images, suggested_classes
+from ..toolkit.stage_cache import StageCache
+from ..toolkit.viz import overlay
+from .controls import (
+    DEFAULT_CROP,
+    build_buttons,
+    build_controls,
+    build_layout,
+    build_outputs,
+    runnable_refinements,
 )
-
-
-@dataclass
-class ExplorerState:
-    """What the explorer shows now, and what the last move cost."""
-
-    image_name: str = ""
-    cfg: CLIPerConfig | None = None
-    classes: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None  # (H0, W0) int64: 0 background, k = classes[k-1]
-    coarse: torch.Tensor | None = None  # (C, h, w) S_c
-    refined: torch.Tensor | None = None  # (C, s, s) S_f
-    scores: np.ndarray | None = None  # (C,)
-    overlay: np.ndarray | None = None  # (H0, W0, 3) uint8, the image with the label colours
-    outputs: StageOutputs | None = None  # every stage result of the last run
-    background: list[str] = field(default_factory=list)  # the words the classes competed with
-    notices: list[str] = field(
-        default_factory=list
-    )  # what the background rules changed in the input
-    recomputed: dict[str, float] = field(default_factory=dict)  # stage -> seconds, last move
-    compute_seconds: float = 0.0
-    render_seconds: float = 0.0
-    error: str | None = None
+from .export import download_links_html, export_state
+from .moves import COMPUTE_CONTROLS, move_record
+from .state import ExplorerState
+from .view import Panels, error_html, status_html
 
 
 class Explorer:
-    """Controls for the image, classes, fused layer range, thresholds, sliding window and refinement; live outputs.
+    """Controls for the image, classes, fused layer range, thresholds, sliding window and
+    refinement; live outputs.
 
     `controls` maps names to widgets: image, upload, classes, background, fuse_layers, select_layer,
-    attention_thr, score_threshold, bkg_thre, is_normalize, sliding, refinement, selection_head, map_class;
-    `buttons` holds reset (back to the opening state) and export (`export()`). `widget` is the whole layout,
-    `state` the current result, `history` one record per move. `defer=True` builds the controls without the
-    first run (call `update()` once the page shows them). Background words follow `background.resolve_vocabulary`.
+    attention_thr, score_threshold, bkg_thre, is_normalize, sliding, refinement, selection_head,
+    map_class; `buttons` holds reset (back to the opening state) and export (`export()`). `widget`
+    is the whole layout, `state` the current result, `history` one record per move. `defer=True`
+    builds the controls without the first run (call `update()` once the page shows them). Background
+    words follow `background.resolve_vocabulary`.
     """
 
     def __init__(
@@ -102,8 +74,6 @@ class Explorer:
         export_dir: str | Path = "outputs/explorer",
         defer: bool = False,
     ):
-        import ipywidgets as W
-
         self.model = model
         self.cfg = cfg or model.cfg
         self.num_layers = model.clip.num_layers
@@ -118,25 +88,43 @@ class Explorer:
         self._images: dict[str, Any] = dict(images) if images is not None else dict(sample_images())
         if not self._images:
             raise ValueError(
-                "no images: pass `images` (name -> path or array) or add photos to cliper_lib/data/samples"
+                "no images: pass `images` (name -> path or array) or add photos to "
+                "cliper_lib/data/samples"
             )
         self._arrays: dict[str, np.ndarray] = {}
         self._ids: dict[str, str] = {}
         self._suspended = False
-        self._drawn: dict[
-            str, Any
-        ] = {}  # panel -> the key of what it shows, to skip redundant redraws
 
         image = image if image is not None else next(iter(self._images))
         if image not in self._images:
             raise ValueError(f"image {image!r} is not one of {', '.join(self._images)}")
+        self._build_widgets(image, *self._opening_texts(image, classes, background))
+        self._opening = {
+            name: box.value for name, box in self.controls.items() if name in COMPUTE_CONTROLS
+        }
+        self._show_hint(image)
+        if not defer:
+            self.update("init")
+
+    def _opening_texts(
+        self,
+        image: str,
+        classes: str | Sequence[str] | None,
+        background: str | Sequence[str] | None,
+    ) -> tuple[str, str]:
+        """The classes and background boxes' opening text: as given, else the image's suggested
+        classes (or the preset's) and the preset's background words."""
         if classes is None:
             classes = suggested_classes(image) or "; ".join(read_class_file(self.cfg.classes).names)
         classes_text = classes if isinstance(classes, str) else "; ".join(classes)
         if background is None:
             background = read_class_file(self.cfg.classes).background
         background_text = background if isinstance(background, str) else "; ".join(background)
+        return classes_text, background_text
 
+    def _build_widgets(self, image: str, classes_text: str, background_text: str) -> None:
+        """The controls, outputs, status line, hint and buttons, wired to their observers, and the
+        layout holding them (`widget`)."""
         self._crop = self.cfg.sliding_crop_size or DEFAULT_CROP
         self.controls = build_controls(
             self.cfg,
@@ -145,22 +133,13 @@ class Explorer:
             image,
             classes_text,
             background_text,
-            runnable_refinements(model, self.cfg),
+            runnable_refinements(self.model, self.cfg),
         )
-        self.outputs = {
-            name: W.Output(layout=W.Layout(border="1px solid #ddd"))
-            for name in ("overlay", "maps", "scores")
-        }
+        self.outputs = build_outputs()
+        self.panels = Panels(self.outputs, self.cache.effective_refinement, self.alpha, self.dpi)
         self.status = W.HTML(value="")
         self.hint = W.HTML(value="")
-        self.buttons = {
-            "reset": W.Button(description="reset", tooltip="back to the opening state"),
-            "export": W.Button(
-                description="export",
-                icon="download",
-                tooltip="label PNG, overlay PNG, scores JSON, config YAML",
-            ),
-        }
+        self.buttons = build_buttons()
         self.exported = W.HTML(value="")
         self.buttons["reset"].on_click(lambda _: self.reset())
         self.buttons["export"].on_click(lambda _: self._export_clicked())
@@ -175,14 +154,8 @@ class Explorer:
         self.widget = build_layout(
             self.controls, self.outputs, self.buttons, self.hint, self.exported, self.status
         )
-        self._opening = {
-            name: box.value for name, box in self.controls.items() if name in COMPUTE_CONTROLS
-        }
-        self._show_hint(image)
-        if not defer:
-            self.update("init")
 
-    # --- reading the controls ----------------------------------------------------------------------------------
+    # --- reading the controls ---------------------------------------------------------------------
     def current_config(self) -> CLIPerConfig:
         """The config the controls describe now (the base config with their values)."""
         k = self.controls
@@ -220,7 +193,7 @@ class Explorer:
             self._ids[name] = f"{name}:{content_id(array)}"
         return self._arrays[name]
 
-    # --- observers -----------------------------------------------------------------------------------------------
+    # --- observers --------------------------------------------------------------------------------
     def _on_change(self, name: str, change: dict) -> None:
         if self._suspended:
             return
@@ -234,7 +207,7 @@ class Explorer:
         if self._suspended or self.state.outputs is None:
             return
         start = time.perf_counter()
-        self._draw_maps(force=True)
+        self.panels.draw_maps(self.state, self.controls["map_class"].value, force=True)
         self.state.render_seconds = time.perf_counter() - start
         self.state.recomputed = {}
         self._record("map_class", change["new"], {}, 0.0, self.state.render_seconds)
@@ -249,7 +222,8 @@ class Explorer:
             self.controls["upload"].value = ()  # clear it, so the same file can be uploaded again
 
     def add_image(self, name: str, image: Any, select: bool = True) -> str:
-        """Add an image to the chooser (a name already taken gets a suffix); select it (which recomputes)."""
+        """Add an image to the chooser (a name already taken gets a suffix); select it (which
+        recomputes)."""
         base, n = name, 1
         while name in self._images:
             n += 1
@@ -271,25 +245,19 @@ class Explorer:
             f"<i>suggested for {html.escape(image)}: {html.escape(hint)}</i>" if hint else ""
         )
 
-    # --- the update ------------------------------------------------------------------------------------------------
+    # --- the update -------------------------------------------------------------------------------
     def apply(self, name: str, value: Any) -> dict[str, Any]:
-        """Set a control from code and return the record of that move (stages recomputed, seconds)."""
+        """Set a control from code and return the record of that move (stages recomputed,
+        seconds)."""
         before = len(self.history)
         self.controls[name].value = value
         if len(self.history) == before:  # the value did not change: no observer fired
-            return {
-                "control": name,
-                "value": value,
-                "recomputed": {},
-                "compute_s": 0.0,
-                "render_s": 0.0,
-                "total_s": 0.0,
-                "error": None,
-            }
+            return move_record(name, value, {}, 0.0, 0.0, None)
         return self.history[-1]
 
     def update(self, reason: str = "update") -> dict[str, Any]:
-        """Recompute what the controls' values need (cache hits elsewhere) and redraw what changed."""
+        """Recompute what the controls' values need (cache hits elsewhere) and redraw what
+        changed."""
         state = self.state
         try:
             name = self.controls["image"].value
@@ -301,18 +269,16 @@ class Explorer:
                 image, cfg, vocab.classes, vocab.background, image_id=self._ids[name]
             )
             compute = time.perf_counter() - start
-        except (
-            Exception
-        ) as error:  # a bad value typed into a box: say so in the status line, keep the last result
+        # a bad value typed into a box: say so in the status line, keep the last result
+        except Exception as error:
             state.error = f"{type(error).__name__}: {error}"
-            self.status.value = f"<span style='color:#b00'>{html.escape(state.error)}</span>"
+            self.status.value = error_html(state.error)
             record = self._record(reason, self._value_of(reason), {}, 0.0, 0.0)
             if self.raise_errors:
                 raise
             return record
-        if (
-            out.head_maps is not None
-        ):  # the real number of SD heads, once known (set quietly: no new move)
+        # the real number of SD heads, once known (set quietly: no new move)
+        if out.head_maps is not None:
             self._suspended = True
             try:
                 self.controls["selection_head"].max = max(int(out.head_maps.shape[0]) - 1, 0)
@@ -329,13 +295,14 @@ class Explorer:
         state.labels = out.labels.cpu().numpy()
         state.coarse, state.refined = out.coarse, out.refined
         state.scores = out.scores.float().cpu().numpy()
-        state.recomputed = dict(out.recomputed)
+        state.recomputed = dict(out.timings)
         state.compute_seconds = compute
         start = time.perf_counter()
         self._sync_class_choice(out.class_names)
-        self._draw_overlay()
-        self._draw_scores()
-        self._draw_maps()
+        state.overlay = overlay(state.outputs.image, state.labels, alpha=self.alpha)
+        self.panels.draw_overlay(state)
+        self.panels.draw_scores(state)
+        self.panels.draw_maps(state, self.controls["map_class"].value)
         state.render_seconds = time.perf_counter() - start
         self.status.value = self._status_html()
         return self._record(
@@ -348,15 +315,7 @@ class Explorer:
     def _record(
         self, control: str, value: Any, recomputed: dict[str, float], compute: float, render: float
     ):
-        record = {
-            "control": control,
-            "value": value,
-            "recomputed": dict(recomputed),
-            "compute_s": compute,
-            "render_s": render,
-            "total_s": compute + render,
-            "error": self.state.error,
-        }
+        record = move_record(control, value, recomputed, compute, render, self.state.error)
         self.history.append(record)
         return record
 
@@ -384,7 +343,7 @@ class Explorer:
         kept = [st for st in STAGES if st in s.outputs.keys and st not in s.recomputed]
         return status_html(s, kept, s.notices)
 
-    # --- reset and export --------------------------------------------------------------------------------------
+    # --- reset and export -------------------------------------------------------------------------
     def reset(self) -> dict[str, Any]:
         """Every control back to its opening value (the preset's state), in one move."""
         self._suspended = True
@@ -399,63 +358,13 @@ class Explorer:
         return self.update("reset")
 
     def export(self, folder: str | Path | None = None) -> dict[str, Path]:
-        """Write the label PNG, overlay PNG, scores JSON and config YAML of what is shown; {kind: path}."""
-        s = self.state
-        if s.labels is None:
-            raise ValueError("nothing to export yet: no result is shown")
-        source = self._images.get(s.image_name)
-        image_path = (
-            str(Path(source).resolve()) if isinstance(source, (str, Path)) else s.image_name
-        )
-        return export_result(
-            folder or self.export_dir,
-            Path(s.image_name).stem,
-            s.outputs.image,
-            s.labels,
-            s.classes,
-            s.background,
-            s.scores,
-            s.cfg,
-            image_path=image_path,
-            alpha=self.alpha,
-        )
+        """Write the label PNG, overlay PNG, scores JSON and config YAML of what is shown; {kind:
+        path}."""
+        source = self._images.get(self.state.image_name)
+        return export_state(self.state, folder or self.export_dir, source, self.alpha)
 
     def _export_clicked(self) -> None:
         try:
             self.exported.value = download_links_html(self.export())
         except Exception as error:  # a full disk or no result yet: say so beside the button
-            self.exported.value = (
-                f"<span style='color:#b00'>{html.escape(f'{type(error).__name__}: {error}')}</span>"
-            )
-
-    # --- drawing -----------------------------------------------------------------------------------------------------
-    def _show(self, panel: str, fig: Figure) -> None:
-        self.outputs[panel].outputs = (figure_output(fig, self.dpi),)
-
-    def _draw_overlay(self) -> None:
-        s = self.state
-        key = s.outputs.keys["labels"]
-        s.overlay = overlay(s.outputs.image, s.labels, alpha=self.alpha)
-        if self._drawn.get("overlay") == key:
-            return
-        self._show("overlay", overlay_figure(s, self.cache.effective_refinement(s.cfg), self.alpha))
-        self._drawn["overlay"] = key
-
-    def _draw_scores(self) -> None:
-        s = self.state
-        key = (s.outputs.keys["labels"],)
-        if self._drawn.get("scores") == key:
-            return
-        self._show("scores", scores_figure(s.classes, s.scores, s.cfg.score_threshold))
-        self._drawn["scores"] = key
-
-    def _draw_maps(self, force: bool = False) -> None:
-        s = self.state
-        name = self.controls["map_class"].value
-        if name not in s.classes:
-            return
-        key = (s.outputs.keys["refine"], name)
-        if not force and self._drawn.get("maps") == key:
-            return
-        self._show("maps", maps_figure(s, name, self.cache.effective_refinement(s.cfg)))
-        self._drawn["maps"] = key
+            self.exported.value = error_html(f"{type(error).__name__}: {error}")

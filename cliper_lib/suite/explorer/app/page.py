@@ -1,72 +1,47 @@
-"""The app page: settings from the environment `cliper app` sets, models loaded once per kernel, the explorer.
+"""The app page: settings from the environment `cliper app` sets, models loaded once per kernel, the
+explorer.
 
-app.ipynb is three one-line cells (`AppPage`): the explorer's controls at once (from the config alone, disabled
-while the models load), then the live controls once the models are loaded (once per kernel), and only then the
-first result (Voila renders progressively, cell by cell). A model that cannot be built (paper weights missing offline, a bad preset) shows the same one-line
-message the CLI prints, never a traceback.
+app.ipynb is three one-line cells (`AppPage`): the explorer's controls at once (from the config
+alone, disabled while the models load), then the live controls once the models are loaded (once per
+kernel), and only then the first result (Voila renders progressively, cell by cell). A model that
+cannot be built (paper weights missing offline, a bad preset) shows the same one-line message the
+CLI prints, never a traceback. Torch is imported only once the controls show.
 """
 
 from __future__ import annotations
 
 import html
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: the environment variables `cliper app` sets for the page (the kernel inherits the server's environment).
-ENV = {
-    "preset": "CLIPER_APP_PRESET",
-    "profile": "CLIPER_APP_PROFILE",
-    "device": "CLIPER_APP_DEVICE",
-    "dtype": "CLIPER_APP_DTYPE",
-    "images": "CLIPER_APP_IMAGES",
-    "classes": "CLIPER_APP_CLASSES",
-    "background": "CLIPER_APP_BACKGROUND",
-    "out": "CLIPER_APP_OUT",
-}
+import ipywidgets as W
+from IPython.display import display
 
+from ....config import CLIPerConfig, ConfigError
+from ....images import ImageReadError, read_image
+from ....vocab import read_class_file
+from ....weights.hub import WeightsMissingError
+from ...toolkit.samples import sample_images, suggested_classes
+from ..controls import (
+    build_controls,
+    build_layout,
+    build_outputs,
+    planned_refinements,
+    vision_depth,
+)
+from .settings import AppSettings
 
-@dataclass
-class AppSettings:
-    """What the page opens with: the preset (its layers and thresholds), models, images and classes."""
-
-    preset: str = "vit-b-16/voc21"
-    profile: str | None = None  # None: the preset's (paper)
-    device: str | None = None
-    dtype: str | None = None
-    images: list[str] = field(
-        default_factory=list
-    )  # extra images (paths) before the bundled samples
-    classes: str | None = (
-        None  # None: the first image's suggested classes (empty for your own image)
-    )
-    background: str | None = None  # None: the preset's vocabulary minus the classes
-    out: str = "outputs/app"
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {
-            name: env[var] for name, var in ENV.items() if env.get(var) is not None
-        }
-        if "images" in values:
-            values["images"] = [p for p in values["images"].split(os.pathsep) if p]
-        return cls(**values)
-
-    def to_environment(self) -> dict[str, str]:
-        values = {**self.__dict__, "images": os.pathsep.join(self.images)}
-        return {ENV[name]: str(value) for name, value in values.items() if value is not None}
-
+#: the errors that show as the CLI's one-line message (weights missing offline, a bad preset or
+#: image).
+PAGE_ERRORS = (WeightsMissingError, ConfigError, ImageReadError, FileNotFoundError, ValueError)
 
 _MODELS: dict[tuple, Any] = {}  # one model per (preset, profile, device, dtype) per kernel
 
 
 def load_model(settings: AppSettings):
     """The model the settings name, built once per kernel."""
-    from ...config import CLIPerConfig
-    from ...weights.models import CLIPer
+    from ....weights.models import CLIPer  # torch: only after the controls show
 
     cfg = CLIPerConfig.from_preset(
         settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
@@ -79,8 +54,9 @@ def load_model(settings: AppSettings):
 
 @dataclass
 class Opening:
-    """What the explorer opens on: its images (given ones first, then the bundled samples), the first image, its
-    classes and background words. Config and files only, so the page can draw the controls before any model."""
+    """What the explorer opens on: its images (given ones first, then the bundled samples), the
+    first image, its classes and background words. Config and files only, so the page can draw the
+    controls before any model."""
 
     cfg: Any  # CLIPerConfig
     images: dict[str, Any]
@@ -90,18 +66,13 @@ class Opening:
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> Opening:
-        from ...config import CLIPerConfig
-        from ...images import read_image
-        from ..samples import sample_images, suggested_classes
-
         cfg = CLIPerConfig.from_preset(
             settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
         )
         images: dict[str, Any] = {Path(p).name: Path(p) for p in settings.images}
         for path in settings.images:
-            read_image(
-                path
-            )  # an unreadable file fails here, with its name, before the page is built
+            # an unreadable file fails here, with its name, before the page is built
+            read_image(path)
         images.update({name: path for name, path in sample_images().items() if name not in images})
         first = next(iter(images))
         classes = (
@@ -110,9 +81,8 @@ class Opening:
         return cls(cfg, images, first, classes, settings.background)
 
     def background_text(self) -> str:
-        """The background box's opening text, as `Explorer` fills it (the preset's vocabulary when unset)."""
-        from ...vocab import read_class_file
-
+        """The background box's opening text, as `Explorer` fills it (the preset's vocabulary when
+        unset)."""
         words = (
             read_class_file(self.cfg.classes).background
             if self.background is None
@@ -122,12 +92,9 @@ class Opening:
 
 
 def preview_widget(opening: Opening, message: str) -> Any:
-    """The explorer's layout with its controls in the opening state, all disabled, and `message` as status:
-    drawn from the config alone (the layer count from `vision_depth`), before torch is imported."""
-    import ipywidgets as W
-
-    from ..explorer_controls import build_controls, build_layout, planned_refinements, vision_depth
-
+    """The explorer's layout with its controls in the opening state, all disabled, and `message` as
+    status: drawn from the config alone (the layer count from `vision_depth`), before torch is
+    imported."""
     depth = vision_depth(opening.cfg)
     opening.cfg.check_against_depth(depth)
     controls = build_controls(
@@ -141,10 +108,7 @@ def preview_widget(opening: Opening, message: str) -> Any:
     )
     for box in controls.values():
         box.disabled = True
-    outputs = {
-        name: W.Output(layout=W.Layout(border="1px solid #ddd"))
-        for name in ("overlay", "maps", "scores")
-    }
+    outputs = build_outputs()
     buttons = {
         "reset": W.Button(description="reset", disabled=True),
         "export": W.Button(description="export", icon="download", disabled=True),
@@ -153,8 +117,9 @@ def preview_widget(opening: Opening, message: str) -> Any:
 
 
 def build_explorer(settings: AppSettings, defer: bool = True, opening: Opening | None = None):
-    """The explorer on the settings' images (given ones first, then the bundled samples), in the preset's state."""
-    from ..widgets import Explorer
+    """The explorer on the settings' images (given ones first, then the bundled samples), in the
+    preset's state."""
+    from ..widgets import Explorer  # torch: only after the controls show
 
     opening = opening or Opening.from_settings(settings)
     model = load_model(settings)
@@ -176,28 +141,17 @@ def error_html(error: BaseException) -> str:
     )
 
 
-def _page_errors() -> tuple[type[BaseException], ...]:
-    """The errors that show as the CLI's one-line message (weights missing offline, a bad preset or image)."""
-    from ...config import ConfigError
-    from ...images import ImageReadError
-    from ...weights.hub import WeightsMissingError
-
-    return (WeightsMissingError, ConfigError, ImageReadError, FileNotFoundError, ValueError)
-
-
 class AppPage:
     """The page in three steps, one notebook cell each, so Voila shows each as soon as it is done.
 
-    `AppPage()` displays the controls at once in the preset's state, disabled and marked "loading the models…"
-    (the config alone draws them: no torch yet); `load()` builds the models (once per kernel) and puts the live,
-    enabled explorer in their place (or the CLI's one-line message when they cannot be built);
-    `first_result()` computes what the explorer shows. The page gets the CSS class `cliper-ready` once live.
+    `AppPage()` displays the controls at once in the preset's state, disabled and marked "loading
+    the models…" (the config alone draws them: no torch yet); `load()` builds the models (once per
+    kernel) and puts the live, enabled explorer in their place (or the CLI's one-line message when
+    they cannot be built); `first_result()` computes what the explorer shows. The page gets the CSS
+    class `cliper-ready` once live.
     """
 
     def __init__(self, settings: AppSettings | None = None):
-        import ipywidgets as W
-        from IPython.display import display
-
         self.settings = settings or AppSettings.from_environment()
         self.explorer = None
         self.error: str | None = None
@@ -209,7 +163,7 @@ class AppPage:
         try:
             self.opening = Opening.from_settings(self.settings)
             shown = preview_widget(self.opening, loading)
-        except _page_errors() as error:
+        except PAGE_ERRORS as error:
             self.error = str(error)
             shown = W.HTML(error_html(error))  # the CLI's message, no traceback
         self.widget = W.VBox([shown])
@@ -217,13 +171,11 @@ class AppPage:
         display(self.widget)
 
     def load(self) -> None:
-        import ipywidgets as W
-
         if self.error is not None:
             return
         try:
             self.explorer = build_explorer(self.settings, defer=True, opening=self.opening)
-        except _page_errors() as error:
+        except PAGE_ERRORS as error:
             self.error = str(error)
             self.widget.children = [W.HTML(error_html(error))]  # the CLI's message, no traceback
             return

@@ -1,7 +1,8 @@
-"""The explorer's widgets: one control per knob (set from a config) and the page layout around the outputs.
+"""The explorer's widgets: one control per knob (set from a config) and the page layout around the
+outputs.
 
-Split from `widgets.Explorer` so the explorer keeps the logic (observers, updates, export) and this module the
-look. Every widget gets a CSS class `cliper-<name>` so a browser test can find it.
+Split from `widgets.Explorer` so the explorer keeps the logic (observers, updates, export) and this
+module the look. Every widget gets a CSS class `cliper-<name>` so a browser test can find it.
 """
 
 from __future__ import annotations
@@ -9,40 +10,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import REFINEMENTS, SD_REFINEMENTS, CLIPerConfig
+import ipywidgets as W
 
-#: crop size used when the sliding window is switched on for a preset without one (the authors' other value).
+from ...config import REFINEMENTS, SD_REFINEMENTS, CLIPerConfig
+
+#: crop size used when the sliding window is switched on for a preset without one (the authors'
+#: other value).
 DEFAULT_CROP = 224
-#: vision blocks of the backbones with presets (open_clip's `vision_cfg.layers`; tests/test_app_page.py checks
-#: them against open_clip), so the app can draw its controls before torch and open_clip are even imported.
+#: vision blocks of the backbones with presets (open_clip's `vision_cfg.layers`;
+#: tests/test_app_page.py checks them against open_clip), so the app can draw its controls before
+#: torch and open_clip are even imported.
 BACKBONE_DEPTHS = {"ViT-B-16": 12, "ViT-L-14": 24, "ViT-H-14": 32, "cliper-tiny": 4}
 
 
 def vision_depth(c: CLIPerConfig) -> int:
-    """The number of vision blocks of the CLIP model `c` builds (the tiny ViT for the smoke profile, as
-    `weights.clip.load_clip` does), without building it."""
+    """The number of vision blocks of the CLIP model `c` builds (the tiny ViT for the smoke profile,
+    as `weights.clip.load_clip` does), without building it."""
     backbone = "cliper-tiny" if c.profile == "smoke" else c.backbone
     if backbone in BACKBONE_DEPTHS:
         return BACKBONE_DEPTHS[backbone]
-    import open_clip  # another backbone: ask open_clip's config (slower: imports torch)
+    # another backbone: ask open_clip's config (slower: imports torch, which the app page must not
+    # need before its controls show)
+    import open_clip
 
-    from ..weights.clip import register_tiny_clip
+    from ...weights.clip import register_tiny_clip
 
     register_tiny_clip()
     return int(open_clip.get_model_config(backbone)["vision_cfg"]["layers"])
 
 
 def planned_refinements(c: CLIPerConfig) -> list[str]:
-    """The refinements a model built from `c` will run (as `CLIPer.from_config` builds it): the SD ones only
-    when the config refines with SD (the SD extractor is built then), 'none' and the VFM ones always."""
+    """The refinements a model built from `c` will run (as `CLIPer.from_config` builds it): the SD
+    ones only when the config refines with SD (the SD extractor is built then), 'none' and the VFM
+    ones always."""
     return [r for r in REFINEMENTS if r not in SD_REFINEMENTS or c.refinement in SD_REFINEMENTS]
 
 
 def runnable_refinements(model: Any, c: CLIPerConfig) -> list[str]:
-    """The refinements this model can run: the SD ones with an SD extractor, the VFM ones with a VFM loader."""
-    from ..method.stages import refinement_in_effect
+    """The refinements this model can run: the SD ones with an SD extractor, the VFM ones with a VFM
+    loader."""
+    from ...method.refinements import refinement_in_effect  # torch: not before the app page shows
 
-    return [r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)) == r]
+    return [
+        r for r in REFINEMENTS if refinement_in_effect(model, c.replace(refinement=r)).name == r
+    ]
 
 
 def build_controls(
@@ -54,17 +65,30 @@ def build_controls(
     background_text: str,
     refinements: Sequence[str],
 ) -> dict[str, Any]:
-    """The controls, opening at the config's values: image, upload, classes, background, fuse_layers,
-    select_layer, attention_thr, sliding, refinement, selection_head, score_threshold, bkg_thre, is_normalize,
-    map_class."""
-    import ipywidgets as W
-
-    top = num_layers - 2
-    fuse = (0, top) if c.fuse_layers is None else tuple(c.fuse_layers)
-    wide = {"description_width": "initial"}
-    slider = dict(continuous_update=False, style=wide, layout=W.Layout(width="340px"))
-    crop = c.sliding_crop_size or DEFAULT_CROP
+    """The controls, opening at the config's values: image, upload, classes, background,
+    fuse_layers, select_layer, attention_thr, sliding, refinement, selection_head, score_threshold,
+    bkg_thre, is_normalize, map_class."""
+    slider = dict(
+        continuous_update=False,
+        style={"description_width": "initial"},
+        layout=W.Layout(width="340px"),
+    )
     controls: dict[str, Any] = {
+        **_input_controls(images, image, classes_text, background_text),
+        **_fusion_controls(c, num_layers, slider),
+        **_refinement_controls(c, refinements, slider),
+        **_label_controls(c, slider),
+        "map_class": W.Dropdown(options=[], description="class map"),
+    }
+    controls["selection_head"].disabled = controls["refinement"].value != "selection"
+    return controls
+
+
+def _input_controls(
+    images: Sequence[str], image: str, classes_text: str, background_text: str
+) -> dict[str, Any]:
+    """image, upload, classes, background."""
+    return {
         "image": W.Dropdown(options=list(images), value=image, description="image"),
         "upload": W.FileUpload(accept="image/*", multiple=False, description="upload"),
         "classes": W.Text(
@@ -81,6 +105,15 @@ def build_controls(
             placeholder="background words (';'-separated) or auto; empty = none",
             layout=W.Layout(width="420px"),
         ),
+    }
+
+
+def _fusion_controls(c: CLIPerConfig, num_layers: int, slider: dict) -> dict[str, Any]:
+    """fuse_layers, select_layer, attention_thr, sliding."""
+    top = num_layers - 2
+    fuse = (0, top) if c.fuse_layers is None else tuple(c.fuse_layers)
+    crop = c.sliding_crop_size or DEFAULT_CROP
+    return {
         "fuse_layers": W.IntRangeSlider(
             value=fuse, min=0, max=top, description="fused layers", **slider
         ),
@@ -102,6 +135,14 @@ def build_controls(
         "sliding": W.Checkbox(
             value=c.sliding_crop_size > 0, description=f"sliding window ({crop} px)", indent=False
         ),
+    }
+
+
+def _refinement_controls(
+    c: CLIPerConfig, refinements: Sequence[str], slider: dict
+) -> dict[str, Any]:
+    """refinement (the runnable ones), selection_head."""
+    return {
         "refinement": W.Dropdown(
             options=list(refinements),
             value=c.refinement if c.refinement in refinements else "none",
@@ -116,6 +157,12 @@ def build_controls(
             description="selection head",
             **slider,
         ),
+    }
+
+
+def _label_controls(c: CLIPerConfig, slider: dict) -> dict[str, Any]:
+    """score_threshold, bkg_thre, is_normalize."""
+    return {
         "score_threshold": W.FloatSlider(
             value=c.score_threshold,
             min=0.0,
@@ -136,10 +183,27 @@ def build_controls(
         "is_normalize": W.Checkbox(
             value=c.is_normalize, description="min-max normalise maps", indent=False
         ),
-        "map_class": W.Dropdown(options=[], description="class map"),
     }
-    controls["selection_head"].disabled = controls["refinement"].value != "selection"
-    return controls
+
+
+def build_outputs() -> dict[str, Any]:
+    """The three output panels: overlay, maps, scores."""
+    return {
+        name: W.Output(layout=W.Layout(border="1px solid #ddd"))
+        for name in ("overlay", "maps", "scores")
+    }
+
+
+def build_buttons() -> dict[str, Any]:
+    """reset (back to the opening state) and export (the four files of what is shown)."""
+    return {
+        "reset": W.Button(description="reset", tooltip="back to the opening state"),
+        "export": W.Button(
+            description="export",
+            icon="download",
+            tooltip="label PNG, overlay PNG, scores JSON, config YAML",
+        ),
+    }
 
 
 def build_layout(
@@ -150,9 +214,8 @@ def build_layout(
     exported: Any,
     status: Any,
 ) -> Any:
-    """Header (image, upload, classes, background), actions (reset, export), knobs beside the outputs, status."""
-    import ipywidgets as W
-
+    """Header (image, upload, classes, background), actions (reset, export), knobs beside the
+    outputs, status."""
     for name, box in [
         *k.items(),
         *buttons.items(),

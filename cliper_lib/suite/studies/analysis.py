@@ -1,12 +1,14 @@
-"""Per-layer measures of spatial locality in CLIP's ViT, and query-patch attention maps for image grids.
+"""Per-layer measures of spatial locality in CLIP's ViT, and query-patch attention maps for image
+grids.
 
-Notebook 01 uses these to show where spatial structure lives in CLIP and where it fades (the observation behind
-early-layer fusion). Everything is a pure function of tensors. Shapes: B batch, H heads, N = 1 + h*w tokens
-(CLS first) or N = h*w (patches only), D width, (h, w) the patch grid, p the patch size in pixels.
+Notebook 01 uses these to show where spatial structure lives in CLIP and where it fades (the
+observation behind early-layer fusion). Everything is a pure function of tensors. Shapes: B batch, H
+heads, N = 1 + h*w tokens (CLS first) or N = h*w (patches only), D width, (h, w) the patch grid, p
+the patch size in pixels.
 
-Attention measures look at patch queries and patch keys only: the CLS row is dropped and each patch query's
-attention over the patch keys is renormalised to sum to 1 (the mass it pays to CLS is reported separately by
-`cls_attention`).
+Attention measures look at patch queries and patch keys only: the CLS row is dropped and each patch
+query's attention over the patch keys is renormalised to sum to 1 (the mass it pays to CLS is
+reported separately by `cls_attention`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..method.clip_backbone import LayerWalk
+from ...method.clip_backbone import LayerWalk
 
 __all__ = [
     "patch_attention",
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 
-# --- helpers ------------------------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 def _as_heads(attn: torch.Tensor) -> torch.Tensor:
     """(H, N, N) or (B, H, N, N) -> (B, H, N, N) float32."""
     if attn.ndim == 3:
@@ -58,7 +61,8 @@ def _has_cls(n: int, grid: tuple[int, int]) -> bool:
 
 
 def patch_attention(attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Patch-to-patch attention, each query row renormalised over the patch keys: -> (B, H, hw, hw)."""
+    """Patch-to-patch attention, each query row renormalised over the patch keys: -> (B, H, hw,
+    hw)."""
     a = _as_heads(attn)
     if _has_cls(a.shape[-1], grid):
         a = a[..., 1:, 1:]  # (B, H, hw, hw)
@@ -73,9 +77,10 @@ def patch_distances(grid: tuple[int, int], patch: int = 1) -> torch.Tensor:
     return torch.cdist(centres, centres)  # (hw, hw)
 
 
-# --- attention measures -------------------------------------------------------------------------------------------
+# --- attention measures ---------------------------------------------------------------------------
 def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    """(H,) mean attention distance in pixels: Σ_k a[q,k]·‖pos_q − pos_k‖, averaged over patch queries (and batch).
+    """(H,) mean attention distance in pixels: Σ_k a[q,k]·‖pos_q − pos_k‖, averaged over patch
+    queries (and batch).
 
     attn: (H, N, N) or (B, H, N, N); patch tokens only, each query renormalised over the patch keys.
     Identity attention gives 0; uniform attention gives `uniform_attention_distance(grid, patch)`.
@@ -87,33 +92,36 @@ def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch: in
 
 
 def attention_entropy(attn: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """(H,) entropy in nats of each patch query's attention over the patch keys, averaged over queries (and batch).
+    """(H,) entropy in nats of each patch query's attention over the patch keys, averaged over
+    queries (and batch).
 
-    attn: (H, N, N) or (B, H, N, N). Uniform attention over hw patches gives log(hw); one-hot attention gives 0.
-    Without `grid` the first token is taken to be CLS (N = 1 + hw, CLIP's layout); with it, N may also be hw.
+    attn: (H, N, N) or (B, H, N, N). Uniform attention over hw patches gives log(hw); one-hot
+    attention gives 0. Without `grid` the first token is taken to be CLS (N = 1 + hw, CLIP's
+    layout); with it, N may also be hw.
     """
     a = _as_heads(attn)
     if grid is None:
         grid = (1, a.shape[-1] - 1)  # only the token count matters here, not the grid's shape
     a = patch_attention(a, grid)  # (B, H, hw, hw)
-    plogp = torch.where(
-        a > 0, a * torch.log(a.clamp_min(1e-30)), torch.zeros_like(a)
-    )  # 0·log 0 = 0
+    # 0·log 0 = 0
+    plogp = torch.where(a > 0, a * torch.log(a.clamp_min(1e-30)), torch.zeros_like(a))
     return (-plogp.sum(dim=-1)).mean(dim=(0, 2))  # (H,)
 
 
 def cls_attention(attn: torch.Tensor) -> torch.Tensor:
-    """(H,) attention mass patch queries pay to the CLS key (token 0), averaged over patch queries (and batch)."""
+    """(H,) attention mass patch queries pay to the CLS key (token 0), averaged over patch queries
+    (and batch)."""
     a = _as_heads(attn)
     return a[..., 1:, 0].mean(dim=(0, 2))  # (B, H, hw) -> (H,)
 
 
 def uniform_attention_distance(grid: tuple[int, int], patch: int) -> float:
-    """Mean attention distance (pixels) of uniform attention over the patches: the 'no locality' reference."""
+    """Mean attention distance (pixels) of uniform attention over the patches: the 'no locality'
+    reference."""
     return float(patch_distances(grid, patch).mean())
 
 
-# --- token measures -----------------------------------------------------------------------------------------------
+# --- token measures -------------------------------------------------------------------------------
 def _patch_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(N, D) with or without CLS -> (h, w, D) unit-norm patch tokens."""
     if tokens.ndim != 2:
@@ -123,9 +131,11 @@ def _patch_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def neighbour_similarity(tokens: torch.Tensor, grid: tuple[int, int]) -> float:
-    """Mean over patches of the mean cosine similarity of a patch token to its (up to 4) grid neighbours.
+    """Mean over patches of the mean cosine similarity of a patch token to its (up to 4) grid
+    neighbours.
 
-    tokens: (N, D), N = h*w or 1 + h*w (CLS dropped). Border patches average over the neighbours they have.
+    tokens: (N, D), N = h*w or 1 + h*w (CLS dropped). Border patches average over the neighbours
+    they have.
     """
     h, w = grid
     if h * w < 2:
@@ -147,10 +157,11 @@ def neighbour_similarity(tokens: torch.Tensor, grid: tuple[int, int]) -> float:
 
 
 def token_similarity(tokens: torch.Tensor, grid: tuple[int, int]) -> float:
-    """Mean cosine similarity over all pairs of distinct patch tokens: the baseline for `neighbour_similarity`.
+    """Mean cosine similarity over all pairs of distinct patch tokens: the baseline for
+    `neighbour_similarity`.
 
-    High neighbour similarity means local structure only when it exceeds this (tokens that are all alike are
-    similar to their neighbours too). tokens: (N, D), with or without CLS.
+    High neighbour similarity means local structure only when it exceeds this (tokens that are all
+    alike are similar to their neighbours too). tokens: (N, D), with or without CLS.
     """
     t = _patch_tokens(tokens, grid).reshape(grid[0] * grid[1], -1)  # (hw, D)
     n = t.shape[0]
@@ -161,18 +172,20 @@ def token_similarity(tokens: torch.Tensor, grid: tuple[int, int]) -> float:
     return float((s @ s - n) / (n * (n - 1)))
 
 
-# --- the per-layer table ------------------------------------------------------------------------------------------
+# --- the per-layer table --------------------------------------------------------------------------
 def layer_locality_table(walk: LayerWalk, patch: int, batch_index: int = 0):
-    """A pandas DataFrame with one row per (layer, head) of a walk (image `batch_index`), for seaborn.
+    """A pandas DataFrame with one row per (layer, head) of a walk (image `batch_index`), for
+    seaborn.
 
-    Columns: layer, head, mean_attention_distance (px), attention_entropy (nats), cls_attention (mass on CLS),
-    neighbour_similarity and token_similarity (of the layer's normalised input tokens X_i; properties of the
-    layer, repeated on each of its head rows: take `table[table["head"] == 0]` for one row per layer).
+    Columns: layer, head, mean_attention_distance (px), attention_entropy (nats), cls_attention
+    (mass on CLS), neighbour_similarity and token_similarity (of the layer's normalised input tokens
+    X_i; properties of the layer, repeated on each of its head rows: take `table[table["head"] ==
+    0]` for one row per layer).
     """
-    import pandas as pd
-
     rows = []
-    for layer, (attn, tokens) in enumerate(zip(walk.attentions, walk.normalized_inputs)):
+    for layer, (attn, tokens) in enumerate(
+        zip(walk.attentions, walk.normalized_inputs, strict=True)
+    ):
         a = attn[batch_index]  # (H, N, N)
         x = tokens[batch_index]  # (N, D)
         dist = mean_attention_distance(a, walk.grid, patch).tolist()
@@ -195,7 +208,7 @@ def layer_locality_table(walk: LayerWalk, patch: int, batch_index: int = 0):
     return pd.DataFrame(rows)
 
 
-# --- query maps ---------------------------------------------------------------------------------------------------
+# --- query maps -----------------------------------------------------------------------------------
 def query_patch(point: Sequence[float], grid: tuple[int, int]) -> tuple[int, int]:
     """(row, col) of the patch at a point given as (row, col) fractions of the image in [0, 1]."""
     fr, fc = float(point[0]), float(point[1])
@@ -210,8 +223,9 @@ def query_attention_maps(
 ) -> torch.Tensor:
     """(H, h, w): the attention one patch query pays to every patch key, per head.
 
-    attn: (H, N, N) or (N, N), with or without a CLS token first. `query` is a patch index (0 … hw-1, row-major,
-    not counting CLS) or (row, col). With `renormalize`, each map is rescaled to sum to 1 over the patches.
+    attn: (H, N, N) or (N, N), with or without a CLS token first. `query` is a patch index (0 …
+    hw-1, row-major, not counting CLS) or (row, col). With `renormalize`, each map is rescaled to
+    sum to 1 over the patches.
     """
     a = attn.float()
     if a.ndim == 2:
@@ -236,9 +250,11 @@ def query_attention_maps(
 
 
 def fraction_range(fractions: Sequence[float], num_fusable: int) -> list[int]:
-    """[first, last] block indices from [first, last] fractions of the fusable blocks 0 … num_fusable-1.
+    """[first, last] block indices from [first, last] fractions of the fusable blocks 0 …
+    num_fusable-1.
 
-    Lets a notebook name ranges ("the first half", "the second half") independently of the backbone's depth.
+    Lets a notebook name ranges ("the first half", "the second half") independently of the
+    backbone's depth.
     """
     lo, hi = (float(f) for f in fractions)
     if not 0.0 <= lo <= hi <= 1.0:

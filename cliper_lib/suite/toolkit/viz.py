@@ -1,16 +1,16 @@
-"""Plots for segmentation results and attention maps: palettes, overlays, label PNGs, heatmap and attention grids.
+"""Plots for segmentation results and attention maps: palettes, overlays, label PNGs, heatmap and
+attention grids.
 
-Conventions: a label map is (H, W) integers with 0 = background and k = class_names[k - 1] (the convention of
-`CLIPer.segment`); images are (H, W, 3) uint8. Functions that build whole figures return a
-`matplotlib.figure.Figure` that is not registered with pyplot, so they work headless (Agg), never leak open
-figures in loops, and display once in Jupyter when they are a cell's last expression (or via `display(fig)`).
-Only numpy, matplotlib and PIL are needed; seaborn is imported by `set_theme` alone.
+Conventions: a label map is (H, W) integers with 0 = background and k = class_names[k - 1] (the
+convention of `CLIPer.segment`); images are (H, W, 3) uint8. Functions that build whole figures
+return a `matplotlib.figure.Figure` that is not registered with pyplot, so they work headless (Agg),
+never leak open figures in loops, and display once in Jupyter when they are a cell's last expression
+(or via `display(fig)`). Only numpy, matplotlib and PIL are needed; seaborn is imported by
+`set_theme` alone.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +20,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import ScalarFormatter
 from PIL import Image
 
-from ..eval.report import Example, short_name
-from ..files import atomic_path
-from ..images import rgb_array
+from ...files import atomic_path
+from ...images import rgb_array
+from .colorbars import plain_ticks, widen_flat_scale
 
 __all__ = [
     "palette",
@@ -44,8 +43,7 @@ __all__ = [
 _THEME_SET = False
 
 
-# --------------------------------------------------------------------------------------------------
-# conversions and atomic writes
+# --- conversions and atomic writes ----------------------------------------------------------------
 def _to_numpy(x: Any) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (any device) or a PIL image."""
     if hasattr(x, "detach"):  # torch tensor: avoid importing torch just to test the type
@@ -69,19 +67,19 @@ def _as_labels(labels: Any) -> np.ndarray:
     return lab
 
 
-# --------------------------------------------------------------------------------------------------
-# colours
+# --- colours --------------------------------------------------------------------------------------
 def palette(n: int) -> np.ndarray:
-    """(n, 3) uint8 colours, PASCAL VOC style: index 0 is black (background), all n colours distinct."""
+    """(n, 3) uint8 colours, PASCAL VOC style: index 0 is black (background), all n colours
+    distinct."""
     if n < 0:
         raise ValueError(f"palette size must be >= 0, got {n}")
     if n > 1 << 24:
         raise ValueError(f"at most 2**24 distinct RGB colours exist, asked for {n}")
     ids = np.arange(n, dtype=np.int64)
     out = np.zeros((n, 3), dtype=np.int64)
-    # VOC scheme: bits 0,1,2 of the id go to the top bit of R,G,B, bits 3,4,5 to the next bit, and so on.
-    # Each id bit lands on its own colour bit, so the map is injective (distinct colours for any n <= 2**24),
-    # and small ids get strong, well separated colours.
+    # VOC scheme: bits 0,1,2 of the id go to the top bit of R,G,B, bits 3,4,5 to the next bit, and
+    # so on. Each id bit lands on its own colour bit, so the map is injective (distinct colours for
+    # any n <= 2**24), and small ids get strong, well separated colours.
     for shift in range(8):
         for channel in range(3):
             bit = (ids >> (3 * shift + channel)) & 1
@@ -97,7 +95,8 @@ def colorize_labels(labels: Any, n_colors: int | None = None) -> np.ndarray:
 
 
 def overlay(image: Any, labels: Any, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 blend of the image and the label colours; background (0) pixels keep the image."""
+    """(H, W, 3) uint8 blend of the image and the label colours; background (0) pixels keep the
+    image."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = rgb_array(image, floats=True)
@@ -124,29 +123,24 @@ def _class_name(k: int, class_names: Sequence[str]) -> str:
 def legend_handles(
     labels: Any, class_names: Sequence[str], include_background: bool = False
 ) -> list[Patch]:
-    """Legend patches (palette colour + name) for the classes present in a label map, in id order."""
+    """Legend patches (palette colour + name) for the classes present in a label map, in id
+    order."""
     lab = _as_labels(labels)
     present = [int(k) for k in np.unique(lab) if include_background or k != 0]
     colours = palette(max(present + [0]) + 1) / 255.0
+    style = dict(edgecolor="black", linewidth=0.5)
     return [
-        Patch(
-            facecolor=colours[k],
-            edgecolor="black",
-            linewidth=0.5,
-            label=_class_name(k, class_names),
-        )
-        for k in present
+        Patch(facecolor=colours[k], label=_class_name(k, class_names), **style) for k in present
     ]
 
 
-# --------------------------------------------------------------------------------------------------
-# files
+# --- files ----------------------------------------------------------------------------------------
 def save_label_png(path: str | os.PathLike, labels: Any, num_labels: int | None = None) -> Path:
     """Write a label map as a PNG whose pixel values are the class ids; returns the path.
 
-    Palette mode (P, ids 0..255) when the labels fit, else 16-bit greyscale (I;16, ids up to 65535). `num_labels`
-    (classes + background) picks the mode from the class list, so a run's files do not change format with what
-    happens to be predicted.
+    Palette mode (P, ids 0..255) when the labels fit, else 16-bit greyscale (I;16, ids up to 65535).
+    `num_labels` (classes + background) picks the mode from the class list, so a run's files do not
+    change format with what happens to be predicted.
     """
     lab = _as_labels(labels)
     top = max(num_labels or 0, int(lab.max()) + 1 if lab.size else 0)
@@ -165,7 +159,8 @@ def save_label_png(path: str | os.PathLike, labels: Any, num_labels: int | None 
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG written by `save_label_png` back into (H, W) int64 class ids (no palette lookup)."""
+    """Read a label PNG written by `save_label_png` back into (H, W) int64 class ids (no palette
+    lookup)."""
     with Image.open(path) as img:
         if img.mode not in ("P", "L", "I;16", "I"):
             raise ValueError(
@@ -184,7 +179,8 @@ def save_overlay_png(
     title: str | None = None,
     dpi: int = 100,
 ) -> Path:
-    """Write the image with its label overlay and a legend of the classes present (headless); returns the path."""
+    """Write the image with its label overlay and a legend of the classes present (headless);
+    returns the path."""
     img = rgb_array(image, floats=True)
     h, w = img.shape[:2]
     # size the canvas to the image plus a strip for the legend, so pixels are not resampled much
@@ -199,8 +195,7 @@ def save_overlay_png(
     return Path(path)
 
 
-# --------------------------------------------------------------------------------------------------
-# axes and figures for notebooks
+# --- axes and figures for notebooks ---------------------------------------------------------------
 def show_segmentation(
     ax: Axes,
     image: Any,
@@ -214,8 +209,7 @@ def show_segmentation(
     ax.imshow(overlay(image, labels, alpha=alpha))
     ax.grid(False)  # a seaborn grid style would draw lines across the image
     ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     h, w = _as_labels(labels).shape
     ax.set_xlabel(f"{w} × {h} px")
     if legend:
@@ -261,7 +255,8 @@ def heatmap_grid(
     colorbar_label: str = "value",
     panel_size: float = 2.6,
 ) -> Figure:
-    """A grid of K heatmaps (K, h, w), each titled; optionally drawn over `image`, stretched to its size."""
+    """A grid of K heatmaps (K, h, w), each titled; optionally drawn over `image`, stretched to its
+    size."""
     arr = _to_numpy(maps).astype(np.float32)
     if arr.ndim == 2:
         arr = arr[None]
@@ -276,7 +271,7 @@ def heatmap_grid(
         else (None, None)
     )
     fig, axes = _grid(arr.shape[0], ncols, panel_size, suptitle)
-    for ax, m, t in zip(axes, arr, titles):
+    for ax, m, t in zip(axes, arr, titles, strict=False):
         if img is not None:
             h, w = img.shape[:2]
             ax.imshow(img)
@@ -292,49 +287,26 @@ def heatmap_grid(
             )
         else:
             im = ax.imshow(m, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
-        flat = not shared_scale and _widen_flat_scale(im)
+        flat = not shared_scale and widen_flat_scale(im)
         ax.set_title(
             str(t) + (f"\n(nearly flat: spread {float(np.ptp(m)):.1e})" if flat else ""),
             fontsize="small",
         )
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         if not shared_scale:
-            _plain_ticks(fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar_label))
+            plain_ticks(fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar_label))
     if shared_scale:
-        _plain_ticks(
+        plain_ticks(
             fig.colorbar(im, ax=list(axes[: arr.shape[0]]), shrink=0.8, label=colorbar_label)
         )
     return fig
 
 
-def _widen_flat_scale(im: Any) -> bool:
-    """A map whose values differ by < 0.1% of their size gets a colour range of ±0.05% around its middle.
-
-    Otherwise matplotlib stretches the rounding noise over the whole colour map and labels the bar with an
-    offset (`1e-6+1.4936e-1`); the title then says the map is flat instead.
-    """
-    lo, hi = im.get_clim()
-    if hi - lo >= 1e-3 * max(abs(lo), abs(hi), 1e-6):
-        return False
-    middle = (lo + hi) / 2
-    pad = 5e-4 * max(abs(middle), 1e-3)
-    im.set_clim(middle - pad, middle + pad)
-    return True
-
-
-def _plain_ticks(colorbar: Any) -> None:
-    """Colour-bar ticks as plain numbers (no offset like `1e-6+1.49e-1`; scientific only below 1e-3)."""
-    formatter = ScalarFormatter(useOffset=False)
-    formatter.set_powerlimits((-3, 4))
-    colorbar.formatter = formatter
-    colorbar.update_ticks()
-
-
 def mark_patch(
     ax: Axes, patch: tuple[int, int], grid: tuple[int, int], image_size: tuple[int, int]
 ) -> None:
-    """Outline patch (row, col) of an h × w grid drawn over an image of image_size (H, W) pixels, in cyan."""
+    """Outline patch (row, col) of an h × w grid drawn over an image of image_size (H, W) pixels, in
+    cyan."""
     (r, c), (h, w), (H, W) = patch, grid, image_size
     ax.add_patch(
         Rectangle((c * W / w, r * H / h), W / w, H / h, fill=False, edgecolor="cyan", linewidth=1.5)
@@ -353,10 +325,12 @@ def attention_grid(
     alpha: float = 0.6,
     panel_size: float = 2.8,
 ) -> Figure:
-    """For each query patch (row, col) or flat index, the attention it pays to every patch, over the image.
+    """For each query patch (row, col) or flat index, the attention it pays to every patch, over the
+    image.
 
-    `attention` is (N, N) or (heads, N, N) over tokens, with N = h*w patches or 1 + h*w (a leading CLS token,
-    dropped here). Heads are averaged unless `head` picks one. The query patch is marked with a cyan square.
+    `attention` is (N, N) or (heads, N, N) over tokens, with N = h*w patches or 1 + h*w (a leading
+    CLS token, dropped here). Heads are averaged unless `head` picks one. The query patch is marked
+    with a cyan square.
     """
     att = _to_numpy(attention).astype(np.float32)
     h, w = grid_hw
@@ -368,9 +342,8 @@ def attention_grid(
         )
     n = att.shape[0]
     if n == h * w + 1:
-        att = att[
-            1:, 1:
-        ]  # drop the CLS row and column: only patch-to-patch attention has a place in the image
+        # drop the CLS row and column: only patch-to-patch attention has a place in the image
+        att = att[1:, 1:]
     elif n != h * w:
         raise ValueError(
             f"attention has {n} tokens; grid {h}x{w} needs {h * w} (or {h * w + 1} with CLS)"
@@ -384,20 +357,19 @@ def attention_grid(
     fig, axes = _grid(
         len(flat), ncols, panel_size, suptitle + ("" if head is None else f" (head {head})")
     )
-    for ax, q in zip(axes, flat):
+    for ax, q in zip(axes, flat, strict=False):
         r, c = divmod(q, w)
         ax.imshow(img)
-        im = ax.imshow(
+        im = ax.imshow(  # (h, w): one value per key patch
             att[q].reshape(h, w),
             cmap=cmap,
             alpha=alpha,
             extent=(0, W, H, 0),
             interpolation="nearest",
-        )  # (h, w): one value per key patch
+        )
         mark_patch(ax, (r, c), (h, w), (H, W))
         ax.set_title(f"query patch ({r}, {c})", fontsize="small")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="attention")
     return fig
 
@@ -411,52 +383,3 @@ def set_theme(**kwargs: Any) -> None:
 
     sns.set_theme(**({"context": "notebook", "style": "whitegrid"} | kwargs))
     _THEME_SET = True
-
-
-def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
-    """A Jupyter display_data output holding the figure as PNG (for `Output.outputs`; no kernel needed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    title = fig._suptitle.get_text() if fig._suptitle is not None else "figure"
-    return {
-        "output_type": "display_data",
-        "data": {"image/png": data, "text/plain": f"<{title}>"},
-        "metadata": {},
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# the examples figure
-def examples_figure(
-    examples: Sequence[Example],
-    class_names: Sequence[str],
-    title: str,
-    alpha: float = 0.5,
-    panel: float = 3.0,
-) -> Figure:
-    """Rows of image | ground truth | prediction (overlays with a legend each), titled with the per-image scores.
-
-    `class_names` are the foreground classes (label k = class_names[k - 1], 0 background) as `viz` expects.
-    A bare Figure (not registered with pyplot), like the other figures here.
-    """
-    if not examples:
-        raise ValueError("no examples to draw")
-    names = [short_name(c) for c in class_names]
-    fig = Figure(figsize=(3 * panel + 4.2, panel * len(examples) + 0.8), layout="constrained")
-    axes = fig.subplots(len(examples), 3, squeeze=False)
-    for row, example in zip(axes, examples):
-        s = example.score
-        row[0].imshow(example.image)
-        row[0].grid(False)
-        row[0].set(xticks=[], yticks=[], title=f"{example.rank}: {s.name}")
-        row[0].set_ylabel(f"mIoU {100 * s.miou:.1f}%\npAcc {100 * s.pacc:.1f}%")
-        row[0].set_xlabel(f"{example.image.shape[1]} × {example.image.shape[0]} px")
-        show_segmentation(
-            row[1], example.image, example.mask, names, title="ground truth", alpha=alpha
-        )
-        show_segmentation(
-            row[2], example.image, example.pred, names, title="prediction", alpha=alpha
-        )
-    fig.suptitle(title)
-    return fig

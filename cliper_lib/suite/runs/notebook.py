@@ -1,9 +1,10 @@
 """The notebook runtime: what every notebook imports to publish metrics and find its files.
 
-Inside a notebook, `publish(name, value)` records a metric: under the papermill runner it lands in the file named
-by $CLIPER_METRICS_FILE (set per notebook; the kernel inherits the environment), otherwise it is kept in memory.
-`repo_path` resolves paths from the repository root and `output_dir` gives the folder a notebook writes to. This
-module imports nothing heavy, so notebooks can use it without papermill.
+Inside a notebook, `publish(name, value)` records a metric: under the papermill runner it lands in
+the file named by $CLIPER_METRICS_FILE (set per notebook; the kernel inherits the environment),
+otherwise it is kept in memory. `repo_path` resolves paths from the repository root and `output_dir`
+gives the folder a notebook writes to. This module imports nothing heavy, so notebooks can use it
+without papermill.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_json
-from ..provenance import IN_CHECKOUT, REPO_ROOT
+from ...files import atomic_write_json
+from ...provenance import IN_CHECKOUT, REPO_ROOT
 
 #: env var naming the JSON file `publish` appends to; set by the runner for each notebook.
 METRICS_ENV = "CLIPER_METRICS_FILE"
@@ -28,7 +29,8 @@ _PUBLISHED: dict[str, Any] = {}
 
 
 def _jsonable(value: Any, name: str) -> Any:
-    """Plain JSON values from Python, numpy or torch scalars/containers; anything else is a TypeError."""
+    """Plain JSON values from Python, numpy or torch scalars/containers; anything else is a
+    TypeError."""
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu()
         value = value.item() if value.numel() == 1 else value.tolist()
@@ -39,9 +41,8 @@ def _jsonable(value: Any, name: str) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return (
-            value if math.isfinite(value) else str(value)
-        )  # JSON has no NaN/inf; keep them readable
+        # JSON has no NaN/inf; keep them readable
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -52,7 +53,8 @@ def _jsonable(value: Any, name: str) -> Any:
 
 
 def publish(name: str, value: float | int | str | dict | list) -> None:
-    """Record a metric of the running notebook (file under the runner, memory otherwise) and print it."""
+    """Record a metric of the running notebook (file under the runner, memory otherwise) and print
+    it."""
     if not isinstance(name, str) or not name:
         raise ValueError("metric name must be a non-empty string")
     clean = _jsonable(value, name)
@@ -63,9 +65,8 @@ def publish(name: str, value: float | int | str | dict | list) -> None:
         metrics = json.loads(path.read_text()) if path.exists() else {}
         metrics[name] = clean  # publishing a name again replaces its value
         atomic_write_json(path, metrics)
-    print(
-        f"[metric] {name} = {clean!r}"
-    )  # returns None, so a last-line publish does not echo the value again
+    # returns None, so a last-line publish does not echo the value again
+    print(f"[metric] {name} = {clean!r}")
 
 
 def published() -> dict[str, Any]:
@@ -74,19 +75,22 @@ def published() -> dict[str, Any]:
 
 
 def base_dir() -> Path:
-    """Where relative paths start: the repository root in a checkout, else (an installed package) the cwd."""
+    """Where relative paths start: the repository root in a checkout, else (an installed package)
+    the cwd."""
     return REPO_ROOT if IN_CHECKOUT else Path.cwd()
 
 
 def repo_path(path: str | os.PathLike) -> Path:
-    """An absolute path: absolute paths stay, relative ones are taken from `base_dir()` (the repository root in a
-    checkout, so a notebook finds the same file whatever its working directory; the cwd for an installed package)."""
+    """An absolute path: absolute paths stay, relative ones are taken from `base_dir()` (the
+    repository root in a checkout, so a notebook finds the same file whatever its working directory;
+    the cwd for an installed package)."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir() / p
 
 
 def output_dir(name: str) -> Path:
-    """Folder for a notebook's files: the runner's per-run folder, else outputs/<name> under `base_dir()`; created."""
+    """Folder for a notebook's files: the runner's per-run folder, else outputs/<name> under
+    `base_dir()`; created."""
     folder = Path(os.environ.get(OUTPUT_DIR_ENV) or base_dir() / "outputs" / name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

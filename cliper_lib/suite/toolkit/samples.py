@@ -1,4 +1,5 @@
-"""The bundled sample photos (cliper_lib/data/samples) and the class names its samples.yaml suggests for each."""
+"""The bundled sample photos (cliper_lib/data/samples) and the class names its samples.yaml suggests
+for each."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import DATA_DIR
-from ..images import is_image_file
+from ...config import DATA_DIR
+from ...images import is_image_file
 
 SAMPLES_DIR = DATA_DIR / "samples"
 
@@ -19,7 +20,8 @@ def sample_images(folder: str | Path | None = None) -> dict[str, Path]:
 
 
 def suggested_classes_by_image(folder: str | Path | None = None) -> dict[str, str]:
-    """{file name: ';'-separated class names} from the folder's samples.yaml ({} when there is none)."""
+    """{file name: ';'-separated class names} from the folder's samples.yaml ({} when there is
+    none)."""
     path = (Path(folder) if folder is not None else SAMPLES_DIR) / "samples.yaml"
     if not path.exists():
         return {}
@@ -40,7 +42,8 @@ def suggested_classes(name: str, folder: str | Path | None = None) -> str | None
 
 
 def sample_path(name_or_path: str | Path) -> Path:
-    """A bundled sample photo by file name or stem (`chelsea.jpg`, `chelsea`), or any existing image path.
+    """A bundled sample photo by file name or stem (`chelsea.jpg`, `chelsea`), or any existing image
+    path.
 
     Relative paths are tried from the current directory; the error lists the bundled names.
     """

@@ -1,20 +1,27 @@
-"""Which words compete as background for free-form classes: one rule for `segment`, `demo`, the app and notebook 00.
+"""Which words compete as background for free-form classes: one rule for `segment`, `demo`, the app
+and notebook 00.
 
     vocab = resolve_vocabulary(model, "cat; sofa; wall", background=None)
-    vocab.classes, vocab.background, vocab.notices   # ['cat', 'sofa', 'wall'], the preset's words minus 'wall', 1 line
+    vocab.classes, vocab.background, vocab.notices
+    # ['cat', 'sofa', 'wall'], the preset's words minus 'wall', 1 line
 
 Rules (README "Background words"):
-- classes and background take the same syntax: terms separated by ';' (or newlines), multi-word terms kept. A
-  background text without ';' may also separate its terms by commas (the form of a class file's first line).
-- `background=None` is the preset's vocabulary (the first line of its class file): the presets' thresholds
-  (`score_threshold`, `bkg_thre`) were tuned against it. `""` is no background word at all.
-- a background word that is one of the user's classes, or a synonym written on a class's line (`person, people`),
-  is dropped with a one-line notice: otherwise the class competes with itself and its score drops.
-- a class named twice (case and spacing ignored) is kept once, with a notice: two rows would split its score.
-- `background="auto"`: distractors chosen for these classes from a general vocabulary (the class names of the
-  eight benchmarks, de-duplicated), encoded once per model: the `auto_words` terms closest to the classes by
-  cosine, leaving out any term whose cosine with a class reaches `synonym_cosine` (a near-synonym would take the
-  class's pixels). Ties go to the earlier vocabulary term, so the choice is deterministic.
+- classes and background take the same syntax: terms separated by ';' (or newlines), multi-word
+  terms kept. A background text without ';' may also separate its terms by commas (the form of a
+  class file's first line).
+- `background=None` is the preset's vocabulary (the first line of its class file): the presets'
+  thresholds (`score_threshold`, `bkg_thre`) were tuned against it. `""` is no background word at
+  all.
+- a background word that is one of the user's classes, or a synonym written on a class's line
+  (`person, people`), is dropped with a one-line notice: otherwise the class competes with itself
+  and its score drops.
+- a class named twice (case and spacing ignored) is kept once, with a notice: two rows would split
+  its score.
+- `background="auto"`: distractors chosen for these classes from a general vocabulary (the class
+  names of the eight benchmarks, de-duplicated), encoded once per model: the `auto_words` terms
+  closest to the classes by cosine, leaving out any term whose cosine with a class reaches
+  `synonym_cosine` (a near-synonym would take the class's pixels). Ties go to the earlier vocabulary
+  term, so the choice is deterministic.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from typing import Any
 
 import torch
 
-from ..config import DATA_DIR
-from ..vocab import parse_class_names, read_class_file
+from ...config import DATA_DIR
+from ...vocab import parse_class_names, read_class_file
 
-#: `auto`: how many distractors, and the cosine (with any class) from which a term counts as a near-synonym.
+#: `auto`: how many distractors, and the cosine (with any class) from which a term counts as a
+#: near-synonym.
 AUTO_WORDS = 24
 SYNONYM_COSINE = 0.9
 AUTO = "auto"
@@ -38,7 +46,8 @@ AUTO = "auto"
 
 @dataclass
 class Vocabulary:
-    """The classes (label k = classes[k-1]), the background words they compete with, and what was changed."""
+    """The classes (label k = classes[k-1]), the background words they compete with, and what was
+    changed."""
 
     classes: list[str]
     background: list[str]
@@ -46,7 +55,8 @@ class Vocabulary:
 
 
 def split_terms(text: str) -> list[str]:
-    """'dining table; wooden floor' -> ['dining table', 'wooden floor']; without ';', commas separate too."""
+    """'dining table; wooden floor' -> ['dining table', 'wooden floor']; without ';', commas
+    separate too."""
     separators = r"[;\n]" if ";" in text or "\n" in text else r"[,\n]"
     return [" ".join(part.split()) for part in re.split(separators, text) if part.strip()]
 
@@ -56,12 +66,14 @@ def _key(term: str) -> str:
 
 
 def class_aliases(line: str) -> set[str]:
-    """The normalised names a class line stands for: the whole line and each comma-separated synonym on it."""
+    """The normalised names a class line stands for: the whole line and each comma-separated synonym
+    on it."""
     return {_key(line), *(_key(part) for part in line.split(",") if part.strip())}
 
 
 def merge_duplicates(classes: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Keep the first of classes that differ only in case or spacing; one notice if any was merged."""
+    """Keep the first of classes that differ only in case or spacing; one notice if any was
+    merged."""
     kept: dict[str, str] = {}
     merged = []
     for name in classes:
@@ -80,7 +92,8 @@ def merge_duplicates(classes: Sequence[str]) -> tuple[list[str], list[str]]:
 def drop_collisions(
     classes: Sequence[str], background: Sequence[str]
 ) -> tuple[list[str], list[str]]:
-    """Remove background words that name one of the classes (or a synonym on its line); one notice if any."""
+    """Remove background words that name one of the classes (or a synonym on its line); one notice
+    if any."""
     aliases = set().union(*(class_aliases(c) for c in classes)) if classes else set()
     kept = [word for word in background if _key(word) not in aliases]
     dropped = [word for word in background if _key(word) in aliases]
@@ -94,7 +107,8 @@ def drop_collisions(
 
 @lru_cache(maxsize=1)
 def general_vocabulary() -> tuple[str, ...]:
-    """The benchmarks' class names (each class line's first name) and background words, de-duplicated, in order."""
+    """The benchmarks' class names (each class line's first name) and background words,
+    de-duplicated, in order."""
     seen: dict[str, str] = {}
     for path in sorted((DATA_DIR / "classes").glob("*.txt")):
         class_file = read_class_file(path)
@@ -105,12 +119,14 @@ def general_vocabulary() -> tuple[str, ...]:
     return tuple(seen.values())
 
 
-#: encoded vocabularies, one per (weights, templates): encoded once per model and kept for the process.
+#: encoded vocabularies, one per (weights, templates): encoded once per model and kept for the
+#: process.
 _ENCODED: dict[tuple[str, str], torch.Tensor] = {}
 
 
 def encoded_vocabulary(model: Any, cfg: Any) -> torch.Tensor:
-    """(V, E) L2-normalised embeddings of `general_vocabulary()` for this model (the model's disk cache as well)."""
+    """(V, E) L2-normalised embeddings of `general_vocabulary()` for this model (the model's disk
+    cache as well)."""
     key = (model.clip.weights_id, id(model.clip.model), cfg.templates)
     if key not in _ENCODED:
         _ENCODED[key] = model.encode_text(list(general_vocabulary()), [], cfg).fg.float().cpu()
@@ -124,7 +140,8 @@ def auto_background(
     auto_words: int = AUTO_WORDS,
     synonym_cosine: float = SYNONYM_COSINE,
 ) -> tuple[list[str], list[str]]:
-    """Distractors for `classes`: the `auto_words` vocabulary terms closest to them, near-synonyms excluded."""
+    """Distractors for `classes`: the `auto_words` vocabulary terms closest to them, near-synonyms
+    excluded."""
     vocabulary = general_vocabulary()
     bank = encoded_vocabulary(model, cfg)  # (V, E)
     fg = model.encode_text(list(classes), [], cfg).fg.float().cpu()  # (C, E)
@@ -135,7 +152,8 @@ def auto_background(
         for i, term in enumerate(vocabulary)
         if float(cosine[i]) < synonym_cosine and _key(term) not in aliases
     ]
-    # the closest first; equal cosines keep vocabulary order (sorted is stable), so the choice is deterministic
+    # the closest first; equal cosines keep vocabulary order (sorted is stable), so the choice is
+    # deterministic
     chosen = sorted(allowed, key=lambda i: -float(cosine[i]))[:auto_words]
     excluded = len(vocabulary) - len(allowed)
     notice = (
@@ -153,7 +171,8 @@ def resolve_vocabulary(
     auto_words: int = AUTO_WORDS,
     synonym_cosine: float = SYNONYM_COSINE,
 ) -> Vocabulary:
-    """Apply the rules of this module: classes and background as given by a user, to what the model encodes."""
+    """Apply the rules of this module: classes and background as given by a user, to what the model
+    encodes."""
     cfg = cfg or model.cfg
     names = (
         parse_class_names(classes)
@@ -172,8 +191,7 @@ def resolve_vocabulary(
         words = split_terms(background)
     else:
         words = [" ".join(w.split()) for w in background if w.strip()]
-    words, _ = merge_duplicates(
-        words
-    )  # a repeated background word only adds a copy of the same row
+    # a repeated background word only adds a copy of the same row
+    words, _ = merge_duplicates(words)
     words, more = drop_collisions(names, words)
     return Vocabulary(names, words, notices + more)

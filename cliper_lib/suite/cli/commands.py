@@ -1,0 +1,203 @@
+"""`cliper segment | demo | eval | reproduce | download | presets | app`: the suite for people who
+never open Jupyter.
+
+A command that needs torch, the models or matplotlib imports them when it runs, so `cliper --help`
+stays fast; the options are in `arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ...config import CLIPerConfig, ConfigError, list_presets, parse_overrides
+from ...heap import request_huge_pages
+from ...weights.hub import WeightsMissingError
+from ..explorer.app.server import app_settings, serve
+from ..runs.papermill import run_reproduce
+from ..toolkit.samples import SAMPLES_DIR, suggested_classes_by_image
+from .arguments import (
+    add_app_arguments,
+    add_debug_argument,
+    add_demo_arguments,
+    add_download_arguments,
+    add_eval_arguments,
+    add_reproduce_arguments,
+    add_segment_arguments,
+)
+
+
+def config_from_args(args: argparse.Namespace) -> CLIPerConfig:
+    overrides = parse_overrides(getattr(args, "overrides", None))
+    for name in ("profile", "refinement", "last_layer_attention", "device", "dtype"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return CLIPerConfig.from_preset(args.preset, **overrides)
+
+
+def build_model(cfg: CLIPerConfig):
+    from ...weights.models import CLIPer  # torch and the models: only when a command runs
+
+    return CLIPer.from_config(cfg)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from ..runs.batch import expand_images, report_failures, run_batch  # torch, matplotlib
+
+    cfg = config_from_args(args)
+    images = expand_images(args.images)
+    result = run_batch(
+        cfg, images, args.classes, args.background, Path(args.out), build_model, not args.quiet
+    )
+    for record in result.records:
+        print(f"{record['image']}: {', '.join(record['present']) or 'nothing found'}")
+    print(f"wrote {len(result.written)} files for {len(result.records)} image(s) to {args.out}")
+    return report_failures(result, len(images))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..runs.batch import report_failures, run_batch  # torch, matplotlib
+
+    cfg = config_from_args(args)
+    images = sorted(SAMPLES_DIR / name for name in suggested_classes_by_image())
+    result = run_batch(cfg, images, None, None, Path(args.out), build_model, not args.quiet)
+    records = result.records
+    for record in records:
+        print(f"{Path(record['image']).name}: {', '.join(record['present']) or 'nothing found'}")
+    print(
+        f"demo ({cfg.profile} profile): overlays, label maps and scores for {len(records)} images "
+        f"in {args.out}"
+    )
+    if cfg.profile == "smoke":
+        print(
+            "note: the smoke profile uses tiny RANDOM models; its masks show the pipeline runs, "
+            "not real quality."
+        )
+    return report_failures(result, len(images))
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ...weights.inventory import download_weights  # torch and the hub client
+
+    for line in download_weights(config_from_args(args), args.backbone, args.skip_sd, args.vfm):
+        print(line)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in list_presets():
+        cfg = CLIPerConfig.from_preset(name)
+        paper = f"{cfg.paper_miou:.1f}" if cfg.paper_miou is not None else "-"
+        print(f"{name:24s} {cfg.backbone:9s} size {cfg.size:4d}  paper mIoU {paper}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from ..runs.batch import expand_images  # torch, matplotlib
+
+    # fail early, before the server starts
+    CLIPerConfig.from_preset(
+        args.preset, profile=args.profile, device=args.device, dtype=args.dtype
+    )
+    images = expand_images(args.images) if args.images else []
+    settings = app_settings(
+        args.preset,
+        args.profile,
+        args.device,
+        args.dtype,
+        images,
+        args.classes,
+        args.background,
+        args.out,
+    )
+    serve(settings, args.port, not args.no_browser, args.host, args.cull_idle_after)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ...eval.runner import run_eval  # torch and the models
+
+    return run_eval(args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    return run_reproduce(args)
+
+
+#: each command: (its help line, the function adding its options, the function running it).
+COMMANDS = {
+    "segment": ("segment your images with any class names", add_segment_arguments, cmd_segment),
+    "demo": (
+        "segment the bundled sample photos with their suggested classes",
+        add_demo_arguments,
+        cmd_demo,
+    ),
+    "eval": (
+        "evaluate a preset on a benchmark (or the synthetic set)",
+        add_eval_arguments,
+        cmd_eval,
+    ),
+    "reproduce": (
+        "execute a papermill run plan (papermill_runs/<plan>.yaml)",
+        add_reproduce_arguments,
+        cmd_reproduce,
+    ),
+    "download": (
+        "fetch the paper weights into the Hugging Face cache",
+        add_download_arguments,
+        cmd_download,
+    ),
+    "presets": ("list the bundled presets", None, cmd_presets),
+    "app": (
+        "the explorer as a web app (Voila): upload, classes, sliders, export",
+        add_app_arguments,
+        cmd_app,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cliper", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_line, add_arguments, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_line)
+        if add_arguments is not None:
+            add_arguments(command)
+        command.set_defaults(func=run)
+    add_debug_argument(parser, sub.choices.values())
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; every failure ends in one clear message on stderr and a non-zero exit (2 for
+    input the user can fix, 1 for anything else, 130 for Ctrl-C); the traceback only with
+    --debug."""
+    args = build_parser().parse_args(argv)
+    request_huge_pages()  # before any large tensor: PyTorch reads the setting at its first one
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("cliper: interrupted", file=sys.stderr)
+        return 130
+    except (WeightsMissingError, ConfigError, FileNotFoundError, ValueError) as error:
+        if args.debug:
+            raise
+        print(f"cliper: {error}", file=sys.stderr)  # one clear line, no traceback
+        return 2
+    except Exception as error:  # noqa: BLE001 - the last line of defence of a command-line tool
+        if args.debug:
+            raise
+        print(
+            f"cliper: {type(error).__name__}: {error} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

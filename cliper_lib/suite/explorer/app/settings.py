@@ -1,0 +1,53 @@
+"""The settings `cliper app` hands the page: the opening preset, models, images and classes, carried
+from the server to the page's kernel in environment variables (the kernel inherits the server's
+environment)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the environment variables `cliper app` sets for the page.
+ENV = {
+    "preset": "CLIPER_APP_PRESET",
+    "profile": "CLIPER_APP_PROFILE",
+    "device": "CLIPER_APP_DEVICE",
+    "dtype": "CLIPER_APP_DTYPE",
+    "images": "CLIPER_APP_IMAGES",
+    "classes": "CLIPER_APP_CLASSES",
+    "background": "CLIPER_APP_BACKGROUND",
+    "out": "CLIPER_APP_OUT",
+}
+
+
+@dataclass
+class AppSettings:
+    """What the page opens with: the preset (its layers and thresholds), models, images and
+    classes."""
+
+    preset: str = "vit-b-16/voc21"
+    profile: str | None = None  # None: the preset's (paper)
+    device: str | None = None
+    dtype: str | None = None
+    # extra images (paths) before the bundled samples
+    images: list[str] = field(default_factory=list)
+    # None: the first image's suggested classes (empty for your own image)
+    classes: str | None = None
+    background: str | None = None  # None: the preset's vocabulary minus the classes
+    out: str = "outputs/app"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            name: env[var] for name, var in ENV.items() if env.get(var) is not None
+        }
+        if "images" in values:
+            values["images"] = [p for p in values["images"].split(os.pathsep) if p]
+        return cls(**values)
+
+    def to_environment(self) -> dict[str, str]:
+        values = {**self.__dict__, "images": os.pathsep.join(self.images)}
+        return {ENV[name]: str(value) for name, value in values.items() if value is not None}

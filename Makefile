@@ -30,8 +30,10 @@ setup: $(STAMP)
 demo: $(CORE)
 	$(BIN)/cliper demo --profile $(PROFILE) --out $(OUT)
 
-## Unit tests + every notebook executed by papermill on the smoke profile.
+## Lint and format checks, unit tests + every notebook executed by papermill on the smoke profile.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 ## Open the notebooks.

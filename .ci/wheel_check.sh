@@ -50,7 +50,7 @@ assert "site-packages" in cliper_lib.__file__ and not IN_CHECKOUT, cliper_lib.__
 assert (DATA_DIR / "samples" / "samples.yaml").is_file() and (DATA_DIR / "classes" / "voc21.txt").is_file()
 print(f"   cliper_lib from {cliper_lib.__file__}, torch {torch.__version__}; package data in {DATA_DIR}")
 PY
-SAMPLE="$("$BIN/python" -c 'from cliper_lib.suite.samples import sample_path; print(sample_path("chelsea"))')"
+SAMPLE="$("$BIN/python" -c 'from cliper_lib.suite.toolkit.samples import sample_path; print(sample_path("chelsea"))')"
 
 echo "== cliper segment --profile smoke"
 "$BIN/cliper" segment "$SAMPLE" --classes "cat; sofa" --profile smoke --out seg --quiet

@@ -2,6 +2,6 @@
 
 import sys
 
-from .suite.cli import main
+from .suite.cli.commands import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cliper_lib.method.clip_backbone import LayerWalk
-from cliper_lib.suite import analysis
+from cliper_lib.suite.studies import analysis
 
 
 def random_attention(b: int, heads: int, n: int, sharp: float = 3.0) -> torch.Tensor:

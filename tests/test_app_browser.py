@@ -17,8 +17,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from cliper_lib.suite.app.drive import AppDriver, AppServer, browser_unavailable, chromium, new_page
-from cliper_lib.suite.viz import load_label_png
+from cliper_lib.suite.explorer.app.drive import (
+    AppDriver,
+    AppServer,
+    browser_unavailable,
+    chromium,
+    new_page,
+)
+from cliper_lib.suite.toolkit.viz import load_label_png
 
 pytestmark = [
     pytest.mark.slow,

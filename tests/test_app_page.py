@@ -10,9 +10,13 @@ from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
-from cliper_lib.suite.app.page import AppPage, AppSettings  # noqa: E402
-from cliper_lib.suite.app.server import app_settings, notebook_path, voila_command  # noqa: E402
-from cliper_lib.suite.cli import build_parser  # noqa: E402
+from cliper_lib.suite.cli.commands import build_parser  # noqa: E402
+from cliper_lib.suite.explorer.app.page import AppPage, AppSettings  # noqa: E402
+from cliper_lib.suite.explorer.app.server import (  # noqa: E402
+    app_settings,
+    notebook_path,
+    voila_command,
+)
 
 
 def test_settings_travel_through_the_environment(tmp_path):
@@ -118,7 +122,7 @@ def test_controls_show_before_the_models_disabled_then_live(tmp_path):
 
     # drawing the controls imports neither torch nor open_clip (what made the first paint wait)
     code = (
-        "import sys; from cliper_lib.suite.app.page import AppPage, AppSettings; "
+        "import sys; from cliper_lib.suite.explorer.app.page import AppPage, AppSettings; "
         "AppPage(AppSettings(profile='smoke', device='cpu')); "
         "print(sorted(m for m in ('torch', 'open_clip', 'diffusers') if m in sys.modules))"
     )
@@ -157,7 +161,7 @@ def test_depths_without_building_match_open_clip():
     import open_clip
 
     from cliper_lib.config import CLIPerConfig
-    from cliper_lib.suite.explorer_controls import (
+    from cliper_lib.suite.explorer.controls import (
         BACKBONE_DEPTHS,
         planned_refinements,
         vision_depth,

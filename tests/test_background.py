@@ -7,8 +7,8 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.suite import background as bg
-from cliper_lib.suite.background import general_vocabulary, resolve_vocabulary, split_terms
+from cliper_lib.suite.toolkit import background as bg
+from cliper_lib.suite.toolkit.background import general_vocabulary, resolve_vocabulary, split_terms
 from cliper_lib.vocab import read_class_file
 
 
@@ -58,7 +58,7 @@ def test_duplicate_classes_are_merged_with_a_notice(model, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from cliper_lib.suite.cli import main
+    from cliper_lib.suite.cli.commands import main
 
     path = tmp_path / "grey.png"
     Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(path)

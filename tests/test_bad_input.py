@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 import cliper_lib.files as files
-import cliper_lib.suite.batch as batch
-import cliper_lib.suite.cli as cli
+import cliper_lib.suite.cli.commands as cli
+import cliper_lib.suite.runs.batch as batch
 from cliper_lib.config import CLIPerConfig, ConfigError, load_preset_values, resolve_device
 from cliper_lib.eval.runner import run_eval
 from cliper_lib.files import OutputPathError, atomic_group, check_output_file, check_output_folder
@@ -36,8 +36,8 @@ from cliper_lib.method.clip_backbone import (
 )
 from cliper_lib.method.pipeline import CLIPer
 from cliper_lib.method.refine import normalize_head_maps
-from cliper_lib.suite.batch import expand_images, output_stems
-from cliper_lib.suite.viz import load_label_png, save_label_png
+from cliper_lib.suite.runs.batch import expand_images, output_stems
+from cliper_lib.suite.toolkit.viz import load_label_png, save_label_png
 from cliper_lib.vocab import check_class_names
 
 FAST = dict(profile="smoke", refinement="none", device="cpu", size=32, sliding_crop_size=0)

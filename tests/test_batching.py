@@ -1,4 +1,5 @@
-"""Batched evaluation (B images per CLIP walk, VAE encode and UNet pass) equals batch 1 (tiny models, CPU)."""
+"""Batched evaluation (B images per CLIP walk, VAE encode and UNet pass) equals batch 1 (tiny
+models, CPU)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,17 @@ from cliper_lib.eval.batching import batched_clip_features, refine_batch, segmen
 from cliper_lib.eval.loop import evaluate
 from cliper_lib.eval.runner import run_eval
 from cliper_lib.eval.synthetic import SyntheticDataset
-from cliper_lib.suite.cli import add_eval_arguments
+from cliper_lib.method.refinements import refinement_in_effect
+from cliper_lib.suite.cli.arguments import add_eval_arguments
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def refine_one(model: CLIPer, cfg: CLIPerConfig, coarse: torch.Tensor, source) -> torch.Tensor:
+    """S_f of one image by the refinement in effect, from its source stage's output (head maps)."""
+    return refinement_in_effect(model, cfg).one(model, cfg, coarse, source)
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +53,23 @@ def test_batch_equals_one_at_a_time(model, images) -> None:
     text = model.encode_text(["cat", "sofa", "wall"])
     features = batched_clip_features(model, images, model.cfg)
     assert features[0].walk.attentions[0].shape[0] == 1 and features[0].crop_walk is not None
-    singles = [model.run(image, text=text, until=("coarse", "sd_attention")) for image in images]
-    for one, batched in zip(singles, features):
+    given = {"text": text}
+    singles = [model.run(image, given=given, until=("coarse", "sd_attention")) for image in images]
+    for one, batched in zip(singles, features, strict=True):
         torch.testing.assert_close(
             batched.walk.output, one["clip_walk"].walk.output, rtol=1e-5, atol=1e-5
         )
         torch.testing.assert_close(
             batched.crop_walk.output, one["clip_walk"].crop_walk.output, rtol=1e-5, atol=1e-5
         )
-    coarse = [run["coarse"][0] for run in singles]
+    coarse = [run.coarse for run in singles]
     refined = refine_batch(model, images, coarse, model.cfg)  # one UNet pass for all four
-    for run, ours in zip(singles, refined):
-        expected = model.refine(run["coarse"][0], run["sd_attention"])
+    for run, ours in zip(singles, refined, strict=True):
+        expected = refine_one(model, model.cfg, run.coarse, run["sd_attention"])
         assert relative_error(ours, expected) < 1e-5
     labels = segment_batch(model, images, text)
-    for image, ours in zip(images, labels):
-        reference = model.segment(image, text=text).labels
+    for image, ours in zip(images, labels, strict=True):
+        reference = model.segment(image, given=given).labels
         assert ours.shape == reference.shape == image.shape[:2]
         assert (ours == reference).float().mean() > 0.999  # ties aside, the same labels
 
@@ -70,13 +78,13 @@ def test_batch_equals_one_at_a_time(model, images) -> None:
 def test_other_refinements_batch_too(model, images, variant) -> None:
     cfg = model.cfg.replace(refinement=variant)
     coarse = [
-        model.run(image, until="coarse", cfg=cfg, classes=["cat", "sofa"])["coarse"][0]
+        model.run(image, until="coarse", cfg=cfg, classes=["cat", "sofa"]).coarse
         for image in images[:2]
     ]
     refined = refine_batch(model, images[:2], coarse, cfg)
-    for image, c, ours in zip(images[:2], coarse, refined):
+    for image, c, ours in zip(images[:2], coarse, refined, strict=True):
         maps = None if variant == "none" else model.sd(image, cfg)
-        assert relative_error(ours, model.refine(c, maps, cfg)) < 1e-5
+        assert relative_error(ours, refine_one(model, cfg, c, maps)) < 1e-5
 
 
 def test_bfloat16_batch_equals_bfloat16_one_at_a_time(images) -> None:
@@ -85,12 +93,11 @@ def test_bfloat16_batch_equals_bfloat16_one_at_a_time(images) -> None:
     )
     low = CLIPer.from_config(cfg, text_cache_dir=False)
     text = low.encode_text(["cat", "sofa"])
-    coarse = [low.run(image, text=text, until="coarse")["coarse"][0] for image in images[:2]]
+    coarse = [low.run(image, given={"text": text}, until="coarse").coarse for image in images[:2]]
     refined = refine_batch(low, images[:2], coarse, cfg)
-    for image, c, ours in zip(images[:2], coarse, refined):
-        assert (
-            relative_error(ours, low.refine(c, low.sd(image, cfg))) < 2e-2
-        )  # bfloat16: 8 bits of mantissa
+    for image, c, ours in zip(images[:2], coarse, refined, strict=True):
+        expected = refine_one(low, cfg, c, low.sd(image, cfg))
+        assert relative_error(ours, expected) < 2e-2  # bfloat16: 8 bits of mantissa
 
 
 def test_evaluate_in_batches_equals_one_by_one() -> None:

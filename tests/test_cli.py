@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cliper_lib.config import DATA_DIR
-from cliper_lib.suite.cli import expand_images, main
+from cliper_lib.suite.cli.commands import main
+from cliper_lib.suite.runs.batch import expand_images
 
 SAMPLES = DATA_DIR / "samples"
 

@@ -90,7 +90,7 @@ def test_torchscript_file_loads(tmp_path, openai_like):
     traced = torch.jit.trace(original, (image, text), check_trace=False)
     path = tmp_path / "ViT-tiny.pt"
     torch.jit.save(traced, str(path))
-    assert clip_weights._is_torchscript(path)
+    assert clip_weights.is_torchscript(path)
 
     loaded = load_clip(_paper(path)).model
     torch.testing.assert_close(_encode(loaded), _encode(original), rtol=0, atol=0)

@@ -172,7 +172,7 @@ def test_cityscapes_halves_and_shift(tmp_path):
 
 def test_cityscapes_full_split_is_1000_samples(tmp_path, monkeypatch):
     # The file check is what needs the data; the sample list is derived from the split alone.
-    monkeypatch.setattr("cliper_lib.eval.benchmarks._check_files", lambda *a, **k: None)
+    monkeypatch.setattr("cliper_lib.eval.benchmarks.check_files", lambda *a, **k: None)
     assert len(load_benchmark("cityscapes", tmp_path)) == 1000
 
 

@@ -23,7 +23,7 @@ from cliper_lib.eval.records import markdown_row
 from cliper_lib.eval.runner import run_eval
 from cliper_lib.eval.synthetic import SyntheticDataset
 from cliper_lib.provenance import REPO_ROOT
-from cliper_lib.suite.cli import add_eval_arguments
+from cliper_lib.suite.cli.arguments import add_eval_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def colour_rule(image: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 class StubModel:
-    """The CLIPer interface (encode_text once, segment(image, text=...).labels) without any network."""
+    """The CLIPer interface (encode_text once, segment(image, given={"text": ...}).labels) without any network."""
 
     def __init__(self, cfg: CLIPerConfig) -> None:
         self.cfg = cfg
@@ -49,8 +49,9 @@ class StubModel:
     def encode_text(self, classes, background=None):
         return {"num_labels": len(classes) + 1, "background": list(background or [])}
 
-    def segment(self, image, text):
+    def segment(self, image, given):
         self.segment_calls += 1
+        text = given["text"]
         return SimpleNamespace(
             labels=torch.from_numpy(colour_rule(np.asarray(image), text["num_labels"]))
         )
@@ -477,10 +478,10 @@ def test_cli_checkpoint_needs_resume_and_is_removed_after_success(tmp_path):
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke")
 
     class CrashAfterTwo(StubModel):
-        def segment(self, image, text):
+        def segment(self, image, given):
             if self.segment_calls == 2:
                 raise KeyboardInterrupt  # what Ctrl-C does mid-run
-            return super().segment(image, text)
+            return super().segment(image, given)
 
     with pytest.raises(KeyboardInterrupt):
         run_eval(args, model_factory=CrashAfterTwo)
@@ -577,7 +578,7 @@ def test_two_process_torchrun_equals_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_cliper_eval_smoke_end_to_end(tmp_path, capsys):
-    from cliper_lib.suite.cli import main
+    from cliper_lib.suite.cli.commands import main
 
     out = tmp_path / "r.json"
     code = main(

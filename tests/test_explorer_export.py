@@ -13,10 +13,10 @@ pytest.importorskip("ipywidgets")
 
 from cliper_lib import CLIPer  # noqa: E402
 from cliper_lib.config import CLIPerConfig  # noqa: E402
-from cliper_lib.suite.cli import main  # noqa: E402
-from cliper_lib.suite.samples import sample_images  # noqa: E402
-from cliper_lib.suite.viz import load_label_png  # noqa: E402
-from cliper_lib.suite.widgets import Explorer  # noqa: E402
+from cliper_lib.suite.cli.commands import main  # noqa: E402
+from cliper_lib.suite.explorer.widgets import Explorer  # noqa: E402
+from cliper_lib.suite.toolkit.samples import sample_images  # noqa: E402
+from cliper_lib.suite.toolkit.viz import load_label_png  # noqa: E402
 
 
 @pytest.fixture(scope="module")

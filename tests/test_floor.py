@@ -1,5 +1,5 @@
-"""The work at the floor: the UNet ends at the last captured layer, the refinement streams, the SD text encoder is
-replaced by a cached empty-prompt embedding (tiny random models on CPU)."""
+"""The work at the floor: the UNet ends at the last captured layer, the refinement streams, the SD
+text encoder is replaced by a cached empty-prompt embedding (tiny random models on CPU)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.method.pipeline import SegmentationResult
-from cliper_lib.method.refine import HeadChain, refine_coarse_maps
+from cliper_lib.method.refine import HeadChain, refine_mean, refine_selection, refine_sfsa
 from cliper_lib.method.sd_attention import (
     AttentionStore,
     SDSelfAttention,
@@ -51,7 +50,7 @@ def processors(unet: torch.nn.Module) -> dict[str, object]:
     }
 
 
-# --- early exit ---------------------------------------------------------------------------------------------------
+# --- early exit ----------------------------------------------------------------------------------
 @torch.no_grad()
 @pytest.mark.parametrize(
     "layers", [SMOKE.sd_layers, ["up_blocks.1.attentions.0", "down_blocks.0.attentions.0"]]
@@ -59,10 +58,8 @@ def processors(unet: torch.nn.Module) -> dict[str, object]:
 def test_early_exit_maps_equal_the_full_pass_and_the_unet_is_restored(components, layers) -> None:
     unet = components.unet
     g = torch.Generator().manual_seed(3)
-    latents, context = (
-        torch.randn(2, 4, SIDE // 8, SIDE // 8, generator=g),
-        torch.randn(2, 77, 32, generator=g),
-    )
+    latents = torch.randn(2, 4, SIDE // 8, SIDE // 8, generator=g)
+    context = torch.randn(2, 77, 32, generator=g)
     before = processors(unet)
     with capture_self_attention(unet, layers) as full:  # the whole pass, as before
         unet(latents, torch.tensor(101), encoder_hidden_states=context)
@@ -80,39 +77,38 @@ def test_early_exit_maps_equal_the_full_pass_and_the_unet_is_restored(components
     for path in layers:
         assert early[path].shape == full[path].shape and torch.equal(early[path], full[path]), path
     after = processors(unet)
-    assert all(
-        after[name] is before[name] for name in before
-    )  # the original processors, nothing left behind
-    reference = unet(
-        latents, torch.tensor(101), encoder_hidden_states=context
-    ).sample  # a plain pass still runs
+    # the original processors, nothing left behind
+    assert all(after[name] is before[name] for name in before)
+    # a plain pass still runs
+    reference = unet(latents, torch.tensor(101), encoder_hidden_states=context).sample
     assert reference.shape == latents.shape
 
 
-# --- streamed refinement ------------------------------------------------------------------------------------------
+# --- streamed refinement -------------------------------------------------------------------------
 def test_segment_streams_the_refinement_and_equals_the_batch_path(model, cat_image) -> None:
     text = model.encode_text(["cat", "sofa", "wall"])
-    streamed = model.segment(cat_image, text=text)
-    batch = model.run(cat_image, text=text, until=("coarse", "sd_attention"))
+    streamed = model.segment(cat_image, given={"text": text})
+    batch = model.run(cat_image, given={"text": text}, until=("coarse", "sd_attention"))
     head_maps = batch["sd_attention"]  # (4, T, T): asked for, so kept
-    expected = refine_coarse_maps(
-        batch["coarse"][0].float(), head_maps, "sfsa", model.cfg.attention_thr
-    )
+    thr = model.cfg.effective_sd_attention_thr
+    expected = refine_sfsa(batch.coarse.float(), head_maps, thr)
     assert streamed.refined.shape == expected.shape
     assert relative_error(streamed.refined, expected) <= 1e-6
-    assert streamed.head_maps_summary["count"] == head_maps.shape[0] == 4
-    kept = model.segment(
-        cat_image, text=text, head_maps=head_maps
-    )  # the batch path, given the maps
-    assert relative_error(kept.refined, expected) <= 1e-6 and torch.equal(
-        kept.labels, streamed.labels
-    )
+    # streamed: the maps were never kept, the UNet ran inside the refine stage
+    assert streamed.head_maps is None and "sd_attention" not in streamed.timings
+    assert head_maps.shape[0] == 4 and streamed.refined.shape[-1] ** 2 == head_maps.shape[-1]
+    # the batch path, given the maps (a run that keeps every stage reads them whole)
+    kept = model.run(cat_image, given={"text": text, "sd_attention": head_maps})
+    assert kept.head_maps is head_maps and "sd_attention" not in kept.timings
+    assert relative_error(kept.refined, expected) <= 1e-6
+    assert torch.equal(kept.labels, streamed.labels)
 
 
 def test_a_malformed_class_file_fails_before_the_vae_encode(
     model, cat_image, tmp_path, monkeypatch
 ) -> None:
-    """The streamed segment encodes the image first; the class file (read by the text stage) is checked before."""
+    """The streamed segment encodes the image first; the class file (read by the text stage) is
+    checked before."""
     one_line = tmp_path / "classes.txt"
     one_line.write_text("background, sky\n")  # a background line and no class
     monkeypatch.setattr(
@@ -123,9 +119,8 @@ def test_a_malformed_class_file_fails_before_the_vae_encode(
             (ValueError, FileNotFoundError), match="needs a background line|missing"
         ):
             model.segment(cat_image, cfg=model.cfg.replace(classes=classes))
-    with pytest.raises(
-        ValueError, match="needs a background line"
-    ):  # classes given, the vocabulary from the file
+    # classes given, the vocabulary from the file
+    with pytest.raises(ValueError, match="needs a background line"):
         model.segment(cat_image, classes=["cat"], cfg=model.cfg.replace(classes=str(one_line)))
 
 
@@ -133,11 +128,14 @@ def test_a_malformed_class_file_fails_before_the_vae_encode(
 def test_other_variants_read_the_maps_whole_and_match(model, cat_image, variant) -> None:
     cfg = model.cfg.replace(refinement=variant, selection_head=1)
     text = model.encode_text(["cat", "sofa"])
-    run = model.run(cat_image, text=text, cfg=cfg, until=("coarse", "sd_attention"))
-    expected = refine_coarse_maps(
-        run["coarse"][0].float(), run["sd_attention"], variant, cfg.attention_thr, 1
-    )
-    assert torch.equal(model.segment(cat_image, text=text, cfg=cfg).refined, expected)
+    run = model.run(cat_image, given={"text": text}, cfg=cfg, until=("coarse", "sd_attention"))
+    thr = cfg.effective_sd_attention_thr
+    refine = {
+        "mean": lambda coarse, maps: refine_mean(coarse, maps, thr),
+        "selection": lambda coarse, maps: refine_selection(coarse, maps, thr, 1),
+    }[variant]
+    expected = refine(run.coarse.float(), run["sd_attention"])
+    assert torch.equal(model.segment(cat_image, given={"text": text}, cfg=cfg).refined, expected)
 
 
 def test_head_chain_waits_for_a_layer_that_runs_before_its_turn(model, cat_image) -> None:
@@ -145,23 +143,24 @@ def test_head_chain_waits_for_a_layer_that_runs_before_its_turn(model, cat_image
     cfg = model.cfg.replace(sd_layers=["up_blocks.3.attentions.0", "up_blocks.3.attentions.1"])
     coarse = torch.rand(3, 21, 32, generator=torch.Generator().manual_seed(0))
     chain = HeadChain([coarse], cfg.sd_layers, cfg.attention_thr)
-    model.sd.capture([cat_image], chain, cfg=cfg)
-    expected = refine_coarse_maps(coarse, model.sd(cat_image, cfg), "sfsa", cfg.attention_thr)
+    model.sd.capture(model.sd.latents([cat_image], cfg), chain, cfg=cfg)
+    expected = refine_sfsa(coarse, model.sd(cat_image, cfg), cfg.attention_thr)
     assert chain.count == 4 and not chain.waiting and not chain.due
     assert relative_error(chain.refined[0], expected) <= 1e-6
 
 
-# --- what a segmentation holds --------------------------------------------------------------------------------------
+# --- what a segmentation holds -------------------------------------------------------------------
 def test_a_run_frees_what_nobody_keeps_and_no_cycle_holds_it(model, cat_image) -> None:
     text = model.encode_text(["cat", "sofa"])
     cfg = model.cfg.replace(sliding_crop_size=112, sliding_stride=112)
-    kept = model.run(cat_image, text=text, cfg=cfg)  # default: every stage value is returned
-    lean = model.run(cat_image, text=text, cfg=cfg, keep=("fusion", "coarse"))
-    assert (
-        "clip_walk" in kept and "clip_walk" not in lean and "clip_walk" in lean.keys
-    )  # read, then dropped
+    # default: every stage value is returned
+    kept = model.run(cat_image, given={"text": text}, cfg=cfg)
+    lean = model.run(cat_image, given={"text": text}, cfg=cfg, keep=("fusion", "coarse"))
+    # read, then dropped
+    assert "clip_walk" in kept and "clip_walk" not in lean and "clip_walk" in lean.keys
     assert {"fusion", "coarse", "labels"} <= set(lean.values) and "layer_maps" not in lean.values
-    assert all(torch.equal(a, b) for a, b in zip(kept["labels"], lean["labels"]))
+    for part in ("scores", "maps", "labels"):
+        assert torch.equal(getattr(kept["labels"], part), getattr(lean["labels"], part)), part
     walk = weakref.ref(kept["clip_walk"].walk.normalized_inputs[0])
     gc.disable()  # the run's values must go with the run, not wait for the cyclic garbage collector
     try:
@@ -188,19 +187,17 @@ def test_segment_encodes_first_and_matches_a_run_that_keeps_everything(
     monkeypatch.setattr(
         model, "clip_features", lambda *a, **k: (order.append("clip_walk"), walk(*a, **k))[1]
     )
-    result = model.segment(cat_image, text=text)
-    assert order == [
-        "latents",
-        "clip_walk",
-        "capture",
-    ]  # the VAE before the CLIP side; the UNet after it
-    expected = SegmentationResult.from_run(
-        model.run(cat_image, text=text, cfg=model.cfg.replace(seed=model.cfg.seed))
+    result = model.segment(cat_image, given={"text": text})
+    # the VAE before the CLIP side; the UNet after it
+    assert order == ["latents", "clip_walk", "capture"]
+    expected = model.run(
+        cat_image, given={"text": text}, cfg=model.cfg.replace(seed=model.cfg.seed)
     )
-    assert relative_error(result.refined, expected.refined) <= 1e-6 and torch.equal(
-        result.labels, expected.labels
-    )
-    assert result.timings["sd_attention"] > 0 and result.timings["refine"] >= 0
+    assert relative_error(result.refined, expected.refined) <= 1e-6
+    assert torch.equal(result.labels, expected.labels)
+    # the VAE encode is its own stage; the UNet pass runs inside the (streamed) refine stage
+    assert result.timings["sd_latents"] > 0 and result.timings["refine"] > 0
+    assert "sd_attention" not in result.timings
 
 
 def test_head_chain_refuses_maps_of_another_size() -> None:
@@ -210,7 +207,7 @@ def test_head_chain_refuses_maps_of_another_size() -> None:
         chain("a", 0, 2, torch.softmax(torch.randn(1, 9, 9), -1))
 
 
-# --- the empty-prompt embedding -----------------------------------------------------------------------------------
+# --- the empty-prompt embedding ------------------------------------------------------------------
 def forbid_text_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     import transformers
 
@@ -230,9 +227,8 @@ def test_random_weights_embedding_cached_equals_fresh(monkeypatch, tmp_path, com
     assert len(list((tmp_path / "sd-empty-prompt").glob("*.pt"))) == 1
     with monkeypatch.context() as patch:
         forbid_text_encoder(patch)
-        assert torch.equal(
-            load_sd_components(SMOKE).empty_embedding, fresh
-        )  # a hit, no encoder built
+        # a hit, no encoder built
+        assert torch.equal(load_sd_components(SMOKE).empty_embedding, fresh)
     other = load_sd_components(SMOKE.replace(seed=1))  # other weights, another entry
     assert not torch.equal(other.empty_embedding, fresh)
     seed1 = build_random_sd_components(seed=1)
@@ -264,9 +260,8 @@ def test_folder_embedding_cached_equals_fresh_and_invalidates(
     )
 
     other = build_random_sd_components(seed=1)
-    other.text_encoder.save_pretrained(
-        folder / "text_encoder"
-    )  # new weights in place: the key changes
+    # new weights in place: the key changes
+    other.text_encoder.save_pretrained(folder / "text_encoder")
     changed = load_sd_components(cfg)
     assert torch.equal(
         changed.empty_embedding, encode_empty_prompt(other.tokenizer, other.text_encoder)

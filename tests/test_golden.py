@@ -1,4 +1,5 @@
-"""The authors' own outputs on tiny models (CLIP half and diffusion half): every array within float rounding."""
+"""The authors' own outputs on tiny models (CLIP half and diffusion half): every array within float
+rounding."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_clip_side_matches_authors(golden, golden_clip, case_name):
         fg=case["text_fg"],
         bg=case["text_bg"],
     )
-    result = model.segment(golden["image_uint8"].numpy(), text=text)
+    result = model.segment(golden["image_uint8"].numpy(), given={"text": text})
 
     assert result.layer_embeddings.shape == case["layer_embeddings"].shape == (4, 295, 64)
     assert relative_error(result.layer_embeddings, case["layer_embeddings"]) < 1e-5
@@ -70,11 +71,11 @@ def test_labels_match_authors(golden, index):
     assert torch.equal(ours, case["labels"])
 
 
-# --- the diffusion half -------------------------------------------------------------------------------------------
+# --- the diffusion half --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def golden_extractor(golden_sd):
-    """The authors' tiny SD (their weights, fp32) in our extractor; their empty-prompt embedding stands in for the
-    text encoder, which the golden file does not include."""
+    """The authors' tiny SD (their weights, fp32) in our extractor; their empty-prompt embedding
+    stands in for the text encoder, which the golden file does not include."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
     from cliper_lib.method.sd_attention import SDComponents, SDSelfAttention
@@ -104,9 +105,8 @@ def golden_extractor(golden_sd):
 
 def test_sd_input_latents_and_timestep_match_authors(golden_sd, golden_extractor):
     image = golden_sd["image"].numpy()  # (300, 451, 3) uint8
-    pixels = golden_extractor.preprocess(
-        image
-    )  # (1, 3, 512, 512): the whole photo, nearest-neighbour squash
+    # (1, 3, 512, 512): the whole photo, nearest-neighbour squash
+    pixels = golden_extractor.preprocess(image)
     assert pixels.shape == (1, 3, 512, 512)
     assert torch.equal(pixels[:, :, ::16, ::16], golden_sd["sd_input_strided"])
     assert relative_error(golden_extractor.encode(pixels), golden_sd["latents"]) < 2e-5
@@ -115,19 +115,23 @@ def test_sd_input_latents_and_timestep_match_authors(golden_sd, golden_extractor
 
 def test_sd_head_maps_and_refinement_match_authors(golden_sd, golden_extractor):
     from cliper_lib.method.labels import class_scores
-    from cliper_lib.method.refine import refine_coarse_maps
+    from cliper_lib.method.refine import refine_mean, refine_selection, refine_sfsa
 
-    maps = golden_extractor(
-        golden_sd["image"].numpy()
-    )  # (4, 4096, 4096): 2 heads of each layer, authors' order
+    # (4, 4096, 4096): 2 heads of each layer, authors' order
+    maps = golden_extractor(golden_sd["image"].numpy())
     assert maps.shape == (4, 4096, 4096) and maps.dtype == torch.float32
     rows = torch.tensor(golden_sd["head_rows_index"])
     assert relative_error(maps[:, rows], golden_sd["head_rows"]) < 2e-5
     assert relative_error(maps.sum(-1), golden_sd["head_row_sums"]) < 2e-5
     assert relative_error(maps.amax(-2), golden_sd["head_col_max"]) < 2e-5
     coarse, thr, head = golden_sd["coarse"], golden_sd["attention_thr"], golden_sd["selection_head"]
-    for variant in ("sfsa", "mean", "selection"):
-        refined = refine_coarse_maps(coarse, maps, variant, thr, head)  # (3, 64, 64)
+    variants = {
+        "sfsa": lambda: refine_sfsa(coarse, maps, thr),
+        "mean": lambda: refine_mean(coarse, maps, thr),
+        "selection": lambda: refine_selection(coarse, maps, thr, head),
+    }
+    for variant, refine in variants.items():
+        refined = refine()  # (3, 64, 64)
         assert relative_error(refined, golden_sd["refined"][variant]) < 2e-5, variant
-    scores = class_scores(refine_coarse_maps(coarse, maps, "sfsa", thr, head), coarse)
+    scores = class_scores(refine_sfsa(coarse, maps, thr), coarse)
     assert relative_error(scores, golden_sd["score_sfsa"]) < 2e-5

@@ -1,4 +1,5 @@
-"""cliper_lib.heap: freed heap memory really goes back to the system (glibc), and elsewhere nothing happens."""
+"""cliper_lib.heap: freed heap memory really goes back to the system (glibc), and elsewhere nothing
+happens; huge pages only when asked for, never by importing the package."""
 
 from __future__ import annotations
 
@@ -23,12 +24,10 @@ def resident_mib() -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_freed_heap_pages_are_returned() -> None:
-    blocks = [
-        bytearray(64 * 1024) for _ in range(3072)
-    ]  # 192 MiB of blocks under glibc's mmap threshold: the heap
-    pin = bytearray(
-        64 * 1024
-    )  # allocated last, it keeps the heap's top in use, so glibc cannot trim on its own
+    # 192 MiB of blocks under glibc's mmap threshold: the heap
+    blocks = [bytearray(64 * 1024) for _ in range(3072)]
+    # allocated last, it keeps the heap's top in use, so glibc cannot trim on its own
+    pin = bytearray(64 * 1024)
     for block in blocks:
         block[::4096] = b"\x01" * len(block[::4096])  # touch every page
     del blocks
@@ -40,11 +39,13 @@ def test_freed_heap_pages_are_returned() -> None:
     del pin
 
 
-def huge_page_faults(env: dict[str, str]) -> int:
-    """Minor page faults of filling a fresh 64 MiB tensor in a new process that imported cliper_lib first."""
+def huge_page_faults(env: dict[str, str], request: bool = True) -> int:
+    """Minor page faults of filling a fresh 64 MiB tensor in a new process that imported cliper_lib
+    first and (`request`) then called request_huge_pages()."""
     code = (
-        "import resource, cliper_lib, torch\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "import resource, cliper_lib, cliper_lib.heap, torch\n"
+        + ("cliper_lib.heap.request_huge_pages()\n" if request else "")
+        + "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "torch.empty(16 * 2**20).fill_(1.0)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
@@ -58,12 +59,32 @@ def huge_page_faults(env: dict[str, str]) -> int:
     not THP_MODE_FILE.exists() or "[never]" in THP_MODE_FILE.read_text(),
     reason="no transparent huge pages here",
 )
-def test_importing_cliper_lib_gives_large_tensors_huge_pages_unless_the_user_said_no() -> None:
+def test_requesting_huge_pages_gives_large_tensors_huge_pages_unless_the_user_said_no() -> None:
     env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
     on = huge_page_faults(env)
     off = huge_page_faults({**env, HUGE_PAGES_VARIABLE: "0"})
     assert off >= 16384 - 100, off  # one fault per 4 KiB page of the 64 MiB
     assert on < off / 8, (on, off)  # 2 MiB pages: 32 of them (the kernel may still split some)
+    not_asked = huge_page_faults(env, request=False)  # importing alone changes nothing
+    assert not_asked >= 16384 - 100, not_asked
+
+
+def test_importing_cliper_lib_does_not_request_huge_pages() -> None:
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
+    code = (
+        "import os, cliper_lib, cliper_lib.heap\n"
+        "from cliper_lib import CLIPer, CLIPerConfig\n"
+        f"print(os.environ.get({HUGE_PAGES_VARIABLE!r}, 'unset'))\n"
+        "cliper_lib.heap.request_huge_pages()\n"
+        f"print(os.environ.get({HUGE_PAGES_VARIABLE!r}, 'unset'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    imported, requested = done.stdout.split()
+    assert imported == "unset"
+    available = THP_MODE_FILE.exists() and "[never]" not in THP_MODE_FILE.read_text()
+    assert requested == ("1" if available and sys.platform.startswith("linux") else "unset")
 
 
 def test_huge_pages_are_not_requested_where_the_kernel_has_none(tmp_path, monkeypatch) -> None:

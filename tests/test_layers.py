@@ -3,6 +3,7 @@ method package, and no module too long to read."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,19 +37,24 @@ def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
 def test_the_layers_import_only_downwards():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize(
     "module,line",
     [
-        ("method/labels.py", "from ..suite import viz  # an upward import\n"),  # method -> suite
+        # method -> suite
+        ("method/labels.py", "from ..suite.toolkit import viz  # an upward import\n"),
         (
             "eval/metrics.py",
             "from ..weights import hub  # an upward import\n",
         ),  # eval -> weights is fine ...
         ("config.py", "from .method import stages  # an upward import\n"),  # the bottom -> method
         ("vfm/affinity.py", "from ..method import stages  # an upward import\n"),  # vfm -> method
+        # in the suite: the toolkit -> a room, a room -> another room, a room -> the command line
+        ("suite/toolkit/viz.py", "from ..runs import batch  # an upward import\n"),
+        ("suite/runs/batch.py", "from ..explorer import export  # a sibling room\n"),
+        ("suite/studies/analysis.py", "from ..cli import commands  # an upward import\n"),
     ],
 )
 def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
@@ -72,3 +78,80 @@ def test_method_is_small_and_no_module_is_long():
     assert method <= 1600, f"cliper_lib/method/ has {method} lines"
     long = {name: n for name, n in lines.items() if n > 400}
     assert not long, f"modules over 400 lines: {long}"
+
+
+def module_imports(package_parent: Path) -> dict[str, set[str]]:
+    """Each module of the `cliper_lib` found in `package_parent` -> the modules of the package it
+    imports (grimp, in a subprocess so that it reads that copy; imports inside functions count)."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import grimp; "
+        "g = grimp.build_graph('cliper_lib', cache_dir=None); "
+        "print(json.dumps({m: sorted(g.find_modules_directly_imported_by(m)) for m in g.modules}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(package_parent)],
+        capture_output=True,
+        text=True,
+        cwd=package_parent,
+    )
+    assert result.returncode == 0, result.stderr
+    return {module: set(imported) for module, imported in json.loads(result.stdout).items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a module graph: each strongly connected component (Tarjan) of more than
+    one module, or a module importing itself, as a sorted list of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]  # iterative DFS: no recursion limit
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node]:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_import_cycle():
+    assert import_cycles(module_imports(ROOT)) == []
+
+
+def test_an_import_cycle_is_found(tmp_path):
+    copy = tmp_path / "cliper_lib"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "presets"))
+    target = copy / "suite" / "toolkit" / "samples.py"  # samples -> outputs -> viz -> samples
+    target.write_text(target.read_text() + "\nfrom .outputs import OUTPUT_SUFFIXES  # a cycle\n")
+    viz = copy / "suite" / "toolkit" / "viz.py"
+    viz.write_text(viz.read_text() + "\nfrom .samples import SAMPLES_DIR  # a cycle\n")
+    assert import_cycles(module_imports(tmp_path)) == [
+        [
+            "cliper_lib.suite.toolkit.outputs",
+            "cliper_lib.suite.toolkit.samples",
+            "cliper_lib.suite.toolkit.viz",
+        ]
+    ]

@@ -1,5 +1,6 @@
-"""The low-memory walk (issue 12): when nobody keeps the walk (`segment`, eval), the walk keeps only the float32
-sum of the fused layers' attentions instead of every A_i, and everything downstream is bit-for-bit the same."""
+"""The low-memory walk (issue 12): when nobody keeps the walk (`segment`, eval), the walk keeps only
+the float32 sum of the fused layers' attentions instead of every A_i, and everything downstream is
+bit-for-bit the same."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from cliper_lib import CLIPerConfig
 from cliper_lib.method import fusion as elf
 from cliper_lib.method.clip_backbone import walk_layers
-from cliper_lib.method.pipeline import CLIPer
-from cliper_lib.suite.tuning import StageCache
+from cliper_lib.method.pipeline import SEGMENT_KEEPS, CLIPer
+from cliper_lib.suite.toolkit.stage_cache import StageCache
 
 CLASSES = ["red disc", "blue box", "green triangle"]
 BASE = dict(
@@ -50,14 +51,14 @@ def test_summing_walk_equals_the_stored_sum_exactly(golden_clip, layers):
     for a, b in zip(
         kept.residual_inputs + kept.normalized_inputs,
         summed.residual_inputs + summed.normalized_inputs,
+        strict=True,
     ):
         assert torch.equal(a, b)
     for rounds in ("cumulative", 2):
         full = elf.fuse_layers(visual, kept, layers, rounds)
         low = elf.fuse_layers(visual, summed, layers, rounds)
-        assert torch.equal(full.embeddings, low.embeddings) and torch.equal(
-            full.last_attention, low.last_attention
-        )
+        assert torch.equal(full.embeddings, low.embeddings)
+        assert torch.equal(full.last_attention, low.last_attention)
 
 
 def test_a_walk_summed_over_other_layers_is_refused(golden_clip):
@@ -80,17 +81,24 @@ def test_a_walk_summed_over_other_layers_is_refused(golden_clip):
         {"sliding_crop_size": 0},
     ],
 )
-def test_segment_without_a_store_equals_the_stored_run(tiny, image, changes):
+def test_segment_without_a_store_equals_the_stored_run(tiny, image, changes, monkeypatch):
     cfg = tiny.cfg.replace(**changes)
-    low = tiny.run(image, CLASSES, cfg=cfg)  # no store: the summing walk
-    assert low["clip_walk"].walk.attentions == []
+    walks = []
+    features = tiny.clip_features
+    monkeypatch.setattr(
+        tiny, "clip_features", lambda *a, **k: walks.append(features(*a, **k)) or walks[-1]
+    )
+    # the walk not kept (segment's keeps, no store): the summing walk
+    low = tiny.run(image, CLASSES, cfg=cfg, keep=SEGMENT_KEEPS)
+    assert "clip_walk" not in low and len(walks) == 1 and walks[0].walk.attentions == []
+    monkeypatch.undo()
     stored = StageCache(tiny).run(image, cfg, CLASSES)  # a store: every A_i kept
-    assert len(stored.features.walk.attentions) == tiny.clip.num_layers - 1
-    assert torch.equal(low["fusion"].whole.last_attention, stored.fused.whole.last_attention)
-    assert torch.equal(low["fusion"].whole.embeddings, stored.fused.whole.embeddings)
-    assert torch.equal(low["layer_maps"].blended, stored.layer_maps.blended)
-    assert torch.equal(low["refine"], stored.refined)
-    assert torch.equal(low["labels"][2], stored.labels)
+    assert len(stored["clip_walk"].walk.attentions) == tiny.clip.num_layers - 1
+    assert torch.equal(low["fusion"].whole.last_attention, stored["fusion"].whole.last_attention)
+    assert torch.equal(low["fusion"].whole.embeddings, stored["fusion"].whole.embeddings)
+    assert torch.equal(low.layer_maps, stored.layer_maps)
+    assert torch.equal(low.refined, stored.refined)
+    assert torch.equal(low.labels, stored.labels)
 
 
 def test_a_walk_asked_for_keeps_its_attentions(tiny, image):

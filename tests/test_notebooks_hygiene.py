@@ -144,7 +144,7 @@ def test_papermill_sees_every_parameter(path, caplog):
 
 def test_planned_notebooks_are_known():
     """The smoke plan names exactly the design's notebook sequence (those missing are not yet written)."""
-    from cliper_lib.suite.plans import load_plan
+    from cliper_lib.suite.runs.plans import load_plan
 
     assert [r.notebook.stem for r in load_plan("smoke").runs] == EXPECTED
     unknown = sorted(set(p.stem for p in NOTEBOOKS) - set(EXPECTED))

@@ -40,12 +40,13 @@ def test_segment_returns_every_intermediate(coarse_model, cat_image):
 def test_stages_compose_to_segment(coarse_model, cat_image):
     cfg = coarse_model.cfg.replace(select_layer=-2, sliding_crop_size=0, fuse_layers=[1, 2])
     text = coarse_model.encode_text(["cat", "sofa"])
-    full = coarse_model.segment(cat_image, text=text, cfg=cfg)
+    full = coarse_model.segment(cat_image, given={"text": text}, cfg=cfg)
     features = coarse_model.clip_features(cat_image, cfg)
     fused = coarse_model.fusion(features, cfg)
     maps = coarse_model.layer_maps(features, fused, text, cfg)
-    coarse, _ = coarse_model.coarse(maps, fused, cfg)
-    torch.testing.assert_close(coarse, full.coarse)
+    coarse = coarse_model.coarse(maps, fused, cfg)
+    torch.testing.assert_close(coarse.coarse, full.coarse)
+    torch.testing.assert_close(coarse.select_map, full.select_map)
     assert maps.sliding is None
 
 
@@ -88,12 +89,14 @@ def test_full_method_with_fine_grained_compensation(full_model, cat_image):
     result = full_model.segment(cat_image, classes="cat; sofa")
     side = full_model.cfg.effective_sd_image_size // 8  # up_blocks.3 runs at latent resolution
     assert result.refined.shape == (2, side, side)
-    assert result.head_maps_summary["tokens"] == side * side
-    assert result.head_maps_summary["layers"] == [
-        "up_blocks.3.attentions.1",
-        "up_blocks.3.attentions.0",
-    ]
-    assert "sd_attention" in result.timings and "refine" in result.timings
+    # segment streams the head maps (none kept); a run that keeps them shows their shape
+    assert result.head_maps is None
+    assert result.cfg.sd_layers == ["up_blocks.3.attentions.1", "up_blocks.3.attentions.0"]
+    kept = full_model.run(cat_image, "cat; sofa", until=("labels", "sd_attention"))
+    assert kept.head_maps.shape == (4, side * side, side * side)  # 2 heads of each layer
+    assert torch.equal(kept.refined, result.refined)
+    # the VAE encode, then the UNet pass inside the streamed refinement
+    assert "sd_latents" in result.timings and "refine" in result.timings
     torch.testing.assert_close(
         result.scores,
         0.5 * result.refined.flatten(1).amax(1) + 0.5 * result.coarse.flatten(1).amax(1),
@@ -103,22 +106,17 @@ def test_full_method_with_fine_grained_compensation(full_model, cat_image):
 
 
 def test_refinement_variants_and_threshold_knob(full_model, cat_image):
-    head_maps = full_model.sd_attention(cat_image)
-    text = full_model.encode_text(["cat", "sofa"])
-    refined = {
-        v: full_model.segment(
-            cat_image, text=text, head_maps=head_maps, cfg=full_model.cfg.replace(refinement=v)
-        ).refined
-        for v in ("sfsa", "mean", "selection")
-    }
-    assert not torch.allclose(refined["sfsa"], refined["mean"])
-    fixed = full_model.segment(
-        cat_image,
-        text=text,
-        head_maps=head_maps,
-        cfg=full_model.cfg.replace(attention_thr=0.3, sd_attention_thr=0.1),
-    ).refined
-    default = full_model.segment(
-        cat_image, text=text, head_maps=head_maps, cfg=full_model.cfg.replace(attention_thr=0.3)
-    ).refined
+    head_maps = full_model.sd(cat_image)
+    given = {"text": full_model.encode_text(["cat", "sofa"]), "sd_attention": head_maps}
+
+    def refined(**changes) -> torch.Tensor:
+        # a run that keeps every stage reads the given head maps (segment would stream its own)
+        run = full_model.run(cat_image, given=given, cfg=full_model.cfg.replace(**changes))
+        assert run.head_maps is head_maps
+        return run.refined
+
+    variants = {v: refined(refinement=v) for v in ("sfsa", "mean", "selection")}
+    assert not torch.allclose(variants["sfsa"], variants["mean"])
+    fixed = refined(attention_thr=0.3, sd_attention_thr=0.1)
+    default = refined(attention_thr=0.3)
     assert not torch.allclose(fixed, default)  # the SD threshold follows attention_thr unless set

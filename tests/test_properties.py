@@ -1,8 +1,10 @@
-"""Properties of the stage functions on random shapes and values (hypothesis): fused attention is row-stochastic
-and non-negative, refined maps are finite, labels are in range, and any image from 1×1 pixels up to the size
-limit (MAX_PATCH_TOKENS) is either segmented or refused before anything is allocated.
+"""Properties of the stage functions on random shapes and values (hypothesis): fused attention is
+row-stochastic and non-negative, refined maps are finite, labels are in range, and any image from
+1×1 pixels up to the size limit (MAX_PATCH_TOKENS) is either segmented or refused before anything is
+allocated.
 
-Few examples each and tiny models, so the file stays fast; the shapes and values vary, the seeds are hypothesis'.
+Few examples each and tiny models, so the file stays fast; the shapes and values vary, the seeds are
+hypothesis'.
 """
 
 from __future__ import annotations
@@ -20,7 +22,21 @@ from cliper_lib.method import fusion as elf
 from cliper_lib.method.clip_backbone import MAX_PATCH_TOKENS, resized_shape
 from cliper_lib.method.labels import class_scores, labels_from_maps, scaled_maps
 from cliper_lib.method.pipeline import CLIPer
-from cliper_lib.method.refine import refine_coarse_maps
+from cliper_lib.method.refine import (
+    check_head_maps,
+    refine_mean,
+    refine_selection,
+    refine_sfsa,
+    upsample_coarse,
+)
+
+#: each variant's refinement, called as (coarse, maps, attention_thr, selection_head)
+REFINE = {
+    "sfsa": lambda coarse, maps, thr, head: refine_sfsa(coarse, maps, thr),
+    "mean": lambda coarse, maps, thr, head: refine_mean(coarse, maps, thr),
+    "selection": lambda coarse, maps, thr, head: refine_selection(coarse, maps, thr, head),
+    "none": lambda coarse, maps, thr, head: upsample_coarse(coarse, check_head_maps(maps)),
+}
 
 FEW = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -34,7 +50,8 @@ def tensor(seed: int, *shape: int, dtype=torch.float64) -> torch.Tensor:
 def attention_stack(
     seed: int, layers: int, heads: int, n: int, sharpness: float
 ) -> list[torch.Tensor]:
-    """`layers` attention maps (1, H, N, N), softmax of scores × sharpness (large: nearly one-hot rows)."""
+    """`layers` attention maps (1, H, N, N), softmax of scores × sharpness (large: nearly one-hot
+    rows)."""
     scores = torch.randn(
         layers, 1, heads, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
     )
@@ -49,13 +66,17 @@ def attention_stack(
     patches=st.integers(1, 30),
     sharpness=st.floats(0.0, 30.0),
     rounds=st.one_of(st.just("cumulative"), st.integers(0, 3)),
+    per_head=st.booleans(),
 )
 def test_fused_attention_is_row_stochastic_and_nonnegative(
-    seed, layers, heads, patches, sharpness, rounds
+    seed, layers, heads, patches, sharpness, rounds, per_head
 ):
     attentions = attention_stack(seed, layers, heads, 1 + patches, sharpness)
     summed = elf.sum_attention(attentions, list(range(layers)))
-    for fused in elf.iter_fused_attentions(summed, num_outputs=layers + 1, rounds=rounds):
+    fused_attentions = elf.iter_fused_attentions(
+        summed, num_outputs=layers + 1, rounds=rounds, per_head=per_head
+    )
+    for fused in fused_attentions:
         assert fused.shape == (1, heads, 1 + patches, 1 + patches)
         assert torch.isfinite(fused).all() and (fused >= 0).all()
         torch.testing.assert_close(
@@ -80,7 +101,7 @@ def test_refined_maps_are_finite(seed, m, side, classes, h, w, thr, sharpness, v
     t = side * side
     head_maps = attention_stack(seed, 1, m, t, sharpness)[0][0].float()  # (m, T, T), rows sum to 1
     coarse = tensor(seed + 1, classes, h, w, dtype=torch.float32) * scale
-    refined = refine_coarse_maps(coarse, head_maps, variant, thr, selection_head=seed % m)
+    refined = REFINE[variant](coarse, head_maps, thr, seed % m)
     assert refined.shape == (classes, side, side) and torch.isfinite(refined).all()
     assert (refined >= 0).all()  # non-negative maps through non-negative operators
 
@@ -111,9 +132,8 @@ def test_labels_are_in_range(
     assert labels.shape == (height, width) and labels.dtype == torch.int64
     assert 0 <= int(labels.min()) and int(labels.max()) <= classes
     absent = [k + 1 for k in range(classes) if scores[k] <= score_threshold]
-    assert not torch.isin(
-        labels, torch.tensor(absent, dtype=torch.int64)
-    ).any()  # absent classes never label
+    # absent classes never label
+    assert not torch.isin(labels, torch.tensor(absent, dtype=torch.int64)).any()
 
 
 @settings(max_examples=200, deadline=None)
@@ -124,7 +144,8 @@ def test_labels_are_in_range(
     patch=st.sampled_from([14, 16]),
 )
 def test_any_image_size_is_resized_within_the_limit_or_refused(width, height, size, patch):
-    """Rounded (half up) sides, independent of the implementation; over MAX_PATCH_TOKENS: ValueError."""
+    """Rounded (half up) sides, independent of the implementation; over MAX_PATCH_TOKENS:
+    ValueError."""
     ratio = size / min(width, height)
     rows = max(math.floor(height * ratio / patch + 0.5), 1)
     cols = max(math.floor(width * ratio / patch + 0.5), 1)
@@ -164,7 +185,8 @@ def text(tiny):
     seed=st.integers(0, 2**16),
 )
 def test_pipeline_on_any_small_image(tiny, text, height, width, size, fill, seed):
-    """The whole coarse pipeline on the tiny CLIP, image sizes from 1×1 (grids from 1 patch up to 9×3)."""
+    """The whole coarse pipeline on the tiny CLIP, image sizes from 1×1 (grids from 1 patch up to
+    9×3)."""
     rng = np.random.default_rng(seed)
     if fill == "random":
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -174,7 +196,7 @@ def test_pipeline_on_any_small_image(tiny, text, height, width, size, fill, seed
         image = np.zeros((height, width, 3), np.uint8)
         image[::2] = 255
     cfg = tiny.cfg.replace(size=size)
-    result = tiny.segment(image, text=text, cfg=cfg)
+    result = tiny.segment(image, given={"text": text}, cfg=cfg)
     attention = result.fused_attention  # (H, N, N)
     assert (attention >= 0).all()
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))

@@ -8,16 +8,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cliper_lib.config import CLIPerConfig, ConfigError
 from cliper_lib.method.refine import (
     HeadChain,
     chain_apply,
+    check_head_maps,
     normalize_and_apply_,
     normalize_head_maps,
     normalize_head_maps_,
-    refine_coarse_maps,
+    refine_mean,
+    refine_selection,
+    refine_sfsa,
     upsample_coarse,
     zero_below_,
 )
+from cliper_lib.method.refinements import REFINEMENTS
+
+#: each SD variant's refinement, called as (coarse, maps, attention_thr, selection_head)
+REFINE = {
+    "sfsa": lambda coarse, maps, thr, head: refine_sfsa(coarse, maps, thr),
+    "mean": lambda coarse, maps, thr, head: refine_mean(coarse, maps, thr),
+    "selection": lambda coarse, maps, thr, head: refine_selection(coarse, maps, thr, head),
+}
 
 
 def random_stochastic(
@@ -48,7 +60,8 @@ def naive_normalize(maps: torch.Tensor, thr: float) -> torch.Tensor:
 def authors_reference(
     coarse: torch.Tensor, maps: torch.Tensor, variant: str, thr: float, head: int
 ) -> torch.Tensor:
-    """The whole refinement the authors' way: normalise all maps, form the product left to right, then apply it."""
+    """The whole refinement the authors' way: normalise all maps, form the product left to right,
+    then apply it."""
     s = int(maps.shape[-1] ** 0.5)
     S = (
         F.interpolate(coarse[None], size=(s, s), mode="bilinear", align_corners=False)[0]
@@ -65,7 +78,7 @@ def authors_reference(
     return (A @ S).T.reshape(-1, s, s)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_normalize_matches_naive_loop() -> None:
     maps = random_stochastic(3, 9, seed=1)
     for thr in (0.0, 0.1, 0.35):
@@ -110,7 +123,8 @@ def test_normalize_rows_are_stochastic_or_empty() -> None:
     sums = out.sum(-1)
     assert (out >= 0).all()
     assert torch.all((sums - 1).abs() < 1e-4)  # +1e-5 in the denominator keeps sums just below 1
-    # every column keeps its maximum (value ~1 after the column normalisation), so no row of max entries vanishes
+    # every column keeps its maximum (value ~1 after the column normalisation), so no row of max
+    # entries vanishes
     assert (out > 0).any(dim=-2).all()
 
 
@@ -179,10 +193,22 @@ def test_chain_shape_errors() -> None:
 def test_refine_variants_match_authors_reference(variant: str) -> None:
     maps = random_stochastic(4, 36, seed=7)  # s = 6
     coarse = torch.rand(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    got = refine_coarse_maps(coarse, maps, variant, attention_thr=0.2, selection_head=2)
+    got = REFINE[variant](coarse, maps, 0.2, 2)
     assert got.shape == (3, 6, 6)
     torch.testing.assert_close(
         got, authors_reference(coarse, maps, variant, 0.2, 2), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("band", [None, 5, 16])
+def test_banded_sfsa_equals_the_whole_map_one(band) -> None:
+    maps = random_stochastic(4, 36, seed=7)
+    coarse = torch.rand(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(
+        refine_sfsa(coarse, maps, 0.2, band),
+        authors_reference(coarse, maps, "sfsa", 0.2, 0),
+        rtol=1e-10,
+        atol=1e-12,
     )
 
 
@@ -190,33 +216,42 @@ def test_refine_none_is_the_bilinear_upsample() -> None:
     coarse = torch.rand(2, 4, 4)
     maps = random_stochastic(2, 64, dtype=torch.float32)
     expected = F.interpolate(coarse[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(refine_coarse_maps(coarse, maps, "none"), expected)
-    torch.testing.assert_close(refine_coarse_maps(coarse, None, "none", side=8), expected)
+    # S_c↑ at the side of the head maps' token grid
+    torch.testing.assert_close(upsample_coarse(coarse, check_head_maps(maps)), expected)
     torch.testing.assert_close(upsample_coarse(coarse, 8), expected)
+    # the registered `none` refinement is S_c itself (float32): labels upsample it to the image
+    none = REFINEMENTS["none"]
+    assert none.source is None and none.part is None
+    assert torch.equal(none.one(None, CLIPerConfig(), coarse.half(), None), coarse.half().float())
 
 
 def test_refine_half_precision_maps_are_refined_in_float32() -> None:
     maps = random_stochastic(3, 16, dtype=torch.float32)
     coarse = torch.rand(2, 3, 3)
-    out = refine_coarse_maps(coarse, maps.half(), "sfsa")
+    out = refine_sfsa(coarse, maps.half(), 0.1)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, refine_coarse_maps(coarse, maps.half().float(), "sfsa"))
+    torch.testing.assert_close(out, refine_sfsa(coarse, maps.half().float(), 0.1))
 
 
 def test_refine_input_errors() -> None:
     maps = random_stochastic(3, 16, dtype=torch.float32)
     coarse = torch.rand(2, 3, 3)
-    with pytest.raises(ValueError, match="unknown"):
-        refine_coarse_maps(coarse, maps, "median")
+    assert "median" not in REFINEMENTS
+    with pytest.raises(ConfigError, match="refinement='median' is not allowed"):
+        CLIPerConfig(refinement="median").validate()
     with pytest.raises(ValueError, match="selection_head=3"):
-        refine_coarse_maps(coarse, maps, "selection", selection_head=3)
-    with pytest.raises(ValueError, match=r"\(C, h, w\)"):
-        refine_coarse_maps(coarse[0], maps, "sfsa")
-    with pytest.raises(ValueError, match=r"\(m, T, T\)"):
-        refine_coarse_maps(coarse, maps[:, :, :8], "sfsa")
-    with pytest.raises(ValueError, match="not a square grid"):
-        refine_coarse_maps(coarse, random_stochastic(2, 12, dtype=torch.float32), "sfsa")
-    with pytest.raises(ValueError, match="needs head maps"):
-        refine_coarse_maps(coarse, None, "sfsa", side=4)
-    with pytest.raises(ValueError, match="disagrees"):
-        refine_coarse_maps(coarse, maps, "none", side=5)
+        refine_selection(coarse, maps, 0.1, 3)
+    for refine in REFINE.values():
+        with pytest.raises(ValueError, match=r"\(C, h, w\)"):
+            refine(coarse[0], maps, 0.1, 0)
+        with pytest.raises(ValueError, match=r"\(m, T, T\)"):
+            refine(coarse, maps[:, :, :8], 0.1, 0)
+        with pytest.raises(ValueError, match="not a square grid"):
+            refine(coarse, random_stochastic(2, 12, dtype=torch.float32), 0.1, 0)
+        with pytest.raises(ValueError, match=r"empty \(m = 0\)"):
+            refine(coarse, maps[:0], 0.1, 0)
+    # a head map whose token grid disagrees with the chain's S_c↑
+    chain = HeadChain([coarse], ["a"], 0.1)
+    chain("a", 1, 2, maps[:1].clone())
+    with pytest.raises(ValueError, match="does not fit"):
+        chain("a", 0, 2, random_stochastic(1, 25, dtype=torch.float32))

@@ -16,7 +16,7 @@ from cliper_lib.eval.datasets import Sample
 from cliper_lib.eval.loop import evaluate
 from cliper_lib.eval.metrics import ConfusionMatrix
 from cliper_lib.eval.synthetic import SyntheticDataset
-from cliper_lib.suite.viz import examples_figure
+from cliper_lib.suite.studies.examples import examples_figure
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from cliper_lib import provenance
-from cliper_lib.suite import notebook, papermill, plans
-from cliper_lib.suite.cli import add_reproduce_arguments
-from cliper_lib.suite.papermill import NotebookFailed
-from cliper_lib.suite.plans import PlanError
+from cliper_lib.suite.cli.arguments import add_reproduce_arguments
+from cliper_lib.suite.runs import notebook, papermill, plans
+from cliper_lib.suite.runs.papermill import NotebookFailed
+from cliper_lib.suite.runs.plans import PlanError
 
 
 def _notebook(path: Path, parameters: str, *cells: str) -> Path:
@@ -42,7 +42,7 @@ def notebooks(tmp_path_factory) -> dict[str, Path]:
         "metric": _notebook(
             d / "10_metric.ipynb",
             'profile: str = "smoke"  # smoke|paper\nx: int = 1  # squared and published',
-            "import os, sys\nfrom cliper_lib.suite.notebook import publish, output_dir\n"
+            "import os, sys\nfrom cliper_lib.suite.runs.notebook import publish, output_dir\n"
             "publish('x_squared', x * x)\npublish('profile', profile)\n"
             "publish('python', sys.executable)\npublish('cwd', os.getcwd())\n"
             "publish('files', str(output_dir('10_metric')))",
@@ -50,7 +50,7 @@ def notebooks(tmp_path_factory) -> dict[str, Path]:
         "fail": _notebook(
             d / "20_fail.ipynb",
             'profile: str = "smoke"  # smoke|paper',
-            "from cliper_lib.suite.notebook import publish\npublish('before_failure', 1.5)",
+            "from cliper_lib.suite.runs.notebook import publish\npublish('before_failure', 1.5)",
             "raise ZeroDivisionError('planned failure')",
         ),
         "slow": _notebook(

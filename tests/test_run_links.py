@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from cliper_lib.provenance import REPO_ROOT, changed_files, git_state
-from cliper_lib.suite.run_links import git_ignored, regenerate_note, repo_relative, run_cell
+from cliper_lib.suite.runs.run_links import git_ignored, regenerate_note, repo_relative, run_cell
 
 SMOKE = REPO_ROOT / "papermill_runs" / "smoke"
 

@@ -1,4 +1,5 @@
-"""SD self-attention capture on tiny random components: transparency, maps, determinism, preprocessing, loading."""
+"""SD self-attention capture on tiny random components: transparency, maps, determinism,
+preprocessing, loading."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from cliper_lib.weights.sd import (
     tiny_tokenizer_dir,
 )
 
-# diffusers passes a deprecated argument to huggingface_hub when it loads from a repo id: not ours to fix
+# diffusers passes a deprecated argument to huggingface_hub when it loads from a repo id: not ours
+# to fix
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The `local_dir_use_symlinks` argument is deprecated"
 )
@@ -82,9 +84,9 @@ def processors(unet: torch.nn.Module) -> dict[str, object]:
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # tiny components
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_tiny_unet_has_the_sd21_layer_layout(components: SDComponents) -> None:
     paths = self_attention_paths(components.unet)
     for path in SMOKE.sd_layers:  # up_blocks.3.attentions.1 and .0
@@ -116,9 +118,9 @@ def test_tokenizer_gives_open_clip_ids(components: SDComponents) -> None:
         assert torch.equal(ids, open_clip.tokenize([text])), text
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the processor
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def test_capture_is_transparent_and_restores_processors(components: SDComponents) -> None:
     unet = components.unet
@@ -212,9 +214,9 @@ def test_half_precision_attention_records_float32_probabilities(components: SDCo
     assert isinstance(store, AttentionStore)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the extractor
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_head_maps_shape_order_and_row_stochastic(
     extractor: SDSelfAttention, photo: np.ndarray
 ) -> None:
@@ -227,6 +229,25 @@ def test_head_maps_shape_order_and_row_stochastic(
     assert torch.equal(
         maps,
         torch.cat([per_layer["up_blocks.3.attentions.1"], per_layer["up_blocks.3.attentions.0"]]),
+    )
+
+
+def test_latents_then_head_maps_equal_one_image_at_a_time(
+    extractor: SDSelfAttention, photo: np.ndarray
+) -> None:
+    flipped = np.ascontiguousarray(photo[:, ::-1])
+    latents = extractor.latents([photo, flipped])  # stage sd_latents, for two images at once
+    assert latents.shape == (2, 4, SIDE // 8, SIDE // 8)
+    torch.testing.assert_close(latents[:1], extractor.latents([photo]), rtol=1e-5, atol=1e-5)
+    maps = extractor.head_maps(latents)  # stage sd_attention: one UNet pass, (m, T, T) each
+    assert len(maps) == 2 and all(m.shape == (4, T, T) for m in maps)
+    for one, ours in zip((photo, flipped), maps, strict=True):
+        torch.testing.assert_close(ours, extractor(one), rtol=1e-4, atol=1e-5)
+    store = AttentionStore()
+    extractor.capture(latents[1:], store)  # any sink, on latents (batch 1: rounding aside)
+    assert list(store) == SMOKE.sd_layers[::-1]  # in the order the UNet runs them
+    torch.testing.assert_close(
+        torch.cat([store[path][0] for path in SMOKE.sd_layers]), maps[1], rtol=1e-4, atol=1e-5
     )
 
 
@@ -299,9 +320,9 @@ def test_load_sd_extractor_smoke_matches_injected_components(
     assert torch.equal(built(photo), extractor(photo))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # paper-profile loading: offline failure, local folder, hub cache layout
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_offline_uncached_repo_fails_fast_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
@@ -364,7 +385,8 @@ def test_hub_cache_layout_loads_by_repo_id(
 ) -> None:
     import huggingface_hub.constants
 
-    # a hand-made hub cache entry (refs/main -> snapshots/<commit>/...), as `cliper download` would leave it
+    # a hand-made hub cache entry (refs/main -> snapshots/<commit>/...), as `cliper download` would
+    # leave it
     repo, commit = "cliper-tests/tiny-sd", "0" * 40
     entry = tmp_path / "hub" / "models--cliper-tests--tiny-sd"
     save_sd_folder(components, entry / "snapshots" / commit)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cliper_lib.suite.cli import main as cliper_main
-from cliper_lib.suite.plans import load_plan
+from cliper_lib.suite.cli.commands import main as cliper_main
+from cliper_lib.suite.runs.plans import load_plan
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.suite.tuning import sweep_samples
+from cliper_lib.suite.studies.layer_sweep import sweep_samples
 
 PAPER = CLIPerConfig(profile="paper", classes="voc21")
 

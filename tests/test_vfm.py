@@ -1,5 +1,6 @@
-"""The VFM alternatives (ProxyCLIP-style last layer, DINO/DINOv2 refinement): each formula against a naive
-computation, both through `segment` on the smoke profile, the double-normalisation flag, the weights paths."""
+"""The VFM alternatives (ProxyCLIP-style last layer, DINO/DINOv2 refinement): each formula against a
+naive computation, both through `segment` on the smoke profile, the double-normalisation flag, the
+weights paths."""
 
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ from cliper_lib.weights.vfm import _from_pretrained, build_random_vfm, load_vfm,
 CLASSES = ["red disc", "blue box", "green triangle"]
 
 
-# --- naive references: explicit loops over token pairs, plain Python floats ---------------------------------------
+# --- naive references: explicit loops over token pairs, plain Python floats -----------------------
 def naive_cosine(features: torch.Tensor) -> list[list[float]]:
     rows = features.double().tolist()
     norms = [math.sqrt(sum(v * v for v in row)) for row in rows]
     return [
-        [sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)]
-        for ri, ni in zip(rows, norms)
+        [
+            sum(a * b for a, b in zip(ri, rj, strict=True)) / (ni * nj)
+            for rj, nj in zip(rows, norms, strict=True)
+        ]
+        for ri, ni in zip(rows, norms, strict=True)
     ]
 
 
@@ -48,7 +52,8 @@ def naive_softmax_of_nonnegative(logits: list[list[float]]) -> torch.Tensor:
 
 
 def naive_proxy(features: torch.Tensor) -> torch.Tensor:
-    """(T, D) -> (1 + T, 1 + T): S - mean(S), negatives dropped, softmax, CLS row and column zero."""
+    """(T, D) -> (1 + T, 1 + T): S - mean(S), negatives dropped, softmax, CLS row and column
+    zero."""
     s = naive_cosine(features)
     t = len(s)
     mean = sum(map(sum, s)) / (t * t)
@@ -67,21 +72,19 @@ def naive_refinement_probabilities(features: torch.Tensor) -> torch.Tensor:
 
 def random_features(*shape: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(*shape, generator=g) + 0.3
-    )  # an offset: positive mean similarity, as real features have
+    # an offset: positive mean similarity, as real features have
+    return torch.randn(*shape, generator=g) + 0.3
 
 
-# --- the formulas --------------------------------------------------------------------------------------------------
+# --- the formulas ---------------------------------------------------------------------------------
 def test_proxy_attention_matches_a_naive_computation():
     features = random_features(2, 12, 5)
     attention = proxy_attention(features)
     assert attention.shape == (2, 1, 13, 13)
     for b in range(2):
         torch.testing.assert_close(attention[b, 0], naive_proxy(features[b]), atol=1e-6, rtol=1e-5)
-    assert torch.allclose(
-        attention[:, 0, 1:].sum(-1), torch.ones(2, 12)
-    )  # patch rows are distributions
+    # patch rows are distributions
+    assert torch.allclose(attention[:, 0, 1:].sum(-1), torch.ones(2, 12))
     assert (attention[:, 0, 1:, 1:] == 0).any()  # the cut at the mean dropped some pairs
 
 
@@ -115,14 +118,13 @@ def test_refine_with_features_is_p_times_the_upsampled_coarse_map():
 
 
 def test_a_token_with_nothing_above_the_cut_keeps_itself():
-    same = torch.ones(
-        6, 4
-    )  # all similarities 1: (1 - 1.2)·3 < 0 everywhere, the formula alone gives NaN
+    # all similarities 1: (1 - 1.2)·3 < 0 everywhere, the formula alone gives NaN
+    same = torch.ones(6, 4)
     assert torch.equal(refinement_probabilities(same), torch.eye(6))
     assert torch.equal(refinement_probabilities(same, slice(2, 5)), torch.eye(6)[2:5])
 
 
-# --- through segment on the smoke profile ----------------------------------------------------------------------------
+# --- through segment on the smoke profile ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return SyntheticDataset(num_images=1, classes=3, size=(72, 104), seed=4)[0].image
@@ -158,17 +160,16 @@ def test_the_proxy_variant_runs_through_segment(proxy_model, image):
     features = run["clip_walk"]
     encoder = proxy_model.vfm("dino-s16")
     assert encoder.model.__class__.__name__ == "ViTModel" and encoder.patch_size == 16
+    # the [0, 1] image CLIP saw
     pixels = (
         features.input * torch.tensor(proxy_model.clip.std)[:, None, None]
         + torch.tensor(proxy_model.clip.mean)[:, None, None]
-    )  # the [0, 1] image CLIP saw
-    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
-        :, None, None
-    ]
+    )
+    mean, std = (torch.tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = (pixels - mean) / std
     grid = result.grid
-    dino = encoder.patch_features(pixels[None]).permute(
-        0, 3, 1, 2
-    )  # 160 x 224 px: already patch multiples
+    # 160 x 224 px: already patch multiples
+    dino = encoder.patch_features(pixels[None]).permute(0, 3, 1, 2)
     on_clip_grid = (
         F.interpolate(dino, size=grid, mode="bilinear", align_corners=False).flatten(2)[0].T
     )
@@ -176,9 +177,8 @@ def test_the_proxy_variant_runs_through_segment(proxy_model, image):
         result.fused_attention[0], naive_proxy(on_clip_grid), atol=1e-5, rtol=1e-4
     )
     crops = run["proxy"][1]
-    assert (
-        crops.shape[0] == run["fusion"].crops.last_attention.shape[0] > 1
-    )  # each crop has its own attention
+    # each crop has its own attention
+    assert crops.shape[0] == run["fusion"].crops.last_attention.shape[0] > 1
     assert result.labels.shape == image.shape[:2] and set(result.present_classes()) <= set(CLASSES)
 
 
@@ -192,6 +192,24 @@ def test_a_vfm_refinement_runs_through_segment(tmp_path, image):
     assert features.shape[:2] == (5, 7)  # 72 x 104 px -> 70 x 98 (nearest multiples of 14)
     torch.testing.assert_close(result.refined, refine_with_features(result.coarse, features))
     assert result.labels.shape == image.shape[:2] and not torch.isnan(result.scores).any()
+
+
+def test_a_vfm_refinement_batches_like_one_at_a_time(tmp_path, image, monkeypatch):
+    from dataclasses import replace
+
+    from cliper_lib.eval.batching import refine_batch
+    from cliper_lib.method.refinements import REFINEMENTS
+
+    model = CLIPer.from_config(smoke_config(refinement="dinov2-s14"), text_cache_dir=tmp_path)
+    images = [image, np.ascontiguousarray(image[4:60, 10:90])]  # two sizes: two feature grids
+    results = [model.segment(one, classes=CLASSES) for one in images]
+    refined = refine_batch(model, images, [r.coarse for r in results], model.cfg)
+    for ours, result in zip(refined, results, strict=True):
+        assert torch.equal(ours, result.refined)
+    without = replace(REFINEMENTS["dinov2-s14"], batch=None)
+    monkeypatch.setitem(REFINEMENTS, "dinov2-s14", without)
+    with pytest.raises(ValueError, match="no batched path"):
+        refine_batch(model, images, [r.coarse for r in results], model.cfg)
 
 
 class RecordingEncoder:
@@ -226,7 +244,9 @@ def test_double_normalisation_changes_only_the_vfm_input(proxy_model, image):
     clip_input = runs[False]["clip_walk"].input
     assert torch.equal(clip_input, runs[True]["clip_walk"].input)  # CLIP's own input is the same
     for a, b in zip(
-        runs[False]["clip_walk"].walk.attentions, runs[True]["clip_walk"].walk.attentions
+        runs[False]["clip_walk"].walk.attentions,
+        runs[True]["clip_walk"].walk.attentions,
+        strict=True,
     ):
         assert torch.equal(a, b)
     mean, std = (
@@ -236,12 +256,10 @@ def test_double_normalisation_changes_only_the_vfm_input(proxy_model, image):
     unnormalised = (
         clip_input * torch.tensor(clip.std)[:, None, None] + torch.tensor(clip.mean)[:, None, None]
     )
-    torch.testing.assert_close(
-        single[0], (unnormalised - mean) / std
-    )  # the [0, 1] image, normalised once
-    torch.testing.assert_close(
-        double[0], (clip_input - mean) / std
-    )  # CLIP's normalised input, normalised again
+    # the [0, 1] image, normalised once
+    torch.testing.assert_close(single[0], (unnormalised - mean) / std)
+    # CLIP's normalised input, normalised again
+    torch.testing.assert_close(double[0], (clip_input - mean) / std)
     assert not torch.allclose(runs[False]["proxy"][0], runs[True]["proxy"][0])
 
 
@@ -262,14 +280,15 @@ def test_without_vfms_the_proxy_variant_says_so(proxy_model, image):
         bare.run(image, CLASSES, until="fusion")
 
 
-# --- weights -----------------------------------------------------------------------------------------------------------
+# --- weights --------------------------------------------------------------------------------------
 def test_paper_vfm_weights_offline_fail_fast_with_instructions(monkeypatch, tmp_path):
     import huggingface_hub.constants as constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    from transformers import AutoConfig, AutoModel, ViTModel  # noqa: F401  (import time is not what is timed)
+    # imported first: the import time is not what is timed
+    from transformers import AutoConfig, AutoModel, ViTModel  # noqa: F401
 
     start = time.time()
     with pytest.raises(WeightsMissingError) as error:
@@ -290,9 +309,8 @@ def test_saved_models_load_through_the_paper_path_and_drop_cls_and_registers(tmp
     )
     pixels = torch.randn(1, 3, 32, 48)
     torch.testing.assert_close(loaded.patch_features(pixels), dino.patch_features(pixels))
-    hidden = dino.model(
-        pixel_values=pixels, interpolate_pos_encoding=True
-    ).last_hidden_state  # (1, 1 + 24, D)
+    # (1, 1 + 24, D)
+    hidden = dino.model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
     torch.testing.assert_close(dino.patch_features(pixels), hidden[:, 1:].reshape(1, 4, 6, -1))
 
     config = Dinov2WithRegistersConfig(
@@ -314,7 +332,7 @@ def test_saved_models_load_through_the_paper_path_and_drop_cls_and_registers(tmp
 
 
 def test_the_cli_offers_the_vfm_refinements_and_the_proxy_variant():
-    from cliper_lib.suite.cli import build_parser, config_from_args
+    from cliper_lib.suite.cli.commands import build_parser, config_from_args
 
     args = build_parser().parse_args(
         [
@@ -344,8 +362,8 @@ def test_the_cli_offers_the_vfm_refinements_and_the_proxy_variant():
 
 
 def test_compare_refinements_times_only_the_refinement_stages(proxy_model, image):
-    from cliper_lib.suite.refinements import compare_refinements
-    from cliper_lib.suite.tuning import StageCache
+    from cliper_lib.suite.studies.refinements import compare_refinements
+    from cliper_lib.suite.toolkit.stage_cache import StageCache
 
     cfg = proxy_model.cfg.replace(last_layer_attention="fused", sliding_crop_size=0)
     cache = StageCache(proxy_model)
@@ -356,9 +374,8 @@ def test_compare_refinements_times_only_the_refinement_stages(proxy_model, image
     dino = runs["dino"]
     assert set(dino.seconds) == {"vfm", "refine"} and set(runs["none"].seconds) == {"refine"}
     expected = proxy_model.segment(image, classes=CLASSES, cfg=cfg.replace(refinement="dino-s16"))
-    assert torch.equal(dino.run["refine"], expected.refined) and torch.equal(
-        dino.labels, expected.labels
-    )
+    assert torch.equal(dino.run["refine"], expected.refined)
+    assert torch.equal(dino.labels, expected.labels)
     features = dino.run["vfm"]
     assert dino.affinity_mib == features.numel() * 4 / 2**20 and runs["none"].affinity_mib == 0
     assert (

@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cliper_lib.suite import viz
+from cliper_lib.suite.toolkit import viz
 
 
 def _image(h: int = 24, w: int = 32) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_set_theme_once():
 def test_mark_patch_outlines_the_right_pixels():
     from matplotlib.figure import Figure
 
-    from cliper_lib.suite.viz import mark_patch
+    from cliper_lib.suite.toolkit.viz import mark_patch
 
     ax = Figure().add_subplot()
     mark_patch(ax, (1, 2), (4, 8), (100, 400))  # patches of 25 x 50 px

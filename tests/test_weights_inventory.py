@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.suite.cli import main as cliper_main
+from cliper_lib.suite.cli.commands import main as cliper_main
 from cliper_lib.weights.hub import WeightsMissingError
 from cliper_lib.weights.inventory import missing_weight_files, sd_weight_files
 from cliper_lib.weights.models import CLIPer

@@ -15,15 +15,15 @@ from cliper_lib import CLIPer  # noqa: E402
 from cliper_lib.config import CLIPerConfig  # noqa: E402
 from cliper_lib.eval.metrics import ConfusionMatrix  # noqa: E402
 from cliper_lib.eval.synthetic import SyntheticDataset  # noqa: E402
-from cliper_lib.suite.tuning import (  # noqa: E402
-    INVALIDATES,
-    STAGES,
-    StageCache,
+from cliper_lib.method.stages import STAGES  # noqa: E402
+from cliper_lib.suite.explorer.moves import INVALIDATES  # noqa: E402
+from cliper_lib.suite.explorer.widgets import Explorer  # noqa: E402
+from cliper_lib.suite.studies.layer_sweep import (  # noqa: E402
     coarse_prediction,
     layer_ranges,
     sweep_fused_layer_ranges,
 )
-from cliper_lib.suite.widgets import Explorer  # noqa: E402
+from cliper_lib.suite.toolkit.stage_cache import StageCache  # noqa: E402
 
 CLASSES = "red disc; blue box; green triangle"
 BACKGROUND = ["ground", "sky"]

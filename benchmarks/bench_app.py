@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cliper_lib.suite.app.drive import AppDriver, AppServer, browser_unavailable, chromium, new_page
+from cliper_lib.suite.explorer.app.drive import (
+    AppDriver,
+    AppServer,
+    browser_unavailable,
+    chromium,
+    new_page,
+)
 
 
 def main() -> int:

@@ -1,13 +1,17 @@
-"""Throughput and peak memory of batched evaluation (`cliper eval --batch-size B`) by backbone, dtype and batch.
+"""Throughput and peak memory of batched evaluation (`cliper eval --batch-size B`) by backbone,
+dtype and batch.
 
-    python benchmarks/bench_device.py --device cuda --out outputs/device_check/batching.json   # on a GPU
-    python benchmarks/bench_device.py --tiny --out /tmp/batching.json                          # CPU, tiny models
+    # on a GPU
+    python benchmarks/bench_device.py --device cuda --out outputs/device_check/batching.json
+    # CPU, tiny models
+    python benchmarks/bench_device.py --tiny --out /tmp/batching.json
 
-Full-size random weights (ViT-B/16 or ViT-L/14 + SD-2.1-base shapes, VOC21 preset of the backbone, 20 classes),
---images synthetic photos of one size (so the CLIP half batches fully), segmented B at a time with
-`cliper_lib.eval.batching.segment_batch` after one warm-up batch. Per row: images/s and the peak memory: GPU
-memory allocated by torch on CUDA, the process's peak resident memory on a CPU. `--tiny` runs the same loop on
-the smoke profile's tiny random models, which checks the script, not the speed.
+Full-size random weights (ViT-B/16 or ViT-L/14 + SD-2.1-base shapes, VOC21 preset of the
+backbone, 20 classes), --images synthetic photos of one size (so the CLIP half batches fully),
+segmented B at a time with `cliper_lib.eval.batching.segment_batch` after one warm-up batch. Per
+row: images/s and the peak memory: GPU memory allocated by torch on CUDA, the process's peak
+resident memory on a CPU. `--tiny` runs the same loop on the smoke profile's tiny random models,
+which checks the script, not the speed.
 """
 
 from __future__ import annotations

@@ -1,18 +1,24 @@
-"""How close `segment` is to the work the method cannot avoid (the floor), and the process's peak memory.
+r"""How close `segment` is to the work the method cannot avoid (the floor), and the process's peak
+memory.
 
-    flock /tmp/cliper-heavy.lock python benchmarks/bench_floor.py --out benchmarks/results/floor_cpu.json
+    flock /tmp/cliper-heavy.lock python benchmarks/bench_floor.py \
+        --out benchmarks/results/floor_cpu.json
 
-Full-size random weights (ViT-B/16 + SD-2.1-base shapes), float32, the VOC21 preset, 20 classes. Per photo and
-sliding window (0 and 336): the total `segment` time, and the floor, each part timed alone:
-  CLIP walk (preprocess + the first L-1 blocks of the image and its crops), VAE encode (resize + encoder),
-  UNet up to the last captured self-attention, with diffusers' own attention processors (a hook ends the pass).
-Also, per photo, the capture pass of the UNet run to the end (as before this change) against the early-exit
-pass (`unet_early_exit_speedup`), and the peak resident memory (`peak_rss_gb`, ru_maxrss). `--baseline` runs
-the plain `segment` of whatever `cliper_lib` is on the path with every SD component kept (text encoder, VAE
-decoder): run it with PYTHONPATH pointing at an older checkout for the "before" figures.
+Full-size random weights (ViT-B/16 + SD-2.1-base shapes), float32, the VOC21 preset, 20 classes.
+Per photo and sliding window (0 and 336): the total `segment` time, and the floor, each part timed
+alone:
+  CLIP walk (preprocess + the first L-1 blocks of the image and its crops), VAE encode (resize +
+  encoder), UNet up to the last captured self-attention, with diffusers' own attention processors (a
+  hook ends the pass).
+Also, per photo, the capture pass of the UNet run to the end (as before this change) against the
+early-exit pass (`unet_early_exit_speedup`), and the peak resident memory (`peak_rss_gb`,
+ru_maxrss). `--baseline` runs the plain `segment` of whatever `cliper_lib` is on the path with every
+SD component kept (text encoder, VAE decoder): run it with PYTHONPATH pointing at an older checkout
+for the "before" figures.
 Each part is timed --repeats times, in rounds (`segment`, then each floor part, once per round);
-`total_over_floor` divides the medians, `total_over_floor_best` the fastest runs (the least disturbed on a shared
-machine), `total_over_floor_paired` is the median of the rounds' own ratios, and `all_times_s` keeps every timing.
+`total_over_floor` divides the medians, `total_over_floor_best` the fastest runs (the least
+disturbed on a shared machine), `total_over_floor_paired` is the median of the rounds' own ratios,
+and `all_times_s` keeps every timing.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_full_size_clip, random_text_set  # noqa: E402
+from bench_pipeline import build_full_size_clip, random_text_set, segment_with_text  # noqa: E402
 
 
 class _Stop(Exception):
@@ -51,7 +57,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def unet_to_layer_stock(sd, noisy, timestep, layers) -> None:
-    """The UNet with its own processors, ended by a hook right after the last of `layers` it runs."""
+    """The UNet with its own processors, ended by a hook right after the last of `layers` it
+    runs."""
     from cliper_lib.method.sd_attention import resolve_self_attention
 
     modules = [resolve_self_attention(sd.components.unet, path) for path in layers]
@@ -117,9 +124,8 @@ def main() -> None:
     device, dtype = torch.device("cpu"), torch.float32
     cfg = CLIPerConfig.from_preset("vit-b-16/voc21", device="cpu", dtype="float32")
     clip = build_full_size_clip("ViT-B-16", device, dtype)
-    lean = (
-        {} if args.baseline else {"lean": True}
-    )  # lean: the cached empty-prompt embedding, no VAE decoder
+    # lean: the cached empty-prompt embedding, no VAE decoder
+    lean = {} if args.baseline else {"lean": True}
     components = build_random_sd_components(seed=0, full_size=True, **lean)
     if not args.baseline:
         from cliper_lib.weights.sd import drop_vae_decoder
@@ -135,30 +141,40 @@ def main() -> None:
         with Image.open(DATA_DIR / "samples" / f"{name}.jpg") as image:
             photos[name] = np.asarray(image.convert("RGB"))
     rss_models = peak_rss_gb()
-    model.segment(
-        photos[args.photos[0]], text=text, cfg=cfg.replace(sliding_crop_size=0)
-    )  # warm-up
+    # warm-up
+    segment_with_text(model, photos[args.photos[0]], text, cfg.replace(sliding_crop_size=0))
 
+    unet, context = sd.components.unet, sd._empty_embedding
+    latest: dict[str, torch.Tensor] = {}  # the UNet part's input, from each round's VAE encode
     rows = []
     for name, photo in photos.items():
         for slide in args.slides:
             run_cfg = cfg.replace(sliding_crop_size=slide)
+
+            def segment(photo=photo, run_cfg=run_cfg):
+                return segment_with_text(model, photo, text, run_cfg)
+
             if args.baseline or args.segment_only:
-                total, result = timed(
-                    lambda: model.segment(photo, text=text, cfg=run_cfg), args.repeats
-                )
+                total, result = timed(segment, args.repeats)
             else:
                 timestep = sd.timestep(cfg=run_cfg)
+
+                def unet_part(timestep=timestep, run_cfg=run_cfg) -> None:
+                    unet_to_layer_stock(sd, latest["noisy"], timestep, run_cfg.sd_layers)
+
                 parts = {
-                    "total": lambda: model.segment(photo, text=text, cfg=run_cfg),
-                    "clip_walk": lambda: model.clip_features(photo, run_cfg),
-                    "vae_encode": lambda: sd.encode(sd.preprocess(photo, run_cfg)),
-                    "unet_to_last_layer": lambda: unet_to_layer_stock(
-                        sd, noisy, timestep, run_cfg.sd_layers
+                    "total": segment,
+                    "clip_walk": lambda photo=photo, run_cfg=run_cfg: model.clip_features(
+                        photo, run_cfg
                     ),
+                    "vae_encode": lambda photo=photo, run_cfg=run_cfg: sd.encode(
+                        sd.preprocess(photo, run_cfg)
+                    ),
+                    "unet_to_last_layer": unet_part,
                 }
-                # Interleaved: each round times `segment` and then each floor part once, so a slow stretch of the
-                # shared machine lands on both sides of a round's ratio instead of on one side's block of repeats.
+                # Interleaved: each round times `segment` and then each floor part once, so a slow
+                # stretch of the shared machine lands on both sides of a round's ratio instead of on
+                # one side's block of repeats.
                 rounds = []
                 for _ in range(args.repeats):
                     rounds.append({})
@@ -166,10 +182,9 @@ def main() -> None:
                         rounds[-1][part], value = timed(fn, 1)
                         if part == "total":
                             result = value  # the stage timings of the last `segment`
-                        elif (
-                            part == "vae_encode"
-                        ):  # the UNet part's input, from the latents just encoded
-                            noisy = sd.add_noise(value, timestep, run_cfg)
+                        elif part == "vae_encode":
+                            # the UNet part's input, from the latents just encoded
+                            latest["noisy"] = sd.add_noise(value, timestep, run_cfg)
                 all_times = {part: [r[part] for r in rounds] for part in parts}
                 total = statistics.median(all_times["total"])
             row = {
@@ -182,7 +197,8 @@ def main() -> None:
             if not (args.baseline or args.segment_only):
                 clip_s, vae_s, unet_s = (statistics.median(all_times[p]) for p in list(parts)[1:])
                 floor = clip_s + vae_s + unet_s
-                # the fastest of each: the least disturbed run of every part, the same estimator on both sides
+                # the fastest of each: the least disturbed run of every part, the same estimator on
+                # both sides
                 best = {part: min(times) for part, times in all_times.items()}
                 best_floor = best["clip_walk"] + best["vae_encode"] + best["unet_to_last_layer"]
                 paired = [
@@ -199,30 +215,26 @@ def main() -> None:
                     total_over_floor_paired=statistics.median(paired),
                     all_times_s=all_times,
                 )
-                if (
-                    slide == args.slides[0]
-                ):  # the UNet does not depend on the window: once per photo
+                # the UNet does not depend on the window: once per photo
+                if slide == args.slides[0]:
+                    noisy, layers = latest["noisy"], run_cfg.sd_layers
 
-                    def full_pass() -> None:
-                        with capture_self_attention(
-                            sd.components.unet, run_cfg.sd_layers, AttentionStore()
-                        ):
-                            sd.components.unet(
-                                noisy, timestep, encoder_hidden_states=sd._empty_embedding
-                            )
+                    def full_pass(noisy=noisy, timestep=timestep, layers=layers) -> None:
+                        with capture_self_attention(unet, layers, AttentionStore()):
+                            unet(noisy, timestep, encoder_hidden_states=context)
 
-                    full_s, _ = timed(full_pass, args.repeats)
-                    early_s, _ = timed(
-                        lambda: run_until_captured(
-                            sd.components.unet,
-                            run_cfg.sd_layers,
+                    def early_exit(noisy=noisy, timestep=timestep, layers=layers) -> None:
+                        run_until_captured(
+                            unet,
+                            layers,
                             AttentionStore(),
                             noisy,
                             timestep,
-                            encoder_hidden_states=sd._empty_embedding,
-                        ),
-                        args.repeats,
-                    )
+                            encoder_hidden_states=context,
+                        )
+
+                    full_s, _ = timed(full_pass, args.repeats)
+                    early_s, _ = timed(early_exit, args.repeats)
                     row.update(
                         unet_capture_full_pass_s=full_s,
                         unet_capture_early_exit_s=early_s,
@@ -260,9 +272,8 @@ def main() -> None:
             "classes": args.classes,
             "baseline": args.baseline,
             "segment_only": args.segment_only,
-            "huge_pages": os.environ.get(
-                "THP_MEM_ALLOC_ENABLE"
-            ),  # set by `import cliper_lib` (heap.py)
+            # requested by bench_pipeline (cliper_lib/heap.py), unless the user set it
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),
             "threads": torch.get_num_threads(),
             "machine": "shared 2-core CPU (indicative timings)",
         },

@@ -1,15 +1,19 @@
-"""Speed of each CLIPer stage on full-size architectures with random weights (their cost is real, not their output).
+"""Speed of each CLIPer stage on full-size architectures with random weights (their cost is real,
+not their output).
 
     python benchmarks/bench_pipeline.py                         # ViT-B/16 at 336, CLIP side, CPU
     python benchmarks/bench_pipeline.py --backbone ViT-L-14 --sd --device cuda --dtype float16
 
-Prints a table of median seconds per stage over --repeats runs (after one warm-up) and writes it as JSON with
---out. Weights are random (built from open_clip / diffusers configs), so no download is needed.
+Prints a table of median seconds per stage over --repeats runs (after one warm-up) and writes it as
+JSON with --out. Weights are random (built from open_clip / diffusers configs), so no download is
+needed. Huge pages are requested as the command line does (cliper_lib/heap.py), for this script and
+the benchmarks that import it.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import time
@@ -17,7 +21,9 @@ import time
 import numpy as np
 import torch
 
-import cliper_lib  # noqa: F401 (before any large tensor: its huge-page setting, cliper_lib/heap.py)
+from cliper_lib.heap import request_huge_pages
+
+request_huge_pages()  # before any large tensor, as the command line does (cliper_lib/heap.py)
 
 
 def build_full_size_clip(backbone: str, device: torch.device, dtype: torch.dtype):
@@ -44,7 +50,8 @@ def build_full_size_clip(backbone: str, device: torch.device, dtype: torch.dtype
 
 
 def random_text_set(clip, classes: int, device: torch.device | str = "cpu"):
-    """`classes` random unit text embeddings ("class 0", ...) and two background words: no text tower needed."""
+    """`classes` random unit text embeddings ("class 0", ...) and two background words: no text
+    tower needed."""
     from cliper_lib.method.text import TextSet
 
     embed = clip.model.text_projection.shape[1]
@@ -57,6 +64,14 @@ def random_text_set(clip, classes: int, device: torch.device | str = "cpu"):
         ),
         bg=torch.nn.functional.normalize(torch.randn(2, embed, generator=g), dim=-1).to(device),
     )
+
+
+def segment_with_text(model, image, text, cfg=None):
+    """`model.segment` of an image with an encoded text set (`given=`; `text=` in checkouts older
+    than the stage results, for the 'before' figures of bench_floor.py --baseline)."""
+    if "given" in inspect.signature(model.segment).parameters:
+        return model.segment(image, given={"text": text}, cfg=cfg)
+    return model.segment(image, text=text, cfg=cfg)
 
 
 def sync(device: torch.device) -> None:
@@ -110,7 +125,7 @@ def main() -> None:
     for run in range(args.repeats + 1):
         sync(device)
         start = time.perf_counter()
-        result = model.segment(image, text=text)
+        result = model.segment(image, given={"text": text})
         sync(device)
         if run == 0:
             continue  # warm-up
@@ -120,11 +135,12 @@ def main() -> None:
     rows = {stage: statistics.median(v) for stage, v in per_stage.items()}
     rows["total"] = statistics.median(totals)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    # peak GPU memory over model building and every run (weights + activations): the README's GPU section
+    # peak GPU memory over model building and every run (weights + activations): the README's GPU
+    # section
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     print(
-        f"{args.backbone} preset {preset} ({cfg.size}px, slide {cfg.sliding_crop_size}) image {h}x{w}, "
-        f"{args.classes} classes, {args.dtype} on {name}, median of {args.repeats}"
+        f"{args.backbone} preset {preset} ({cfg.size}px, slide {cfg.sliding_crop_size}) "
+        f"image {h}x{w}, {args.classes} classes, {args.dtype} on {name}, median of {args.repeats}"
     )
     for stage, seconds in rows.items():
         print(f"  {stage:14s} {seconds * 1000:10.1f} ms")

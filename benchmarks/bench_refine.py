@@ -1,13 +1,15 @@
-"""SFSA refinement: explicit left-to-right product vs the library's right-to-left chain (a script, not a test).
+r"""SFSA refinement: explicit left-to-right product vs the library's right-to-left chain (a script,
+not a test).
 
-    python benchmarks/bench_refine.py [--device auto|cpu|cuda] [--tokens 1024 4096] [--heads 10] [--classes 21]
+    python benchmarks/bench_refine.py [--device auto|cpu|cuda] [--tokens 1024 4096] [--heads 10] \
+        [--classes 21]
 
-S_f = A_1 A_2 ... A_m S with m head maps (T x T) and a coarse map S (T x C). Left to right forms the T x T
-product (m-1 matrix-matrix products, O(m T^3)); right to left keeps a T x C running result (m matrix-panel
-products, O(m T^2 C)). The paper's setting is T = 4096 (64 x 64 latent tokens), m = 10 (2 layers x 5 heads),
-C = 21 (VOC). On two CPU threads the explicit product at T = 4096 takes ~10 s a call (chain: ~0.1 s), so the
-CPU default stops at 2304 (48^2); pass --tokens 4096 for the paper's size.
-Both sides get the same already-normalised maps: this times the product only.
+S_f = A_1 A_2 ... A_m S with m head maps (T x T) and a coarse map S (T x C). Left to right forms the
+T x T product (m-1 matrix-matrix products, O(m T^3)); right to left keeps a T x C running result (m
+matrix-panel products, O(m T^2 C)). The paper's setting is T = 4096 (64 x 64 latent tokens), m = 10
+(2 layers x 5 heads), C = 21 (VOC). On two CPU threads the explicit product at T = 4096 takes ~10 s
+a call (chain: ~0.1 s), so the CPU default stops at 2304 (48^2); pass --tokens 4096 for the paper's
+size. Both sides get the same already-normalised maps: this times the product only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from cliper_lib.heap import request_huge_pages
 from cliper_lib.method.refine import chain_apply, normalize_head_maps
 
 
@@ -30,7 +33,8 @@ def synchronize(device: torch.device) -> None:
 def best_time(
     fn: Callable[[], torch.Tensor], device: torch.device, repeats: int
 ) -> tuple[float, torch.Tensor]:
-    """Best wall time of `repeats` calls after one warm-up (the minimum is the cost on a shared machine)."""
+    """Best wall time of `repeats` calls after one warm-up (the minimum is the cost on a shared
+    machine)."""
     out = fn()  # warm-up: allocator growth, CUDA context, BLAS thread pools
     best = float("inf")
     for _ in range(repeats):
@@ -43,7 +47,8 @@ def best_time(
 
 
 def explicit_product(maps: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """(A_1 A_2 ... A_m) S, forming the (T, T) product first: the authors' `reduce(matmul, maps)`."""
+    """(A_1 A_2 ... A_m) S, forming the (T, T) product first: the authors'
+    `reduce(matmul, maps)`."""
     return functools.reduce(torch.matmul, maps.unbind(0)) @ S  # (T, T) @ (T, C) -> (T, C)
 
 
@@ -66,7 +71,10 @@ def time_one_size(
     fast, result = best_time(lambda: chain_apply(maps, S), device, repeats)
     rel = ((result - reference).abs().max() / reference.abs().max()).item()
     mib = maps.numel() * maps.element_size() / 2**20
-    return f"{T:>6} {mib:>9.0f} {slow * 1e3:>17.2f} {fast * 1e3:>17.2f} {slow / fast:>8.1f}x {rel:>13.2e}"
+    return (
+        f"{T:>6} {mib:>9.0f} {slow * 1e3:>17.2f} {fast * 1e3:>17.2f} {slow / fast:>8.1f}x "
+        f"{rel:>13.2e}"
+    )
 
 
 def main() -> None:
@@ -89,6 +97,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
     args = parser.parse_args()
+    request_huge_pages()  # before any large tensor, as the command line does (cliper_lib/heap.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(
@@ -106,7 +115,8 @@ def main() -> None:
         else f"cpu ({torch.get_num_threads()} threads)"
     )
     print(
-        f"device: {name}, m = {args.heads}, C = {args.classes}, {args.dtype}, best of {args.repeats}"
+        f"device: {name}, m = {args.heads}, C = {args.classes}, {args.dtype}, "
+        f"best of {args.repeats}"
     )
     columns = ("T", "maps MiB", "left-to-right ms", "right-to-left ms", "speed-up", "max rel diff")
     header = " ".join(f"{c:>{w}}" for c, w in zip(columns, (6, 9, 17, 17, 9, 13), strict=True))

@@ -1,14 +1,18 @@
-"""Per-image cost of the refinement: a DINO/DINOv2 refinement next to SD's (a script, not a test).
+r"""Per-image cost of the refinement: a DINO/DINOv2 refinement next to SD's (a script, not a test).
 
-    python benchmarks/bench_vfm.py                                   # dino-b8 and SD sfsa, CPU, 480x640
-    python benchmarks/bench_vfm.py --vfm dino-b8 dinov2-b14 --no-sd --device cuda --out results/vfm.json
+    python benchmarks/bench_vfm.py                     # dino-b8 and SD sfsa, CPU, 480x640
+    python benchmarks/bench_vfm.py --vfm dino-b8 dinov2-b14 --no-sd --device cuda \
+        --out results/vfm.json
 
-For each refinement, the stages that belong to it on one image: the affinity source (SD: VAE encoding plus one
-UNet step with the self-attention captured, `sd_attention`; VFM: one ViT pass over the photo, `vfm`) and
-`refine` (S_f from a given coarse map), as the method runs them. Full-size architectures with random weights
-(built from configs: SD-2.1-base, DINO ViT-S/B, DINOv2-S/B/L/g), so the cost is real and the output is not; nothing
-is downloaded. Median of --repeats after one warm-up; the affinity stage's output size and, on CUDA, the peak memory
-of the stages are reported too. The VFMs run before SD so that the process's peak RSS after each is meaningful.
+For each refinement, the stages that belong to it on one image: the affinity source (SD: VAE
+encoding plus one UNet step with the self-attention captured, stages `sd_latents` and `sd_attention`
+timed as one, `sd_attention`; VFM: one ViT pass over the photo, `vfm`) and `refine` (S_f from a
+given coarse map, with the head maps kept: the path of a run that keeps them), as the method runs
+them. Full-size architectures with random weights (built from configs: SD-2.1-base, DINO ViT-S/B,
+DINOv2-S/B/L/g), so the cost is real and the output is not; nothing is downloaded. Median of
+--repeats after one warm-up; the affinity stage's output size and, on CUDA, the peak memory of the
+stages are reported too. The VFMs run before SD so that the process's peak RSS after each is
+meaningful.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def sync(device: torch.device) -> None:
 def measure(
     stages: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int
 ) -> dict:
-    """Median seconds of each stage (run in order, each fed by the previous), peak CUDA MiB, output MiB."""
+    """Median seconds of each stage (run in order, each fed by the previous), peak CUDA MiB, output
+    MiB."""
     times: dict[str, list[float]] = {name: [] for name in stages}
     outputs: dict[str, torch.Tensor] = {}
     peak = None
@@ -89,17 +94,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from cliper_lib.config import CLIPerConfig, resolve_device, resolve_dtype
-    from cliper_lib.method.refine import refine_coarse_maps
+    from cliper_lib.heap import request_huge_pages
+    from cliper_lib.method.pipeline import Schedule
+    from cliper_lib.method.refine import refine_sfsa
     from cliper_lib.vfm import refine_with_features, refinement_features
     from cliper_lib.weights.vfm import build_random_vfm
 
+    request_huge_pages()  # before any large tensor, as the command line does (cliper_lib/heap.py)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    band = Schedule.for_device(device).chain_band  # as CLIPer runs SFSA on this device
     h, w = (int(v) for v in args.image.split("x"))
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     gh, gw = (int(v) for v in args.grid.split("x"))
-    coarse = torch.rand(args.classes, gh, gw, generator=torch.Generator().manual_seed(0)).to(
-        device
-    )  # S_c (C, h, w)
+    # S_c (C, h, w)
+    coarse = torch.rand(args.classes, gh, gw, generator=torch.Generator().manual_seed(0)).to(device)
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -112,13 +120,13 @@ def main() -> None:
         params = sum(p.numel() for p in encoder.model.parameters()) / 1e6
         state: dict[str, torch.Tensor] = {}
 
-        def vfm_stage() -> torch.Tensor:  # (fh, fw, D), kept for refine
+        def vfm_stage(encoder=encoder, state=state) -> torch.Tensor:  # (fh, fw, D), kept for refine
             state["features"] = refinement_features(encoder, image)
             return state["features"]
 
         stages = {
             "vfm": vfm_stage,
-            "refine": lambda: refine_with_features(coarse, state["features"]),
+            "refine": lambda state=state: refine_with_features(coarse, state["features"]),
         }
         results[vfm_name] = {"params_M": round(params, 1), **measure(stages, device, args.repeats)}
         results[vfm_name]["grid"] = list(state["features"].shape[:2])
@@ -140,8 +148,8 @@ def main() -> None:
 
         stages = {
             "sd_attention": sd_stage,
-            "refine": lambda: refine_coarse_maps(
-                coarse, maps["head"], "sfsa", cfg.effective_sd_attention_thr
+            "refine": lambda: refine_sfsa(
+                coarse, maps["head"], cfg.effective_sd_attention_thr, band
             ),
         }
         results["sd-sfsa"] = {
@@ -151,13 +159,14 @@ def main() -> None:
         results["sd-sfsa"]["grid"] = [int(maps["head"].shape[-1] ** 0.5)] * 2
 
     print(
-        f"refinement cost per image: {h}x{w} image, coarse {gh}x{gw}, {args.classes} classes, {args.dtype} on "
-        f"{name}, median of {args.repeats}"
+        f"refinement cost per image: {h}x{w} image, coarse {gh}x{gw}, {args.classes} classes, "
+        f"{args.dtype} on {name}, median of {args.repeats}"
     )
     for key, r in results.items():
         stages = "  ".join(f"{s} {t * 1000:8.1f} ms" for s, t in r["median_s"].items())
         print(
-            f"  {key:12s} grid {r['grid'][0]}x{r['grid'][1]}  {stages}  total {r['total_s'] * 1000:8.1f} ms  "
+            f"  {key:12s} grid {r['grid'][0]}x{r['grid'][1]}  {stages}  "
+            f"total {r['total_s'] * 1000:8.1f} ms  "
             f"affinity output {r['affinity_output_mib']} MiB  peak CUDA {r['peak_cuda_mib']} MiB  "
             f"max RSS so far {r['max_rss_mib_so_far']:.0f} MiB"
         )

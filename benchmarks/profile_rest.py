@@ -1,10 +1,14 @@
-"""Profile the per-image work besides the three network passes: fusion (cumulative rounds), crops, layer maps,
-coarse map, labels; on full-size random ViT-B/16 weights, float32, the VOC21 preset, 20 classes.
+r"""Profile the per-image work besides the three network passes: fusion (cumulative rounds), crops,
+layer maps, coarse map, labels; on full-size random ViT-B/16 weights, float32, the VOC21 preset, 20
+classes.
 
-    flock /tmp/cliper-heavy.lock python benchmarks/profile_rest.py [--slide 336] [--photo chelsea] [--torch-profile]
+    flock /tmp/cliper-heavy.lock python benchmarks/profile_rest.py [--slide 336] \
+        [--photo chelsea] [--torch-profile]
 
-Prints the median seconds of each CLIP-side stage (over --repeats) and, with --torch-profile, the torch
-profiler's table of the operators that take the most CPU time in `fusion` and `layer_maps`.
+Prints the median seconds of each CLIP-side stage of `segment` (over --repeats) and, with
+--torch-profile, the torch profiler's table of the operators that take the most CPU time in
+`fusion` and `layer_maps` (on a walk that keeps every layer's attention, as a run that keeps the
+walk does).
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ def main() -> None:
     features = model.clip_features(photo)
     timings: dict[str, list[float]] = {}
     for _ in range(args.repeats + 1):
-        result = model.segment(photo, text=text)
+        result = model.segment(photo, given={"text": text})
         for stage, seconds in result.timings.items():
             timings.setdefault(stage, []).append(seconds)
     print(
-        f"{args.photo} {photo.shape[:2]} slide {args.slide}: median of {args.repeats} (after a warm-up)"
+        f"{args.photo} {photo.shape[:2]} slide {args.slide}: median of {args.repeats} "
+        "(after a warm-up)"
     )
     for stage, values in timings.items():
         print(f"  {stage:12s} {statistics.median(values[1:]) * 1000:9.1f} ms")

@@ -1,12 +1,14 @@
-"""Where `segment`'s resident memory peaks: the largest RSS seen in each step of each image.
+r"""Where `segment`'s resident memory peaks: the largest RSS seen in each step of each image.
 
-    flock /tmp/cliper-heavy.lock python benchmarks/trace_rss.py [--slides 336 0 336 0] [--out trace.json]
+    flock /tmp/cliper-heavy.lock python benchmarks/trace_rss.py [--slides 336 0 336 0] \
+        [--out trace.json]
 
-Full-size random weights (ViT-B/16 + SD-2.1-base shapes, float32, the VOC21 preset, 20 classes), built as
-bench_floor.py builds them. A thread samples the process's resident size (/proc/self/statm) every half
-millisecond and files each sample under the step running at the time: the VAE encode, the CLIP walk (image,
-crops), fusion, the UNet pass, or "other" (the rest of `segment`). The steps are told apart by wrapping the
-library's own entry points for the length of this script; nothing in the library changes. Linux only.
+Full-size random weights (ViT-B/16 + SD-2.1-base shapes, float32, the VOC21 preset, 20 classes),
+built as bench_floor.py builds them. A thread samples the process's resident size (/proc/self/statm)
+every half millisecond and files each sample under the step running at the time: the VAE encode, the
+CLIP walk (image, crops), fusion, the UNet pass (inside the streamed refinement), or "other" (the
+rest of `segment`). The steps are told apart by wrapping the library's own entry points for the
+length of this script; nothing in the library changes. Linux only.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def main() -> None:
     print(f"after building the models: {after_build:.3f} GB resident")
     for slide in args.slides:
         tracer.peaks, before = {}, resident_gb()
-        model.segment(photo, text=text, cfg=cfg.replace(sliding_crop_size=slide))
+        model.segment(photo, given={"text": text}, cfg=cfg.replace(sliding_crop_size=slide))
         row = {
             "slide": slide,
             "resident_before_gb": before,

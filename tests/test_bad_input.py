@@ -1,9 +1,9 @@
-"""What careless and hostile users do, case by case (issue 10): each case asserts the exact error type and a
-message fragment, or the correct output, and that nothing partial is left behind.
+"""What careless and hostile users do, case by case (issue 10): each case asserts the exact error
+type and a message fragment, or the correct output, and that nothing partial is left behind.
 
-The models are the golden tiny CLIP (4 blocks, patch 16) without Stable Diffusion; the command line runs
-in-process with `build_model` replaced by one that counts how often it was called, so "checked before the model
-loads" is a count of 0.
+The models are the golden tiny CLIP (4 blocks, patch 16) without Stable Diffusion; the command line
+runs in-process with `build_model` replaced by one that counts how often it was called, so "checked
+before the model loads" is a count of 0.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ FAST = dict(profile="smoke", refinement="none", device="cpu", size=32, sliding_c
 
 @pytest.fixture(scope="module")
 def tiny(golden_clip) -> CLIPer:
-    """The method on the golden tiny CLIP, coarse only (no SD), small inputs: a segment call takes milliseconds."""
+    """The method on the golden tiny CLIP, coarse only (no SD), small inputs: a segment call takes
+    milliseconds."""
     return CLIPer(
         CLIPerConfig.from_preset("vit-b-16/voc21", **FAST), golden_clip, None, text_cache_dir=False
     )
@@ -70,7 +71,7 @@ def leftovers(folder: Path) -> list[str]:
     )
 
 
-# =============================================================================================================
+# ==================================================================================================
 # 1. Reading images: orientation, bit depth, empty and broken files
 def test_exif_orientation_is_applied(tmp_path):
     stored = photo(20, 40)
@@ -202,7 +203,7 @@ def test_nan_inputs_are_refused_before_the_method_runs(tiny, image):
         tiny.segment(image, classes="cat")
 
 
-# =============================================================================================================
+# ==================================================================================================
 # 2. The size limit: refused before anything is allocated
 def test_long_strip_is_refused_before_resizing(tiny, monkeypatch):
     def no_resize(*args, **kwargs):
@@ -237,7 +238,8 @@ def test_limit_boundary(width, height, size, patch, accepted):
 
 
 def test_uniform_attention_gives_uniform_not_nan():
-    """Exactly uniform attention centres every column to 0; the authors' 0/0 would make every map NaN."""
+    """Exactly uniform attention centres every column to 0; the authors' 0/0 would make every map
+    NaN."""
     fused = elf.finish_fused_attention(torch.full((1, 2, 5, 5), 0.2))
     torch.testing.assert_close(fused, torch.full((1, 2, 5, 5), 0.2))
     mixed = torch.tensor([[[[0.3, 0.5], [0.5, 0.7]]]])  # row 0 is at or below both column means
@@ -249,7 +251,7 @@ def test_one_pixel_image_segments(tiny):
     assert result.labels.shape == (1, 1) and 0 <= int(result.labels) <= 2
 
 
-# =============================================================================================================
+# ==================================================================================================
 # 3. Classes and configs
 @pytest.mark.parametrize(
     "classes,fragment",
@@ -331,17 +333,19 @@ def test_more_than_255_classes_write_16_bit_label_pngs(tmp_path):
     assert not (tmp_path / "too_many.png").exists()
 
 
-# =============================================================================================================
+# ==================================================================================================
 # 4. The command line: checked before the model loads, one line per failure, nothing half-written
 @pytest.fixture(scope="module")
 def text_cache(tmp_path_factory) -> Path:
-    """One text-embedding cache for the module's command-line runs: each run builds a fresh model."""
+    """One text-embedding cache for the module's command-line runs: each run builds a fresh
+    model."""
     return tmp_path_factory.mktemp("text-cache")
 
 
 @pytest.fixture()
 def cliper(golden_clip, monkeypatch, text_cache):
-    """main() with the model builder replaced by the tiny coarse model; `.builds` counts the model loads."""
+    """main() with the model builder replaced by the tiny coarse model; `.builds` counts the model
+    loads."""
 
     class Runner:
         builds = 0
@@ -492,7 +496,8 @@ def test_bad_out_is_refused_before_the_model(cliper, pictures, tmp_path, capsys,
 
 
 def _read_only(monkeypatch, folder: Path) -> None:
-    """Make `folder` refuse new files, also for root (who ignores permission bits): mkstemp there fails."""
+    """Make `folder` refuse new files, also for root (who ignores permission bits): mkstemp there
+    fails."""
     if os.geteuid() != 0:
         folder.chmod(0o555)
         return
@@ -622,13 +627,13 @@ def test_many_classes_through_the_cli_write_16_bit_pngs(cliper, pictures, tmp_pa
     assert labels.shape == (24, 40) and 0 <= labels.min() and labels.max() <= 300
 
 
-# --- a full disk: each image's three files together or not at all -------------------------------------------
+# --- a full disk: each image's three files together or not at all ---------------------------------
 @pytest.mark.parametrize("fail_at", [1, 2, 4, 6, 9])
 def test_disk_full_keeps_whole_images_only(
     cliper, pictures, tmp_path, capsys, monkeypatch, fail_at
 ):
-    """The fsync number `fail_at` reports ENOSPC. Per image: 1 label PNG, 2 overlay (each its own atomic write),
-    3-5 the group's three files; image b: 6-10."""
+    """The fsync number `fail_at` reports ENOSPC. Per image: 1 label PNG, 2 overlay (each its own
+    atomic write), 3-5 the group's three files; image b: 6-10."""
     real_fsync, calls = os.fsync, []
 
     def fsync(fd):
@@ -667,7 +672,7 @@ def test_atomic_group_removes_everything_on_failure(tmp_path):
     )
 
 
-# --- errors nobody planned for, --debug, Ctrl-C ------------------------------------------------------------
+# --- errors nobody planned for, --debug, Ctrl-C ---------------------------------------------------
 @pytest.mark.parametrize(
     "raised,status,fragment",
     [
@@ -709,7 +714,7 @@ def test_unexpected_failures_are_one_line(
         cli.main(["--debug", *argv] if status == 1 else [*argv, "--debug"])
 
 
-# --- cliper eval --out ---------------------------------------------------------------------------------------
+# --- cliper eval --out ----------------------------------------------------------------------------
 def _eval_args(*argv: str):
     return cli.build_parser().parse_args(
         [
@@ -780,11 +785,11 @@ def test_output_checks_create_nothing(tmp_path):
         check_output_file(tmp_path)
 
 
-# =============================================================================================================
+# ==================================================================================================
 # 5. Tests that let deliberate bugs through (mutation gaps)
 def test_sd_encode_is_latent_mean_times_scaling_factor():
-    """Independent of the extractor: diffusers' own VAE call. (The authors' latents are also pinned by
-    tests/test_golden.py::test_sd_input_latents_and_timestep_match_authors.)"""
+    """Independent of the extractor: diffusers' own VAE call. (The authors' latents are also pinned
+    by tests/test_golden.py::test_sd_input_latents_and_timestep_match_authors.)"""
     from cliper_lib.method.sd_attention import SDSelfAttention
     from cliper_lib.weights.sd import build_random_sd_components
 
@@ -792,9 +797,8 @@ def test_sd_encode_is_latent_mean_times_scaling_factor():
     vae = components.vae
     assert vae.config.scaling_factor not in (0, 1)  # else dropping it would go unnoticed
     extractor = SDSelfAttention(components, CLIPerConfig(profile="smoke"))
-    assert all(
-        type(block).__name__ == "DownEncoderBlock2D" for block in vae.encoder.down_blocks
-    )  # walked
+    # walked
+    assert all(type(block).__name__ == "DownEncoderBlock2D" for block in vae.encoder.down_blocks)
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         expected = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
@@ -823,15 +827,15 @@ def test_fuse_layers_single_block_fuses_exactly_that_block(walk_and_features, k)
     single = model.fusion(features, model.cfg.replace(fuse_layers=[k, k])).whole
     expected = elf.fuse_layers(model.clip.visual, features.walk, fuse=[k])
     assert torch.equal(single.last_attention, expected.last_attention)
-    summed = next(
-        elf.iter_fused_attentions(features.walk.attentions[k].float(), 1)
-    )  # Â_0 of block k alone
+    # Â_0 of block k alone
+    summed = next(elf.iter_fused_attentions(features.walk.attentions[k].float(), 1))
     first = elf.fuse_layers(model.clip.visual, features.walk, fuse=[k], rounds=1)
     torch.testing.assert_close(first.last_attention, summed.float(), rtol=1e-5, atol=1e-7)
 
 
 def test_head_map_threshold_tie_is_kept():
-    """DESIGN: zero entries `< attention_thr`; an entry exactly at the threshold stays (a `<=` would drop it)."""
+    """DESIGN: zero entries `< attention_thr`; an entry exactly at the threshold stays (a `<=` would
+    drop it)."""
     maps = torch.tensor([[[0.2, 0.6], [0.8, 0.4]]], dtype=torch.float64)
     scaled = maps / (maps.amax(dim=-2, keepdim=True) + 1e-5)
     thr = float(scaled[0, 0, 0])  # the (0, 0) entry lands exactly on the threshold
@@ -849,8 +853,8 @@ def test_coarse_map_threshold_tie_is_kept():
 
 
 def test_sides_are_rounded_to_patch_multiples_not_floored():
-    """DESIGN: round each side to the nearest multiple of p: 451 x 300 at 336 -> 505.1 px -> 32 patches (512),
-    where flooring would give 31 (496)."""
+    """DESIGN: round each side to the nearest multiple of p: 451 x 300 at 336 -> 505.1 px -> 32
+    patches (512), where flooring would give 31 (496)."""
     assert resized_shape(451, 300, 336, 16) == (336, 512)
     x = preprocess_image(np.zeros((300, 451, 3), np.uint8), 336, 16, (0, 0, 0), (1, 1, 1))
     assert tuple(x.shape) == (3, 336, 512)

@@ -17,7 +17,8 @@ from cliper_lib.method.clip_backbone import (
 
 @torch.no_grad()
 def encode_image_from_walk(visual: torch.nn.Module, walk) -> torch.Tensor:
-    """open_clip's pooled image embedding (B, E) from a complete walk: the CLS token, ln_post, proj."""
+    """open_clip's pooled image embedding (B, E) from a complete walk: the CLS token, ln_post,
+    proj."""
     assert visual.attn_pool is None and not visual.final_ln_after_pool and visual.pool_type == "tok"
     return project_tokens(visual, walk.output[:, 0])
 
@@ -88,7 +89,8 @@ def test_preprocess_rejects_bad_input():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-L-14", "ViT-H-14"])
 def test_walk_reproduces_encode_image_large_backbones(name):
-    """The other two paper backbones (random weights): the walk is exact there too, and ELF runs at 336x448."""
+    """The other two paper backbones (random weights): the walk is exact there too, and ELF runs at
+    336x448."""
     from cliper_lib.method import fusion as elf
 
     torch.manual_seed(0)

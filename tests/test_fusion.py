@@ -13,13 +13,13 @@ from cliper_lib.method.text import softmax_text_set
 
 def random_attention(heads=2, n=9, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (
-        torch.rand(1, heads, n, n, generator=g, dtype=torch.float64).softmax(-1) * 3
-    )  # a sum of 3 layers
+    # a sum of 3 layers
+    return torch.rand(1, heads, n, n, generator=g, dtype=torch.float64).softmax(-1) * 3
 
 
-def test_fused_attention_is_row_stochastic_and_nonnegative():
-    for fused in elf.iter_fused_attentions(random_attention(), num_outputs=4):
+@pytest.mark.parametrize("per_head", [False, True])
+def test_fused_attention_is_row_stochastic_and_nonnegative(per_head):
+    for fused in elf.iter_fused_attentions(random_attention(), num_outputs=4, per_head=per_head):
         assert (fused >= 0).all()
         torch.testing.assert_close(fused.sum(-1), torch.ones(1, 2, 9, dtype=torch.float64))
 
@@ -40,26 +40,33 @@ def test_cumulative_rounds_match_explicit_loop():
     assert not torch.allclose(outputs[0], outputs[2])  # the rounds really change the result
 
 
+@pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("rounds", ["cumulative", 2])
-def test_reused_buffer_gives_the_same_outputs_bit_for_bit(rounds):
+def test_reused_buffer_gives_the_same_outputs_bit_for_bit(rounds, per_head):
     a = random_attention(heads=3, n=17, seed=4).float()
-    fresh = list(elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds))
+    fresh = list(elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, per_head=per_head))
     reused = [
         fused.clone()
-        for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, reuse=True)
+        for fused in elf.iter_fused_attentions(
+            a, num_outputs=4, rounds=rounds, reuse=True, per_head=per_head
+        )
     ]
-    assert all(torch.equal(x, y) for x, y in zip(fresh, reused))
-    assert len({id(x) for x in fresh}) == (
-        4 if rounds == "cumulative" else 1
-    )  # without reuse, kept ones stay
+    assert all(torch.equal(x, y) for x, y in zip(fresh, reused, strict=True))
+    # without reuse, kept ones stay
+    assert len({id(x) for x in fresh}) == (4 if rounds == "cumulative" else 1)
 
 
+@pytest.mark.parametrize("per_head", [True, False])
 @pytest.mark.parametrize("rounds", ["cumulative", 3])
-def test_per_head_balancing_on_cpu_equals_whole_tensor_steps_bit_for_bit(rounds):
-    """The CPU path balances and finishes head by head; the same steps on the whole (B, H, N, N) give the same bits."""
+def test_per_head_balancing_equals_whole_tensor_steps_bit_for_bit(rounds, per_head):
+    """The per-head path (the CPU's schedule) balances and finishes head by head; the same steps on
+    the whole (B, H, N, N) give the same bits, as does the whole-tensor path."""
     a = random_attention(heads=3, n=17, seed=5).float().expand(2, -1, -1, -1).contiguous()
     a[1] = a[1].flip(-1)  # two different images of a batch
-    got = [fused.clone() for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds)]
+    got = [
+        fused.clone()
+        for fused in elf.iter_fused_attentions(a, num_outputs=4, rounds=rounds, per_head=per_head)
+    ]
     balanced, expected = a.clone(), []
     for k in range(4):
         for _ in range(1 if rounds == "cumulative" else (rounds if k == 0 else 0)):
@@ -67,7 +74,16 @@ def test_per_head_balancing_on_cpu_equals_whole_tensor_steps_bit_for_bit(rounds)
                 balanced.sum(dim=-1, keepdim=True)
             )
         expected.append(elf.finish_fused_attention(balanced))
-    assert all(torch.equal(x, y) for x, y in zip(got, expected))
+    assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+
+
+def test_fuse_layers_per_head_equals_whole_tensor_bit_for_bit(golden_clip, cat_image):
+    x = preprocess_image(cat_image, 224, 16, golden_clip.mean, golden_clip.std)
+    walk = walk_layers(golden_clip.visual, x[None], num_blocks=3)
+    whole = elf.fuse_layers(golden_clip.visual, walk, per_head=False)
+    per_head = elf.fuse_layers(golden_clip.visual, walk, per_head=True)
+    assert torch.equal(whole.last_attention, per_head.last_attention)
+    assert torch.equal(whole.embeddings, per_head.embeddings)
 
 
 def test_fixed_rounds_give_identical_outputs():
@@ -128,9 +144,8 @@ def test_value_path_matches_explicit_per_head_product(golden_clip):
     normed = block.ln_1(torch.randn(1, 7, 128))
     attention = torch.rand(1, 2, 7, 7).softmax(-1)
     dim = 128
-    v = (
-        normed[0] @ block.attn.in_proj_weight[2 * dim :].T + block.attn.in_proj_bias[2 * dim :]
-    )  # (N, D)
+    # (N, D)
+    v = normed[0] @ block.attn.in_proj_weight[2 * dim :].T + block.attn.in_proj_bias[2 * dim :]
     heads = [attention[0, h] @ v[:, h * 64 : (h + 1) * 64] for h in range(2)]
     expected = block.attn.out_proj(torch.cat(heads, dim=-1))
     with torch.no_grad():
@@ -172,7 +187,8 @@ def test_crop_boxes_cover_the_image_flush():
 
 
 def test_sliding_window_with_crop_covering_image_equals_whole_image_path(golden, golden_clip):
-    """One crop = the whole image: the accumulated logits and attention are the whole image's own."""
+    """One crop = the whole image: the accumulated logits and attention are the whole image's
+    own."""
     x = golden["input"]
     case = golden["cases"]["select=-1|slide=0"]
     text = softmax_text_set(case["text_fg"], case["text_bg"])
@@ -187,15 +203,15 @@ def test_sliding_window_with_crop_covering_image_equals_whole_image_path(golden,
     torch.testing.assert_close(
         sw.attention, attention / attention.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6
     )
-    l, t, h, w = whole_logits.shape
-    expected = (
-        (whole_logits.reshape(l, t, h * w) @ sw.attention).reshape(l, t, h, w).softmax(1)[:, :20]
-    )
+    layers, t, h, w = whole_logits.shape
+    mixed = whole_logits.reshape(layers, t, h * w) @ sw.attention
+    expected = mixed.reshape(layers, t, h, w).softmax(1)[:, :20]
     torch.testing.assert_close(sw.maps, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_sliding_window_accumulation_matches_per_crop_loop(golden, golden_clip):
-    """Batched crops + index accumulation == running each crop on its own and adding into the grid."""
+    """Batched crops + index accumulation == running each crop on its own and adding into the
+    grid."""
     x = golden["input"]
     case = golden["cases"]["select=-1|slide=112"]
     text = softmax_text_set(case["text_fg"], case["text_bg"])

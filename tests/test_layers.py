@@ -69,15 +69,19 @@ def test_an_upward_import_breaks_the_contract(tmp_path, module, line):
         assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout + result.stderr
 
 
-def test_method_is_small_and_no_module_is_long():
-    lines = {
-        path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
-        for path in PACKAGE.rglob("*.py")
-    }
-    method = sum(n for name, n in lines.items() if name.startswith("method/"))
-    assert method <= 1600, f"cliper_lib/method/ has {method} lines"
-    long = {name: n for name, n in lines.items() if n > 400}
-    assert not long, f"modules over 400 lines: {long}"
+def test_no_function_is_over_sixty_lines():
+    """The line cap on method/ is withdrawn (readability decides, ruff breaks lines); what stays is
+    that every function reads in one screen."""
+    import ast
+
+    long = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long[f"{path.relative_to(PACKAGE).as_posix()}:{node.name}"] = length
+    assert not long, f"functions over 60 lines: {long}"
 
 
 def module_imports(package_parent: Path) -> dict[str, set[str]]:

@@ -1,6 +1,6 @@
 """What a move of the explorer recomputes and costs: the config fields behind each control, the
-stages each control invalidates (derived from the stage graph that also makes the cache keys), and
-the timing rows of a move."""
+stages each control invalidates (derived from the stage graph that also makes the cache keys), the
+record of a move and its timing rows."""
 
 from __future__ import annotations
 

@@ -109,3 +109,18 @@ def test_batched_refinement_equals_one_image_at_a_time(model, dataset, name) -> 
     batch = evaluate(one_at_a_time, dataset, **common, batch_size=3, segment_many=many)
     differing = (single.confusion.matrix - batch.confusion.matrix).abs().sum() / 2
     assert differing <= 0.001 * single.confusion.matrix.sum(), name
+
+
+@pytest.mark.parametrize("name", ["sfsa", "mean"])
+def test_given_head_maps_are_used_and_what_they_need_never_runs(model, dataset, name) -> None:
+    """Head maps the caller hands in replace the SD stages, streamed SFSA included: no VAE encode,
+    no UNet pass, and other maps give another S_f."""
+    cfg = model.cfg.replace(refinement=name)
+    image = dataset[0].image
+    full = model.run(image, CLASSES, cfg=cfg)
+    given = model.segment(image, CLASSES, cfg=cfg, given={"sd_attention": full.head_maps})
+    assert not {"sd_latents", "sd_attention"} & set(given.timings)
+    assert torch.equal(given.refined, full.refined)
+    uniform = torch.full_like(full.head_maps, 1.0 / full.head_maps.shape[-1])
+    other = model.segment(image, CLASSES, cfg=cfg, given={"sd_attention": uniform})
+    assert not torch.equal(other.refined, full.refined)

@@ -308,7 +308,7 @@ class _GraphRun:
         self.kept = frozenset(keep) | frozenset(targets) | frozenset(self.given)
         wanted = set(targets)
         for stage in reversed(GRAPH):  # GRAPH is in topological order
-            if stage.name in wanted:
+            if stage.name in wanted and stage.name not in self.given:
                 for need in stage.needed(self.model, self.view(stage), self.kept):
                     self.readers[need] = self.readers.get(need, 0) + 1
                     wanted.add(need)
@@ -319,17 +319,17 @@ class _GraphRun:
             return self.input_keys[name]
         if name in self.result.keys:
             return self.result.keys[name]
+        if name in self.given:  # the caller's value: nothing it would need is computed
+            key, value = self.given[name]
+            self.result.values[name], self.result.keys[name] = value, ("given", name, key)
+            return self.result.keys[name]
         stage = BY_NAME[name]
         view = self.view(stage)
         needed = stage.needed(self.model, view, self.kept)
         needed_keys = tuple(self.resolve(need) for need in needed)
-        if name in self.given:
-            key, value = self.given[name]
-            key = ("given", name, key)
-        else:
-            lean = self.lean(stage)
-            key = (name, stage.settings(self.model, view), needed_keys, lean)
-            value = self.lookup_or_compute(stage, view, key, needed, lean)
+        lean = self.lean(stage)
+        key = (name, stage.settings(self.model, view), needed_keys, lean)
+        value = self.lookup_or_compute(stage, view, key, needed, lean)
         self.result.values[name], self.result.keys[name] = value, key
         self.release(needed)
         return key

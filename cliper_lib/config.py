@@ -397,8 +397,7 @@ def resolve_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-# --- a config as one stage sees it
-# ----------------------------------------------------------------------------
+# --- a config as one stage sees it ----------------------------------------------------------------
 _FIELD_NAMES = frozenset(f.name for f in fields(CLIPerConfig))
 
 

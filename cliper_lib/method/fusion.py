@@ -21,8 +21,7 @@ from ..images import crop_boxes
 from .clip_backbone import LayerWalk, project_tokens, walk_layers
 
 
-# --- fused attention, one step at a time
-# -----------------------------------------------------------------------
+# --- fused attention, one step at a time ----------------------------------------------------------
 def sum_attention(attentions: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
     """A = sum of A_i over `layers`, per head, in float32: (B, H, N, N)."""
     if len(layers) == 0:
@@ -122,8 +121,7 @@ def iter_fused_attentions(
         yield from (fused for _ in range(num_outputs))
 
 
-# --- the last block's value path
-# ------------------------------------------------------------------------------
+# --- the last block's value path ------------------------------------------------------------------
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, d)
@@ -173,8 +171,7 @@ def value_path(
     return block.ls_1(block.attn.out_proj(mixed))
 
 
-# --- per-layer embeddings and maps
-# ----------------------------------------------------------------------------
+# --- per-layer embeddings and maps ----------------------------------------------------------------
 @dataclass
 class FusionOutput:
     """ELF on one batch: L per-layer embeddings and the fused attention of the last output."""
@@ -273,8 +270,7 @@ def mean_patch_attention(attention: torch.Tensor) -> torch.Tensor:
     return attention.mean(dim=1)[:, 1:, 1:]
 
 
-# --- sliding window
-# ---------------------------------------------------------------------------------------------
+# --- sliding window -------------------------------------------------------------------------------
 @torch.no_grad()
 def walk_crops(
     visual: torch.nn.Module,
@@ -375,8 +371,7 @@ def sliding_window_from_fused(
     )
 
 
-# --- coarse map
-# -----------------------------------------------------------------------------------------------
+# --- coarse map -----------------------------------------------------------------------------------
 def threshold_select_map(select_map: torch.Tensor, attention_thr: float) -> torch.Tensor:
     """Zero every value below attention_thr × (spatial max of its class): (C, h, w) -> (C, h, w)."""
     peak = select_map.flatten(1).amax(dim=1)[:, None, None]  # (C, 1, 1)

@@ -74,8 +74,7 @@ class CLIPer:
         )
         self.text_cache = TextEmbeddingCache(folder)
 
-    # --- text
-    # --------------------------------------------------------------------------------------------
+    # --- text -------------------------------------------------------------------------------------
     def encode_text(
         self,
         classes: Sequence[str] | None = None,
@@ -105,8 +104,7 @@ class CLIPer:
             key, lambda: encode_class_names(model, self.clip.tokenizer, names, templates)
         ).to(self.device)
 
-    # --- stages
-    # ------------------------------------------------------------------------------------------
+    # --- stages -----------------------------------------------------------------------------------
     @torch.no_grad()
     def clip_features(
         self,
@@ -224,8 +222,7 @@ class CLIPer:
         labels = labels_from_maps(maps, scores, cfg.score_threshold, cfg.bkg_thre, cfg.is_normalize)
         return LabelMap(scores, maps, labels)
 
-    # --- the graph
-    # ---------------------------------------------------------------------------------------
+    # --- the graph --------------------------------------------------------------------------------
     @torch.no_grad()
     def run(
         self,

@@ -84,8 +84,7 @@ def sd_threshold(cfg: Any) -> float:
     return float(cfg.effective_sd_attention_thr)
 
 
-# --- none
-# --------------------------------------------------------------------------------------------------
+# --- none -----------------------------------------------------------------------------------------
 register(
     Refinement(
         name="none",
@@ -99,8 +98,7 @@ register(
 )
 
 
-# --- Stable Diffusion self-attention
-# -----------------------------------------------------------------------
+# --- Stable Diffusion self-attention --------------------------------------------------------------
 def sfsa_streamed(model: Any, cfg: Any, coarse: Sequence[torch.Tensor], latents: torch.Tensor):
     """S_f for B coarse maps in one UNet pass over their B latents: the chain takes each head map as
     it comes.
@@ -165,8 +163,7 @@ register(
 )
 
 
-# --- vision foundation models (the alternative the paper argues against)
-# ----------------------------------
+# --- vision foundation models (the alternative the paper argues against) --------------------------
 def vfm_batch(model: Any, cfg: Any, images: Sequence[np.ndarray], coarse: Sequence[torch.Tensor]):
     """A VFM refinement of B images: one VFM pass per image (each at its own size)."""
     encoder = encoder_of(model.vfm, cfg.refinement)

@@ -100,8 +100,7 @@ class SegmentationResult:
     def get(self, name: str, default: Any = None) -> Any:
         return self.values.get(name, default)
 
-    # --- the inputs and the text
-    # ---------------------------------------------------------------------------
+    # --- the inputs and the text ------------------------------------------------------------------
     @property
     def image(self) -> np.ndarray:
         """(H0, W0, 3) uint8."""
@@ -123,8 +122,17 @@ class SegmentationResult:
     def background(self) -> list[str]:
         return self["text"].background
 
-    # --- early-layer fusion
-    # --------------------------------------------------------------------------------
+    @property
+    def features(self) -> ClipFeatures:
+        """Stage clip_walk: the CLIP input and its layer walk."""
+        return self["clip_walk"]
+
+    @property
+    def fused(self) -> FusedLayers:
+        """Stage fusion: early-layer fusion of the image and its crops."""
+        return self["fusion"]
+
+    # --- early-layer fusion -----------------------------------------------------------------------
     @property
     def grid(self) -> tuple[int, int]:
         """(h, w)."""
@@ -169,8 +177,7 @@ class SegmentationResult:
         """(C, h, w): the thresholded S_sel."""
         return self["coarse"].select_map
 
-    # --- refinement and labels
-    # -----------------------------------------------------------------------------
+    # --- refinement and labels --------------------------------------------------------------------
     @property
     def head_maps(self) -> torch.Tensor | None:
         """(m, T, T) SD head maps, when the run kept them (else None: they were streamed, or not

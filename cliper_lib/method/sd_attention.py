@@ -40,8 +40,7 @@ class SDComponents:
     empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
 
 
-# --- attention capture
-# -----------------------------------------------------------------------------------------
+# --- attention capture ----------------------------------------------------------------------------
 #: sink(path, head, heads, probabilities): one head's float32 self-attention (B, T, S), heads given
 #: last first, in the capture's scratch buffer (overwritten by the next head): a sink keeps a copy,
 #: and may change it in place.
@@ -251,8 +250,7 @@ def run_until_captured(
     raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
 
 
-# --- the extractor
-# ---------------------------------------------------------------------------------------------
+# --- the extractor --------------------------------------------------------------------------------
 class SDSelfAttention:
     """One noised UNet pass with the empty prompt, returning the self-attention head maps of
     `cfg.sd_layers`.

@@ -210,8 +210,7 @@ STAGES: tuple[str, ...] = tuple(stage.name for stage in GRAPH)
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in GRAPH}
 
 
-# --- what the declarations imply
-# -----------------------------------------------------------------------
+# --- what the declarations imply ------------------------------------------------------------------
 def inputs_of(stage: Stage) -> tuple[str, ...]:
     """Every input a stage may read: what it always needs, then what some configurations add."""
     return stage.needs + stage.may_need
@@ -260,8 +259,7 @@ def diagram() -> str:
     return "\n".join(lines)
 
 
-# --- running it
-# ----------------------------------------------------------------------------------------
+# --- running it -----------------------------------------------------------------------------------
 class StageStore(Protocol):
     """Somewhere to keep stage results by key (the explorer's cache); `run_stages` works without
     one.

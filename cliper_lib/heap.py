@@ -20,9 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-#: PyTorch reads it once, at its first CPU allocation of 2 MiB or more (not at import): 1 = 2
-#: MiB-aligned large
-#: blocks with madvise(MADV_HUGEPAGE). A value the user set is kept (0 turns it off).
+#: PyTorch reads it once, at its first CPU allocation of 2 MiB or more (not at import): 1 = large
+#: blocks 2 MiB-aligned, with madvise(MADV_HUGEPAGE). A value the user set is kept (0 turns it off).
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -40,9 +39,7 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 
 def release_free_memory() -> bool:
-    """Return the heap's free pages to the system (glibc); False where there is no such call
-    (nothing done).
-    """
+    """Return the heap's free pages to the system (glibc); False (nothing done) where it cannot."""
     if _MALLOC_TRIM is None:
         return False
     _MALLOC_TRIM(0)

@@ -6,13 +6,13 @@ How images of different sizes share a pass:
   its own coarse map.
 - CLIP keeps the aspect ratio (short side `size`, sides rounded to the patch), so images share a
   walk only when their resized shapes are equal: the batch is split into groups of equal CLIP input
-  shape, each walked once, crops included (equal shapes give equal crop boxes). No padding and no
-  cropping: padded tokens would take part in every attention (and in the fused attention's
-  normalisations), and cropping would drop pixels to label; either would make batch-B results differ
-  from batch 1. On data sets of mixed shapes the CLIP half batches less than B; the SD half always
-  batches B.
-- Fusion, layer maps, the coarse map and the labels run image by image, through the same stage
-  methods.
+  shape, each walked once, crops included (equal shapes give equal crop boxes). On data sets of
+  mixed shapes the CLIP half batches less than B; the SD half always batches B.
+- No padding and no cropping: padded tokens would take part in every attention (and in the fused
+  attention's normalisations), and cropping would drop pixels to label; either would make batch-B
+  results differ from batch 1.
+- Fusion, layer maps, coarse map and labels run image by image, through the same stage methods.
+
 Results equal batch 1 up to the rounding of batched matrix products (tests/test_batching.py).
 """
 
@@ -58,8 +58,9 @@ def split_walk(walk: LayerWalk, sizes: Sequence[int]) -> list[LayerWalk]:
 def batched_clip_features(
     model: Any, arrays: Sequence[np.ndarray], cfg: CLIPerConfig
 ) -> list[ClipFeatures]:
-    """Stage clip_walk for several images: one walk per group of equal input shape (crops: one per
-    group too).
+    """Stage clip_walk for several images: one walk per group of equal input shape.
+
+    The group's sliding-window crops are walked together too, one walk per group.
     """
     clip, depth = model.clip, model.clip.num_layers - 1
     dtype = next(clip.model.parameters()).dtype
@@ -97,8 +98,10 @@ def batched_clip_features(
 def refine_batch(
     model: Any, arrays: Sequence[np.ndarray], coarse: Sequence[torch.Tensor], cfg: CLIPerConfig
 ) -> list[torch.Tensor]:
-    """Stage refine for several images, by the refinement in effect: S_f per image, each network
-    pass batched (SD: one VAE encode and one UNet pass for all of them)."""
+    """Stage refine for several images, by the refinement in effect: S_f per image.
+
+    Each network pass is batched (SD: one VAE encode and one UNet pass for all of them).
+    """
     kind = refinement_in_effect(model, cfg)
     if kind.batch is None:
         raise ValueError(
@@ -111,9 +114,7 @@ def refine_batch(
 def segment_batch(
     model: Any, images: Sequence[Any], text: Any, cfg: CLIPerConfig | None = None
 ) -> list[torch.Tensor]:
-    """Label maps (H_i, W_i) of several images, with the network passes batched (see the module
-    doc).
-    """
+    """Label maps (H_i, W_i) of several images, the network passes batched (see the module doc)."""
     cfg = cfg or model.cfg
     arrays = [rgb_array(image) for image in images]
     features = batched_clip_features(model, arrays, cfg)

@@ -1,5 +1,4 @@
-"""CLIP image side: preprocessing, position-embedding interpolation and a layer walk over
-open_clip's own blocks.
+"""CLIP image side: preprocessing, position-embedding interpolation and a layer walk.
 
 The walk calls open_clip's modules (conv1, ln_pre, each block's ln_1 / attn / ln_2 / mlp, ln_post,
 proj) in the order `VisionTransformer.forward` does, and keeps what CLIPer needs along the way: each
@@ -28,8 +27,9 @@ MAX_PATCH_TOKENS = 4096
 
 
 def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, int]:
-    """(h, w) in pixels: short side scaled to `size`, each side rounded to the nearest multiple of
-    `patch`.
+    """(h, w) in pixels: the short side scaled to `size`, sides rounded to multiples of `patch`.
+
+    Each side goes to its nearest multiple; more than MAX_PATCH_TOKENS patches is a ValueError.
     """
     if min(width, height) < 1:
         raise ValueError(f"image is empty ({width}x{height} pixels)")
@@ -39,32 +39,32 @@ def resized_shape(width: int, height: int, size: int, patch: int) -> tuple[int, 
     if (h // patch) * (w // patch) > MAX_PATCH_TOKENS:
         raise ValueError(
             f"a {width}x{height} image at size {size} would be {h // patch}x{w // patch} patches, "
-            "over "
-            f"the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
-            f"{MAX_PATCH_TOKENS * patch * patch / size**2:.1f}x the short side): crop it or lower "
-            "size"
+            f"over the limit of {MAX_PATCH_TOKENS} (at this size the long side may be about "
+            f"{MAX_PATCH_TOKENS * patch * patch / size**2:.1f}x the short side): "
+            "crop it or lower size"
         )
     return h, w
 
 
 def preprocess_image(image, size: int, patch: int, mean, std) -> torch.Tensor:
-    """(3, h, w) normalised CLIP input: bicubic resize (short side `size`, sides multiples of
-    `patch`).
+    """(3, h, w) normalised CLIP input, resized bicubically.
+
+    The short side becomes `size` and both sides multiples of `patch` (see `resized_shape`).
     """
     pil = Image.fromarray(rgb_array(image))
     h, w = resized_shape(pil.width, pil.height, size, patch)
     resized = pil.resize((w, h), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(
-        2, 0, 1
-    )  # (3, h, w)
+    # (3, h, w)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (x - mean_t) / std_t
 
 
 def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1 + h*w, D): the patch part of a square (1 + g*g, D) position embedding resized bilinearly
-    to `grid`.
+    """(1 + h*w, D): a square (1 + g*g, D) position embedding, its patch part resized to `grid`.
+
+    The resize is bilinear; the CLS row is kept as it is.
     """
     cls_pos, patch_pos = pos[:1], pos[1:]
     side = int(round(patch_pos.shape[0] ** 0.5))
@@ -75,15 +75,15 @@ def interpolate_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
     dim = patch_pos.shape[1]
     square = patch_pos.float().T.reshape(1, dim, side, side)  # (1, D, g, g)
     resized = F.interpolate(square, size=grid, mode="bilinear", align_corners=False)  # (1, D, h, w)
-    return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(
-        pos.dtype
-    )  # (1 + h*w, D)
+    # (1 + h*w, D)
+    return torch.cat([cls_pos.float(), resized.reshape(dim, -1).T], dim=0).to(pos.dtype)
 
 
 @dataclass
 class ClipBundle:
-    """An open_clip model with what the method needs to use it (built by cliper_lib.weights, or by
-    hand).
+    """An open_clip model with what the method needs to use it.
+
+    Built by cliper_lib.weights, or by hand.
     """
 
     model: torch.nn.Module  # open_clip CLIP (eval mode)
@@ -105,18 +105,18 @@ class ClipBundle:
 
 @dataclass
 class LayerWalk:
-    """What the walk kept; lists are indexed by block. B = batch, N = 1 + h*w tokens, D = width, H =
-    heads.
+    """What the walk kept; lists are indexed by block.
+
+    B = batch, N = 1 + h*w tokens, D = width, H = heads.
     """
 
     grid: tuple[int, int]  # (h, w) patch grid
     normalized_inputs: list[torch.Tensor]  # X_i = ln_1_i(x_i): (B, N, D) for each walked block
     attentions: list[torch.Tensor]  # A_i: (B, H, N, N) per-head attention probabilities
-    residual_inputs: list[
-        torch.Tensor
-    ]  # x_i entering block i: (B, N, D); one extra entry = the walk's output
-    # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`, ascending as
-    # sum_attention adds them.
+    # x_i entering block i: (B, N, D); one extra entry = the walk's output
+    residual_inputs: list[torch.Tensor]
+    # Low-memory walk (no A_i kept): float32 sum of A_i over `summed_layers`,
+    # ascending as sum_attention adds them.
     attention_sum: torch.Tensor | None = None  # (B, H, N, N)
     summed_layers: tuple[int, ...] | None = None  # None: the A_i are kept in `attentions`
 
@@ -133,9 +133,7 @@ class LayerWalk:
 def patch_embed(
     visual: torch.nn.Module, images: torch.Tensor
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Tokens entering block 0 (B, N, D) for any image size, with the position embedding
-    interpolated.
-    """
+    """Tokens entering block 0 (B, N, D) for any image size, the position embedding interpolated."""
     x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, h, w)
     grid = (x.shape[-2], x.shape[-1])
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
@@ -155,9 +153,8 @@ def run_block(block: torch.nn.Module, x: torch.Tensor, keep: LayerWalk) -> torch
     keep.normalized_inputs.append(normed)
     if keep.summed_layers is None:
         keep.attentions.append(probs)  # (B, H, N, N)
-    elif (
-        len(keep.normalized_inputs) - 1 in keep.summed_layers
-    ):  # same order and dtype steps as sum_attention
+    elif len(keep.normalized_inputs) - 1 in keep.summed_layers:
+        # same order and dtype steps as sum_attention
         keep.attention_sum = (
             probs.float().clone()
             if keep.attention_sum is None
@@ -177,11 +174,9 @@ def walk_layers(
     num_blocks: int | None = None,
     sum_layers: Sequence[int] | None = None,
 ) -> LayerWalk:
-    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images, keeping X_i, A_i and
-    x_i.
+    """Run the first `num_blocks` blocks (default: all) on (B, 3, H, W) images; keep X_i, A_i, x_i.
 
-    With `sum_layers` (ascending) no A_i is kept, only their float32 sum over those layers
-    (`attention_sum`).
+    With `sum_layers` (ascending) only the float32 sum of their A_i is kept (`attention_sum`).
     """
     if not getattr(visual.transformer, "batch_first", True):
         raise ValueError("the layer walk expects an open_clip transformer with batch_first=True")

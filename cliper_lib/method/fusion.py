@@ -1,9 +1,10 @@
-"""Early-layer fusion (ELF): fused attention, the last block's value path, per-layer maps, sliding
-window, coarse map.
+"""Early-layer fusion (ELF): from the early layers' attentions to the coarse map.
 
-Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes, T =
-C + B_bg + 1 text rows. Each step of docs/method.md section 3 is its own small function so the
-notebooks can show it.
+The steps: fused attention, the last block's value path, per-layer maps, sliding window, coarse
+map. Each step of docs/method.md section 3 is its own small function so the notebooks can show it.
+
+Shapes: B batch, H heads, N = 1 + h*w tokens, D width, E embedding size, L blocks, C fg classes,
+T = C + B_bg + 1 text rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import LAST_LAYER_ATTENTIONS
 
-# noqa: F401 (the sliding window's geometry, also read as elf.crop_boxes)
+# the sliding window's geometry, also read as elf.crop_boxes
 from ..images import crop_boxes
 from .clip_backbone import LayerWalk, project_tokens, walk_layers
 
@@ -95,10 +96,10 @@ def iter_fused_attentions(
     rounds="cumulative" is the authors' behaviour: their code normalises A in place once per output,
     so output k sees k+1 column/row rounds. An integer gives every output the same fixed number of
     rounds. `reuse`: every Â_k is written into the same buffer, overwritten by the next one (for a
-    consumer that is done with Â_k before it asks for Â_{k+1}, as fuse_layers is). `per_head`:
-    balance and finish one head's
-    (B, N, N) slice at a time (the same operations, so the same bits; a head can stay in a CPU's
-    cache through its ~10 passes, where (B, H, N, N) cannot).
+    consumer that is done with Â_k before it asks for Â_{k+1}, as fuse_layers is).
+
+    `per_head`: balance and finish one head's (B, N, N) slice at a time (the same operations, so the
+    same bits; a head can stay in a CPU's cache through its ~10 passes, where (B, H, N, N) cannot).
     """
     balanced = summed.clone()  # normalised in place below, as sinkhorn_round computes it
     heads = range(balanced.shape[1]) if per_head else [slice(None)]
@@ -132,15 +133,15 @@ def qkv_heads(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of the block's attention for already-normalised features: each (B, H, N, D/H)."""
     attn = block.attn
-    q, k, v = F.linear(features, attn.in_proj_weight, attn.in_proj_bias).chunk(
-        3, dim=-1
-    )  # (B, N, D) each
+    # (B, N, D) each
+    q, k, v = F.linear(features, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     return tuple(_split_heads(t, attn.num_heads) for t in (q, k, v))
 
 
 def variant_attention(block: torch.Tensor, normed: torch.Tensor, kind: str) -> torch.Tensor:
-    """Last-layer attention probabilities (B, H, N, N) of the ablation variants, from normalised
-    features.
+    """Last-layer attention probabilities (B, H, N, N) of the ablation variants.
+
+    From normalised features `normed` (B, N, D); `kind`: vanilla, q-q, k-k, v-v or identity.
     """
     q, k, v = qkv_heads(block, normed)
     n = normed.shape[1]
@@ -157,8 +158,8 @@ def value_path(
 ) -> torch.Tensor:
     """out_proj(attention · V(normed)): the last block's attention branch with a given attention.
 
-    No residual and no MLP (docs/method.md 3.5). normed: (B, N, D); attention: (B, H, N, N) -> (B,
-    N, D).
+    No residual and no MLP (docs/method.md 3.5).
+    normed: (B, N, D); attention: (B, H, N, N) -> (B, N, D).
     """
     attn, width = block.attn, normed.shape[-1]  # only V: a third of the in-projection
     v = _split_heads(
@@ -177,9 +178,8 @@ class FusionOutput:
     """ELF on one batch: L per-layer embeddings and the fused attention of the last output."""
 
     embeddings: torch.Tensor  # (L, B, N, E): ln_post + proj of every Z_k, CLS token first
-    last_attention: (
-        torch.Tensor
-    )  # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
+    # (B, H, N, N): Â_{L-1} (or the variant's attention of the last output)
+    last_attention: torch.Tensor
     grid: tuple[int, int]
 
 
@@ -215,11 +215,10 @@ def fuse_layers(
     proxy: torch.Tensor | None = None,
     per_head: bool = False,
 ) -> FusionOutput:
-    """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E) and
-    Â_{L-1}.
+    """ELF steps 1-3 on a walk of the first L-1 blocks: per-layer embeddings (L, B, N, E), Â_{L-1}.
 
-    `proxy` (B, 1, N, N): the VFM attention of last_layer_attention="proxy"; `per_head`: see
-    iter_fused_attentions.
+    `proxy` (B, 1, N, N): the VFM attention of last_layer_attention="proxy".
+    `per_head`: see iter_fused_attentions.
     """
     blocks = visual.transformer.resblocks
     num_layers = len(blocks)
@@ -279,9 +278,7 @@ def walk_crops(
     stride: int,
     sum_layers: Sequence[int] | None = None,
 ) -> LayerWalk:
-    """The layer walk (first L-1 blocks) of all sliding-window crops of a (3, H, W) image, as one
-    batch.
-    """
+    """Walk the first L-1 blocks on all sliding-window crops of a (3, H, W) image, as one batch."""
     boxes = crop_boxes(image.shape[1], image.shape[2], crop, stride)
     crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # (K, 3, ch, cw)
     return walk_layers(visual, crops, len(visual.transformer.resblocks) - 1, sum_layers)
@@ -331,8 +328,9 @@ def sliding_window_from_fused(
     stride: int,
     logit_scale: float,
 ) -> SlidingWindowOutput:
-    """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid, then mix and
-    softmax.
+    """Accumulate the crops' per-layer logits and head-mean Â_{L-1} into the full grid.
+
+    Then mix the logits by that attention and apply the softmax.
     """
     height, width = int(image_size[0]), int(image_size[1])
     gh, gw = height // patch, width // patch
@@ -341,15 +339,13 @@ def sliding_window_from_fused(
         raise ValueError(
             f"{fused.embeddings.shape[1]} crops were fused but the window gives {len(boxes)}"
         )
-    crop_logits = layer_logits(
-        fused.embeddings, text_set, logit_scale, fused.grid
-    )  # (L, K, T, ch, cw)
+    # (L, K, T, ch, cw)
+    crop_logits = layer_logits(fused.embeddings, text_set, logit_scale, fused.grid)
     crop_attn = mean_patch_attention(fused.last_attention)  # (K, ch*cw, ch*cw)
 
     device = crop_logits.device
-    logits_sum = torch.zeros(
-        crop_logits.shape[0], crop_logits.shape[2], gh, gw, device=device
-    )  # (L, T, gh, gw)
+    # (L, T, gh, gw)
+    logits_sum = torch.zeros(crop_logits.shape[0], crop_logits.shape[2], gh, gw, device=device)
     logits_count = torch.zeros(gh, gw, device=device)
     attn_sum = torch.zeros(gh * gw, gh * gw, device=device)
     attn_count = torch.zeros(gh * gw, gh * gw, device=device)
@@ -390,7 +386,6 @@ def coarse_map(
     maps = layer_maps.clone()
     select = select_layer % num_layers
     maps[select] = threshold_select_map(maps[select], attention_thr)
-    refined = (maps[select].reshape(c, h * w) @ patch_attention.to(maps.dtype)).reshape(
-        c, h, w
-    )  # (C, h, w)
+    # (C, h, w)
+    refined = (maps[select].reshape(c, h * w) @ patch_attention.to(maps.dtype)).reshape(c, h, w)
     return refined + maps.mean(dim=0), maps[select]

@@ -1,6 +1,4 @@
-"""Scores and labels: class scores from refined and coarse maps, score-scaled maps at image size,
-label map.
-"""
+"""Class scores from the refined and coarse maps, score-scaled maps at image size, the label map."""
 
 from __future__ import annotations
 
@@ -14,12 +12,9 @@ def class_scores(refined: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
 
 
 def scaled_maps(refined: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """S_f bilinearly resized to `size`, each class divided by its max (+1e-5) and multiplied by its
-    score.
-    """
-    up = F.interpolate(refined[None].float(), size=size, mode="bilinear", align_corners=False)[
-        0
-    ]  # (C, H, W)
+    """S_f resized bilinearly to `size`, each class divided by its max (+1e-5), times its score."""
+    # (C, H, W)
+    up = F.interpolate(refined[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     peak = up.flatten(1).amax(dim=1)[:, None, None]
     return up / (peak + 1e-5) * scores[:, None, None].float()
 
@@ -34,9 +29,8 @@ def labels_from_maps(
     """(H, W) label map from score-scaled maps (C, H, W): 0 = background, k = class k-1 + 1.
 
     Classes with score <= score_threshold are absent. With `is_normalize` each map is min-max scaled
-    first. With bkg_thre > 0, values below it are zeroed and pixels left with nothing are
-    background; with bkg_thre == 0 a background channel (1 - max)² competes instead (the authors'
-    two modes).
+    first. The authors' two modes: with bkg_thre > 0, values below it are zeroed and pixels left
+    with nothing are background; with bkg_thre == 0 a background channel (1 - max)² competes.
     """
     c, h, w = maps.shape
     present = (scores > score_threshold).to(maps.dtype)[:, None, None]  # (C, 1, 1)

@@ -1,9 +1,9 @@
-"""CLIPer end to end: config + models -> segment(image, classes) -> a result holding every
-intermediate.
+"""CLIPer end to end: config + models -> segment(image, classes) -> a result with each intermediate.
 
-Each stage is a method that takes the previous stages' outputs and a config (what it needs and reads
-is declared once, in `stages.GRAPH`); `run` evaluates the graph up to any stage, `segment` runs all
-of it.
+Each stage is a method that takes the previous stages' outputs and a config (what it needs and
+reads is declared once, in `stages.GRAPH`); `run` evaluates the graph up to any stage, `segment`
+runs all of it.
+
 The models are injected (a CLIP bundle and, unless the refinement is none, an SD extractor):
 `cliper_lib.CLIPer.from_config` builds them from a config, tests and benchmarks build them by hand.
 """
@@ -36,26 +36,28 @@ SEGMENT_KEEPS = ("text", "fusion", "layer_maps", "coarse", "refine", "labels")
 
 @dataclass(frozen=True)
 class Schedule:
-    """How the stages traverse their largest tensors on one device: the same operations, the same
-    bits.
-    """
+    """How the stages traverse their largest tensors on one device (same operations, same bits)."""
 
-    fusion_per_head: (
-        bool  # balance and finish one head's (B, N, N) of the fused attention at a time
-    )
+    # balance and finish one head's (B, N, N) of the fused attention at a time
+    fusion_per_head: bool
     chain_band: int | None  # rows of an SD head map normalised and applied at a time (None: all)
 
     @classmethod
     def for_device(cls, device: torch.device) -> Schedule:
-        """On a CPU a head, or a band of 256 rows, stays in cache through its passes; elsewhere
-        whole tensors make few, large kernels."""
+        """On a CPU a head, or a band of 256 rows, stays in cache through its passes.
+
+        Elsewhere whole tensors make few, large kernels.
+        """
         on_cpu = device.type == "cpu"
         return cls(fusion_per_head=on_cpu, chain_band=256 if on_cpu else None)
 
 
 class CLIPer:
-    """The CLIPer method on injected models: a CLIP bundle, and (for the refinements that need them)
-    an SD extractor and a provider of VFM encoders (name -> vfm.VFMEncoder)."""
+    """The CLIPer method on injected models: a CLIP bundle, and what the refinements need.
+
+    That is an SD extractor and a provider of VFM encoders (name -> vfm.VFMEncoder), for the
+    refinements that need them.
+    """
 
     def __init__(
         self,
@@ -202,9 +204,7 @@ class CLIPer:
 
     @torch.no_grad()
     def sd_attention(self, latents: torch.Tensor, cfg: CLIPerConfig | None = None) -> torch.Tensor:
-        """Stage sd_attention: the SD self-attention head maps (m, T, T) of one image, authors'
-        order.
-        """
+        """Stage sd_attention: one image's SD self-attention head maps (m, T, T), authors' order."""
         return self._sd().head_maps(latents, cfg or self.cfg)[0]
 
     @torch.no_grad()
@@ -280,11 +280,10 @@ class CLIPer:
         cfg: CLIPerConfig | None = None,
         given: Mapping[str, Any] | None = None,
     ) -> SegmentationResult:
-        """Segment one image (PIL, HxWx3 uint8 array, or (3,H,W) float tensor in [0,1]) into
-        classes.
+        """Segment one image (PIL, HxWx3 uint8 array or (3,H,W) float tensor in [0,1]) into classes.
 
-        `classes` defaults to the config's class file; `given` as in `run` (an encoded text set,
-        say).
+        `classes` defaults to the config's class file.
+        `given` is as in `run` (an encoded text set, say).
         """
         result = self.run(image, classes, background, cfg=cfg, keep=SEGMENT_KEEPS, given=given)
         # the next image starts from the weights, not this one's freed buffers

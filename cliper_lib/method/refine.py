@@ -1,10 +1,11 @@
 """Fine-grained compensation (docs/method.md 3.10): normalise SD head maps, refine the coarse map.
 
 Shapes: m head maps of T = s*s tokens (m, T, T), row i = how token i attends to every token; a
-coarse map of C classes (C, h, w). S_f = A_1 A_2 ... A_m S_c↑ is evaluated right to left, so only
-(T, C) intermediates exist: the T x T product A_f is never formed (at T = 4096 that is 9
-matrix-matrix products saved per image). Which variant runs is decided in one place,
-`cliper_lib.method.refinements`.
+coarse map of C classes (C, h, w).
+
+S_f = A_1 A_2 ... A_m S_c↑ is evaluated right to left, so only (T, C) intermediates exist: the T x T
+product A_f is never formed (at T = 4096 that is 9 matrix-matrix products saved per image). Which
+variant runs is decided in one place, `cliper_lib.method.refinements`.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def zero_below_(maps: torch.Tensor, threshold: float) -> torch.Tensor:
 def normalize_head_maps_(
     maps: torch.Tensor, attention_thr: float, column_max: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """`normalize_head_maps` in place (the same operations in the same order), on a buffer the
-    caller owns.
+    """`normalize_head_maps` in place, on a buffer the caller owns (same operations, same order).
 
     `column_max` (+ EPS, (..., 1, T)) is given when `maps` is a band of rows of a larger map.
     """
@@ -67,11 +67,10 @@ def normalize_head_maps_(
 def normalize_and_apply_(
     A: torch.Tensor, S: torch.Tensor, attention_thr: float, band: int | None = None
 ) -> torch.Tensor:
-    """normalize_head_maps_(A[None]) @ S for one raw map A (T, T), normalised in place, and S (T,
-    C).
+    """normalize_head_maps_(A[None]) @ S for one raw map A (T, T) and S (T, C): (T, C).
 
-    Returns (T, C). A ends the same bit for bit whatever the band; the product by bands of `band`
-    rows (None: the whole map at once) equals the whole one to rounding. A band small enough to stay
+    A is normalised in place and ends the same bit for bit whatever the band. The product by bands
+    of `band` rows (None: the whole map at once) equals the whole one to rounding. A band that fits
     in a CPU's cache goes through the row steps and its product without a trip to memory.
     """
     column_max = A.amax(dim=-2, keepdim=True) + EPS  # (1, T), as normalize_head_maps_ computes it
@@ -93,11 +92,10 @@ def normalize_head_maps(maps: torch.Tensor, attention_thr: float) -> torch.Tenso
 
 
 def chain_apply(maps: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """A_1 (A_2 (... (A_m S))) for maps (m, T, T) in chain order and S (T, C) -> (T, C), right to
-    left.
+    """A_1 (A_2 (... (A_m S))) for maps (m, T, T) in chain order and S (T, C) -> (T, C).
 
-    The map applied first is the last of the chain (a producer streaming maps yields them last
-    first, see HeadChain).
+    Evaluated right to left: the map applied first is the last of the chain (a producer streaming
+    maps yields them last first, see HeadChain).
     """
     check_head_map_shape(maps)
     if S.ndim != 2 or S.shape[0] != maps.shape[-1]:
@@ -114,15 +112,13 @@ def upsample_coarse(coarse: torch.Tensor, side: int) -> torch.Tensor:
 
 
 class HeadChain:
-    """S_f = A_1 ... A_m S_c↑ for B coarse maps (C, h_b, w_b), applied as raw head maps (B, T, T)
-    arrive.
+    """S_f = A_1 ... A_m S_c↑ for B coarse maps (C, h_b, w_b), as raw head maps (B, T, T) arrive.
 
     The maps come from `SDSelfAttention.capture`, a layer's heads last first. Right to left:
-    `layers[-1]` is
-    due first; a layer the UNet runs before its turn waits (with the paper's layers none does), else
-    one head map exists at a time. A map applied at once is normalised in place: the caller's buffer
-    is overwritten (see HeadSink). `band`: rows of a map normalised and applied at a time (None: the
-    whole map).
+    `layers[-1]` is due first; a layer the UNet runs before its turn waits (with the paper's layers
+    none does), else one head map exists at a time. A map applied at once is normalised in place:
+    the caller's buffer is overwritten (see HeadSink). `band`: rows of a map normalised and applied
+    at a time (None: the whole map).
     """
 
     def __init__(
@@ -222,8 +218,8 @@ def refine_selection(
     side, dtype = _checked(coarse, maps)
     if not 0 <= head < len(maps):
         raise ValueError(
-            f"selection_head={head} is out of range for {len(maps)} head maps (0 .. "
-            f"{len(maps) - 1})"
+            f"selection_head={head} is out of range "
+            f"for {len(maps)} head maps (0 .. {len(maps) - 1})"
         )
     A = normalize_head_maps(maps[head : head + 1].to(dtype), attention_thr)[0]
     return _apply_one_map(coarse, A, side)

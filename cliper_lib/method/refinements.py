@@ -1,11 +1,9 @@
-"""The refinements of fine-grained compensation (docs/method.md 3.10 and 3.12), each registered
-once.
+"""The refinements of fine-grained compensation (docs/method.md 3.10, 3.14), each registered once.
 
 `REFINEMENTS[name]` is the only dispatch on `cfg.refinement`: the refine stage of the graph,
 `CLIPer.segment`, the explorer's stage cache and batched evaluation all go through it. An entry says
-which model part it needs,
-which stage's output it reads, the config fields it reads, and how it runs for one image and for a
-batch:
+which model part it needs, which stage's output it reads, the config fields it reads, and how it
+runs for one image and for a batch:
 
 - `none`: S_f = S_c (float32). It also runs when the model lacks the part a refinement needs.
 - `sfsa`, `mean`, `selection`: SD self-attention head maps (stage sd_attention). sfsa can also
@@ -14,8 +12,8 @@ batch:
   the head maps.
 - each VFM (`dino-b8`, `dinov2-b14`, ...): the VFM's patch affinities (stage vfm).
 
-Shapes: S_c (C, h, w); head maps (m, T, T), T = s*s; VFM features (fh, fw, D); S_f (C, s, s) or (C,
-fh, fw).
+Shapes: S_c (C, h, w); head maps (m, T, T), T = s*s; VFM features (fh, fw, D);
+S_f (C, s, s) or (C, fh, fw).
 """
 
 from __future__ import annotations
@@ -41,9 +39,7 @@ Streamed = Callable[[Any, Any, Sequence[torch.Tensor], torch.Tensor], list[torch
 
 @dataclass(frozen=True)
 class Refinement:
-    """One kind of refinement: what it needs and reads, and how it runs for one image and for a
-    batch.
-    """
+    """One kind of refinement: what it needs and reads, and how it runs per image and per batch."""
 
     name: str
     part: str | None  # the model part it needs ("sd" or "vfm"); without it, `none` runs
@@ -51,11 +47,11 @@ class Refinement:
     fields: tuple[str, ...]  # the config fields it reads besides `refinement`
     settings: Callable[[Any], Hashable]  # cfg -> the effective values of `fields`
     one: OneImage  # (model, cfg, S_c, the source stage's output) -> S_f
-    # (model, cfg, images (H0, W0, 3) uint8, S_c per image) -> S_f per image, each network pass
-    # batched
+    # (model, cfg, images (H0, W0, 3) uint8, S_c per image) -> S_f per image;
+    # each network pass batched
     batch: Batch | None = None
-    # (model, cfg, S_c per image, VAE latents (B, 4, s/8, s/8)) -> S_f per image, maps applied as
-    # they come
+    # (model, cfg, S_c per image, VAE latents (B, 4, s/8, s/8)) -> S_f per image;
+    # the maps applied as they come
     streamed: Streamed | None = None
 
 
@@ -71,9 +67,7 @@ def register(refinement: Refinement) -> Refinement:
 
 
 def refinement_in_effect(model: Any, cfg: Any) -> Refinement:
-    """The refinement that runs: the configured one, or `none` when the model lacks the part it
-    needs.
-    """
+    """The refinement that runs: the configured one, or `none` if the model lacks its part."""
     kind = REFINEMENTS[cfg.refinement]
     if kind.part is not None and getattr(model, kind.part) is None:
         return REFINEMENTS["none"]
@@ -100,8 +94,9 @@ register(
 
 # --- Stable Diffusion self-attention --------------------------------------------------------------
 def sfsa_streamed(model: Any, cfg: Any, coarse: Sequence[torch.Tensor], latents: torch.Tensor):
-    """S_f for B coarse maps in one UNet pass over their B latents: the chain takes each head map as
-    it comes.
+    """S_f for B coarse maps from one UNet pass over their B latents.
+
+    The chain takes each head map as it comes.
     """
     chain = HeadChain(
         [c.float() for c in coarse], cfg.sd_layers, sd_threshold(cfg), model.schedule.chain_band

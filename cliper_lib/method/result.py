@@ -1,8 +1,7 @@
-"""What the stages produce, and the one result type that holds every intermediate a caller asked
-for.
+"""What the stages produce, and the one result type holding every intermediate a caller asks for.
 
-Shapes: C classes, (h, w) the CLIP patch grid, L blocks, N = 1 + h*w tokens, E the embedding size, H
-heads, m SD head maps of T = s*s tokens, (H0, W0) the image.
+Shapes: C classes, (h, w) the CLIP patch grid, L blocks, N = 1 + h*w tokens, E the embedding size,
+H heads, m SD head maps of T = s*s tokens, (H0, W0) the image.
 """
 
 from __future__ import annotations
@@ -72,8 +71,7 @@ class StageNotKept(KeyError):
 
 @dataclass
 class SegmentationResult:
-    """Every stage value one run of the stage graph kept, by stage name, and each intermediate by
-    meaning.
+    """Every stage value one run of the graph kept, by stage name, and each intermediate by meaning.
 
     `result["coarse"]` is a stage's value; `result.coarse` the tensor a reader wants from it. `keys`
     identify each value (a store memoises by them); `timings` holds the seconds of the stages
@@ -88,9 +86,8 @@ class SegmentationResult:
     def __getitem__(self, name: str) -> Any:
         if name not in self.values:
             raise StageNotKept(
-                f"this run did not keep stage {name!r} (it kept {', '.join(self.values)}); ask "
-                "for it "
-                "with until= or keep="
+                f"this run did not keep stage {name!r} (it kept {', '.join(self.values)}); "
+                "ask for it with until= or keep="
             )
         return self.values[name]
 
@@ -180,9 +177,7 @@ class SegmentationResult:
     # --- refinement and labels --------------------------------------------------------------------
     @property
     def head_maps(self) -> torch.Tensor | None:
-        """(m, T, T) SD head maps, when the run kept them (else None: they were streamed, or not
-        needed).
-        """
+        """(m, T, T) SD head maps if the run kept them, else None (streamed, or not needed)."""
         return self.values.get("sd_attention")
 
     @property

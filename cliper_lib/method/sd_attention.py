@@ -1,11 +1,11 @@
-"""Stable Diffusion self-attention for fine-grained compensation (docs/method.md, "Fine-grained
-compensation").
+"""Stable Diffusion self-attention for fine-grained compensation (docs/method.md 3.9).
 
 The image is resized to the SD side, VAE-encoded, noised at one timestep and passed through the UNet
 with the empty prompt, up to the last named layer it reaches (nothing after it is read). A processor
 on the `attn1` of the named layers computes diffusers' default output head by head and hands each
-head's float32 probabilities to a sink: a store of maps, or the refinement chain itself. Components:
-`cliper_lib.weights`, or built by hand.
+head's float32 probabilities to a sink: a store of maps, or the refinement chain itself.
+
+Components: `cliper_lib.weights`, or built by hand.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from ..images import ImageLike, float_tensor, resize_square
 
 @dataclass
 class SDComponents:
-    """The parts of a Stable Diffusion pipeline the one-step extraction needs
-    (`cliper_lib.weights.sd` loads and moves them). The text encoder only encodes "": the extraction
-    reads `empty_embedding`, not the encoder."""
+    """The parts of a Stable Diffusion pipeline the one-step extraction needs.
+
+    `cliper_lib.weights.sd` loads and moves them. The text encoder only encodes "": the extraction
+    reads `empty_embedding`, not the encoder.
+    """
 
     unet: Any  # diffusers UNet2DConditionModel (eval mode)
     vae: Any  # diffusers AutoencoderKL (eval mode; only its encoder is used)
     text_encoder: Any  # transformers CLIPTextModel (eval mode), or None with `empty_embedding`
-    tokenizer: (
-        Any  # transformers CLIPTokenizer (model_max_length 77), or None with `empty_embedding`
-    )
+    # transformers CLIPTokenizer (model_max_length 77), or None with `empty_embedding`
+    tokenizer: Any
     scheduler: Any  # a diffusers scheduler (DDIM, PNDM, ...), as shipped with the weights
     source: str  # repo id, local folder, "random-seed-N" or "random-full-size-seed-N"
     empty_embedding: torch.Tensor | None = None  # the text encoder's output for "" (1, 77, D)
@@ -48,8 +49,9 @@ HeadSink = Callable[[str, int, int, torch.Tensor], None]
 
 
 class AttentionStore(dict):
-    """A sink keeping every captured head: path -> float32 probabilities (B, heads, T, S); the
-    latest call wins.
+    """A sink keeping every captured head: path -> float32 probabilities (B, heads, T, S).
+
+    The latest call wins.
     """
 
     def __call__(self, path: str, head: int, heads: int, probabilities: torch.Tensor) -> None:
@@ -57,25 +59,29 @@ class AttentionStore(dict):
             self[path] = probabilities.new_empty(
                 probabilities.shape[0], heads, *probabilities.shape[1:]
             )
-        self[path][:, head] = (
-            probabilities  # a copy: the capture reuses its buffer for the next head
-        )
+        # a copy: the capture reuses its buffer for the next head
+        self[path][:, head] = probabilities
 
 
 class _EndOfCapture(Exception):
-    """Raised by the capture of the last attention a pass needs: the rest of the UNet's output is
-    never read.
+    """Raised by the capture of the last attention a pass needs.
+
+    The rest of the UNet's output is never read.
     """
 
 
 class CaptureAttnProcessor:
-    """diffusers' default self-attention, one head at a time (the (heads, T, S) scores never exist
-    at once), each head's float32 probabilities handed to `sink`. `pending` (early exit): the paths
-    still to capture in
-    this pass; the call that empties it skips its output and raises `_EndOfCapture` after the sink.
+    """diffusers' default self-attention, one head at a time, handing each head to `sink`.
+
+    The sink gets each head's float32 probabilities; the (heads, T, S) scores never exist at once.
+
+    `pending` (early exit): the paths still to capture in this pass; the call that empties it skips
+    its output and raises `_EndOfCapture` after the sink.
+
     `scratch`: the (B, T, S) score and probability buffers, shared by the processors of one capture
     and reused head after head: on a CPU a fresh 64 MB tensor costs as much as the arithmetic on it
-    (new pages, zeroed by the kernel)."""
+    (new pages, zeroed by the kernel).
+    """
 
     def __init__(
         self,
@@ -109,9 +115,8 @@ class CaptureAttnProcessor:
         residual, input_ndim = hidden_states, hidden_states.ndim
         if input_ndim == 4:
             batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(
-                1, 2
-            )  # (B, T, c)
+            # (B, T, c)
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
         batch, heads = hidden_states.shape[0], attn.heads
         query, key, value = (
             project(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -125,28 +130,25 @@ class CaptureAttnProcessor:
         scores, probabilities = (
             self._buffer(name, shape, query.device) for name in ("scores", "probabilities")
         )
-        # Last head first: the refinement chain applies the maps right to left. float32 even for
-        # fp16 models: the probabilities are multiplied along a chain of ~10 maps later. Scaling q
-        # first avoids a (T, S) temporary.
+        # Last head first: the refinement chain applies the maps right to left.
+        # float32 even for fp16 models: the probabilities get multiplied along a chain of ~10 maps.
+        # Scaling q first avoids a (T, S) temporary.
         for head in reversed(range(heads)):
             torch.matmul(
                 query[:, head].float() * attn.scale,
                 key[:, head].float().transpose(-1, -2),
                 out=scores,
             )
-            torch.softmax(
-                scores, dim=-1, out=probabilities
-            )  # (B, T, S); `out=`: same kernels, same results
+            # (B, T, S); `out=`: same kernels, same results
+            torch.softmax(scores, dim=-1, out=probabilities)
             if out is not None:
-                out[:, head] = (
-                    probabilities @ value[:, head].float()
-                )  # (B, T, d), before the sink may change it
+                # (B, T, d), before the sink may change it
+                out[:, head] = probabilities @ value[:, head].float()
             self.sink(self.path, head, heads, probabilities)
         if last:
             raise _EndOfCapture
-        out = attn.to_out[1](
-            attn.to_out[0](out.transpose(1, 2).flatten(2).to(query.dtype))
-        )  # (B, T, c): proj, dropout
+        # (B, T, c): proj, dropout
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).to(query.dtype)))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)  # (B, c, H, W)
         if attn.residual_connection:
@@ -169,8 +171,9 @@ def self_attention_paths(unet: torch.nn.Module) -> list[str]:
 
 
 def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
-    """The attn1 module named by `path`: a transformer layer ('up_blocks.3.attentions.1') or an
-    attention itself.
+    """The attn1 module named by `path`.
+
+    `path` names a transformer layer ('up_blocks.3.attentions.1') or an attention itself.
     """
     from diffusers.models.attention_processor import Attention
 
@@ -184,9 +187,9 @@ def resolve_self_attention(unet: torch.nn.Module, path: str) -> torch.nn.Module:
     if not isinstance(module, Attention) or module.is_cross_attention:
         valid = self_attention_paths(unet)
         raise ValueError(
-            f"{path!r} names no self-attention of this UNet; use a transformer layer (its "
-            "transformer_blocks.0.attn1 is captured) or an '...attn1' path. Transformer layers: "
-            f"{', '.join(valid)}"
+            f"{path!r} names no self-attention of this UNet; use a transformer layer "
+            "(its transformer_blocks.0.attn1 is captured) or an '...attn1' path. "
+            f"Transformer layers: {', '.join(valid)}"
         )
     unsupported = [
         name
@@ -207,15 +210,13 @@ def capture_self_attention(
     sink: HeadSink | None = None,
     early_exit: bool = False,
 ) -> Iterator[HeadSink]:
-    """Install capture processors on the attn1 of each path; yield the sink (default: a new
-    AttentionStore).
+    """Install capture processors on the attn1 of each path, and yield the sink.
 
-    With `early_exit` the capture that completes the set raises `_EndOfCapture` (use
-    `run_until_captured`). The original processors are always restored.
+    The sink defaults to a new AttentionStore. With `early_exit` the capture that completes the set
+    raises `_EndOfCapture` (use `run_until_captured`). The original processors are always restored.
     """
-    modules = {
-        path: resolve_self_attention(unet, path) for path in paths
-    }  # all resolved before any is touched
+    # all resolved before any is touched
+    modules = {path: resolve_self_attention(unet, path) for path in paths}
     seen: dict[int, str] = {}
     for path, module in modules.items():
         if id(module) in seen:
@@ -223,9 +224,8 @@ def capture_self_attention(
         seen[id(module)] = path
     sink = AttentionStore() if sink is None else sink
     pending = set(modules) if early_exit else None
-    scratch: dict[
-        str, torch.Tensor
-    ] = {}  # one set of buffers for all the layers, captured one after the other
+    # one set of buffers for all the layers, captured one after the other
+    scratch: dict[str, torch.Tensor] = {}
     originals = {path: module.processor for path, module in modules.items()}
     try:
         for path, module in modules.items():
@@ -239,9 +239,7 @@ def capture_self_attention(
 def run_until_captured(
     unet: torch.nn.Module, paths: Sequence[str], sink: HeadSink, *args: Any, **kwargs: Any
 ) -> None:
-    """unet(*args, **kwargs) up to the last of `paths` it reaches, with every head of those handed
-    to `sink`.
-    """
+    """unet(*args, **kwargs) up to the last of `paths` it reaches, their heads handed to `sink`."""
     with capture_self_attention(unet, paths, sink, early_exit=True):
         try:
             unet(*args, **kwargs)
@@ -252,11 +250,10 @@ def run_until_captured(
 
 # --- the extractor --------------------------------------------------------------------------------
 class SDSelfAttention:
-    """One noised UNet pass with the empty prompt, returning the self-attention head maps of
-    `cfg.sd_layers`.
+    """Self-attention head maps of `cfg.sd_layers` from one noised UNet pass with the empty prompt.
 
-    Every method reads the config given to it (a stage passes the run's config), else the one of
-    construction.
+    Every method reads the config given to it (a stage passes the run's config),
+    else the one of construction.
     """
 
     def __init__(self, components: SDComponents, cfg: CLIPerConfig) -> None:
@@ -276,16 +273,17 @@ class SDSelfAttention:
     def preprocess(self, image: ImageLike, cfg: CLIPerConfig | None = None) -> torch.Tensor:
         """Image -> VAE input (1, 3, side, side) in [-1, 1], on the model's device and dtype."""
         cfg = cfg or self.cfg
-        pixels = resize_square(
-            float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize
-        )  # (1, 3, side, side)
+        # (1, 3, side, side)
+        pixels = resize_square(float_tensor(image), cfg.effective_sd_image_size, cfg.sd_resize)
         return (pixels * 2 - 1).to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8). The
-        encoder's own calls, resnet by resnet: no block input outlives its first resnet (in
-        Encoder.forward, +128 MiB at 512 px fp32)."""
+        """VAE input (B, 3, side, side) -> latent mean x scaling factor (B, 4, side/8, side/8).
+
+        The encoder's own calls, resnet by resnet: no block input outlives its first resnet (in
+        Encoder.forward, +128 MiB at 512 px fp32).
+        """
         vae, enc = self.components.vae, self.components.vae.encoder
         if vae.use_tiling or any(
             type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks
@@ -298,16 +296,16 @@ class SDSelfAttention:
             for downsampler in block.downsamplers or ():
                 h = downsampler(h)
         h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
-        moments = (
-            vae.quant_conv(h) if vae.quant_conv is not None else h
-        )  # (B, 8, s, s): mean, then log-variance
+        # (B, 8, s, s): mean, then log-variance
+        moments = vae.quant_conv(h) if vae.quant_conv is not None else h
         return moments.chunk(2, dim=1)[0] * vae.config.scaling_factor
 
     def timestep(
         self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None
     ) -> torch.Tensor:
-        """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)` (index defaults to
-        the config's).
+        """`scheduler.timesteps[index]` after `set_timesteps(cfg.sd_num_steps)`.
+
+        `timestep_index` defaults to the config's.
         """
         cfg = cfg or self.cfg
         index = cfg.sd_timestep_index if timestep_index is None else timestep_index
@@ -315,16 +313,19 @@ class SDSelfAttention:
         scheduler.set_timesteps(cfg.sd_num_steps)
         if not -len(scheduler.timesteps) <= index < len(scheduler.timesteps):
             raise ValueError(
-                f"timestep index {index} is outside the {len(scheduler.timesteps)} scheduler "
-                "timesteps"
+                f"timestep index {index} is outside "
+                f"the {len(scheduler.timesteps)} scheduler timesteps"
             )
         return scheduler.timesteps[index]
 
     def add_noise(
         self, latents: torch.Tensor, timestep: torch.Tensor, cfg: CLIPerConfig | None = None
     ) -> torch.Tensor:
-        """Noise (B, 4, s, s) latents at `timestep`, every image with the noise a CPU generator
-        seeded by cfg.seed gives one image (the same on any device and at any batch size)."""
+        """Noise (B, 4, s, s) latents at `timestep`, every image with the same noise.
+
+        That noise is what a CPU generator seeded by cfg.seed gives one image (the same on any
+        device and at any batch size).
+        """
         generator = torch.Generator("cpu").manual_seed((cfg or self.cfg).seed)
         noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32).to(
             latents.device
@@ -337,9 +338,11 @@ class SDSelfAttention:
 
     @torch.no_grad()
     def latents(self, images: Sequence[ImageLike], cfg: CLIPerConfig | None = None) -> torch.Tensor:
-        """The images' VAE latents (B, 4, s/8, s/8). Freed heap pages go back to the system first:
-        the encoder's
-        activations (~0.6 GB at 512 x 512 in float32) are the largest of an image."""
+        """The images' VAE latents (B, 4, s/8, s/8).
+
+        Freed heap pages go back to the system first: the encoder's activations
+        (~0.6 GB at 512 x 512 in float32) are the largest of an image.
+        """
         cfg = cfg or self.cfg
         release_free_memory()
         return self.encode(torch.cat([self.preprocess(image, cfg) for image in images]))
@@ -364,8 +367,8 @@ class SDSelfAttention:
         noisy = self.add_noise(latents, timestep, cfg)
         if self._empty_embedding is None:
             raise ValueError(
-                "the SD components hold no empty-prompt embedding (the text encoder's output for "
-                "'')"
+                "the SD components hold no empty-prompt embedding "
+                "(the text encoder's output for '')"
             )
         context = self._empty_embedding.expand(len(latents), -1, -1)  # (B, 77, D)
         run_until_captured(

@@ -1,5 +1,4 @@
-"""The stage graph of CLIPer, declared once: each stage's inputs, the config fields it reads, its
-computation.
+"""The stage graph of CLIPer, declared once: each stage's inputs, config fields and computation.
 
 `GRAPH` below is the only place the stages are wired (`describe()` renders it as the table in
 docs/method.md, `diagram()` as the picture in docs/architecture.md). `run_stages` evaluates the
@@ -10,10 +9,10 @@ and the keys of its inputs. A stage sees the config through a `ConfigView` that 
 did not declare, so the declarations cannot drift from the code, and what depends on them (the
 explorer's invalidation table, the stage cache) is derived from them.
 
-What the caller keeps is declared too (`keep`), and two stages compute less when their output is not
-kept: the layer walk then holds only the attention sum that fusion reads (`Stage.lean`), and SFSA
-refines straight from the VAE latents, applying each SD head map as the UNet yields it (the refine
-stage's `select`).
+What the caller keeps is declared too (`keep`), and two stages compute less when their output is
+not kept: the layer walk then holds only the attention sum that fusion reads (`Stage.lean`), and
+SFSA refines straight from the VAE latents, applying each SD head map as the UNet yields it (the
+refine stage's `select`).
 """
 
 from __future__ import annotations
@@ -56,8 +55,9 @@ class Stage:
 
 
 def fused_attention_layers(model: Any, cfg: Any) -> tuple[int, ...]:
-    """The layers whose attentions fusion reads: the fused range, none for another last-layer
-    attention.
+    """The layers whose attentions fusion reads: the fused range.
+
+    An empty tuple for another last-layer attention.
     """
     if cfg.last_layer_attention != "fused":
         return ()
@@ -71,8 +71,8 @@ def _fusion_needs(model: Any, cfg: Any, kept: Collection[str]) -> tuple[str, ...
 def _refine_needs(model: Any, cfg: Any, kept: Collection[str]) -> tuple[str, ...]:
     kind = refinement_in_effect(model, cfg)
     if kind.streamed is not None and kind.source not in kept:
-        # nobody keeps the head maps: refine from the latents, encoded first (while only the weights
-        # are resident: the VAE's activations are the largest of an image)
+        # nobody keeps the head maps: refine from the latents, encoded first, while only the
+        # weights are resident (the VAE's activations are the largest of an image)
         return ("sd_latents", "coarse")
     return ("coarse",) if kind.source is None else ("coarse", kind.source)
 
@@ -231,9 +231,7 @@ def downstream(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def invalidated_by(*names: str) -> tuple[str, ...]:
-    """The stages a change of these config fields / run inputs recomputes: their readers and all
-    below.
-    """
+    """What a change of these config fields / run inputs recomputes: their readers and all below."""
     return downstream(s for name in names for s in stages_reading(name))
 
 
@@ -248,8 +246,10 @@ def describe() -> str:
 
 
 def diagram() -> str:
-    """The graph as a Mermaid flowchart: run inputs as rounded boxes, a dotted arrow where the
-    configuration decides whether the input is read."""
+    """The graph as a Mermaid flowchart, run inputs as rounded boxes.
+
+    A dotted arrow marks an input that the configuration decides whether to read.
+    """
     lines = ["flowchart TD"]
     lines += [f"    {name}([{name}])" for name in RUN_INPUTS]
     lines += [f"    {stage.name}[{stage.name}]" for stage in GRAPH]
@@ -261,9 +261,7 @@ def diagram() -> str:
 
 # --- running it -----------------------------------------------------------------------------------
 class StageStore(Protocol):
-    """Somewhere to keep stage results by key (the explorer's cache); `run_stages` works without
-    one.
-    """
+    """A store of stage results by key (the explorer's cache); `run_stages` works without one."""
 
     def lookup(self, stage: str, key: Hashable) -> tuple[bool, Any]: ...
 
@@ -271,9 +269,7 @@ class StageStore(Protocol):
 
 
 class _GraphRun:
-    """One evaluation of the graph: resolves each stage once, keyed, and drops what nobody reads
-    anymore.
-    """
+    """One run of the graph: resolves each stage once, keyed; drops what nobody reads anymore."""
 
     def __init__(
         self,
@@ -299,8 +295,10 @@ class _GraphRun:
         return ConfigView(self.cfg, stage.fields, stage.name)
 
     def plan(self, targets: Sequence[str], keep: Iterable[str] | None) -> None:
-        """With `keep`: the stages kept are `keep`, `targets` and what the caller gave (it holds
-        them); count who reads each of the others."""
+        """With `keep`: count who reads each stage that is not kept.
+
+        The stages kept are `keep`, `targets` and what the caller gave (it holds them).
+        """
         if keep is None:
             return
         self.kept = frozenset(keep) | frozenset(targets) | frozenset(self.given)

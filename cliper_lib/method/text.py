@@ -1,5 +1,6 @@
-"""Text side: template-averaged CLIP text embeddings of class names (the words themselves:
-`cliper_lib.vocab`).
+"""Text side: template-averaged CLIP text embeddings of class names.
+
+The words themselves (class files, templates) come from `cliper_lib.vocab`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ def encode_class_names(
     templates: Sequence[str],
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """(len(names), E) embeddings: per name, L2-normalised template embeddings averaged, then
-    L2-normalised.
-    """
+    """(len(names), E): per name, L2-normalised template embeddings averaged, then L2-normalised."""
     device = next(model.parameters()).device
     prompts = [template.format(name) for name in names for template in templates]
     chunks = []
@@ -36,9 +35,7 @@ def encode_class_names(
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap digest of the text tower's weights, so caches never mix two models with the same
-    name.
-    """
+    """A cheap digest of the text tower's weights: caches never mix two models of the same name."""
     digest = hashlib.sha256()
     for name in ("text_projection", "token_embedding.weight", "positional_embedding"):
         tensor = model.get_parameter(name) if "." in name else getattr(model, name, None)
@@ -48,9 +45,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-TextEmbeddingCache = (
-    TensorCache  # class-name embeddings, keyed by model, weights, templates and names
-)
+# class-name embeddings, keyed by model, weights, templates and names
+TextEmbeddingCache = TensorCache
 
 
 @dataclass

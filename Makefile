@@ -32,7 +32,7 @@ demo: $(CORE)
 
 ## Lint and format checks, unit tests + every notebook executed by papermill on the smoke profile.
 test: $(STAMP)
-	$(BIN)/ruff check cliper_lib
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 

@@ -1,15 +1,16 @@
-"""First paint and per-move times of `cliper app`, in a real browser (Playwright on the system Chromium).
+"""First paint and per-move times of `cliper app`, in a real browser
+(Playwright on the system Chromium).
 
     python benchmarks/bench_app.py                       # smoke profile, CPU, 3 rounds of moves
     python benchmarks/bench_app.py --repeats 5 --out outputs/bench_app.json
 
-Starts `cliper app --profile smoke --no-browser` and opens it in headless Chromium. First paint: seconds from
-the request to the page, to the controls (drawn from the config, disabled), to the live controls (the models
-loaded: `ready`), and to the first result. Moves (median over --repeats, each
-until the new overlay is on the page): threshold (score_threshold one step: labels only), layer range (the lower
-handle of the fused-layer slider one step: fusion onward), class change (a new class list: text onward),
-upload (a new 480×640 image: every image stage, SD included). The page's own status line says what each move
-recomputed; those seconds are printed too.
+Starts `cliper app --profile smoke --no-browser` and opens it in headless Chromium. First paint:
+seconds from the request to the page, to the controls (drawn from the config, disabled), to the live
+controls (the models loaded: `ready`), and to the first result. Moves (median over --repeats, each
+until the new overlay is on the page): threshold (score_threshold one step: labels only), layer
+range (the lower handle of the fused-layer slider one step: fusion onward), class change (a new
+class list: text onward), upload (a new 480×640 image: every image stage, SD included). The page's
+own status line says what each move recomputed; those seconds are printed too.
 """
 
 from __future__ import annotations
@@ -98,9 +99,8 @@ def main() -> int:
         "first paint (from the request): " + ", ".join(f"{k} {v:.1f} s" for k, v in paint.items())
     )
     for kind, seconds in result["move_median_s"].items():
-        print(
-            f"{kind:>13s}: median {seconds:.2f} s over {args.repeats}  | {result['last_status'][kind]}"
-        )
+        status = result["last_status"][kind]
+        print(f"{kind:>13s}: median {seconds:.2f} s over {args.repeats}  | {status}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

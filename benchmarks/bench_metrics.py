@@ -2,15 +2,17 @@
 
     python benchmarks/bench_metrics.py [--classes 21 172] [--repeats 50] [--device cpu|cuda]
 
-Prints maps/s and Mpixel/s for the library's update (numpy uint8 ground truth + int64 torch prediction, the
-shapes an evaluation run feeds it) beside two plain baselines: numpy bincount over the valid pixels, and the
-same with torch boolean compaction. The update must stay far below the cost of one segmentation (seconds).
+Prints maps/s and Mpixel/s for the library's update (numpy uint8 ground truth + int64 torch
+prediction, the shapes an evaluation run feeds it) beside two plain baselines: numpy bincount over
+the valid pixels, and the same with torch boolean compaction. The update must stay far below the
+cost of one segmentation (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,7 +35,8 @@ def torch_compaction(gt: torch.Tensor, pred: torch.Tensor, c: int) -> torch.Tens
 
 
 def timeit(fn, repeats: int, rounds: int = 5) -> float:
-    """Seconds per call: the best of `rounds` rounds (shared machines are noisy; the minimum is the cost)."""
+    """Seconds per call: the best of `rounds` rounds
+    (shared machines are noisy; the minimum is the cost)."""
     for _ in range(3):  # warm-up: first calls pay for page faults, allocator growth, CUDA context
         fn()
     best = float("inf")
@@ -64,9 +67,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     pixels = args.size * args.size
-    print(
-        f"{args.size}x{args.size} maps, {args.repeats} repeats, torch threads {torch.get_num_threads()}"
-    )
+    threads = torch.get_num_threads()
+    print(f"{args.size}x{args.size} maps, {args.repeats} repeats, torch threads {threads}")
     print(f"{'classes':>8} {'method':<44} {'ms/map':>8} {'maps/s':>9} {'Mpix/s':>8}")
     for c in args.classes:
         gt = rng.integers(0, c, size=(args.size, args.size)).astype(
@@ -87,16 +89,15 @@ def main() -> None:
         )
 
         rows = [
-            ("ConfusionMatrix.update (np gt, torch pred)", lambda: cm.update(gt, pred_t)),
-            ("ConfusionMatrix.update (torch, torch)", lambda: cm.update(gt_t, pred_t)),
-            ("numpy bincount with compaction", lambda: numpy_baseline(gt, pred_np, c)),
-            ("torch bincount with compaction", lambda: torch_compaction(gt_t, pred_t, c)),
+            ("ConfusionMatrix.update (np gt, torch pred)", partial(cm.update, gt, pred_t)),
+            ("ConfusionMatrix.update (torch, torch)", partial(cm.update, gt_t, pred_t)),
+            ("numpy bincount with compaction", partial(numpy_baseline, gt, pred_np, c)),
+            ("torch bincount with compaction", partial(torch_compaction, gt_t, pred_t, c)),
         ]
         for label, fn in rows:
             seconds = timeit(fn, args.repeats)
-            print(
-                f"{c:>8} {label:<44} {1e3 * seconds:8.2f} {1 / seconds:9.1f} {pixels / seconds / 1e6:8.1f}"
-            )
+            rates = f"{1e3 * seconds:8.2f} {1 / seconds:9.1f} {pixels / seconds / 1e6:8.1f}"
+            print(f"{c:>8} {label:<44} {rates}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Seconds and peak memory (VmHWM) to load full-size SD-2.1-base weights (random, saved once to a local folder) the way the
-paper profile does (`load_sd_components` on a diffusers folder), each load in a fresh process; and what it printed.
+"""Seconds and peak memory (VmHWM) to load full-size SD-2.1-base weights (random, saved once to a
+local folder) the way the paper profile does (`load_sd_components` on a diffusers folder), each load
+in a fresh process; and what it printed.
 
-    python benchmarks/bench_weight_loading.py --folder /tmp/sd21-random     # ~5.2 GB on disk, ~6 GB RAM to build
+    # ~5.2 GB on disk, ~6 GB RAM to build
+    python benchmarks/bench_weight_loading.py --folder /tmp/sd21-random
 
-Run it with and without `accelerate` installed to see what diffusers' low-memory loading saves: without it,
-diffusers first initialises every module randomly and then copies the weights in (slower, about twice the
-memory while loading).
+Run it with and without `accelerate` installed to see what diffusers' low-memory loading saves:
+without it, diffusers first initialises every module randomly and then copies the weights in
+(slower, about twice the memory while loading).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time, warnings, io, contextlib, logging
-def hwm_gb():  # this process's peak resident memory (VmHWM starts afresh at exec, unlike ru_maxrss)
+def hwm_gb():
+    # this process's peak resident memory (VmHWM starts afresh at exec, unlike ru_maxrss)
     with open("/proc/self/status") as status:
-        line = next(l for l in status if l.startswith("VmHWM:"))
+        line = next(row for row in status if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 2**20
 err = io.StringIO()
 handler = logging.StreamHandler(err); logging.getLogger().addHandler(handler)
@@ -35,7 +38,8 @@ with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(
     sd = load_sd_components(CLIPerConfig(profile="paper", sd_repo=sys.argv[1]))
     seconds = time.perf_counter() - t0
     loaded = hwm_gb()
-    t0 = time.perf_counter()  # weights may still be lazily mapped from the files: read every one once
+    # weights may still be lazily mapped from the files: read every one once
+    t0 = time.perf_counter()
     with torch.no_grad():
         for module in (sd.unet, sd.vae, sd.text_encoder):
             for tensor in module.state_dict().values():
@@ -46,7 +50,8 @@ try:
     import accelerate; acc = accelerate.__version__
 except ImportError:
     acc = None
-lines = [str(w.message).splitlines()[0] for w in caught] + [l for l in err.getvalue().splitlines() if l.strip()]
+lines = [str(w.message).splitlines()[0] for w in caught]
+lines += [line for line in err.getvalue().splitlines() if line.strip()]
 print(json.dumps({"accelerate": acc, "load_s": round(seconds, 2), "first_read_s": round(touch, 2),
                   "peak_rss_after_load_gb": round(loaded, 2), "peak_rss_gb": round(peak, 2),
                   "rss_before_load_gb": round(before, 2), "printed": sorted(set(lines))[:8]}))

@@ -1,16 +1,24 @@
-"""Shared fixtures: the golden tiny CLIP (authors' weights), seeded tiny models, sample images."""
+"""Shared fixtures: the golden tiny CLIP (authors' weights), the smoke models built once per
+session, sample images, the command line on a counting model builder."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 
-# The authors' outputs on a tiny model (clip_side_tiny.pt, computed with their published code), xz-compressed to
-# keep the repository small (7.1 MB -> 3.1 MB); the digest is the original file's.
+from helpers import MODEL_FIELDS, photo, save, smoke_config
+
+if TYPE_CHECKING:
+    from cliper_lib import CLIPer, CLIPerConfig
+
+# The authors' outputs on a tiny model (clip_side_tiny.pt, computed with their published code),
+# xz-compressed to keep the repository small (7.1 MB -> 3.1 MB); the digest is the original file's.
 GOLDEN = Path(__file__).parent / "golden" / "clip_side_tiny.pt.xz"
 GOLDEN_SHA256 = "729edce7e54f6ab6e35a22ddbd2db89dca53442621daf95f2a13e743360dc98f"
 # The same for the diffusion half (sd_side_tiny.pt, 2.7 MB -> 1.9 MB).
@@ -78,3 +86,106 @@ def cat_image() -> np.ndarray:
 
     with Image.open(DATA_DIR / "samples" / "chelsea.jpg") as image:
         return np.asarray(image.convert("RGB"))
+
+
+# --- the smoke models, built once for the session -------------------------------------------------
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory) -> CLIPer:
+    """The full method (SD loaded) on the smoke preset: `CLIPer.from_config(smoke_config())`."""
+    from cliper_lib import CLIPer
+
+    return CLIPer.from_config(smoke_config(), text_cache_dir=tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture(scope="session")
+def smoke_variant(smoke_model) -> Callable[..., CLIPer]:
+    """`smoke_variant(cfg)` or `smoke_variant(**overrides)`: a CLIPer with `cfg` (or the smoke
+    preset with `overrides`) on the session's smoke models. It is what `CLIPer.from_config` would
+    build (SD only for an SD refinement, the config's VFMs loaded), without building anything again;
+    a config that changes the models themselves (a field in MODEL_FIELDS) is refused."""
+    from cliper_lib import CLIPer
+    from cliper_lib.method.refinements import REFINEMENTS
+    from cliper_lib.method.sd_attention import SDSelfAttention
+    from cliper_lib.weights.vfm import vfms_used
+
+    def variant(cfg: CLIPerConfig | None = None, **overrides) -> CLIPer:
+        cfg = smoke_config(**overrides) if cfg is None else cfg.replace(**overrides)
+        changed = [f for f in MODEL_FIELDS if getattr(cfg, f) != getattr(smoke_model.cfg, f)]
+        assert not changed, f"{changed} change the models: build them with CLIPer.from_config"
+        sd = None
+        if REFINEMENTS[cfg.refinement].part == "sd":
+            # a wrapper of its own: the extractor reads its config where a caller passes none
+            sd = SDSelfAttention(smoke_model.sd.components, cfg)
+        for name in vfms_used(cfg):
+            smoke_model.vfm(name)
+        folder = smoke_model.text_cache.folder
+        return CLIPer(cfg, smoke_model.clip, sd, text_cache_dir=folder, vfm=smoke_model.vfm)
+
+    return variant
+
+
+@pytest.fixture(scope="session")
+def smoke_coarse_model(smoke_variant) -> CLIPer:
+    """The smoke preset without a refinement: CLIP only (no SD), the coarse map is the result."""
+    return smoke_variant(refinement="none")
+
+
+# --- the command line, its model builder counted -------------------------------------------------
+@pytest.fixture(scope="session")
+def cli_text_cache(tmp_path_factory) -> Path:
+    """One text-embedding cache for the command-line runs of `cliper`:
+    each run builds a fresh model."""
+    return tmp_path_factory.mktemp("text-cache")
+
+
+@pytest.fixture()
+def cliper(golden_clip, monkeypatch, cli_text_cache):
+    """main() with the model builder replaced by the tiny coarse model;
+    `.builds` counts the model loads."""
+    import cliper_lib.suite.cli.commands as cli
+    from cliper_lib.method.pipeline import CLIPer
+
+    class Runner:
+        builds = 0
+
+        def __call__(self, *argv: str) -> int:
+            return cli.main([*argv])
+
+        @staticmethod
+        def segment(*argv: str) -> int:
+            return cli.main(
+                [
+                    "segment",
+                    *argv,
+                    "--profile",
+                    "smoke",
+                    "--refinement",
+                    "none",
+                    "--quiet",
+                    "--background",
+                    "sky",
+                    "--set",
+                    "size=32",
+                    "--set",
+                    "sliding_crop_size=0",
+                ]
+            )
+
+    runner = Runner()
+
+    def build(cfg):
+        runner.builds += 1
+        return CLIPer(cfg, golden_clip, None, text_cache_dir=str(cli_text_cache))
+
+    monkeypatch.setattr(cli, "build_model", build)
+    return runner
+
+
+@pytest.fixture()
+def pictures(tmp_path) -> Path:
+    """A folder of two photos: a.png (24 x 40) and b.jpg (30 x 30)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save(folder / "a.png", photo(24, 40, 1))
+    save(folder / "b.jpg", photo(30, 30, 2))
+    return folder

@@ -17,7 +17,7 @@ def random_attention(b: int, heads: int, n: int, sharp: float = 3.0) -> torch.Te
     return torch.softmax(sharp * torch.randn(b, heads, n, n), dim=-1)
 
 
-# --- brute-force references (loops over queries and keys) --------------------------------------------------------
+# --- brute-force references (loops over queries and keys) -----------------------------------------
 def brute_distance(attn: np.ndarray, grid, patch) -> np.ndarray:
     """attn (H, 1 + hw, 1 + hw) -> (H,): loop over heads, patch queries, patch keys."""
     h, w = grid
@@ -50,7 +50,8 @@ def brute_entropy(attn: np.ndarray) -> np.ndarray:
 
 
 def brute_neighbour(tokens: np.ndarray, grid) -> float:
-    """tokens (hw, D): per patch, the mean cosine to its in-grid 4-neighbours; then the mean over patches."""
+    """tokens (hw, D): per patch, the mean cosine to its in-grid 4-neighbours;
+    then the mean over patches."""
     h, w = grid
     t = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
     per_patch = []
@@ -65,7 +66,7 @@ def brute_neighbour(tokens: np.ndarray, grid) -> float:
     return float(np.mean(per_patch))
 
 
-# --- mean attention distance -------------------------------------------------------------------------------------
+# --- mean attention distance ----------------------------------------------------------------------
 def test_distance_matches_brute_force():
     grid, patch = (3, 4), 16
     attn = random_attention(1, 3, 1 + 12)[0].double()
@@ -82,8 +83,9 @@ def test_identity_attention_has_zero_distance_and_entropy():
 
 
 def test_hand_made_2x2_grid():
-    # patches 0 1 / 2 3; query 0 puts half its patch attention on itself, half on the diagonal patch 3;
-    # the mass on CLS is dropped by the renormalisation. Other queries attend to themselves (distance 0).
+    # patches 0 1 / 2 3; query 0 puts half its patch attention on itself, half on the diagonal
+    # patch 3; the mass on CLS is dropped by the renormalisation. Other queries attend to themselves
+    # (distance 0).
     attn = torch.zeros(1, 5, 5)
     attn[0, 0, 0] = 1.0
     attn[0, 1, 0], attn[0, 1, 1], attn[0, 1, 4] = 0.2, 0.4, 0.4  # query patch 0
@@ -138,7 +140,7 @@ def test_attention_without_cls_token():
         analysis.mean_attention_distance(with_cls, (2, 2), 8)
 
 
-# --- entropy, CLS share ------------------------------------------------------------------------------------------
+# --- entropy, CLS share ---------------------------------------------------------------------------
 def test_entropy_matches_brute_force():
     attn = random_attention(1, 4, 1 + 6)[0].double()
     np.testing.assert_allclose(
@@ -152,7 +154,7 @@ def test_cls_attention_matches_loop():
     np.testing.assert_allclose(analysis.cls_attention(attn).numpy(), expected, rtol=1e-6)
 
 
-# --- token measures ----------------------------------------------------------------------------------------------
+# --- token measures -------------------------------------------------------------------------------
 def test_neighbour_similarity_matches_brute_force():
     grid = (3, 4)
     tokens = torch.randn(1 + 12, 5, dtype=torch.float64)
@@ -181,7 +183,7 @@ def test_token_similarity_matches_pairs():
     assert analysis.token_similarity(tokens, grid) == pytest.approx(expected.item(), rel=1e-5)
 
 
-# --- the table ---------------------------------------------------------------------------------------------------
+# --- the table ------------------------------------------------------------------------------------
 def test_layer_locality_table():
     grid, heads, layers = (2, 3), 2, 3
     n = 1 + 6
@@ -214,7 +216,7 @@ def test_layer_locality_table():
     )
 
 
-# --- query maps --------------------------------------------------------------------------------------------------
+# --- query maps -----------------------------------------------------------------------------------
 def test_query_attention_maps():
     grid = (3, 4)
     attn = random_attention(1, 2, 13)[0]  # (H, N, N)

@@ -1,8 +1,9 @@
 """`cliper app --profile smoke` in a real browser (Playwright on the system Chromium).
 
-The page loads with the controls and a result; the layer-range slider moves and the overlay changes; the classes
-change; an uploaded image is segmented; export writes the four files and `cliper segment` with the exported YAML
-reproduces the labels. A paper-profile app without weights shows the CLI's message, not a traceback.
+The page loads with the controls and a result; the layer-range slider moves and the overlay
+changes; the classes change; an uploaded image is segmented; export writes the four files and
+`cliper segment` with the exported YAML reproduces the labels. A paper-profile app without weights
+shows the CLI's message, not a traceback.
 Skipped, with the reason, where Playwright or a Chromium is missing.
 """
 
@@ -59,7 +60,8 @@ def test_the_page_opens_in_the_presets_state(app):
     assert (
         app.opened["controls"] <= app.opened["ready"] <= app.opened["result"]
     )  # controls before the models
-    # the preset vit-b-16/voc21 on the smoke models (3 blocks): all fusable blocks, select layer -1, its thresholds
+    # the preset vit-b-16/voc21 on the smoke models (3 blocks): all fusable blocks,
+    # select layer -1, its thresholds
     lower = app.page.locator(".cliper-fuse-layers .noUi-handle-lower")
     upper = app.page.locator(".cliper-fuse-layers .noUi-handle-upper")
     assert float(lower.get_attribute("aria-valuenow")) == 0

@@ -1,4 +1,5 @@
-"""The app page without a browser: settings through the environment, the server's command, the page's states."""
+"""The app page without a browser: settings through the environment, the server's command,
+the page's states."""
 
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def test_controls_show_before_the_models_disabled_then_live(tmp_path):
     assert (
         not explorer.controls["fuse_layers"].disabled and not explorer.controls["classes"].disabled
     )
-    # the preview opened in the explorer's state: same values, same layer ranges, same refinement menu
+    # the preview opened in the explorer's state: same values, same layer ranges,
+    # same refinement menu
     preview_controls = {n: w for n, w in shown.items() if n in explorer.controls}
     assert _values(preview_controls) == _values(explorer.controls)
     for name in ("fuse_layers", "select_layer"):

@@ -1,4 +1,5 @@
-"""Background words for free-form classes: ';' syntax, collisions with the classes, duplicates, `auto`."""
+"""Background words for free-form classes: ';' syntax,
+collisions with the classes, duplicates, `auto`."""
 
 from __future__ import annotations
 
@@ -6,18 +7,14 @@ import pytest
 import torch
 
 from cliper_lib import CLIPer
-from cliper_lib.config import CLIPerConfig
 from cliper_lib.suite.toolkit import background as bg
 from cliper_lib.suite.toolkit.background import general_vocabulary, resolve_vocabulary, split_terms
 from cliper_lib.vocab import read_class_file
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> CLIPer:
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21", profile="smoke", device="cpu", refinement="none"
-    )
-    return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
+def model(smoke_coarse_model) -> CLIPer:
+    return smoke_coarse_model
 
 
 def test_background_takes_the_class_syntax():
@@ -94,7 +91,8 @@ def test_auto_picks_the_closest_terms_and_leaves_out_near_synonyms(model):
     bank = model.encode_text(list(vocabulary), [], model.cfg).fg.float()
     fg = model.encode_text(classes, [], model.cfg).fg.float()
     cosine = (bank @ fg.T).max(dim=1).values
-    # a threshold just under the closest non-identical term: that term must be left out as a near-synonym
+    # a threshold just under the closest non-identical term: that term must be left out
+    # as a near-synonym
     order = [
         i
         for i in torch.argsort(cosine, descending=True, stable=True).tolist()

@@ -30,11 +30,8 @@ def refine_one(model: CLIPer, cfg: CLIPerConfig, coarse: torch.Tensor, source) -
 
 
 @pytest.fixture(scope="module")
-def model():
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=112, sliding_stride=64
-    )
-    return CLIPer.from_config(cfg, text_cache_dir=False)
+def model(smoke_variant) -> CLIPer:
+    return smoke_variant(sliding_crop_size=112, sliding_stride=64)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +85,7 @@ def test_other_refinements_batch_too(model, images, variant) -> None:
 
 
 def test_bfloat16_batch_equals_bfloat16_one_at_a_time(images) -> None:
+    # its own build: bfloat16 weights are other models than the session's float32 ones
     cfg = CLIPerConfig.from_preset(
         "vit-b-16/voc21", profile="smoke", device="cpu", dtype="bfloat16", sliding_crop_size=0
     )

@@ -1,4 +1,5 @@
-"""The command line: segment writes three files per image; offline paper weights stop with a clear message."""
+"""The command line: segment writes three files per image;
+offline paper weights stop with a clear message."""
 
 from __future__ import annotations
 

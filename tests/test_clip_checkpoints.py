@@ -1,4 +1,5 @@
-"""CLIP checkpoint files: QuickGELU survives a save/reload, OpenAI's TorchScript files load, wrong files stop early."""
+"""CLIP checkpoint files: QuickGELU survives a save/reload, OpenAI's TorchScript files load,
+wrong files stop early."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from cliper_lib.config import CLIPerConfig, ConfigError
 from cliper_lib.weights import clip as clip_weights
 from cliper_lib.weights.clip import CheckpointError, load_clip
 
-#: a tiny ViT whose open_clip config says nothing about the activation (like ViT-B-16's): GELU unless forced.
+#: a tiny ViT whose open_clip config says nothing about the activation (like ViT-B-16's):
+#: GELU unless forced.
 GELU_TINY = "cliper-test-tiny-gelu"
 
 
@@ -27,7 +29,8 @@ def gelu_tiny_architecture(tmp_path_factory):
 
 @pytest.fixture
 def openai_like(monkeypatch):
-    """Treat GELU_TINY as a backbone whose paper weights are OpenAI's, as ViT-B-16 and ViT-L-14 are."""
+    """Treat GELU_TINY as a backbone whose paper weights are OpenAI's,
+    as ViT-B-16 and ViT-L-14 are."""
     monkeypatch.setitem(clip_weights.PAPER_PRETRAINED, GELU_TINY, "openai")
 
 
@@ -54,7 +57,8 @@ def test_quick_gelu_model_round_trips_through_a_checkpoint_file(tmp_path, openai
     loaded = load_clip(_paper(path)).model  # quick_gelu: auto -> QuickGELU, as for the `openai` tag
     torch.testing.assert_close(_encode(loaded), _encode(original), rtol=0, atol=0)
 
-    # the knob matters: forced GELU (what every file got before) computes other features from the same weights
+    # the knob matters: forced GELU (what every file got before) computes other features from
+    # the same weights
     gelu = load_clip(_paper(path, quick_gelu=False)).model
     assert (_encode(gelu) - _encode(original)).abs().max() > 1e-3
 

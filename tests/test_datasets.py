@@ -1,4 +1,5 @@
-"""Data sets: the 8 benchmark layouts on tiny fake roots, label conventions, up-front errors, synthetic shapes."""
+"""Data sets: the 8 benchmark layouts on tiny fake roots, label conventions,
+up-front errors, synthetic shapes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from cliper_lib.eval.datasets import (
 )
 from cliper_lib.eval.synthetic import SyntheticDataset
 
-# Relative image and mask paths of each benchmark for a split name (the layouts in benchmarks.LAYOUTS).
+# Relative image and mask paths of each benchmark for a split name
+# (the layouts in benchmarks.LAYOUTS).
 LAYOUT = {
     "voc21": (
         "VOCdevkit/VOC2012/JPEGImages/{}.jpg",
@@ -70,7 +72,8 @@ def write_pair(
 def fake_benchmark(
     root: Path, layout: str, count: int, rng: np.random.Generator, shape=(24, 32), labels=None
 ):
-    """Write the first `count` samples of a benchmark's split with random images and masks; return the masks."""
+    """Write the first `count` samples of a benchmark's split with random images and masks;
+    return the masks."""
     masks = {}
     for name in read_split(SPLIT[layout])[:count]:
         mask = rng.choice(labels if labels is not None else [0, 1, 2, 255], size=shape)
@@ -80,7 +83,7 @@ def fake_benchmark(
     return masks
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_registry_matches_presets_and_class_files():
     assert set(DATASETS) == set(BENCHMARK_ORDER) and len(DATASETS) == 8
     for preset in list_presets():
@@ -244,7 +247,7 @@ def test_folder_dataset(tmp_path):
         FolderDataset(tmp_path / "none", "voc21")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_synthetic_is_deterministic_and_order_independent():
     a = SyntheticDataset(6, classes="voc21", size=(40, 56), seed=3)
     b = SyntheticDataset(6, classes="voc21", size=(40, 56), seed=3)
@@ -270,7 +273,8 @@ def test_synthetic_masks_are_exact_and_labels_from_a_small_pool():
                 continue
             seen.add(int(k))
             region = sample.mask == k
-            # Every labelled pixel carries exactly its class's texture: the mask is the painted region.
+            # Every labelled pixel carries exactly its class's texture:
+            # the mask is the painted region.
             texture = np.clip(ds._texture(int(k), yy, xx), 0, 255).astype(np.uint8)
             np.testing.assert_array_equal(sample.image[region], texture[region])
         assert (sample.mask == 0).mean() > 0.2  # background stays visible

@@ -1,4 +1,5 @@
-"""benchmarks/device_check.sh in its CPU mode (TINY=1): the batching benchmark's logic, not its speed."""
+"""benchmarks/device_check.sh in its CPU mode (TINY=1): the batching benchmark's logic,
+not its speed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""evaluate(): exact matrices, resume after a crash, sharding over ranks (2-process torchrun), results and CLI."""
+"""evaluate(): exact matrices, resume after a crash, sharding over ranks (2-process torchrun),
+results and CLI."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def colour_rule(image: np.ndarray, num_classes: int) -> np.ndarray:
-    """A deterministic, image-dependent stand-in for a segmenter: dull pixels background, bright ones by colour."""
+    """A deterministic, image-dependent stand-in for a segmenter: dull pixels background,
+    bright ones by colour."""
     label = (
         image[..., 0].astype(np.int64) // 32 + image[..., 1].astype(np.int64) // 64
     ) % num_classes
@@ -39,7 +41,8 @@ def colour_rule(image: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 class StubModel:
-    """The CLIPer interface (encode_text once, segment(image, given={"text": ...}).labels) without any network."""
+    """The CLIPer interface (encode_text once, segment(image, given={"text": ...}).labels)
+    without any network."""
 
     def __init__(self, cfg: CLIPerConfig) -> None:
         self.cfg = cfg
@@ -72,7 +75,7 @@ def stub_segmenter(image: np.ndarray) -> np.ndarray:
     return colour_rule(image, 21)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # evaluate()
 
 
@@ -133,7 +136,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     for path, remaining in ((ckpt, 3), (snapshot, 4)):
         counted = []
         resumed = evaluate(
-            lambda im: counted.append(1) or stub_segmenter(im),
+            lambda im, counted=counted: counted.append(1) or stub_segmenter(im),
             ds,
             21,
             (255,),
@@ -283,7 +286,7 @@ def test_voc20_protocol_falls_out_of_the_preset_ignore_labels():
     assert evaluate(background_everywhere, ds, num, voc20.ignore_labels, progress=False).miou == 0.0
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the command line (with the stub model; the real pipeline has its own test at the end)
 
 
@@ -331,7 +334,8 @@ def test_run_eval_writes_results_and_markdown(tmp_path, capsys):
     ]["clip"] == "stub"
     assert record["per_class"][1]["name"] == "aeroplane" and len(record["per_class"]) == 21
     assert record["paper_miou"] == 66.5 and record["timings"]["seconds_per_image"] > 0
-    # the commit of this checkout and whether its tree (untracked files included) has changes; None outside git
+    # the commit of this checkout and whether its tree (untracked files included) has changes;
+    # None outside git
     head = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
     )
@@ -507,7 +511,7 @@ def test_cli_checkpoint_needs_resume_and_is_removed_after_success(tmp_path):
     assert record["timings"]["resumed_images"] == 2
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # two processes
 
 
@@ -524,7 +528,8 @@ sys.exit(code)
 
 
 def test_two_process_torchrun_equals_single_process(tmp_path):
-    """torchrun --nproc_per_node=2 (gloo on CPU): each rank takes every other sample; the sum is exact."""
+    """torchrun --nproc_per_node=2 (gloo on CPU): each rank takes every other sample;
+    the sum is exact."""
     script = tmp_path / "eval_stub.py"
     script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parent)))
     common = [
@@ -572,7 +577,7 @@ def test_two_process_torchrun_equals_single_process(tmp_path):
     assert not list(tmp_path.glob("two.ckpt*"))  # each rank removed its checkpoint after success
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # through the real pipeline
 
 

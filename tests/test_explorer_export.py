@@ -1,4 +1,5 @@
-"""The explorer's reset and export: four files, and a config YAML that `cliper segment` reproduces the labels with."""
+"""The explorer's reset and export: four files, and a config YAML that `cliper segment` reproduces
+the labels with."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import yaml
 pytest.importorskip("ipywidgets")
 
 from cliper_lib import CLIPer  # noqa: E402
-from cliper_lib.config import CLIPerConfig  # noqa: E402
 from cliper_lib.suite.cli.commands import main  # noqa: E402
 from cliper_lib.suite.explorer.widgets import Explorer  # noqa: E402
 from cliper_lib.suite.toolkit.samples import sample_images  # noqa: E402
@@ -20,17 +20,8 @@ from cliper_lib.suite.toolkit.viz import load_label_png  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> CLIPer:
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21",
-        profile="smoke",
-        device="cpu",
-        size=128,
-        sliding_crop_size=0,
-        refinement="none",
-        score_threshold=0.0,
-    )
-    return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
+def model(smoke_variant) -> CLIPer:
+    return smoke_variant(size=128, sliding_crop_size=0, refinement="none", score_threshold=0.0)
 
 
 def test_export_writes_four_files_that_reproduce_the_labels(model, tmp_path, monkeypatch):
@@ -41,7 +32,8 @@ def test_export_writes_four_files_that_reproduce_the_labels(model, tmp_path, mon
         raise_errors=True,
         export_dir=tmp_path / "app",
     )
-    # the duplicate is merged and 'wall' left the preset's background words, both said in the status line
+    # the duplicate is merged and 'wall' left the preset's background words,
+    # both said in the status line
     assert ex.state.classes == ["cat", "sofa", "wall"] and "wall" not in ex.state.background
     assert "duplicate" in ex.status.value and "removed from the background" in ex.status.value
     ex.apply("fuse_layers", (1, model.clip.num_layers - 2))

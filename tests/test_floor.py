@@ -11,7 +11,7 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import CLIPerConfig
-from cliper_lib.method.refine import HeadChain, refine_mean, refine_selection, refine_sfsa
+from cliper_lib.method.refine import HeadChain, refine_sfsa
 from cliper_lib.method.sd_attention import (
     AttentionStore,
     SDSelfAttention,
@@ -20,6 +20,8 @@ from cliper_lib.method.sd_attention import (
 )
 from cliper_lib.weights.sd import build_random_sd_components, load_sd_components, save_sd_folder
 from cliper_lib.weights.sd_prompt import encode_empty_prompt
+
+from helpers import refine_variant
 
 SMOKE = CLIPerConfig(profile="smoke")
 SIDE = SMOKE.effective_sd_image_size
@@ -35,11 +37,8 @@ def components():
 
 
 @pytest.fixture(scope="module")
-def model():
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21", profile="smoke", device="cpu", sliding_crop_size=0
-    )
-    return CLIPer.from_config(cfg, text_cache_dir=False)
+def model(smoke_variant) -> CLIPer:
+    return smoke_variant(sliding_crop_size=0)
 
 
 def processors(unet: torch.nn.Module) -> dict[str, object]:
@@ -130,11 +129,7 @@ def test_other_variants_read_the_maps_whole_and_match(model, cat_image, variant)
     text = model.encode_text(["cat", "sofa"])
     run = model.run(cat_image, given={"text": text}, cfg=cfg, until=("coarse", "sd_attention"))
     thr = cfg.effective_sd_attention_thr
-    refine = {
-        "mean": lambda coarse, maps: refine_mean(coarse, maps, thr),
-        "selection": lambda coarse, maps: refine_selection(coarse, maps, thr, 1),
-    }[variant]
-    expected = refine(run.coarse.float(), run["sd_attention"])
+    expected = refine_variant(run.coarse.float(), run["sd_attention"], variant, thr, 1)
     assert torch.equal(model.segment(cat_image, given={"text": text}, cfg=cfg).refined, expected)
 
 

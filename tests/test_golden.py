@@ -12,6 +12,8 @@ from cliper_lib.method.labels import labels_from_maps
 from cliper_lib.method.pipeline import CLIPer
 from cliper_lib.method.text import TextSet
 
+from helpers import SD_VARIANTS, refine_variant
+
 CASES = ["select=-1|slide=0", "select=-1|slide=112", "select=-2|slide=0", "select=-2|slide=112"]
 
 
@@ -115,7 +117,7 @@ def test_sd_input_latents_and_timestep_match_authors(golden_sd, golden_extractor
 
 def test_sd_head_maps_and_refinement_match_authors(golden_sd, golden_extractor):
     from cliper_lib.method.labels import class_scores
-    from cliper_lib.method.refine import refine_mean, refine_selection, refine_sfsa
+    from cliper_lib.method.refine import refine_sfsa
 
     # (4, 4096, 4096): 2 heads of each layer, authors' order
     maps = golden_extractor(golden_sd["image"].numpy())
@@ -125,13 +127,8 @@ def test_sd_head_maps_and_refinement_match_authors(golden_sd, golden_extractor):
     assert relative_error(maps.sum(-1), golden_sd["head_row_sums"]) < 2e-5
     assert relative_error(maps.amax(-2), golden_sd["head_col_max"]) < 2e-5
     coarse, thr, head = golden_sd["coarse"], golden_sd["attention_thr"], golden_sd["selection_head"]
-    variants = {
-        "sfsa": lambda: refine_sfsa(coarse, maps, thr),
-        "mean": lambda: refine_mean(coarse, maps, thr),
-        "selection": lambda: refine_selection(coarse, maps, thr, head),
-    }
-    for variant, refine in variants.items():
-        refined = refine()  # (3, 64, 64)
+    for variant in SD_VARIANTS:
+        refined = refine_variant(coarse, maps, variant, thr, head)  # (3, 64, 64)
         assert relative_error(refined, golden_sd["refined"][variant]) < 2e-5, variant
     scores = class_scores(refine_sfsa(coarse, maps, thr), coarse)
     assert relative_error(scores, golden_sd["score_sfsa"]) < 2e-5

@@ -1,5 +1,5 @@
-"""The package's shape: layers that import only downwards (import-linter, configured in pyproject.toml), a small
-method package, and no module too long to read."""
+"""The package's shape: layers that import only downwards (import-linter, configured in
+pyproject.toml), a small method package, and no module too long to read."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
     """`lint-imports` with the project's contracts on the `cliper_lib` found in `package_parent`."""
     env_path = str(package_parent)
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from importlinter.cli import lint_imports_command; "
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from importlinter.cli import lint_imports_command; "
         "lint_imports_command(['--config', sys.argv[2], '--no-cache'])"
     )
     return subprocess.run(

@@ -1,4 +1,5 @@
-"""ConfusionMatrix and the mIoU/mAcc/pAcc conventions, checked against independent counts and torchmetrics."""
+"""ConfusionMatrix and the mIoU/mAcc/pAcc conventions,
+checked against independent counts and torchmetrics."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from cliper_lib.eval.metrics import ConfusionMatrix
 def random_pair(
     rng: np.random.Generator, c: int, shape=(37, 53), gt_classes=None, ignore=(255,), p_ignore=0.1
 ):
-    """A random (gt, pred) pair: gt drawn from `gt_classes` (so some classes are absent), some pixels ignored."""
+    """A random (gt, pred) pair: gt drawn from `gt_classes` (so some classes are absent),
+    some pixels ignored."""
     gt_classes = np.arange(c) if gt_classes is None else np.asarray(gt_classes)
     gt = rng.choice(gt_classes, size=shape).astype(np.int64)
     drop = rng.random(shape) < p_ignore
@@ -68,8 +70,9 @@ def test_matches_brute_force_with_ignored_pixels_and_absent_classes(c, ignore):
     want = brute_force(pairs, c, ignore)
 
     assert got["present"] == want["present"].tolist()
-    # Predicted-but-absent classes exist (pred covers all classes) and are excluded, not counted as IoU 0.
-    assert any(not p and n > 0 for p, n in zip(got["present"], got["pred_pixels"]))
+    # Predicted-but-absent classes exist (pred covers all classes) and are excluded, not counted as
+    # IoU 0.
+    assert any(not p and n > 0 for p, n in zip(got["present"], got["pred_pixels"], strict=True))
     np.testing.assert_allclose(
         np.array(got["iou"]), want["iou"], rtol=0, atol=1e-12, equal_nan=True
     )
@@ -202,7 +205,8 @@ def test_all_reduce_in_a_one_rank_gloo_group(tmp_path):
 
 
 def test_accelerator_path_counts_like_the_numpy_path():
-    # The torch path runs for CUDA tensors; on CPU it can still be checked against the numpy path directly.
+    # The torch path runs for CUDA tensors; on CPU it can still be checked against the
+    # numpy path directly.
     rng = np.random.default_rng(5)
     gt, pred = random_pair(rng, 30, ignore=(255, -4, 99))
     cm = ConfusionMatrix(30, (255,))

@@ -54,7 +54,8 @@ def test_missing_local_checkpoint_file():
 
 
 def test_local_checkpoint_file_loads_through_paper_path(tmp_path):
-    """The paper path with a local file: the same weights come back (proves the real loading code)."""
+    """The paper path with a local file: the same weights come back
+    (proves the real loading code)."""
     smoke = load_clip(CLIPerConfig(profile="smoke", seed=1))
     path = tmp_path / "tiny.pt"
     torch.save(smoke.model.state_dict(), path)

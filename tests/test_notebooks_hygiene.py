@@ -1,4 +1,5 @@
-"""Every committed notebook: valid, outputs stripped, an H1 title, and a papermill parameters cell of plain literals."""
+"""Every committed notebook: valid, outputs stripped, an H1 title,
+and a papermill parameters cell of plain literals."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_parameters_cell_plain_literals(path):
     names = []
     for node in tree.body:
         assert isinstance(node, (ast.Assign, ast.AnnAssign)), (
-            f"{path.name} parameters line {node.lineno}: only assignments belong here (no imports, calls, ifs)"
+            f"{path.name} parameters line {node.lineno}: only assignments belong here "
+            "(no imports, calls, ifs)"
         )
         assert node.value is not None, (
             f"{path.name} parameters line {node.lineno}: give a default value"
@@ -97,8 +99,9 @@ def test_parameters_cell_plain_literals(path):
             ast.literal_eval(node.value)
         except ValueError:
             pytest.fail(
-                f"{path.name} parameters line {node.lineno}: {ast.unparse(node.value)} is not a plain "
-                "literal; derive values in a later cell (papermill injects its cell after this one)"
+                f"{path.name} parameters line {node.lineno}: {ast.unparse(node.value)} is not a "
+                "plain literal; derive values in a later cell "
+                "(papermill injects its cell after this one)"
             )
         names.append(targets[0].id)
     assert names and names[0] == "profile", (
@@ -120,7 +123,8 @@ def test_parameters_cell_plain_literals(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_papermill_sees_every_parameter(path, caplog):
-    """papermill's own parser skips any line with a second '=' (even in a comment); keep them all visible."""
+    """papermill's own parser skips any line with a second '=' (even in a comment);
+    keep them all visible."""
     import papermill
 
     nb = nbformat.read(path, as_version=4)
@@ -143,7 +147,8 @@ def test_papermill_sees_every_parameter(path, caplog):
 
 
 def test_planned_notebooks_are_known():
-    """The smoke plan names exactly the design's notebook sequence (those missing are not yet written)."""
+    """The smoke plan names exactly the design's notebook sequence (those missing are
+    not yet written)."""
     from cliper_lib.suite.runs.plans import load_plan
 
     assert [r.notebook.stem for r in load_plan("smoke").runs] == EXPECTED

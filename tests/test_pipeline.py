@@ -7,15 +7,11 @@ import pytest
 import torch
 
 from cliper_lib import CLIPer
-from cliper_lib.config import CLIPerConfig
 
 
 @pytest.fixture(scope="module")
-def coarse_model():
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21", profile="smoke", refinement="none", device="cpu"
-    )
-    return CLIPer.from_config(cfg, text_cache_dir=False)
+def coarse_model(smoke_coarse_model) -> CLIPer:
+    return smoke_coarse_model
 
 
 def test_segment_returns_every_intermediate(coarse_model, cat_image):
@@ -80,9 +76,8 @@ def test_bad_inputs_get_clear_errors(coarse_model, cat_image):
 
 
 @pytest.fixture(scope="module")
-def full_model():
-    cfg = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke", device="cpu")
-    return CLIPer.from_config(cfg, text_cache_dir=False)
+def full_model(smoke_model) -> CLIPer:
+    return smoke_model
 
 
 def test_full_method_with_fine_grained_compensation(full_model, cat_image):

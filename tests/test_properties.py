@@ -17,26 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cliper_lib.config import CLIPerConfig
 from cliper_lib.method import fusion as elf
 from cliper_lib.method.clip_backbone import MAX_PATCH_TOKENS, resized_shape
 from cliper_lib.method.labels import class_scores, labels_from_maps, scaled_maps
 from cliper_lib.method.pipeline import CLIPer
-from cliper_lib.method.refine import (
-    check_head_maps,
-    refine_mean,
-    refine_selection,
-    refine_sfsa,
-    upsample_coarse,
-)
 
-#: each variant's refinement, called as (coarse, maps, attention_thr, selection_head)
-REFINE = {
-    "sfsa": lambda coarse, maps, thr, head: refine_sfsa(coarse, maps, thr),
-    "mean": lambda coarse, maps, thr, head: refine_mean(coarse, maps, thr),
-    "selection": lambda coarse, maps, thr, head: refine_selection(coarse, maps, thr, head),
-    "none": lambda coarse, maps, thr, head: upsample_coarse(coarse, check_head_maps(maps)),
-}
+from helpers import fast_golden_model, refine_variant
 
 FEW = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -101,7 +87,7 @@ def test_refined_maps_are_finite(seed, m, side, classes, h, w, thr, sharpness, v
     t = side * side
     head_maps = attention_stack(seed, 1, m, t, sharpness)[0][0].float()  # (m, T, T), rows sum to 1
     coarse = tensor(seed + 1, classes, h, w, dtype=torch.float32) * scale
-    refined = REFINE[variant](coarse, head_maps, thr, seed % m)
+    refined = refine_variant(coarse, head_maps, variant, thr, seed % m)
     assert refined.shape == (classes, side, side) and torch.isfinite(refined).all()
     assert (refined >= 0).all()  # non-negative maps through non-negative operators
 
@@ -158,15 +144,7 @@ def test_any_image_size_is_resized_within_the_limit_or_refused(width, height, si
 
 @pytest.fixture(scope="module")
 def tiny(golden_clip) -> CLIPer:
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21",
-        profile="smoke",
-        refinement="none",
-        device="cpu",
-        size=16,
-        sliding_crop_size=0,
-    )
-    return CLIPer(cfg, golden_clip, None, text_cache_dir=False)
+    return fast_golden_model(golden_clip, size=16)
 
 
 @pytest.fixture(scope="module")

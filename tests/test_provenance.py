@@ -28,7 +28,8 @@ def test_git_state_matches_git(tmp_path):
     )
     state = git_state()
     assert state["commit"] == (head.stdout.strip() or None)
-    # the dirty flag is what git itself reports for this checkout (None only where there is no repository)
+    # the dirty flag is what git itself reports for this checkout (None only where there
+    # is no repository)
     assert state["dirty"] == (bool(status.stdout.strip()) if head.returncode == 0 else None)
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository
 

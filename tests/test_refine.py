@@ -16,7 +16,6 @@ from cliper_lib.method.refine import (
     normalize_and_apply_,
     normalize_head_maps,
     normalize_head_maps_,
-    refine_mean,
     refine_selection,
     refine_sfsa,
     upsample_coarse,
@@ -24,12 +23,7 @@ from cliper_lib.method.refine import (
 )
 from cliper_lib.method.refinements import REFINEMENTS
 
-#: each SD variant's refinement, called as (coarse, maps, attention_thr, selection_head)
-REFINE = {
-    "sfsa": lambda coarse, maps, thr, head: refine_sfsa(coarse, maps, thr),
-    "mean": lambda coarse, maps, thr, head: refine_mean(coarse, maps, thr),
-    "selection": lambda coarse, maps, thr, head: refine_selection(coarse, maps, thr, head),
-}
+from helpers import SD_VARIANTS, refine_variant
 
 
 def random_stochastic(
@@ -189,11 +183,11 @@ def test_chain_shape_errors() -> None:
         chain_apply(maps, torch.rand(9, 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("variant", ["sfsa", "mean", "selection"])
+@pytest.mark.parametrize("variant", SD_VARIANTS)
 def test_refine_variants_match_authors_reference(variant: str) -> None:
     maps = random_stochastic(4, 36, seed=7)  # s = 6
     coarse = torch.rand(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    got = REFINE[variant](coarse, maps, 0.2, 2)
+    got = refine_variant(coarse, maps, variant, 0.2, 2)
     assert got.shape == (3, 6, 6)
     torch.testing.assert_close(
         got, authors_reference(coarse, maps, variant, 0.2, 2), rtol=1e-10, atol=1e-12
@@ -241,15 +235,15 @@ def test_refine_input_errors() -> None:
         CLIPerConfig(refinement="median").validate()
     with pytest.raises(ValueError, match="selection_head=3"):
         refine_selection(coarse, maps, 0.1, 3)
-    for refine in REFINE.values():
+    for variant in SD_VARIANTS:
         with pytest.raises(ValueError, match=r"\(C, h, w\)"):
-            refine(coarse[0], maps, 0.1, 0)
+            refine_variant(coarse[0], maps, variant, 0.1)
         with pytest.raises(ValueError, match=r"\(m, T, T\)"):
-            refine(coarse, maps[:, :, :8], 0.1, 0)
+            refine_variant(coarse, maps[:, :, :8], variant, 0.1)
         with pytest.raises(ValueError, match="not a square grid"):
-            refine(coarse, random_stochastic(2, 12, dtype=torch.float32), 0.1, 0)
+            refine_variant(coarse, random_stochastic(2, 12, dtype=torch.float32), variant, 0.1)
         with pytest.raises(ValueError, match=r"empty \(m = 0\)"):
-            refine(coarse, maps[:0], 0.1, 0)
+            refine_variant(coarse, maps[:0], variant, 0.1)
     # a head map whose token grid disagrees with the chain's S_c↑
     chain = HeadChain([coarse], ["a"], 0.1)
     chain("a", 1, 2, maps[:1].clone())

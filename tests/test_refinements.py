@@ -11,7 +11,7 @@ import torch
 
 from cliper_lib import CLIPer
 from cliper_lib.config import REFINEMENTS as CONFIG_REFINEMENTS
-from cliper_lib.config import SD_REFINEMENTS, VFM_REFINEMENTS, CLIPerConfig
+from cliper_lib.config import SD_REFINEMENTS, VFM_REFINEMENTS
 from cliper_lib.eval.batching import refine_batch, segment_batch
 from cliper_lib.eval.loop import evaluate
 from cliper_lib.eval.synthetic import SyntheticDataset
@@ -26,12 +26,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def model() -> CLIPer:
+def model(smoke_variant) -> CLIPer:
     """Smoke models with SD loaded and every VFM available (built on first use)."""
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21",
-        profile="smoke",
-        device="cpu",
+    return smoke_variant(
         size=128,
         sliding_crop_size=96,
         sliding_stride=64,
@@ -41,7 +38,6 @@ def model() -> CLIPer:
         # up to whole labels: compare the score-scaled maps as they are
         is_normalize=False,
     )
-    return CLIPer.from_config(cfg, text_cache_dir=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""report: the paper's table from the presets, per-class frames, per-image scores against brute force, examples."""
+"""report: the paper's table from the presets, per-class frames,
+per-image scores against brute force, examples."""
 
 from __future__ import annotations
 
@@ -159,13 +160,13 @@ def _brute_force(gt, pred, num_classes, ignore):
     gt_classes = {int(v) for v in np.unique(gt) if 0 <= v < num_classes and v not in ignore}
     for c in sorted(gt_classes):
         inter = union = 0
-        for g, p in zip(gt.ravel(), pred.ravel()):
+        for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
             if g in ignore or not 0 <= g < num_classes:
                 continue
             inter += (g == c) and (p == c)
             union += (g == c) or (p == c)
         ious.append(inter / union)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g in ignore or not 0 <= g < num_classes:
             continue
         scored += 1
@@ -200,7 +201,8 @@ def test_image_scores_edge_cases():
 
 
 def _segment_from_mask(dataset):
-    """A segmenter that answers sample i's mask with i·10 % of its pixels set to background (so scores fall with i)."""
+    """A segmenter that answers sample i's mask with i·10 % of its pixels set to background (so
+    scores fall with i)."""
     masks = [dataset[i].mask for i in range(len(dataset))]
     images = [dataset[i].image for i in range(len(dataset))]
 

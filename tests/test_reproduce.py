@@ -1,4 +1,5 @@
-"""reproduce: run plans on tiny temporary notebooks; records, summary, failure handling, publish, CLI glue."""
+"""reproduce: run plans on tiny temporary notebooks; records, summary, failure handling,
+publish, CLI glue."""
 
 from __future__ import annotations
 
@@ -256,7 +257,8 @@ def test_kernel_registered_when_python3_runs_another_interpreter(tmp_path, monke
         )
     )
     prefix = tmp_path / "prefix"
-    # JUPYTER_PATH outranks every other kernel folder: the shadow python3 wins, and the prefix is searched
+    # JUPYTER_PATH outranks every other kernel folder: the shadow python3 wins,
+    # and the prefix is searched
     monkeypatch.setenv(
         "JUPYTER_PATH",
         os.pathsep.join([str(tmp_path / "shadow"), str(prefix / "share" / "jupyter")]),

@@ -1,4 +1,5 @@
-"""Run records are portable: repository-relative paths, the files that differed, links that resolve."""
+"""Run records are portable: repository-relative paths, the files that differed,
+links that resolve."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`cliper reproduce --plan smoke`: every notebook executes headlessly on the tiny models (what CI runs)."""
+"""`cliper reproduce --plan smoke`: every notebook executes headlessly on the tiny models
+(what CI runs)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def test_smoke_plan_executes_every_notebook(tmp_path):
         assert record["parameters"]["profile"] == "smoke"
         assert record["metrics"], f"{run.name} published no metric"
         assert (tmp_path / f"{run.name}.ipynb").exists()
-    # summary.md: after the table header, exactly one row per run, in plan order, each linking its copy and ok
+    # summary.md: after the table header, exactly one row per run, in plan order,
+    # each linking its copy and ok
     lines = (tmp_path / "summary.md").read_text().splitlines()
     rows = lines[lines.index("|---|---|---|---|---|") + 1 :]
     assert len(rows) == len(plan.runs), rows
-    for run, row in zip(plan.runs, rows):
+    for run, row in zip(plan.runs, rows, strict=True):
         assert row.startswith(f"| [{run.name}]({run.name}.ipynb) | ok | "), row

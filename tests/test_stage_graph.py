@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from cliper_lib import CLIPer, CLIPerConfig
+from cliper_lib.config import ConfigView, UndeclaredFieldError
 from cliper_lib.eval.synthetic import SyntheticDataset
 from cliper_lib.method import stages
 from cliper_lib.method.pipeline import CLIPer as MethodCLIPer
-from cliper_lib.config import ConfigView, UndeclaredFieldError
 from cliper_lib.method.stages import GRAPH, STAGES, downstream, invalidated_by
 from cliper_lib.suite.toolkit.stage_cache import StageCache
 
@@ -92,8 +92,8 @@ def base_of(name: str) -> CLIPerConfig:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> CLIPer:
-    return CLIPer.from_config(BASE, text_cache_dir=tmp_path_factory.mktemp("text"))
+def model(smoke_variant) -> CLIPer:
+    return smoke_variant(BASE)
 
 
 @pytest.fixture(scope="module")

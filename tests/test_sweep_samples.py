@@ -1,4 +1,5 @@
-"""The layer-range sweep's ground truth: synthetic (smoke), a benchmark or any folder with masks (paper), else a skip."""
+"""The layer-range sweep's ground truth: synthetic (smoke), a benchmark or any folder with masks
+(paper), else a skip."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def smoke_config(**overrides) -> CLIPerConfig:
 
 
 @pytest.fixture(scope="module")
-def proxy_model(tmp_path_factory) -> CLIPer:
+def proxy_model(smoke_variant) -> CLIPer:
     cfg = smoke_config(
         last_layer_attention="proxy",
         proxy_model="dino-s16",
@@ -151,7 +151,7 @@ def proxy_model(tmp_path_factory) -> CLIPer:
         sliding_crop_size=96,
         sliding_stride=64,
     )
-    return CLIPer.from_config(cfg, text_cache_dir=tmp_path_factory.mktemp("text"))
+    return smoke_variant(cfg)
 
 
 def test_the_proxy_variant_runs_through_segment(proxy_model, image):
@@ -183,6 +183,7 @@ def test_the_proxy_variant_runs_through_segment(proxy_model, image):
 
 
 def test_a_vfm_refinement_runs_through_segment(tmp_path, image):
+    # its own build: what `from_config` loads for a VFM refinement is under test
     model = CLIPer.from_config(smoke_config(refinement="dinov2-s14"), text_cache_dir=tmp_path)
     assert model.sd is None  # no Stable Diffusion is loaded for a VFM refinement
     result = model.segment(image, classes=CLASSES)
@@ -194,13 +195,13 @@ def test_a_vfm_refinement_runs_through_segment(tmp_path, image):
     assert result.labels.shape == image.shape[:2] and not torch.isnan(result.scores).any()
 
 
-def test_a_vfm_refinement_batches_like_one_at_a_time(tmp_path, image, monkeypatch):
+def test_a_vfm_refinement_batches_like_one_at_a_time(smoke_variant, image, monkeypatch):
     from dataclasses import replace
 
     from cliper_lib.eval.batching import refine_batch
     from cliper_lib.method.refinements import REFINEMENTS
 
-    model = CLIPer.from_config(smoke_config(refinement="dinov2-s14"), text_cache_dir=tmp_path)
+    model = smoke_variant(smoke_config(refinement="dinov2-s14"))
     images = [image, np.ascontiguousarray(image[4:60, 10:90])]  # two sizes: two feature grids
     results = [model.segment(one, classes=CLASSES) for one in images]
     refined = refine_batch(model, images, [r.coarse for r in results], model.cfg)

@@ -1,4 +1,5 @@
-"""Offline, one report names every missing weight file of the config (CLIP and SD) with sizes; `cliper download`."""
+"""Offline, one report names every missing weight file of the config (CLIP and SD) with
+sizes; `cliper download`."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def test_report_lists_only_what_is_missing(empty_offline_cache):
     put_in_cache(empty_offline_cache, CLIP_REPO, ["open_clip_model.safetensors"])
     missing = missing_weight_files(cfg)
     assert missing and {f.repo for f in missing} == {SD_REPO}
-    # the fp16 variant is what `cliper download --dtype float16` fetches; the loader accepts it, so SD is present
+    # the fp16 variant is what `cliper download --dtype float16` fetches; the loader accepts it,
+    # so SD is present
     put_in_cache(
         empty_offline_cache, SD_REPO, [f.filename for f in sd_weight_files(SD_REPO, "fp16")]
     )

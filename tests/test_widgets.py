@@ -1,4 +1,5 @@
-"""The explorer drives the pipeline through a stage cache: each control recomputes exactly its stages."""
+"""The explorer drives the pipeline through a stage cache:
+each control recomputes exactly its stages."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 pytest.importorskip("ipywidgets")
 
 from cliper_lib import CLIPer  # noqa: E402
-from cliper_lib.config import CLIPerConfig  # noqa: E402
 from cliper_lib.eval.metrics import ConfusionMatrix  # noqa: E402
 from cliper_lib.eval.synthetic import SyntheticDataset  # noqa: E402
 from cliper_lib.method.stages import STAGES  # noqa: E402
@@ -32,12 +32,11 @@ AFTER_FUSION = {"fusion", "layer_maps", "coarse", "refine", "labels"}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> CLIPer:
-    """Smoke models at a small size (CLIP input 160 px, two sliding crops; SD at 128 px); the full method, SD too."""
-    cfg = CLIPerConfig.from_preset(
-        "vit-b-16/voc21",
-        profile="smoke",
-        device="cpu",
+def model(smoke_variant) -> CLIPer:
+    """Smoke models at a small size (CLIP input 160 px, two sliding crops; SD at 128 px); the full
+    method, SD too. The text cache is shared by the explorer and `segment`: each class set is
+    encoded once."""
+    built = smoke_variant(
         size=160,
         sliding_crop_size=96,
         sliding_stride=64,
@@ -45,10 +44,6 @@ def model(tmp_path_factory) -> CLIPer:
         score_threshold=0.0,
         bkg_thre=0.1,
     )
-    text_cache = tmp_path_factory.mktemp(
-        "text"
-    )  # shared by the explorer and `segment`: each class set encoded once
-    built = CLIPer.from_config(cfg, text_cache_dir=text_cache)
     assert built.sd is not None  # the SD half is a hard dependency: never test the CLIP half alone
     return built
 
@@ -94,7 +89,8 @@ def test_each_control_recomputes_exactly_its_stages(model, images):
         assert stages(ex.apply("refinement", "selection")) == {"refine", "labels"}
         assert stages(ex.apply("selection_head", 0)) == {"refine", "labels"}
     # settings seen before are cache hits, and the map panel recomputes nothing
-    # going back to the first layer range reuses its fusion (the text changed since, so the maps are new)
+    # going back to the first layer range reuses its fusion (the text changed since,
+    # so the maps are new)
     assert stages(ex.apply("fuse_layers", (0, top))) == AFTER_FUSION - {"fusion"}
     assert stages(ex.apply("score_threshold", 0.3)) == {"labels"}
     assert stages(ex.apply("score_threshold", 0.05)) == set()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..toolkit.viz import heatmap_grid, palette, show_segmentation
+from ..toolkit.viz import heatmap_grid, palette, show_segmentation, side_legend
 
 
 def scored_legend(
@@ -72,15 +72,8 @@ def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
         title=f"{state.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
         f"{cfg.bkg_thre:.3g}, refinement {refinement})",
     )
-    ax.legend(
-        handles=scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold),
-        title="class  score",
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        borderaxespad=0.0,
-        fontsize="small",
-        title_fontsize="small",
-    )
+    scored = scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold)
+    side_legend(ax, scored, "class  score")
     fig.suptitle(
         f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}"
     )

@@ -195,6 +195,19 @@ def save_overlay_png(
     return Path(path)
 
 
+def side_legend(ax: Axes, handles: Sequence[Any], title: str) -> None:
+    """A small legend outside the axes, to the right of their top edge."""
+    ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+        title_fontsize="small",
+    )
+
+
 # --- axes and figures for notebooks ---------------------------------------------------------------
 def show_segmentation(
     ax: Axes,
@@ -215,15 +228,7 @@ def show_segmentation(
     if legend:
         handles = legend_handles(labels, class_names)
         if handles:
-            ax.legend(
-                handles=handles,
-                title="classes",
-                loc="upper left",
-                bbox_to_anchor=(1.01, 1.0),
-                borderaxespad=0.0,
-                fontsize="small",
-                title_fontsize="small",
-            )
+            side_legend(ax, handles, "classes")
         else:
             ax.text(1.02, 1.0, "no class found", transform=ax.transAxes, va="top", fontsize="small")
     return ax

@@ -130,7 +130,7 @@ def export_state(
     return export_result(
         folder,
         Path(state.image_name).stem,
-        state.outputs.image,
+        state.result.image,
         state.labels,
         state.classes,
         state.background,

@@ -64,7 +64,7 @@ def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
     cfg = state.cfg
     show_segmentation(
         ax,
-        state.outputs.image,
+        state.result.image,
         state.labels,
         state.classes,
         alpha=alpha,
@@ -100,7 +100,7 @@ def maps_figure(state: Any, name: str, refinement: str) -> Figure:
     """The coarse map S_c and the refined map S_f of one class, stretched over the image, each with
     a colour bar."""
     c = state.classes.index(name)
-    image = state.outputs.image
+    image = state.result.image
     size = image.shape[:2]
     up = [  # (H0, W0) each
         F.interpolate(
@@ -176,14 +176,14 @@ class Panels:
         self.outputs[panel].outputs = (figure_output(fig, self.dpi),)
 
     def draw_overlay(self, s: Any) -> None:
-        key = s.outputs.keys["labels"]
+        key = s.result.keys["labels"]
         if self.drawn.get("overlay") == key:
             return
         self.show("overlay", overlay_figure(s, self.refinement_of(s.cfg), self.alpha))
         self.drawn["overlay"] = key
 
     def draw_scores(self, s: Any) -> None:
-        key = (s.outputs.keys["labels"],)
+        key = (s.result.keys["labels"],)
         if self.drawn.get("scores") == key:
             return
         self.show("scores", scores_figure(s.classes, s.scores, s.cfg.score_threshold))
@@ -193,7 +193,7 @@ class Panels:
         """The maps of class `name` (nothing when it is not one of the classes shown)."""
         if name not in s.classes:
             return
-        key = (s.outputs.keys["refine"], name)
+        key = (s.result.keys["refine"], name)
         if not force and self.drawn.get("maps") == key:
             return
         self.show("maps", maps_figure(s, name, self.refinement_of(s.cfg)))

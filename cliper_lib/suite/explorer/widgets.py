@@ -204,7 +204,7 @@ class Explorer:
         self.update(name)
 
     def _on_map_class(self, change: dict) -> None:
-        if self._suspended or self.state.outputs is None:
+        if self._suspended or self.state.result is None:
             return
         start = time.perf_counter()
         self.panels.draw_maps(self.state, self.controls["map_class"].value, force=True)
@@ -285,21 +285,18 @@ class Explorer:
             finally:
                 self._suspended = False
         state.error = None
-        state.image_name, state.cfg, state.classes, state.outputs = (
+        state.image_name, state.cfg, state.classes, state.result = (
             name,
             cfg,
             list(out.class_names),
             out,
         )
         state.background, state.notices = list(out.text.background), list(vocab.notices)
-        state.labels = out.labels.cpu().numpy()
-        state.coarse, state.refined = out.coarse, out.refined
-        state.scores = out.scores.float().cpu().numpy()
         state.recomputed = dict(out.timings)
         state.compute_seconds = compute
         start = time.perf_counter()
         self._sync_class_choice(out.class_names)
-        state.overlay = overlay(state.outputs.image, state.labels, alpha=self.alpha)
+        state.overlay = overlay(state.result.image, state.labels, alpha=self.alpha)
         self.panels.draw_overlay(state)
         self.panels.draw_scores(state)
         self.panels.draw_maps(state, self.controls["map_class"].value)
@@ -340,7 +337,7 @@ class Explorer:
 
     def _status_html(self) -> str:
         s = self.state
-        kept = [st for st in STAGES if st in s.outputs.keys and st not in s.recomputed]
+        kept = [st for st in STAGES if st in s.result.keys and st not in s.recomputed]
         return status_html(s, kept, s.notices)
 
     # --- reset and export -------------------------------------------------------------------------

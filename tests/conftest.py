@@ -103,23 +103,12 @@ def smoke_variant(smoke_model) -> Callable[..., CLIPer]:
     preset with `overrides`) on the session's smoke models. It is what `CLIPer.from_config` would
     build (SD only for an SD refinement, the config's VFMs loaded), without building anything again;
     a config that changes the models themselves (a field in MODEL_FIELDS) is refused."""
-    from cliper_lib import CLIPer
-    from cliper_lib.method.refinements import REFINEMENTS
-    from cliper_lib.method.sd_attention import SDSelfAttention
-    from cliper_lib.weights.vfm import vfms_used
 
     def variant(cfg: CLIPerConfig | None = None, **overrides) -> CLIPer:
         cfg = smoke_config(**overrides) if cfg is None else cfg.replace(**overrides)
         changed = [f for f in MODEL_FIELDS if getattr(cfg, f) != getattr(smoke_model.cfg, f)]
         assert not changed, f"{changed} change the models: build them with CLIPer.from_config"
-        sd = None
-        if REFINEMENTS[cfg.refinement].part == "sd":
-            # a wrapper of its own: the extractor reads its config where a caller passes none
-            sd = SDSelfAttention(smoke_model.sd.components, cfg)
-        for name in vfms_used(cfg):
-            smoke_model.vfm(name)
-        folder = smoke_model.text_cache.folder
-        return CLIPer(cfg, smoke_model.clip, sd, text_cache_dir=folder, vfm=smoke_model.vfm)
+        return smoke_model.reconfigured(cfg)
 
     return variant
 

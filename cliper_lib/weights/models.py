@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import CLIPerConfig, resolve_device
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from ..method.refinements import REFINEMENTS
+from ..method.sd_attention import SDSelfAttention
 from .clip import load_clip
 from .hub import WeightsMissingError, hub_reachable
 from .inventory import missing_weight_files, offline_report
@@ -44,3 +45,16 @@ class CLIPer(_MethodCLIPer):
         for name in vfms_used(cfg):
             vfm(name)
         return cls(cfg, clip, sd, text_cache_dir=text_cache_dir, vfm=vfm)
+
+    def reconfigured(self, cfg: CLIPerConfig) -> CLIPer:
+        """This CLIPer's models under another config that names the same models: SD only for an SD
+        refinement and the config's VFMs loaded, as `from_config` gives, without building again."""
+        sd = None
+        if REFINEMENTS[cfg.refinement].part == "sd":
+            if self.sd is None:
+                raise ValueError(f"refinement {cfg.refinement!r} needs SD, which this CLIPer lacks")
+            # an extractor of its own: it reads its config where a caller passes none
+            sd = SDSelfAttention(self.sd.components, cfg)
+        for name in vfms_used(cfg):
+            self.vfm(name)
+        return CLIPer(cfg, self.clip, sd, text_cache_dir=self.text_cache.folder, vfm=self.vfm)

@@ -18,6 +18,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: the file suffixes read as images (lower case), for folders, glob patterns and explicit paths
 #: alike.
+#: what PIL raises for a file it cannot decode (a truncated, malformed or oversized image).
+IMAGE_READ_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 #: what an image argument may be: a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor
@@ -50,13 +58,7 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
             # a phone photo stored sideways (orientation 6) comes out upright
             im = ImageOps.exif_transpose(im)
             return _rgb8(im, name)
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-    ) as error:
+    except IMAGE_READ_ERRORS as error:
         if isinstance(error, ImageReadError):
             raise
         raise ImageReadError(f"cannot read image {name}: {error}") from None

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..config import DATA_DIR
-from ..images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from ..images import (
+    IMAGE_READ_ERRORS,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    is_image_file,
+    read_image,
+)
 from ..vocab import class_file_path, read_class_file
 
 SPLIT_DIR = DATA_DIR / "splits"
@@ -99,13 +105,7 @@ def load_mask(path: Path) -> np.ndarray:
             array = np.array(im)
     except DatasetError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-    ) as error:
+    except IMAGE_READ_ERRORS as error:
         raise DatasetError(f"cannot read annotation {path}: {error}") from None
     if array.ndim != 2:
         raise DatasetError(f"annotation {path} has shape {array.shape}: expected (H, W)")

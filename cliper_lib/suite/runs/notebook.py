@@ -94,3 +94,97 @@ def output_dir(name: str) -> Path:
     folder = Path(os.environ.get(OUTPUT_DIR_ENV) or base_dir() / "outputs" / name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# --- the learner's side: which profile, what is missing, what ran ---------------------------------
+#: env var that sets the profile of every notebook whose parameter cell says "auto".
+PROFILE_ENV = "CLIPER_PROFILE"
+#: the preset whose weights decide "auto": the one the README's `cliper download` fetches.
+AUTO_PRESET = "vit-b-16/voc21"
+DOWNLOAD_COMMAND = "cliper download"
+
+
+def resolve_profile(profile: str) -> str:
+    """ "paper" or "smoke": an explicit profile stays; "auto" is $CLIPER_PROFILE, else the paper
+    profile when its weights are in the local cache, else smoke."""
+    from ...config import PROFILES, CLIPerConfig
+    from ...weights.inventory import missing_weight_files
+
+    if profile == "auto":
+        profile = os.environ.get(PROFILE_ENV, "").strip() or "auto"
+    if profile == "auto":
+        cfg = CLIPerConfig.from_preset(AUTO_PRESET, profile="paper")
+        return "smoke" if missing_weight_files(cfg) else "paper"
+    if profile not in PROFILES:
+        where = f" (from ${PROFILE_ENV})" if os.environ.get(PROFILE_ENV) else ""
+        raise ValueError(f"profile={profile!r}{where}: use auto, {', '.join(PROFILES)}")
+    return profile
+
+
+def show_profile(profile: str) -> None:
+    """Say which weights the pictures below come from; on smoke, the one command that fetches real
+    ones."""
+    from IPython.display import Markdown, display
+
+    if profile == "smoke":
+        text = (
+            "> **Random weights (smoke profile).** The models below are tiny and untrained, so the "
+            "pictures are noise and the numbers are not the paper's; every step still runs and "
+            f"every check holds. For real pictures run `{DOWNLOAD_COMMAND}` once (about 6 GB: "
+            "CLIP ViT-B/16 and Stable Diffusion 2.1 base), then rerun this notebook."
+        )
+    else:
+        text = "> **Real weights (paper profile):** CLIP ViT-B/16 (OpenAI), Stable Diffusion 2.1."
+    display(Markdown(text))
+
+
+def missing_weights_note(
+    profile: str,
+    *,
+    vfm: str | None = None,
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> str | None:
+    """None when what a section needs is here (always, on smoke); else show and return a note
+    naming what is missing, its size and the command that fetches it."""
+    from IPython.display import Markdown, display
+
+    note = _missing_for(profile, vfm, dataset, data_root)
+    if note is not None:
+        display(Markdown(f"> **Skipped here:** {note}"))
+    return note
+
+
+def _missing_for(
+    profile: str, vfm: str | None, dataset: str | None, data_root: str | os.PathLike | None
+) -> str | None:
+    from ...weights.inventory import _size, vfm_weight_files
+    from ...weights.inventory import _vfm_missing as vfm_missing
+
+    if profile != "paper":
+        return None
+    if vfm is not None and vfm_missing(vfm):
+        size = _size(sum(f.approx_mb or 0 for f in vfm_weight_files(vfm)) or None)
+        return (
+            f"this section needs the {vfm} model ({size}), which is not in the local cache; "
+            f"`{DOWNLOAD_COMMAND} --vfm {vfm}` fetches it."
+        )
+    if dataset is not None:
+        from ...eval.benchmarks import load_benchmark
+        from ...eval.datasets import DatasetError
+
+        try:
+            load_benchmark(dataset, data_root, limit=1)
+        except DatasetError as error:
+            first_line = str(error).splitlines()[0]
+            return f"this section needs the {dataset} data set: {first_line} (README: data sets)."
+    return None
+
+
+def record_config(cfg: Any, profile: str | None = None) -> None:
+    """Publish the effective configuration this notebook ran with (every field, the seed, the
+    profile), so its run record holds it."""
+    values = cfg.to_dict()
+    publish("effective_config", values)
+    publish("seed", values["seed"])
+    publish("profile", profile or values["profile"])

@@ -75,6 +75,25 @@ def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
         raise
 
 
+class TextDecodeError(ValueError):
+    """A text file (class list, templates) is not UTF-8; the message names the file and the line."""
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file as UTF-8, a byte-order mark dropped (some editors write one, and it would become
+    part of the first word); TextDecodeError naming the file and the line of the first byte that is
+    not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise TextDecodeError(
+            f"{what} {path}, line {line}, is not UTF-8 text (byte 0x{data[error.start]:02x}); "
+            "save it as UTF-8"
+        ) from None
+
+
 class OutputPathError(ValueError):
     """An output path cannot be written (a file where a folder is needed, a folder where a file is,
     read-only)."""

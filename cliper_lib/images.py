@@ -112,9 +112,16 @@ def rgb_array(image: ImageLike, *, floats: bool = False) -> np.ndarray:
         if image.is_floating_point() and not image.isfinite().all():
             raise ValueError("image tensor holds NaN or infinite values")
         if image.ndim == 3 and image.shape[0] == 3:
-            if image.is_floating_point():  # the pipeline's convention: (3, H, W) in [0, 1]
-                image = (image.detach().clamp(0, 1) * 255).round().byte()
-            image = image.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+            in_unit = not image.numel() or (image.min() >= 0 and image.max() <= 1)
+            if image.is_floating_point() and not in_unit and not floats:
+                # clamping would turn a 0..255 tensor white: refuse instead
+                raise ValueError(
+                    f"image tensor must hold values in [0, 1], got {float(image.min()):g} .. "
+                    f"{float(image.max()):g} (divide a 0..255 tensor by 255)"
+                )
+            if image.is_floating_point() and in_unit:  # the pipeline's convention
+                image = (image.detach() * 255).round().byte()
+            image = image.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3); floats go on as arrays
         elif not floats:
             raise ValueError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}")
         image = image.detach().cpu().numpy()
@@ -162,11 +169,10 @@ def float_tensor(image: ImageLike):
         if image.numel() and (image.min() < 0 or image.max() > 1):
             raise ValueError("tensor images must hold values in [0, 1]")
         return image[None].float()  # (1, 3, H, W)
-    if isinstance(image, np.ndarray) and (
-        image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
-    ):
+    if isinstance(image, np.ndarray) and image.dtype != np.uint8:
+        # the shapes rgb_array takes (grey, RGB, RGBA with alpha dropped), as `segment` does
         raise ValueError(
-            f"numpy images must be HxWx3 uint8, got shape {image.shape} dtype {image.dtype}"
+            f"numpy images must be uint8 (H, W[, 3|4]), got shape {image.shape} dtype {image.dtype}"
         )
     if not isinstance(image, (np.ndarray, Image.Image, str, os.PathLike)):
         raise TypeError(

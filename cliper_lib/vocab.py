@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DATA_DIR
+from .files import read_text
 
 TEMPLATE_FILES = {"cliper": "cliper_templates.txt", "openai": "openai_imagenet_templates.txt"}
 
@@ -46,7 +47,8 @@ def class_file_path(name_or_path: str | os.PathLike) -> Path:
 def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
     """Parse a class file: first line = background vocabulary, then one class (with synonyms) per
     line."""
-    lines = [line.strip() for line in class_file_path(name_or_path).read_text().splitlines()]
+    path = class_file_path(name_or_path)
+    lines = [line.strip() for line in read_text(path, "class file").splitlines()]
     lines = [line for line in lines if line]
     if len(lines) < 2:
         raise ValueError(
@@ -55,12 +57,20 @@ def read_class_file(name_or_path: str | os.PathLike) -> ClassList:
     return ClassList(names=lines[1:], background=split_background_line(lines[0]))
 
 
+#: how class names typed by a user are separated (the command line's --help says the same).
+CLASS_SEPARATORS = (
+    "commas, semicolons or new lines; with a ';' in the text, commas stay inside a name "
+    "(synonyms on one class line: 'person, people; cat')"
+)
+
+
 def parse_class_names(text: str) -> list[str]:
-    """User input 'cat; sofa; person with clothes' -> ['cat', 'sofa', 'person with clothes']
-    (';' or newlines)."""
-    names = [part.strip() for part in re.split(r"[;\n]", text) if part.strip()]
+    """User input -> class names: 'cat, dog' and 'cat; dog' and 'cat\ndog' -> ['cat', 'dog'];
+    'person, people; cat' -> ['person, people', 'cat'] (CLASS_SEPARATORS)."""
+    separators = r"[;\n]" if ";" in text else r"[,\n]"
+    names = [part.strip() for part in re.split(separators, text) if part.strip()]
     if not names:
-        raise ValueError("give at least one class name (separate several with ';')")
+        raise ValueError("give at least one class name (separate several with ',' or ';')")
     return names
 
 
@@ -92,7 +102,8 @@ def load_templates(name_or_path: str) -> list[str]:
                 f"use one of {list(TEMPLATE_FILES)} or a path"
             )
         path = DATA_DIR / "templates" / TEMPLATE_FILES[name_or_path]
-    templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    templates = [line.strip() for line in read_text(path, "template file").splitlines()]
+    templates = [t for t in templates if t]
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise ValueError(f"templates without a '{{}}' placeholder in {path}: {bad[:3]}")

@@ -35,6 +35,7 @@ MODEL_FIELDS = (
     "sd_repo",
     "device",
     "dtype",
+    "sd_dtype",
     "seed",
 )
 

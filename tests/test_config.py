@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from cliper_lib.config import CLIPerConfig, ConfigError, list_presets
+from cliper_lib.config import CLIPerConfig, ConfigError, accepted, list_presets, parse_field
 
 PAPER_TABLE = {  # docs/method.md section 5, a few rows checked field by field
     "vit-b-16/voc21": dict(
@@ -72,12 +74,16 @@ def test_overrides_and_unknown_fields():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("refinement", "sfsb", "choose one of sfsa"),
-        ("attention_thr", 1.5, r"in \[0.0, 1.0\]"),
+        ("refinement", "sfsb", "refinement takes one of sfsa, mean"),
+        (
+            "attention_thr",
+            1.5,
+            r"attention_thr=1.5 is not accepted; attention_thr takes a number in \[0, 1\]$",
+        ),
         ("last_layer_attention", "qk", "fused"),
         ("normalization_rounds", "sometimes", "cumulative"),
         ("fuse_layers", [5, 2], "first <= last"),
-        ("sliding_crop_size", -1, "non-negative"),
+        ("sliding_crop_size", -1, "sliding_crop_size takes an integer >= 0"),
         ("sd_timestep_index", 50, "sd_num_steps"),
         ("profile", "fast", "paper, smoke"),
         ("device", "gpu0", "cuda:N"),
@@ -102,3 +108,20 @@ def test_yaml_round_trip():
 
     cfg = CLIPerConfig.from_preset("vit-l-14/ade20k")
     assert CLIPerConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(CLIPerConfig)])
+def test_every_field_is_parsed_from_its_declaration(field):
+    """A field needs only its declaration: its default, and that default as the command line
+    writes it, read back to the same value; what it accepts is said in words."""
+    default = getattr(CLIPerConfig(), field)
+    assert parse_field(field, default) == default
+    text = (
+        "none"
+        if default is None
+        else ",".join(map(str, default))
+        if isinstance(default, list)
+        else str(default)
+    )
+    assert parse_field(field, text) == default
+    assert accepted(field)

@@ -9,6 +9,8 @@ hypothesis'.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -17,6 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cliper_lib.suite.cli.commands as cli
+from cliper_lib.config import CLIPerConfig, parse_field
 from cliper_lib.method import fusion as elf
 from cliper_lib.method.clip_backbone import MAX_PATCH_TOKENS, resized_shape
 from cliper_lib.method.labels import class_scores, labels_from_maps, scaled_maps
@@ -183,3 +187,76 @@ def test_pipeline_on_any_small_image(tiny, text, height, width, size, fill, seed
         result.labels.shape == (height, width)
         and 0 <= int(result.labels.min()) <= int(result.labels.max()) <= 3
     )
+
+
+# --- the command line's --set: every config field, any text --------------------------------------
+#: texts shaped like what each kind of field takes (and near misses), beside arbitrary text
+SHAPED_TEXTS = st.sampled_from(
+    [
+        "true",
+        "No",
+        "off",
+        "1",
+        "none",
+        "null",
+        "",
+        " ",
+        "0",
+        "-1",
+        "7",
+        "0.5",
+        "1e-3",
+        "1e9",
+        "nan",
+        "inf",
+        "[1, 2]",
+        "2,9",
+        "[]",
+        "[a]",
+        "cumulative",
+        "auto",
+        "cpu",
+        "cuda:0",
+        "mps",
+        "float16",
+        "sfsa",
+        "dino-b8",
+        "nearest",
+        "up_blocks.3.attentions.1",
+        "'quoted'",
+    ]  # fmt: skip
+)
+FIELD_TEXTS = st.one_of(
+    SHAPED_TEXTS,
+    st.text(max_size=24),
+    st.integers(-(2**40), 2**40).map(str),
+    st.floats().map(repr),
+    st.lists(st.integers(-5, 300), max_size=3).map(str),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.sampled_from([f.name for f in dataclasses.fields(CLIPerConfig)]), text=FIELD_TEXTS)
+def test_any_set_text_is_accepted_and_round_trips_or_refused_in_one_line(
+    tmp_path, capsys, name, text
+):
+    """`cliper segment --set NAME=TEXT` on a missing image: the config is built first, so an
+    accepted value reaches the image check ("no image found"), a refused one is one line naming
+    the field; exit 2 either way, never a traceback. An accepted config survives the records it is
+    saved in (the evaluation's JSON, the export's YAML preset) unchanged."""
+    missing = str(tmp_path / "missing.png")
+    argv = ["segment", missing, "--out", str(tmp_path / "o"), "--set", f"{name}={text}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if "no image found" not in err:
+        assert err.startswith("cliper: ") and f"{name}=" in err, err  # names the field
+        return
+    cfg = cli.config_from_args(cli.build_parser().parse_args(argv))
+    assert getattr(cfg, name) == parse_field(name, text)
+    assert CLIPerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(cfg.to_yaml(), encoding="utf-8")
+    assert CLIPerConfig.from_preset(str(saved)) == cfg

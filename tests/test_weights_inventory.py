@@ -54,7 +54,8 @@ def test_paper_profile_offline_names_clip_and_sd_files_at_once(empty_offline_cac
     assert (
         "approximate" in message
         and str(empty_offline_cache) in message
-        and "--refinement none" in message
+        and "refinement='none' in the config" in message  # Python's words: no CLI flag
+        and "--refinement" not in message
     )
 
 

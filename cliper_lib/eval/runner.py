@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..config import PRESET_DIR, CLIPerConfig, ConfigError, parse_overrides
-from ..files import OutputPathError, check_output_file
+from ..config import (
+    PRESET_DIR,
+    CLIPerConfig,
+    ConfigError,
+    parse_field_overrides,
+    with_field_options,
+)
+from ..files import OutputPathError, TextDecodeError, atomic_write_text, check_output_file
 from ..vocab import read_class_file
 from ..weights.hub import WeightsMissingError
-from ..weights.models import CLIPer
+from ..weights.inventory import option_spelling, respelled
+from ..weights.models import CLIPer, check_before_loading
 from .batching import segment_batch
 from .benchmarks import BENCHMARK_ORDER, DATASETS, load_benchmark
 from .datasets import DatasetError, FolderDataset, Sample, class_file_path, class_names
@@ -35,7 +43,6 @@ from .records import (
     markdown_row,
     markdown_table,
     results_record,
-    write_results,
 )
 from .synthetic import SyntheticDataset
 
@@ -70,6 +77,7 @@ class _Job:
     dataset: Sequence[Sample]
     out: Path
     checkpoint: Path | None
+    written: Path | None = None  # where the results went: `out`, a fallback, or None (printed)
 
 
 def _run_key(cfg: CLIPerConfig, source: str, dataset: Sequence[Sample]) -> str:
@@ -120,9 +128,9 @@ def _build_dataset(cfg: CLIPerConfig, source: str, args: Options) -> Sequence[Sa
 def _plan(args: Options) -> list[_Job]:
     """Configs and data sets of every preset asked for; every data problem is raised here, before
     any model."""
-    overrides = parse_overrides(getattr(args, "overrides", None))
-    overrides.update(
-        {k: v for k, v in (("profile", args.profile), ("device", args.device)) if v is not None}
+    overrides = with_field_options(
+        parse_field_overrides(getattr(args, "overrides", None)),
+        {"profile": args.profile, "device": args.device},
     )
     if args.all:
         folder = PRESET_DIR / args.backbone
@@ -137,7 +145,7 @@ def _plan(args: Options) -> list[_Job]:
     problems: list[str] = []
     out_dir = Path(args.out) if (args.all and args.out) else Path("outputs/eval")
     for preset in presets:
-        cfg = CLIPerConfig.from_preset(preset, **overrides)
+        cfg = CLIPerConfig.from_preset_given(preset, overrides)
         source = args.dataset or cfg.dataset
         try:
             dataset = _build_dataset(cfg, source, args)
@@ -217,6 +225,7 @@ def _run_eval(
         CheckpointError,
         FileNotFoundError,
         OutputPathError,
+        TextDecodeError,
     ) as error:
         say(f"cliper eval: {error}", err=True)
         return 2
@@ -226,7 +235,13 @@ def _run_eval(
         try:
             rows.append(_run_job(job, args, factory, batch_size, rank, world_size, say))
         except _JobFailed as failed:
-            say(f"cliper eval: {failed.error}", err=True)
+            parser = getattr(args, "parser", None)  # the command line's: say its options
+            message = (
+                str(failed.error)
+                if parser is None
+                else respelled(failed.error, option_spelling(parser))
+            )
+            say(f"cliper eval: {message}", err=True)
             return failed.status
         # the job's model is gone with its frame: give its memory back before the next one
         gc.collect()
@@ -237,9 +252,14 @@ def _run_eval(
     if jobs and jobs[0].cfg.profile == "smoke":
         say("(profile smoke: tiny random models, so these numbers say nothing about the method)")
     say(markdown_table(rows).rstrip())
+    status = 0 if rank != 0 or all(job.written == job.out for job in jobs) else 1
     if args.table and rank == 0:
-        append_markdown_rows(args.table, rows)
-    return 0
+        try:
+            append_markdown_rows(args.table, rows)
+        except OSError as error:  # the rows are printed above: nothing is lost
+            say(f"cliper eval: cannot write --table {args.table}: {error.strerror or error}", True)
+            status = 1
+    return status
 
 
 def _prepare(args: Options, rank: int, world_size: int, local_rank: int) -> tuple[list[_Job], int]:
@@ -264,6 +284,8 @@ def _prepare(args: Options, rank: int, world_size: int, local_rank: int) -> tupl
                 for j in jobs
             ]
     _check_outputs(args, jobs, rank, world_size)
+    for job in jobs:  # the device, the class file, the cache: before the first model loads
+        check_before_loading(job.cfg)
     return jobs, batch_size
 
 
@@ -347,7 +369,8 @@ def _run_job(
     say(
         f"{cfg.preset}: mIoU {result.miou:.2f} (paper {format_percent(cfg.paper_miou)}), mAcc "
         f"{result.metrics['mAcc_pct']:.2f}, pAcc {result.metrics['pAcc_pct']:.2f} "
-        f"on {result.num_images} images, {result.seconds_per_image:.3f} s/image -> {job.out}"
+        f"on {result.num_images} images, {result.seconds_per_image:.3f} s/image -> "
+        f"{job.written or 'printed above'}"
     )
     return markdown_row(cfg.preset, result.miou, cfg.paper_miou)
 
@@ -367,6 +390,26 @@ def _announce(job: _Job, num_classes: int, world_size: int, say: Callable[..., N
         f"{cfg.preset}: {len(job.dataset)} samples of {job.source!r}, {num_classes} labels, "
         f"ignoring {list(cfg.ignore_labels)}, profile {cfg.profile}, {world_size} process(es)"
     )
+
+
+def keep_written(path: Path, text: str, say: Callable[..., None]) -> Path | None:
+    """Write `text` (a result) to `path`; when that fails (a full disk, a read-only folder) say so
+    naming the file, try a file in the temporary folder, and as a last resort print it, so a
+    finished result is never lost. Returns where it was written (None: printed only)."""
+    try:
+        return atomic_write_text(path, text)
+    except OSError as error:
+        say(f"cliper eval: cannot write {path}: {error.strerror or error}", err=True)
+    fallback = Path(tempfile.gettempdir()) / f"cliper-{os.getpid()}-{path.name}"
+    try:
+        atomic_write_text(fallback, text)
+    except OSError as error:
+        why = error.strerror or error
+        say(f"cliper eval: cannot write {fallback} either ({why}); the result follows", err=True)
+        say(text.rstrip())
+        return None
+    say(f"cliper eval: the result is in {fallback} instead", err=True)
+    return fallback
 
 
 def _save_results(
@@ -397,7 +440,7 @@ def _save_results(
             model=model,
             data_root=getattr(job.dataset, "root", None),
         )
-        write_results(job.out, record)
+        job.written = keep_written(job.out, json.dumps(record, indent=2) + "\n", say)
     if job.checkpoint is not None:
         # The results file is the record now; a stale checkpoint would only block the next run.
         with contextlib.suppress(OSError):

@@ -269,7 +269,7 @@ def check_architecture(
             f"{found['width']}, {found['layers']} blocks, patch {found['patch_size']}"
             f"{_named_like(found)}, but the config's backbone {backbone} has width "
             f"{expected['width']}, {expected['layers']} blocks, patch {expected['patch_size']}. "
-            "Set `backbone` to match the file (--set backbone=...) "
+            "Set the config field `backbone` to match the file "
             f"or use a checkpoint of {backbone}."
         )
 

@@ -12,7 +12,12 @@ from urllib.parse import urlparse
 
 class WeightsMissingError(RuntimeError):
     """Model weights are neither in the local cache nor downloadable; the message says how to get
-    them."""
+    them. `missing` (inventory.WeightFile rows, when known) lets the command line say it again in
+    its own options."""
+
+    def __init__(self, message: str, missing: list | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 def hub_cache_dir() -> Path:
@@ -56,8 +61,8 @@ def missing_weights_message(what: str, repo_id: str, files: str, fix: str) -> st
         f"  missing : {files} from the Hugging Face repo '{repo_id}'\n"
         f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)\n"
         f"  fix     : run `{fix}` on a machine with internet (then copy the cache here), "
-        "point the config at a local copy, or use the tiny random models with "
-        "`--profile smoke` / `PROFILE=smoke`."
+        "point the config at a local copy, or use the tiny random models (config field "
+        "profile: smoke)."
     )
 
 

@@ -8,8 +8,10 @@ connected machine is enough.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
 
@@ -150,9 +152,44 @@ def _size(mb: float | None) -> str:
     return f"~{mb / 1000:.1f} GB" if mb >= 1000 else f"~{mb:.0f} MB"
 
 
-def offline_report(missing: list[WeightFile]) -> str:
+#: the ways out of missing weights that are config changes: (what it does, {field: value}); where
+#: the message is shown decides how they are written (`Spelling`).
+CONFIG_WAYS_OUT = (
+    (
+        "local files (OpenAI's TorchScript files too)",
+        {"pretrained": "/path/to/clip.pt", "sd_repo": "/path/to/diffusers-folder"},
+    ),
+    ("CLIP only, without Stable Diffusion", {"refinement": "none"}),
+    ("the tiny random models (offline, noise labels)", {"profile": "smoke"}),
+)
+
+#: how one config change is written where a message is shown (None: it cannot be made there).
+Spelling = Callable[[str, str], "str | None"]
+
+
+def config_spelling(field: str, value: str) -> str:
+    """A config change in Python and in a notebook: the field and its value."""
+    return f"{field}={value!r} in the config"
+
+
+def option_spelling(parser: Any) -> Spelling:
+    """A config change as options of one command (an argparse parser): the field's own option
+    (--profile smoke), else --set field=value, else None where the command has neither."""
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+
+    def spell(field: str, value: str) -> str | None:
+        if field in actions:
+            return f"{actions[field].option_strings[0]} {value}"
+        if "overrides" in actions:
+            return f"{actions['overrides'].option_strings[0]} {field}={value}"
+        return None
+
+    return spell
+
+
+def offline_report(missing: list[WeightFile], spell: Spelling = config_spelling) -> str:
     """The one message listing every missing file, grouped by repository, with sizes and the ways
-    out."""
+    out, the config changes written by `spell` for where it is shown (default: Python)."""
     lines = [
         "model weights are missing from the local Hugging Face cache and cannot be downloaded here "
         "(offline or HF_HUB_OFFLINE=1). Missing, all at once:"
@@ -168,15 +205,25 @@ def offline_report(missing: list[WeightFile]) -> str:
         f"  total about {total / 1000:.1f} GB (sizes are approximate)",
         f"  looked in: {hub_cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another cache)",
         "  ways out:",
-        "    - on a machine with internet run `cliper download` with the same preset "
-        "(`--dtype float16` fetches the half-size SD files), then copy its Hugging Face cache "
-        'here (README: "Weights on an offline machine")',
-        "    - local files: --set pretrained=/path/to/clip.pt (OpenAI's TorchScript files too), "
-        "--set sd_repo=/path/to/diffusers-folder",
-        "    - CLIP only, without Stable Diffusion: --refinement none",
-        "    - the tiny random models (offline, noise labels): --profile smoke",
+        "    - on a machine with internet run `cliper download --preset NAME` (NAME: this "
+        "config's preset; `cliper download --preset NAME --dtype float16` fetches the half-size "
+        'SD files), then copy its Hugging Face cache here (README: "Weights on an offline '
+        'machine")',
     ]
+    for what, changes in CONFIG_WAYS_OUT:
+        spelled = [spell(field, value) for field, value in changes.items()]
+        if all(spelled):
+            lines.append(f"    - {what}: {', '.join(f'`{s}`' for s in spelled)}")
     return "\n".join(lines)
+
+
+def respelled(error: Exception, spell: Spelling) -> str:
+    """The message of `error` with its offline report (if it has one) written by `spell`: the
+    command line says its own options where the library said config fields."""
+    missing = getattr(error, "missing", None)
+    if not missing:
+        return str(error)
+    return str(error).replace(offline_report(missing), offline_report(missing, spell))
 
 
 def download_weights(
@@ -214,7 +261,8 @@ def download_weights(
             return [f"every file is already in {hub_cache_dir()}; nothing to download"]
         raise WeightsMissingError(
             "`cliper download` needs internet (the Hugging Face hub is unreachable from here, "
-            "or HF_HUB_OFFLINE=1).\n" + offline_report(missing)
+            "or HF_HUB_OFFLINE=1).\n" + offline_report(missing),
+            missing,
         )
     done = [
         f"CLIP {b} ({p}): {clip.fetch_clip_weights(b, p, allow_download=True)}" for b, p in pairs

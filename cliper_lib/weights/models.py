@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from ..config import CLIPerConfig, resolve_device
+from ..files import check_output_folder, default_cache_dir
 from ..method.pipeline import CLIPer as _MethodCLIPer
 from ..method.refinements import REFINEMENTS
 from ..method.sd_attention import SDSelfAttention
+from ..vocab import load_templates, read_class_file
 from .clip import load_clip
 from .hub import WeightsMissingError, hub_reachable
 from .inventory import missing_weight_files, offline_report
-from .sd import load_sd_extractor
+from .sd import load_sd_extractor, sd_dtype_of
 from .vfm import VFMLoader, vfms_used
+
+
+def check_before_loading(cfg: CLIPerConfig) -> None:
+    """What would otherwise fail only once the models are loaded, checked first: the device is on
+    this machine, the class file and the templates can be read, the suite's cache folder is
+    writable."""
+    resolve_device(cfg.device)
+    read_class_file(cfg.classes)
+    load_templates(cfg.templates)
+    check_output_folder(default_cache_dir(), "the cache folder (CLIPER_CACHE moves it)")
 
 
 class CLIPer(_MethodCLIPer):
@@ -31,11 +43,12 @@ class CLIPer(_MethodCLIPer):
         loaded now, so missing weights stop here; other VFMs load on first use (the explorer
         switching refinements).
         """
+        check_before_loading(cfg)
         # offline, name every missing file at once (CLIP and SD), not the first
         if cfg.profile == "paper":
             missing = missing_weight_files(cfg)
             if missing and not (allow_download and hub_reachable()):
-                raise WeightsMissingError(offline_report(missing))
+                raise WeightsMissingError(offline_report(missing), missing)
         device = resolve_device(cfg.device)
         clip = load_clip(cfg, device=device, allow_download=allow_download)
         sd = None
@@ -53,6 +66,12 @@ class CLIPer(_MethodCLIPer):
         if REFINEMENTS[cfg.refinement].part == "sd":
             if self.sd is None:
                 raise ValueError(f"refinement {cfg.refinement!r} needs SD, which this CLIPer lacks")
+            loaded = next(self.sd.components.unet.parameters()).dtype
+            if sd_dtype_of(cfg) != loaded:  # the SD networks are cast once, when loaded
+                raise ValueError(
+                    f"this CLIPer's SD runs in {loaded}, the config asks for {sd_dtype_of(cfg)}: "
+                    "build another with CLIPer.from_config"
+                )
             # an extractor of its own: it reads its config where a caller passes none
             sd = SDSelfAttention(self.sd.components, cfg)
         for name in vfms_used(cfg):

@@ -15,7 +15,9 @@ from ...config import (
     PROFILES,
     REFINEMENTS,
     VFM_MODELS,
+    accepted,
 )
+from ...vocab import CLASS_SEPARATORS
 
 DEFAULT_PRESET = "vit-b-16/voc21"
 
@@ -27,7 +29,9 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
         dest="overrides",
         action="append",
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set attention_thr=0.2 (repeatable)",
+        help="override any config field, e.g. --set attention_thr=0.2 (repeatable); each value "
+        "is read by its field's type: numbers, true/false (yes/no, on/off, 1/0), lists as [2, 9] "
+        "or 2,9, none; a wrong value is refused with what the field accepts",
     )
 
 
@@ -45,24 +49,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--refinement", choices=REFINEMENTS, default=None)
     parser.add_argument("--last-layer-attention", choices=LAST_LAYER_ATTENTIONS, default=None)
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default=None, help=accepted("device"))
     parser.add_argument("--dtype", choices=DTYPES, default=None)
     add_set_argument(parser)
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     """`cliper segment`: images, classes, background words, output folder, and the model."""
-    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument(
-        "--classes", help='class names separated by ";" (default: a sample\'s suggested classes)'
+        "images",
+        nargs="+",
+        help="image files, folders or glob patterns (an existing path is always that file, "
+        "whatever its name; a pattern expands only when no such path exists)",
+    )
+    parser.add_argument(
+        "--classes",
+        help=f"class names separated by {CLASS_SEPARATORS} (default: a sample's suggested classes)",
     )
     parser.add_argument(
         "--background",
-        help="background words that compete in the softmax but are never labels, "
-        "';'-separated like --classes, or 'auto' (default: the preset's "
-        "vocabulary minus your classes)",
+        help="background words that compete in the softmax but are never labels, separated "
+        "like --classes, or 'auto' (default: the preset's vocabulary minus your classes)",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (never read as input; a rerun keeps images already done with the "
+        "same settings)",
+    )
     parser.add_argument("--quiet", action="store_true")
     add_model_arguments(parser)
 
@@ -86,7 +100,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="paper: real weights (preset default); smoke: tiny random models, works offline",
     )
     parser.add_argument(
-        "--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: per LOCAL_RANK)"
+        "--device", default=None, help=f"{accepted('device')} (under torchrun: per LOCAL_RANK)"
     )
     add_set_argument(parser)
     add_eval_data_arguments(parser)
@@ -235,25 +249,50 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="paper: real weights (default); smoke: tiny random",
     )
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--refinement",
+        choices=REFINEMENTS,
+        default=None,
+        help="none: CLIP only, no Stable Diffusion to load",
+    )
+    parser.add_argument("--device", default=None, help=accepted("device"))
     parser.add_argument("--dtype", choices=DTYPES, default=None)
+    add_set_argument(parser)
     parser.add_argument(
         "--classes",
         default=None,
-        help="';'-separated (default: the first image's suggested classes)",
+        help="separated by ';', ',' or new lines (default: the first image's suggested classes)",
     )
     parser.add_argument(
         "--background",
         default=None,
-        help="';'-separated words or auto (default: preset's minus classes)",
+        help="words separated by ';' or ',', or auto (default: preset's minus classes)",
     )
-    parser.add_argument("--out", default="outputs/app", help="folder the export button writes to")
+    parser.add_argument(
+        "--out", default="outputs/app", help="folder the export button writes to (one per export)"
+    )
     add_server_arguments(parser)
+
+
+def port_number(text: str) -> int:
+    """--port: an integer in 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range (1-65535)")
+    return port
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """`cliper app`'s server: --port, --host, --cull-idle-after, --no-browser."""
-    parser.add_argument("--port", type=int, default=None, help="default: a free port")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help="1-65535; in use: the app says so and stops (default: a free port)",
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -262,10 +301,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cull-idle-after",
         type=int,
-        default=600,
+        default=60,
         metavar="SECONDS",
-        help="shut down a visit's kernel (and free its models) after this long idle with no page "
-        "open",
+        help="forget a visit (its photos and results) this long after its page went away without "
+        "closing; a closed tab is forgotten at once",
     )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
 

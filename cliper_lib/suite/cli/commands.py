@@ -8,15 +8,27 @@ stays fast; the options are in `arguments`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ...config import CLIPerConfig, ConfigError, list_presets, parse_overrides
+from ...config import (
+    CLIPerConfig,
+    ConfigError,
+    device_problem,
+    list_presets,
+    parse_field_overrides,
+    parse_overrides,
+    with_field_options,
+)
 from ...heap import request_huge_pages
 from ...weights.hub import WeightsMissingError
 from ..explorer.app.server import app_settings, serve
 from ..runs.papermill import run_reproduce
+from ..runs.plans import PlanError, load_plan, select_runs
 from ..toolkit.samples import SAMPLES_DIR, suggested_classes_by_image
 from .arguments import (
     add_app_arguments,
@@ -28,14 +40,16 @@ from .arguments import (
     add_segment_arguments,
 )
 
+#: the options that set one config field each (an option's dest is its field's name).
+FIELD_OPTIONS = ("profile", "refinement", "last_layer_attention", "device", "dtype")
+
 
 def config_from_args(args: argparse.Namespace) -> CLIPerConfig:
-    overrides = parse_overrides(getattr(args, "overrides", None))
-    for name in ("profile", "refinement", "last_layer_attention", "device", "dtype"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    return CLIPerConfig.from_preset(args.preset, **overrides)
+    """The config of --preset, --set and the field options (one field given twice with different
+    values is refused)."""
+    overrides = parse_field_overrides(getattr(args, "overrides", None))
+    options = {name: getattr(args, name, None) for name in FIELD_OPTIONS}
+    return CLIPerConfig.from_preset_given(args.preset, with_field_options(overrides, options))
 
 
 def build_model(cfg: CLIPerConfig):
@@ -48,13 +62,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..runs.batch import expand_images, report_failures, run_batch  # torch, matplotlib
 
     cfg = config_from_args(args)
-    images = expand_images(args.images)
+    images = expand_images(args.images, out=Path(args.out))
     result = run_batch(
         cfg, images, args.classes, args.background, Path(args.out), build_model, not args.quiet
     )
     for record in result.records:
         print(f"{record['image']}: {', '.join(record['present']) or 'nothing found'}")
-    print(f"wrote {len(result.written)} files for {len(result.records)} image(s) to {args.out}")
+    done = len(result.records) - len(result.kept)
+    print(f"wrote {len(result.written)} files for {done} image(s) to {args.out}")
+    if result.kept:
+        kept = len(result.kept)
+        print(f"kept the outputs of {kept} image(s) an earlier run did with the same settings")
     return report_failures(result, len(images))
 
 
@@ -96,12 +114,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    from ...weights.models import check_before_loading  # torch
     from ..runs.batch import expand_images  # torch, matplotlib
 
-    # fail early, before the server starts
-    CLIPerConfig.from_preset(
-        args.preset, profile=args.profile, device=args.device, dtype=args.dtype
-    )
+    # fail early, before the server starts: the config, the device, the class file, the cache
+    check_before_loading(config_from_args(args))
     images = expand_images(args.images) if args.images else []
     settings = app_settings(
         args.preset,
@@ -112,6 +129,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         args.classes,
         args.background,
         args.out,
+        refinement=getattr(args, "refinement", None),
+        overrides=parse_field_overrides(getattr(args, "overrides", None)),
     )
     serve(settings, args.port, not args.no_browser, args.host, args.cull_idle_after)
     return 0
@@ -123,7 +142,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def plan_device_problem(args: argparse.Namespace) -> str | None:
+    """A device the plan's notebooks would ask for and this machine lacks, said before any kernel
+    starts and in `reproduce`'s own terms (it has --set, no --device); None when fine, or when the
+    plan itself is wrong (run_reproduce says that)."""
+    try:
+        plan = load_plan(args.plan)
+        overrides = parse_overrides(args.overrides)
+        runs = select_runs(plan, args.only)
+    except (PlanError, ConfigError):
+        return None
+    for run in runs:
+        device = overrides.get("device", run.parameters.get("device", plan.defaults.get("device")))
+        if isinstance(device, str) and device != "auto":
+            try:
+                problem = device_problem(device)
+            except ConfigError as error:
+                problem = str(error)
+            if problem:
+                return f"plan {plan.name!r}: {problem}; run it with --set device=cpu (or auto)"
+    return None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    problem = plan_device_problem(args)
+    if problem is not None:
+        print(f"reproduce: {problem}", file=sys.stderr)
+        return 2
     return run_reproduce(args)
 
 
@@ -152,7 +197,7 @@ COMMANDS = {
     ),
     "presets": ("list the bundled presets", None, cmd_presets),
     "app": (
-        "the explorer as a web app (Voila): upload, classes, sliders, export",
+        "the explorer as a web app (Solara): upload, classes, sliders, export",
         add_app_arguments,
         cmd_app,
     ),
@@ -166,9 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_line)
         if add_arguments is not None:
             add_arguments(command)
-        command.set_defaults(func=run)
+        command.set_defaults(func=run, parser=command)  # parser: messages name its options
     add_debug_argument(parser, sub.choices.values())
     return parser
+
+
+#: the signals that stop a command the way Ctrl-C (SIGINT) does.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def stops_as_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise KeyboardInterrupt (naming the signal) as
+    Ctrl-C does, so a stop keeps finished outputs and removes partial ones; the previous handlers
+    come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {
+        name: signal.signal(getattr(signal, name), stop)
+        for name in STOP_SIGNALS
+        if hasattr(signal, name)  # Windows has no SIGHUP
+    }
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,16 +251,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     request_huge_pages()  # before any large tensor: PyTorch reads the setting at its first one
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with stops_as_interrupts():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as stop:
         if args.debug:
             raise
-        print("cliper: interrupted", file=sys.stderr)
-        return 130
+        name = stop.args[0] if stop.args and stop.args[0] in STOP_SIGNALS else "SIGINT"
+        print(f"cliper: interrupted ({name})", file=sys.stderr)
+        return 128 + signal.Signals[name].value
     except (WeightsMissingError, ConfigError, FileNotFoundError, ValueError) as error:
         if args.debug:
             raise
-        print(f"cliper: {error}", file=sys.stderr)  # one clear line, no traceback
+        from ...weights.inventory import option_spelling, respelled  # torch: only on this path
+
+        message = respelled(error, option_spelling(args.parser))  # this command's own options
+        print(f"cliper: {message}", file=sys.stderr)  # one clear line, no traceback
         return 2
     except Exception as error:  # noqa: BLE001 - the last line of defence of a command-line tool
         if args.debug:

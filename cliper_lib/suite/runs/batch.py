@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -24,12 +25,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...config import CLIPerConfig, resolve_device
+from ...config import CLIPerConfig
 from ...files import atomic_group, check_output_folder
 from ...images import IMAGE_READ_ERRORS, IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 from ...method.clip_backbone import resized_shape
 from ...vocab import parse_class_names
 from ...weights.clip import TINY_CLIP_CONFIG
+from ...weights.models import check_before_loading
 from ..toolkit.background import resolve_vocabulary
 from ..toolkit.outputs import OUTPUT_SUFFIXES, write_segmentation_files
 from ..toolkit.samples import suggested_classes_by_image
@@ -49,38 +51,78 @@ class BatchResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # one per image written
     failures: list[tuple[Path, str]] = field(default_factory=list)  # (image, why) per image skipped
     written: list[Path] = field(default_factory=list)  # every output file, in order
+    kept: list[Path] = field(default_factory=list)  # images an earlier run did with these settings
 
 
-def expand_images(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> sorted unique image paths; a miss is an
-    error.
+def _inside(path: Path, folder: Path | None) -> bool:
+    """Whether `path` lies in `folder` (the output folder), however either is spelled."""
+    return folder is not None and path.resolve().parent == folder.resolve()
 
-    Folders, patterns and explicit paths accept the same image types (IMAGE_SUFFIXES).
-    """
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = [p for p in sorted(path.iterdir()) if is_image_file(p)]
-        elif any(ch in pattern for ch in "*?["):
-            matches = [Path(p) for p in sorted(glob.glob(pattern)) if is_image_file(p)]
-        elif path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+
+def _matches(pattern: str, out: Path | None) -> list[Path]:
+    """The images one argument names: an existing path is that file or folder, whatever characters
+    its name holds ([ ] are not a pattern there); a glob pattern expands only when no such path
+    exists."""
+    path = Path(pattern)
+    if path.is_dir():
+        if out is not None and path.resolve() == out.resolve():
+            raise ValueError(
+                f"{pattern} is the output folder (--out): its outputs would become the next "
+                "run's inputs; give another --out"
+            )
+        return [p for p in sorted(path.iterdir()) if is_image_file(p)]
+    if path.exists():
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(
                 f"{pattern}: not an image type cliper reads ({' '.join(IMAGE_SUFFIXES)})"
             )
-        else:
-            matches = [path] if path.is_file() else []
+        if _inside(path, out):
+            raise ValueError(f"{pattern} is in the output folder (--out); outputs are not inputs")
+        return [path]
+    if glob.has_magic(pattern):
+        # the output folder's files (earlier results) never match
+        found = [Path(p) for p in sorted(glob.glob(pattern)) if is_image_file(p)]
+        return [p for p in found if not _inside(p, out)]
+    raise FileNotFoundError(f"no image found for {pattern!r}: no such file or folder")
+
+
+def expand_images(patterns: Sequence[str], out: Path | None = None) -> list[Path]:
+    """Files, folders (their images) and glob patterns -> image paths, in the order given; a miss
+    is an error. The same file named twice (another spelling, a link) runs once; nothing in the
+    output folder `out` is an input.
+
+    Folders, patterns and explicit paths accept the same image types (IMAGE_SUFFIXES).
+    """
+    found: dict[tuple[int, int], Path] = {}
+    for pattern in patterns:
+        matches = _matches(pattern, out)
         if not matches:
             raise FileNotFoundError(f"no image found for {pattern!r}")
-        found.extend(matches)
-    return list(dict.fromkeys(found))
+        for path in matches:
+            stat = path.stat()
+            found.setdefault((stat.st_dev, stat.st_ino), path)
+    return list(found.values())
+
+
+#: the most bytes of an output stem: the temporary names beside the outputs (about twice the name
+#: plus 46 bytes) stay under the 255 bytes most file systems allow for a name.
+MAX_STEM_BYTES = 160
+
+
+def _fitting(stem: str, path: Path) -> str:
+    """`stem`, or where it is too long a name for the file system, its start and a hash."""
+    if len(stem.encode()) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:8]
+    start = stem.encode()[: MAX_STEM_BYTES - 9].decode(errors="ignore")
+    return f"{start}_{digest}"
 
 
 def output_stems(images: Sequence[Path]) -> dict[Path, str]:
     """A unique, stable name stem per image: its file stem; where stems collide (ignoring case, as
     some file systems do) the suffix is added (photo_jpg, photo_png); where that still collides (the
-    same name in several folders) 8 hex digits of the path's hash are added too. Depends only on the
-    set of paths."""
+    same name in several folders) 8 hex digits of the path's hash are added too. A stem too long
+    for a file name is cut and given the hash. Depends only on the set of paths."""
 
     def clashing(stems: dict[Path, str]) -> set[Path]:
         counts: dict[str, int] = {}
@@ -88,9 +130,9 @@ def output_stems(images: Sequence[Path]) -> dict[Path, str]:
             counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
         return {p for p, stem in stems.items() if counts[stem.casefold()] > 1}
 
-    stems = {p: p.stem for p in images}
+    stems = {p: _fitting(p.stem, p) for p in images}
     for p in clashing(stems):
-        stems[p] = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        stems[p] = _fitting(f"{p.stem}_{p.suffix.lstrip('.').lower()}", p)
     for p in clashing(stems):
         stems[p] = f"{stems[p]}_{hashlib.sha1(str(p.absolute()).encode()).hexdigest()[:8]}"
     return stems
@@ -135,8 +177,8 @@ def plan_batch(
     skipped).
     """
     check_output_folder(out, "--out")
-    # --device cuda without a GPU: said now, not after the images are read
-    resolve_device(cfg.device)
+    # a device this machine lacks, a class file that is not UTF-8: said now, not after the load
+    check_before_loading(cfg)
     if classes is not None:
         parse_class_names(classes)
     else:
@@ -160,6 +202,27 @@ def plan_batch(
     return good, failures
 
 
+def run_key(cfg: CLIPerConfig, path: Path, names_text: str | None, background: str | None) -> str:
+    """What decides an image's outputs: its bytes, the classes, the background words and every
+    config field but the device; a rerun keeps the outputs whose key is the same."""
+    values = {k: v for k, v in cfg.to_dict().items() if k != "device"}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    text = json.dumps([values, digest, names_text, background], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_record(finals: Sequence[Path], key: str) -> dict[str, Any] | None:
+    """The scores record of an earlier run that wrote all of `finals` with the same run key, else
+    None."""
+    if not all(p.is_file() for p in finals):
+        return None
+    try:
+        record = json.loads(finals[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("run_key") == key else None
+
+
 def segment_images(
     model,
     images: Sequence[Path],
@@ -173,7 +236,8 @@ def segment_images(
     """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to
     `out` (stems from `output_stems`), each image's three together or not at all. An image that
     cannot be read or segmented is reported through `say` and skipped; a full disk raises
-    BatchStopped."""
+    BatchStopped. Outputs an earlier run wrote with the same settings are kept, not redone; a stop
+    (Ctrl-C, SIGTERM) keeps every finished image and says so."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     result = result if result is not None else BatchResult()
     suggestions = suggested_classes_by_image()
@@ -184,6 +248,13 @@ def segment_images(
     try:
         for path in tqdm(images, desc="segment", unit="image", disable=not progress):
             names_text = classes or suggestions.get(path.name)
+            finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            key = run_key(model.cfg, path, names_text, background)
+            earlier = finished_record(finals, key)
+            if earlier is not None:
+                result.kept.append(path)
+                result.records.append(earlier)
+                continue
             try:
                 image, text, segmented = segment_one(
                     model, path, names_text, background, text_cache, say
@@ -192,11 +263,18 @@ def segment_images(
                 say(f"cliper: skipping {path}: {error}")
                 result.failures.append((path, str(error)))
                 continue
-            record = image_record(model, path, text, segmented)
-            finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            record = {**image_record(model, path, text, segmented), "run_key": key}
             write_image_files(model, path, out, finals, image, text, segmented, record, result)
             result.written.extend(finals)
             result.records.append(record)
+    except KeyboardInterrupt:
+        done = len(result.records)
+        say(
+            f"cliper: stopped after {done} of {len(images)} image(s); "
+            + (f"their outputs are complete in {out}; " if done else "")
+            + "run the same command again to do the rest (finished images are kept)"
+        )
+        raise
     finally:
         for folder in missing:  # a run that wrote nothing leaves no empty folders behind
             if folder.is_dir() and not any(folder.iterdir()):

@@ -3,6 +3,7 @@ r"""Per-image cost of the refinement: a DINO/DINOv2 refinement next to SD's (a s
     python benchmarks/bench_vfm.py                     # dino-b8 and SD sfsa, CPU, 480x640
     python benchmarks/bench_vfm.py --vfm dino-b8 dinov2-b14 --no-sd --device cuda \
         --out results/vfm.json
+    python benchmarks/bench_vfm.py --no-sd --authors   # the VFM input as the authors' code makes it
 
 For each refinement, the stages that belong to it on one image: the affinity source (SD: VAE
 encoding plus one UNet step with the self-attention captured, stages `sd_latents` and `sd_attention`
@@ -12,7 +13,9 @@ them. Full-size architectures with random weights (built from configs: SD-2.1-ba
 DINOv2-S/B/L/g), so the cost is real and the output is not; nothing is downloaded. Median of
 --repeats after one warm-up; the affinity stage's output size and, on CUDA, the peak memory of the
 stages are reported too. The VFMs run before SD so that the process's peak RSS after each is
-meaningful.
+meaningful. --authors sizes the VFM input and resizes its position embeddings as the authors' code
+does (vfm_grid_rounding=floor, vfm_position_resize=scale-factor: the presets' setting) instead of
+the config defaults; the floor grid has up to one row and column of tokens fewer.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
+    parser.add_argument(
+        "--authors",
+        action="store_true",
+        help="VFM input as the authors' code makes it (floor grid, scale-factor positions)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -97,7 +105,7 @@ def main() -> None:
     from cliper_lib.heap import request_huge_pages
     from cliper_lib.method.pipeline import Schedule
     from cliper_lib.method.refine import refine_sfsa
-    from cliper_lib.vfm import refine_with_features, refinement_features
+    from cliper_lib.vfm import VFMInput, refine_with_features, refinement_features
     from cliper_lib.weights.vfm import build_random_vfm
 
     request_huge_pages()  # before any large tensor, as the command line does (cliper_lib/heap.py)
@@ -114,6 +122,7 @@ def main() -> None:
         else f"cpu ({torch.get_num_threads()} threads)"
     )
     results: dict[str, dict] = {}
+    how = VFMInput("floor", "scale-factor") if args.authors else VFMInput()
 
     for vfm_name in args.vfm:
         encoder = build_random_vfm(vfm_name, seed=0, full_size=True, device=device, dtype=dtype)
@@ -121,7 +130,7 @@ def main() -> None:
         state: dict[str, torch.Tensor] = {}
 
         def vfm_stage(encoder=encoder, state=state) -> torch.Tensor:  # (fh, fw, D), kept for refine
-            state["features"] = refinement_features(encoder, image)
+            state["features"] = refinement_features(encoder, image, how)
             return state["features"]
 
         stages = {
@@ -160,7 +169,7 @@ def main() -> None:
 
     print(
         f"refinement cost per image: {h}x{w} image, coarse {gh}x{gw}, {args.classes} classes, "
-        f"{args.dtype} on {name}, median of {args.repeats}"
+        f"{args.dtype} on {name}, median of {args.repeats}, VFM input {how}"
     )
     for key, r in results.items():
         stages = "  ".join(f"{s} {t * 1000:8.1f} ms" for s, t in r["median_s"].items())

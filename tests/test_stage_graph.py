@@ -77,10 +77,10 @@ ALTERNATIVES = {
     "paper_miou": 12.5,
     "paper_miou_no_fgc": 10.0,
     "proxy_model": "dino-s16",
-    "proxy_double_normalization": True,
-    "proxy_half_precision": True,
-    "vfm_grid_rounding": "floor",
-    "vfm_position_resize": "scale-factor",
+    "proxy_double_normalization": False,
+    "proxy_half_precision": False,
+    "vfm_grid_rounding": "nearest",
+    "vfm_position_resize": "to-grid",
 }
 #: fields that matter only with the ProxyCLIP-style last layer: their base is BASE with
 #: last_layer_attention=proxy.

@@ -1,6 +1,6 @@
 """The VFM alternatives (ProxyCLIP-style last layer, DINO/DINOv2 refinement): each formula against a
 naive computation, both through `segment` on the smoke profile, the double-normalisation flag, the
-weights paths."""
+weights paths. The settings that run a VFM as the authors' code does: tests/test_vfm_authors.py."""
 
 from __future__ import annotations
 
@@ -78,11 +78,12 @@ def random_features(*shape: int, seed: int = 0) -> torch.Tensor:
 
 # --- the formulas ---------------------------------------------------------------------------------
 def test_proxy_attention_matches_a_naive_computation():
-    features = random_features(2, 12, 5)
-    attention = proxy_attention(features)
+    features = random_features(2, 3, 4, 5)  # (B, fh, fw, D), already on CLIP's 3 x 4 grid
+    attention = proxy_attention(features, (3, 4))
     assert attention.shape == (2, 1, 13, 13)
     for b in range(2):
-        torch.testing.assert_close(attention[b, 0], naive_proxy(features[b]), atol=1e-6, rtol=1e-5)
+        expected = naive_proxy(features[b].reshape(12, 5))
+        torch.testing.assert_close(attention[b, 0], expected, atol=1e-6, rtol=1e-5)
     # patch rows are distributions
     assert torch.allclose(attention[:, 0, 1:].sum(-1), torch.ones(2, 12))
     assert (attention[:, 0, 1:, 1:] == 0).any()  # the cut at the mean dropped some pairs
@@ -130,6 +131,18 @@ def image() -> np.ndarray:
     return SyntheticDataset(num_images=1, classes=3, size=(72, 104), seed=4)[0].image
 
 
+#: how a VFM is run by default (the presets run it as the authors do: tests/test_vfm_authors.py).
+VFM_DEFAULTS = {
+    name: getattr(CLIPerConfig(), name)
+    for name in (
+        "proxy_double_normalization",
+        "proxy_half_precision",
+        "vfm_grid_rounding",
+        "vfm_position_resize",
+    )
+}
+
+
 def smoke_config(**overrides) -> CLIPerConfig:
     return CLIPerConfig.from_preset(
         "vit-b-16/voc21",
@@ -138,7 +151,7 @@ def smoke_config(**overrides) -> CLIPerConfig:
         size=160,
         score_threshold=0.0,
         bkg_thre=0.1,
-        **overrides,
+        **{**VFM_DEFAULTS, **overrides},
     )
 
 
@@ -222,9 +235,9 @@ class RecordingEncoder:
     def __getattr__(self, name):
         return getattr(self.encoder, name)
 
-    def patch_features(self, pixels):
+    def patch_features(self, pixels, *args):
         self.seen.append(pixels.clone())
-        return self.encoder.patch_features(pixels)
+        return self.encoder.patch_features(pixels, *args)
 
 
 def test_double_normalisation_changes_only_the_vfm_input(proxy_model, image):
@@ -268,7 +281,13 @@ def test_config_validates_the_new_fields():
     with pytest.raises(ConfigError, match="proxy_model"):
         CLIPerConfig(proxy_model="dino-b32")
     with pytest.raises(ConfigError, match="proxy_double_normalization"):
-        CLIPerConfig(proxy_double_normalization="yes")
+        CLIPerConfig(proxy_double_normalization="maybe")
+    with pytest.raises(ConfigError, match="proxy_half_precision"):
+        CLIPerConfig(proxy_half_precision="maybe")
+    with pytest.raises(ConfigError, match="vfm_grid_rounding"):
+        CLIPerConfig(vfm_grid_rounding="ceil")
+    with pytest.raises(ConfigError, match="vfm_position_resize"):
+        CLIPerConfig(vfm_position_resize="bilinear")
     assert set(VFM_MODELS) <= set(REFINEMENTS) and "proxy" in LAST_LAYER_ATTENTIONS
     assert (
         CLIPerConfig(refinement="dinov2-g14", last_layer_attention="proxy").proxy_model == "dino-b8"

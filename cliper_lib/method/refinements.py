@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import VFM_MODELS
-from ..vfm import encoder_of, refine_with_features, refinement_features
+from ..vfm import VFMInput, encoder_of, refine_with_features, refinement_features
 from .refine import HeadChain, refine_mean, refine_selection, refine_sfsa
 
 #: fields of the SD extraction a streamed refinement reads (it runs the UNet pass itself).
@@ -161,9 +161,9 @@ register(
 # --- vision foundation models (the alternative the paper argues against) --------------------------
 def vfm_batch(model: Any, cfg: Any, images: Sequence[np.ndarray], coarse: Sequence[torch.Tensor]):
     """A VFM refinement of B images: one VFM pass per image (each at its own size)."""
-    encoder = encoder_of(model.vfm, cfg.refinement)
+    encoder, how = encoder_of(model.vfm, cfg.refinement), VFMInput.of(cfg)
     return [
-        refine_with_features(c.float(), refinement_features(encoder, image))
+        refine_with_features(c.float(), refinement_features(encoder, image, how))
         for image, c in zip(images, coarse, strict=True)
     ]
 

@@ -17,12 +17,6 @@ REFINE_MEAN_WEIGHT = 1.2
 REFINE_SCALE = 3.0
 
 
-def cosine_similarity(features: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every pair of tokens: (..., T, D) -> (..., T, T), in float32."""
-    unit = F.normalize(features.float(), dim=-1)
-    return unit @ unit.transpose(-2, -1)
-
-
 def _softmax_of_nonnegative(logits: torch.Tensor, first_row: int = 0) -> torch.Tensor:
     """Softmax over keys of the logits >= 0 (the rest count as -inf): (R, T) or (B, R, T), rows
     first_row....
@@ -41,20 +35,42 @@ def _softmax_of_nonnegative(logits: torch.Tensor, first_row: int = 0) -> torch.T
     return logits.masked_fill(masked, float("-inf")).softmax(dim=-1)
 
 
-def proxy_attention(features: torch.Tensor) -> torch.Tensor:
-    """ProxyCLIP-style attention from VFM features on CLIP's grid: (B, T, D) -> (B, 1, N, N),
-    N = 1 + T.
+def fp16_stored(values: torch.Tensor) -> torch.Tensor:
+    """`values` rounded to float16 and held in float32: what a float16 operation on a GPU keeps of
+    the float32 result it computes."""
+    return values.half().float()
 
-    S = cos(features); S - mean(S) (one mean per image over all pairs); entries below 0 dropped;
-    softmax over keys. The CLS row and column stay zero: the attention mixes patch tokens only.
+
+def _as_computed(values: torch.Tensor) -> torch.Tensor:
+    return values
+
+
+def proxy_attention(
+    features: torch.Tensor, grid: tuple[int, int], half_precision: bool = False
+) -> torch.Tensor:
+    """ProxyCLIP-style attention on CLIP's (h, w) grid from VFM features (B, fh, fw, D):
+    (B, 1, N, N), N = 1 + h·w.
+
+    The features are resized bilinearly to the grid; S = cos(features); S - mean(S) (one mean per
+    image over all pairs); entries below 0 dropped; softmax over keys. The CLS row and column stay
+    zero: the attention mixes patch tokens only. `half_precision`: every step's result stored in
+    float16, as the authors' code computes it after `.half()` on the features (`fp16_stored`),
+    which moves entries near the cut across it.
     """
-    if features.ndim != 3:
-        raise ValueError(f"features must have shape (B, T, D), got {tuple(features.shape)}")
-    similarity = cosine_similarity(features)  # (B, T, T)
-    centred = similarity - similarity.mean(dim=(-2, -1), keepdim=True)
+    if features.ndim != 4:
+        raise ValueError(f"features must have shape (B, fh, fw, D), got {tuple(features.shape)}")
+    store = fp16_stored if half_precision else _as_computed
+    on_grid = F.interpolate(
+        store(features.float()).permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False
+    )
+    tokens = store(on_grid).flatten(2).transpose(1, 2)  # (B, T, D)
+    # F.normalize's arithmetic, with its norm stored as a float16 tensor would be
+    unit = store(tokens / store(tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)))
+    similarity = store(unit @ unit.transpose(-2, -1))  # (B, T, T)
+    centred = store(similarity - store(similarity.mean(dim=(-2, -1), keepdim=True)))
     b, t = similarity.shape[:2]
     attention = similarity.new_zeros(b, 1, t + 1, t + 1)
-    attention[:, 0, 1:, 1:] = _softmax_of_nonnegative(centred)
+    attention[:, 0, 1:, 1:] = store(_softmax_of_nonnegative(centred))
     return attention
 
 

@@ -1,6 +1,6 @@
-"""Running a VFM on images: its input (resize to patch multiples, its normalisation), its last-layer
-patch tokens, and the two stage computations built on them (ProxyCLIP-style attention for CLIP's
-grid; refinement features).
+"""Running a VFM on images: its input (resize to patch multiples, its normalisation, its position
+embeddings' resize: `VFMInput`), its last-layer patch tokens, and the two stage computations built
+on them (ProxyCLIP-style attention for CLIP's grid; refinement features).
 
 The model is any module called as `model(pixel_values=..., **forward_kwargs)` that returns
 `last_hidden_state` (B, prefix + fh·fw, D) after its final norm: transformers' ViTModel (DINO) and
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..images import rgb_array
 from .affinity import proxy_attention
+from .positions import positions_resized
 
 #: the normalisation DINO and DINOv2 were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,17 +41,20 @@ class VFMEncoder:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @torch.no_grad()
-    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def patch_features(
+        self, pixels: torch.Tensor, position_resize: str = "to-grid"
+    ) -> torch.Tensor:
         """Last-layer patch tokens of normalised pixels (B, 3, H, W), H and W multiples of the
-        patch: (B, fh, fw, D)."""
+        patch: (B, fh, fw, D). `position_resize`: see `positions.POSITION_RESIZES`."""
         b, _, height, width = pixels.shape
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"VFM input {height}x{width} is not a multiple of the patch size {p}")
         weight = next(self.model.parameters())
-        hidden = self.model(
-            pixel_values=pixels.to(weight.device, weight.dtype), **self.forward_kwargs
-        )
+        with positions_resized(self.model, position_resize, p):
+            hidden = self.model(
+                pixel_values=pixels.to(weight.device, weight.dtype), **self.forward_kwargs
+            )
         tokens = hidden.last_hidden_state[:, self.num_prefix_tokens :]  # (B, fh*fw, D)
         return tokens.reshape(b, height // p, width // p, -1).float()
 
@@ -66,21 +70,54 @@ def encoder_of(encoders: Callable[[str], VFMEncoder] | None, name: str) -> VFMEn
     return encoders(name)
 
 
-def patch_multiple(size: int, patch: int) -> int:
-    """`size` rounded to the nearest multiple of `patch` (at least one patch)."""
-    return max(int(size / patch + 0.5), 1) * patch
+@dataclass(frozen=True)
+class VFMInput:
+    """How an image reaches a VFM: its sides' rounding to patch multiples (`GRID_ROUNDINGS`) and the
+    resize of the position embeddings (`positions.POSITION_RESIZES`)."""
+
+    grid_rounding: str = "nearest"
+    position_resize: str = "to-grid"
+
+    @classmethod
+    def of(cls, cfg: Any) -> VFMInput:
+        """The config's choice (fields vfm_grid_rounding, vfm_position_resize)."""
+        return cls(cfg.vfm_grid_rounding, cfg.vfm_position_resize)
 
 
-def vfm_pixels(images: torch.Tensor, encoder: VFMEncoder) -> torch.Tensor:
-    """The VFM's input: (B, 3, H, W) resized bilinearly to patch multiples, then normalised with its
-    mean/std."""
+#: vfm_grid_rounding -> the number of patches a side of `size` pixels gets (at least 1 is kept).
+GRID_ROUNDINGS: dict[str, Callable[[int, int], int]] = {
+    "nearest": lambda size, patch: int(size / patch + 0.5),
+    "floor": lambda size, patch: size // patch,  # the authors' code: ⌊H/p⌋·p
+}
+
+
+def patch_multiple(size: int, patch: int, rounding: str = "nearest") -> int:
+    """`size` brought to a multiple of `patch` by `rounding` (at least one patch)."""
+    return max(GRID_ROUNDINGS[rounding](size, patch), 1) * patch
+
+
+def vfm_pixels(
+    images: torch.Tensor, encoder: VFMEncoder, rounding: str = "nearest"
+) -> torch.Tensor:
+    """The VFM's input: (B, 3, H, W) resized bilinearly to patch multiples (`rounding`), then
+    normalised with its mean/std."""
     p = encoder.patch_size
-    size = (patch_multiple(images.shape[-2], p), patch_multiple(images.shape[-1], p))
+    size = (
+        patch_multiple(images.shape[-2], p, rounding),
+        patch_multiple(images.shape[-1], p, rounding),
+    )
     if size != tuple(images.shape[-2:]):
         images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
     mean = torch.tensor(encoder.mean, device=images.device)[:, None, None]
     std = torch.tensor(encoder.std, device=images.device)[:, None, None]
     return (images.float() - mean) / std
+
+
+def vfm_features(encoder: VFMEncoder, images: torch.Tensor, how: VFMInput) -> torch.Tensor:
+    """The VFM's patch features (B, fh, fw, D) of images (B, 3, H, W), brought to it as `how`
+    says."""
+    pixels = vfm_pixels(images, encoder, how.grid_rounding)
+    return encoder.patch_features(pixels, how.position_resize)
 
 
 def proxy_input(
@@ -109,35 +146,37 @@ def proxy_attentions(
     clip: Any,
     clip_input: torch.Tensor,
     boxes: Sequence[tuple[int, int, int, int]],
+    how: VFMInput = VFMInput(),
     double_normalization: bool = False,
+    half_precision: bool = False,
 ):
     """Stage proxy: the VFM attention of CLIP's input (3, H, W) and of its sliding-window crops
-    `boxes`.
+    `boxes` (the crops are our extension: the authors' code has the whole image only).
 
-    `clip` gives CLIP's patch_size, mean and std (a ClipBundle). Features of each image are resized
-    bilinearly to CLIP's grid (H/p, W/p) before `proxy_attention`. Returns (whole (1, 1, N, N),
-    crops (K, 1, N', N') or None).
+    `clip` gives CLIP's patch_size, mean and std (a ClipBundle). Each image's features go to
+    `proxy_attention` on CLIP's grid (H/p, W/p). Returns (whole (1, 1, N, N), crops (K, 1, N', N')
+    or None).
     """
 
     def attention(images: torch.Tensor) -> torch.Tensor:
         # (B, 3, H, W) CLIP-normalised -> (B, 1, N, N)
-        pixels = vfm_pixels(proxy_input(images, clip.mean, clip.std, double_normalization), encoder)
-        features = encoder.patch_features(pixels).permute(0, 3, 1, 2)  # (B, D, fh, fw)
+        vfm_input = proxy_input(images, clip.mean, clip.std, double_normalization)
+        features = vfm_features(encoder, vfm_input, how)  # (B, fh, fw, D)
         grid = (images.shape[-2] // clip.patch_size, images.shape[-1] // clip.patch_size)
-        # (B, D, h, w)
-        features = F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
-        return proxy_attention(features.flatten(2).transpose(1, 2))  # (B, 1, 1 + h*w, 1 + h*w)
+        return proxy_attention(features, grid, half_precision)
 
     crops = [clip_input[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
     return attention(clip_input[None]), attention(torch.stack(crops)) if crops else None
 
 
 @torch.no_grad()
-def refinement_features(encoder: VFMEncoder, image: Any) -> torch.Tensor:
+def refinement_features(
+    encoder: VFMEncoder, image: Any, how: VFMInput = VFMInput()
+) -> torch.Tensor:
     """Stage vfm: the VFM's patch features of the original image (its [0, 1] pixels):
     (fh, fw, D)."""
     array = rgb_array(image)  # (H0, W0, 3) uint8
     weight = next(encoder.model.parameters())
-    # (1, 3, H0, W0)
-    pixels = torch.from_numpy(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0
-    return encoder.patch_features(vfm_pixels(pixels, encoder))[0]
+    # (1, 3, H0, W0); torch.tensor copies: arrays from PIL are read-only
+    pixels = torch.tensor(array).to(weight.device).permute(2, 0, 1)[None].float() / 255.0
+    return vfm_features(encoder, pixels, how)[0]

@@ -1,5 +1,6 @@
 """Throughput and peak memory of batched evaluation (`cliper eval --batch-size B`) by backbone,
-dtype and batch.
+precision setting (bench_precision.SETTINGS: float32, mixed, bfloat16, mixed-float16, float16) and
+batch.
 
     # on a GPU
     python benchmarks/bench_device.py --device cuda --out outputs/device_check/batching.json
@@ -28,27 +29,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import build_full_size_clip  # noqa: E402
+from bench_precision import SETTINGS  # noqa: E402
 
 
-def build_model(backbone: str, dtype: str, device: torch.device, tiny: bool):
+def build_model(backbone: str, setting: str, device: torch.device, tiny: bool):
     from cliper_lib.config import CLIPerConfig
     from cliper_lib.method.pipeline import CLIPer
     from cliper_lib.method.sd_attention import SDSelfAttention
     from cliper_lib.weights.models import CLIPer as LoadedCLIPer
-    from cliper_lib.weights.sd import build_random_sd_components, drop_vae_decoder
+    from cliper_lib.weights.sd import build_random_sd_components, drop_vae_decoder, sd_dtype_of
 
+    dtype, sd_dtype = SETTINGS[setting]
     cfg = CLIPerConfig.from_preset(
         f"{backbone.lower()}/voc21",
         device=str(device),
         dtype=dtype,
+        sd_dtype=sd_dtype,
         **({"profile": "smoke"} if tiny else {}),
     )
     if tiny:
         return LoadedCLIPer.from_config(cfg, text_cache_dir=False)
-    torch_dtype = getattr(torch, dtype)
-    clip = build_full_size_clip(backbone, device, torch_dtype)
+    clip = build_full_size_clip(backbone, device, getattr(torch, dtype))
     sd = build_random_sd_components(
-        seed=0, full_size=True, device=device, dtype=torch_dtype, lean=True
+        seed=0, full_size=True, device=device, dtype=sd_dtype_of(cfg), lean=True
     )
     drop_vae_decoder(sd.vae)
     return CLIPer(cfg, clip, SDSelfAttention(sd, cfg), text_cache_dir=False)
@@ -84,8 +87,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backbones", nargs="+", default=["ViT-B-16", "ViT-L-14"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
     parser.add_argument("--images", type=int, default=16, help="images timed per row")
     parser.add_argument(
         "--image-size", default="375x500", help="HxW of the synthetic photos (VOC's usual size)"
@@ -105,11 +108,13 @@ def main() -> None:
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.images)]
     rows = []
     for backbone in args.backbones:
-        for dtype in args.dtypes:
-            model = build_model(backbone, dtype, device, args.tiny)
+        for setting in args.settings:
+            model = build_model(backbone, setting, device, args.tiny)
             text = model.encode_text([f"class {i}" for i in range(20)], ["ground", "sky"])
             for batch in args.batches:
-                row = {"backbone": backbone, "dtype": dtype, "batch": batch}
+                dtype, sd_dtype = SETTINGS[setting]
+                row = {"backbone": backbone, "setting": setting, "dtype": dtype, "batch": batch}
+                row["sd_dtype"] = sd_dtype or dtype
                 try:
                     row.update(measure(model, images, batch, text, device))
                 except torch.OutOfMemoryError as error:

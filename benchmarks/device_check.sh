@@ -2,8 +2,9 @@
 # One prepared GPU check for a lent device machine (run from the repository root; ~5 minutes on an H100/H200):
 #   the test suite on the GPU's host, then per-stage timings of the full method on full-size random
 #   architectures in float32 and float16. Results go to $OUT (or ./outputs/device_check).
-#   Then batched evaluation: images/s and peak GPU memory at batch 1/4/8 in float32/float16/bfloat16 for ViT-B/16
-#   and ViT-L/14 (benchmarks/bench_device.py -> $OUT/batching.json).
+#   Then batched evaluation: images/s and peak GPU memory at batch 1/4/8/16 for every precision setting (float32,
+#   mixed = CLIP float32 + VAE/UNet bfloat16, bfloat16, mixed-float16, float16) for ViT-B/16 and ViT-L/14
+#   (benchmarks/bench_device.py -> $OUT/batching.json).
 #   TINY=1 runs only that last step, on the CPU with tiny random models and no new venv: a check of the logic
 #   (with $PYTHON, default `python`: the interpreter that has the suite installed).
 set -uo pipefail
@@ -11,7 +12,7 @@ OUT=${OUT:-outputs/device_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if [ "${TINY:-0}" = 1 ]; then
-  exec "${PYTHON:-python}" benchmarks/bench_device.py --tiny --backbones ViT-B-16 --dtypes float32 bfloat16 --batches 1 2 \
+  exec "${PYTHON:-python}" benchmarks/bench_device.py --tiny --backbones ViT-B-16 --settings float32 mixed --batches 1 2 \
     --images 2 --image-size 64x80 --out "$OUT/batching.json"
 fi
 python3 -m venv .venv-gpu && . .venv-gpu/bin/activate

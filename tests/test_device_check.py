@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_device_check_tiny_mode_writes_a_row_per_dtype_and_batch(tmp_path) -> None:
+def test_device_check_tiny_mode_writes_a_row_per_setting_and_batch(tmp_path) -> None:
     env = {
         **os.environ,
         "TINY": "1",
@@ -30,9 +30,11 @@ def test_device_check_tiny_mode_writes_a_row_per_dtype_and_batch(tmp_path) -> No
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "batching.json").read_text())
     assert record["tiny"] is True and record["device"] == "cpu"
-    combos = {(row["backbone"], row["dtype"], row["batch"]) for row in record["rows"]}
+    combos = {(row["backbone"], row["setting"], row["batch"]) for row in record["rows"]}
     assert combos == {
-        ("ViT-B-16", dtype, batch) for dtype in ("float32", "bfloat16") for batch in (1, 2)
+        ("ViT-B-16", setting, batch) for setting in ("float32", "mixed") for batch in (1, 2)
     }
+    precisions = {(row["setting"], row["dtype"], row["sd_dtype"]) for row in record["rows"]}
+    assert precisions == {("float32", "float32", "float32"), ("mixed", "float32", "bfloat16")}
     for row in record["rows"]:
         assert "error" not in row and row["images_per_s"] > 0 and row["peak_rss_gb"] > 0

@@ -28,6 +28,7 @@ from ..config import CLIPerConfig
 from ..images import rgb_array
 from ..method import fusion as elf
 from ..method.clip_backbone import LayerWalk, preprocess_image, walk_layers
+from ..method.labels import label_map
 from ..method.refinements import refinement_in_effect
 from ..method.result import ClipFeatures
 
@@ -124,6 +125,6 @@ def segment_batch(
     ]
     refined = refine_batch(model, arrays, coarse, cfg)
     return [
-        model.labels(r, c, a.shape[:2], cfg).labels
+        label_map(r, c, a.shape[:2], cfg).labels
         for r, c, a in zip(refined, coarse, arrays, strict=True)
     ]

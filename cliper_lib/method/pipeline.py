@@ -23,7 +23,7 @@ from ..images import content_id, rgb_array
 from ..vocab import check_class_names, load_templates, read_class_file, split_background_line
 from . import fusion as elf
 from .clip_backbone import ClipBundle, preprocess_image, resized_shape, walk_layers
-from .labels import class_scores, labels_from_maps, scaled_maps
+from .labels import label_map
 from .result import ClipFeatures, CoarseMap, FusedLayers, LabelMap, LayerMaps, SegmentationResult
 from .stages import StageStore, run_stages
 from .text import TextEmbeddingCache, TextSet, encode_class_names, model_fingerprint
@@ -215,12 +215,8 @@ class CLIPer:
         image_size: tuple[int, int],
         cfg: CLIPerConfig | None = None,
     ) -> LabelMap:
-        """Stage labels: scores (C,), score-scaled maps (C, H0, W0), labels (H0, W0)."""
-        cfg = cfg or self.cfg
-        scores = class_scores(refined.float(), coarse.float())
-        maps = scaled_maps(refined, scores, image_size)
-        labels = labels_from_maps(maps, scores, cfg.score_threshold, cfg.bkg_thre, cfg.is_normalize)
-        return LabelMap(scores, maps, labels)
+        """Stage labels: scores (C,) and labels (H0, W0), upsampled in tiles (labels.label_map)."""
+        return label_map(refined, coarse, image_size, cfg or self.cfg)
 
     # --- the graph --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -6,7 +6,7 @@ H heads, m SD head maps of T = s*s tokens, (H0, W0) the image.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,8 @@ import torch
 from ..config import CLIPerConfig
 from .clip_backbone import LayerWalk
 from .fusion import FusionOutput, SlidingWindowOutput
+from .labels import CHUNK_VALUES
+from .labels import LabelMap as LabelMap  # stage labels' value, defined next to its arithmetic
 from .text import TextSet
 
 
@@ -54,15 +56,6 @@ class CoarseMap:
 
     coarse: torch.Tensor
     select_map: torch.Tensor
-
-
-@dataclass
-class LabelMap:
-    """Stage labels: class scores (C,), score-scaled maps (C, H0, W0), labels (H0, W0) int64."""
-
-    scores: torch.Tensor
-    maps: torch.Tensor
-    labels: torch.Tensor  # 0 background, k = class_names[k - 1]
 
 
 class StageNotKept(KeyError):
@@ -192,8 +185,16 @@ class SegmentationResult:
 
     @property
     def maps(self) -> torch.Tensor:
-        """(C, H0, W0): score-scaled maps at image size."""
+        """(C, H0, W0): score-scaled maps at image size, computed on each call.
+
+        C × H0 × W0 floats (a 24 MP photo with 150 classes: 14 GB): for a large image, take them a
+        few classes at a time with `map_chunks`.
+        """
         return self["labels"].maps
+
+    def map_chunks(self, budget: int = CHUNK_VALUES) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(classes, score-scaled maps (k, H0, W0)), about `budget` float values at a time."""
+        return self["labels"].map_chunks(budget)
 
     @property
     def labels(self) -> torch.Tensor:

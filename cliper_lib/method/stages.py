@@ -26,7 +26,8 @@ import torch
 
 from ..config import CLIPerConfig, ConfigView
 from ..images import crop_boxes
-from ..vfm import encoder_of, proxy_attentions, refinement_features
+from ..vfm import VFMInput, encoder_of, proxy_attentions, refinement_features
+from .labels import label_map
 from .refinements import REFINEMENTS, SD_PASS_FIELDS, refinement_in_effect
 from .result import CoarseMap, SegmentationResult
 
@@ -98,7 +99,13 @@ def _proxy(model: Any, cfg: Any, clip_walk: Any) -> tuple[torch.Tensor, torch.Te
         boxes = crop_boxes(height, width, clip_walk.crop_size, clip_walk.stride)
     encoder = encoder_of(model.vfm, cfg.proxy_model)
     return proxy_attentions(
-        encoder, model.clip, clip_walk.input, boxes, cfg.proxy_double_normalization
+        encoder,
+        model.clip,
+        clip_walk.input,
+        boxes,
+        VFMInput.of(cfg),
+        double_normalization=cfg.proxy_double_normalization,
+        half_precision=cfg.proxy_half_precision,
     )
 
 
@@ -193,7 +200,9 @@ GRAPH: tuple[Stage, ...] = (
         ("image",),
         ("refinement", *VFM_INPUT_FIELDS),
         settings=lambda m, c: (c.refinement, c.vfm_grid_rounding, c.vfm_position_resize),
-        compute=lambda m, c, image: refinement_features(encoder_of(m.vfm, c.refinement), image),
+        compute=lambda m, c, image: refinement_features(
+            encoder_of(m.vfm, c.refinement), image, VFMInput.of(c)
+        ),
     ),
     Stage(
         "refine",
@@ -209,7 +218,8 @@ GRAPH: tuple[Stage, ...] = (
         ("refine", "coarse", "image"),
         ("score_threshold", "bkg_thre", "is_normalize"),
         settings=lambda m, c: (float(c.score_threshold), float(c.bkg_thre), bool(c.is_normalize)),
-        compute=lambda m, c, refine, coarse, image: m.labels(
+        # tiled: never C × H0 × W0 floats (labels.py)
+        compute=lambda m, c, refine, coarse, image: label_map(
             refine, coarse.coarse, image.shape[:2], c
         ),
     ),

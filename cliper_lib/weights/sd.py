@@ -206,6 +206,14 @@ def save_sd_folder(components: SDComponents, folder: str | Path) -> Path:
     return folder
 
 
+def sd_dtype_of(cfg: CLIPerConfig) -> torch.dtype:
+    """The compute dtype of the VAE and UNet: `sd_dtype`, else `dtype` (docs/method.md, precision).
+
+    The captured attention probabilities and everything after them stay float32 whatever it is.
+    """
+    return resolve_dtype(cfg.dtype if cfg.sd_dtype is None else cfg.sd_dtype)
+
+
 def move_components(
     components: SDComponents, device: torch.device | str, dtype: torch.dtype
 ) -> SDComponents:
@@ -351,7 +359,7 @@ def _load_any_variant(source: str) -> SDComponents:
 def load_sd_components(
     cfg: CLIPerConfig,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     allow_download: bool = True,
     keep_vae_decoder: bool = False,
 ) -> SDComponents:
@@ -364,7 +372,7 @@ def load_sd_components(
     components = _load_sd_components(cfg, allow_download)
     if not keep_vae_decoder:
         drop_vae_decoder(components.vae)
-    return move_components(components, device, dtype)
+    return move_components(components, device, sd_dtype_of(cfg) if dtype is None else dtype)
 
 
 def _load_sd_components(cfg: CLIPerConfig, allow_download: bool) -> SDComponents:
@@ -473,10 +481,10 @@ def load_sd_extractor(
     allow_download: bool = True,
     keep_vae_decoder: bool = False,
 ) -> SDSelfAttention:
-    """The SD self-attention extractor of `cfg` (device/dtype default to the config's): components
-    loaded, wrapped."""
+    """The SD self-attention extractor of `cfg` (device and dtype default to the config's, the dtype
+    to `sd_dtype_of(cfg)`): components loaded, wrapped."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    dtype = resolve_dtype(cfg.dtype) if dtype is None else dtype
+    dtype = sd_dtype_of(cfg) if dtype is None else dtype
     return SDSelfAttention(
         load_sd_components(cfg, device, dtype, allow_download, keep_vae_decoder), cfg
     )

@@ -14,57 +14,86 @@ pytest.importorskip("ipywidgets")
 from cliper_lib.suite.cli.commands import build_parser  # noqa: E402
 from cliper_lib.suite.explorer.app.page import AppPage, AppSettings  # noqa: E402
 from cliper_lib.suite.explorer.app.server import (  # noqa: E402
+    OFFLINE_CDN,
     app_settings,
-    notebook_path,
-    voila_command,
+    bind,
+    served_url,
+    solara_environment,
 )
 
 
 def test_settings_travel_through_the_environment(tmp_path):
     image = tmp_path / "mine.png"
     settings = app_settings(
-        "vit-b-16/voc21", "smoke", "cpu", None, [image], "cat; sofa", None, "exports"
+        "vit-b-16/voc21",
+        "smoke",
+        "cpu",
+        None,
+        [image],
+        "cat; sofa",
+        None,
+        "exports",
+        refinement="none",
+        overrides={"attention_thr": 0.2, "fuse_layers": [1, 2]},
     )
     env = settings.to_environment()
     assert "CLIPER_APP_DTYPE" not in env and "CLIPER_APP_BACKGROUND" not in env  # unset stays unset
     back = AppSettings.from_environment(env)
     assert back == settings and back.images == [str(image.resolve())]
-    assert back.out == str(
-        Path("exports").resolve()
-    )  # absolute: the kernel runs in the notebook's folder
+    assert back.out == str(Path("exports").resolve())  # absolute: the page may run elsewhere
+    cfg = back.config()
+    assert (cfg.refinement, cfg.attention_thr, cfg.fuse_layers) == ("none", 0.2, [1, 2])
 
 
-def test_the_server_command_serves_the_packaged_notebook_and_culls_idle_kernels():
-    assert notebook_path().is_file() and notebook_path().name == "app.ipynb"
-    command = voila_command(8866, open_browser=False, cull_idle=120)
-    assert (
-        str(notebook_path()) in command
-        and "--port=8866" in command
-        and "--Voila.open_browser=False" in command
-    )
-    assert "--MappingKernelManager.cull_idle_timeout=120" in command
-    assert "--MappingKernelManager.cull_connected=False" in command
-    assert "--VoilaConfiguration.progressive_rendering=True" in command
-    args = build_parser().parse_args(
+def test_the_port_is_checked_and_the_address_printed_is_the_one_served():
+    # a port in use: one line that says so, nothing served elsewhere
+    with bind("127.0.0.1", None) as taken:
+        port = taken.getsockname()[1]
+        assert served_url(taken, "127.0.0.1") == f"http://127.0.0.1:{port}/"
+        with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1 is in use"):
+            bind("127.0.0.1", port)
+    for bad in (0, -1, 70000):
+        with pytest.raises(ValueError, match="out of range"):
+            bind("127.0.0.1", bad)
+    with pytest.raises(ValueError, match="not an address"):
+        bind("no-such-host.invalid", None)
+    # the command line refuses the same ports before anything starts (exit 2, one line)
+    parser = build_parser()
+    for bad in ("-1", "0", "65536", "http"):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["app", "--port", bad])
+        assert stop.value.code == 2
+    args = parser.parse_args(
         ["app", "a.jpg", "--profile", "smoke", "--no-browser", "--port", "9000"]
     )
-    assert (
-        args.images == ["a.jpg"]
-        and args.no_browser
-        and args.port == 9000
-        and args.cull_idle_after == 600
-    )
+    assert args.images == ["a.jpg"] and args.no_browser and args.port == 9000
+    assert args.cull_idle_after == 60
 
 
-def test_missing_weights_show_the_cli_message(tmp_path, monkeypatch):
+def test_the_server_fetches_nothing_from_the_internet_and_culls_closed_visits():
+    env = solara_environment(cull_idle=45)
+    assert env["SOLARA_APP"] == "cliper_lib.suite.explorer.app.session"
+    assert env["SOLARA_TELEMETRY_MIXPANEL_ENABLE"] == "False"
+    # assets through the local proxy; a missing one is asked of a closed local port, not a CDN
+    assert env["SOLARA_ASSETS_PROXY"] == "True" and env["SOLARA_ASSETS_CDN"] == OFFLINE_CDN
+    assert OFFLINE_CDN.startswith("http://127.0.0.1:")
+    assert env["SOLARA_KERNEL_CULL_TIMEOUT"] == "45s"
+
+
+def _offline_page(tmp_path, monkeypatch, settings: AppSettings) -> AppPage:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    page = AppPage(AppSettings(profile="paper", device="cpu"))
+    page = AppPage(settings)
     page.load()
+    return page
+
+
+def test_missing_weights_show_the_cli_message(tmp_path, monkeypatch):
+    page = _offline_page(tmp_path, monkeypatch, AppSettings(profile="paper", device="cpu"))
     assert (
         page.explorer is None and "missing from the local Hugging Face cache" in page.error
     )  # the offline report
@@ -74,6 +103,38 @@ def test_missing_weights_show_the_cli_message(tmp_path, monkeypatch):
         and "cliper download" in shown.value
         and "Traceback" not in shown.value
     )
+
+
+def test_every_command_the_offline_page_prints_is_accepted(tmp_path, monkeypatch):
+    """Each `cliper ...` command on the page parses with the CLI's own parser, and each option the
+    CLI's message suggests is one `cliper app` takes."""
+    import html
+    import re
+    import shlex
+
+    preset = "vit-b-16/voc21"
+    page = _offline_page(
+        tmp_path, monkeypatch, AppSettings(preset=preset, profile="paper", device="cpu")
+    )
+    (shown,) = page.widget.children
+    text = html.unescape(re.sub(r"<[^>]+>", " ", shown.value))
+    parser = build_parser()
+    quoted = re.findall(r"`([^`]+)`", text)  # the CLI's message quotes what to type
+    commands = [q for q in quoted if q.startswith("cliper ")] + [
+        html.unescape(c)
+        for c in re.findall(r"<code class='cliper-command'>([^<]+)</code>", shown.value)
+    ]
+    options = [q for q in quoted if q.startswith("--")]
+    assert len(commands) >= 5 and any(c.startswith("cliper app") for c in commands)
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert args.command in ("app", "download") and args.preset == preset, command
+    # the message's own suggestions, spelled as options of `cliper app`
+    assert {"--refinement none", "--profile smoke"} <= set(options)
+    for option in options:
+        args = parser.parse_args(["app", *shlex.split(option)])
+        assert args.command == "app"
+    assert not [q for q in quoted if not q.startswith(("cliper ", "--"))], quoted
 
 
 def test_your_own_image_opens_first_and_asks_for_classes(tmp_path):

@@ -4,6 +4,7 @@ each control recomputes exactly its stages."""
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -108,9 +109,12 @@ def test_each_control_recomputes_exactly_its_stages(model, images):
         "labels",
     }
     assert ex.cache.recomputed["sd_attention"] == (1 if has_sd else 0)
-    # a new image redoes the image stages but not the text
+    # a new image, the classes kept by choice, redoes the image stages but not the text
+    ex.controls["keep_classes"].value = True
+    typed = ex.controls["classes"].value
     new = ex.apply("image", list(images)[1])
     assert stages(new) == first - {"text"}
+    assert ex.controls["classes"].value == typed
     # the documented table says the same as the measurements above
     assert set(INVALIDATES["score_threshold"]) == {"labels"}
     assert set(INVALIDATES["fuse_layers"]) == AFTER_FUSION
@@ -175,15 +179,15 @@ def test_bad_input_is_reported_and_the_last_result_kept(model, images):
     labels = ex.state.labels.copy()
     ex.controls["classes"].value = " ; "
     assert ex.state.error and "class" in ex.state.error
-    assert "color" in ex.status.value
+    # in words beside the classes box (no exception name), and the status line points there
+    assert "not applied" in ex.notes["classes"].value and "Error" not in ex.notes["classes"].value
+    assert "beside classes" in ex.status.value
     np.testing.assert_array_equal(ex.state.labels, labels)
     ex.controls["classes"].value = "red disc"
     assert ex.state.error is None and ex.state.classes == ["red disc"]
 
 
 def test_without_sd_and_with_an_uploaded_image(model, images):
-    from PIL import Image
-
     plain = CLIPer(model.cfg.replace(refinement="none"), model.clip, None, text_cache_dir=False)
     plain.text_cache = model.text_cache
     ex = make_explorer(plain, images)
@@ -192,17 +196,8 @@ def test_without_sd_and_with_an_uploaded_image(model, images):
     )
     assert "sd_attention" not in ex.history[-1]["recomputed"]
     torch.testing.assert_close(ex.state.refined, ex.state.coarse.float())
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((48, 80, 3), 90, dtype=np.uint8)).save(buffer, format="PNG")
-    ex.controls["upload"].value = (
-        {
-            "name": "grey.png",
-            "type": "image/png",
-            "size": buffer.tell(),
-            "content": memoryview(buffer.getvalue()),
-            "last_modified": datetime.now(UTC),
-        },
-    )
+    ex.controls["keep_classes"].value = True  # the typed classes, kept by choice
+    ex.controls["upload"].value = (_upload("grey.png", np.full((48, 80, 3), 90, np.uint8)),)
     assert ex.controls["image"].value == "grey.png" and ex.state.image_name == "grey.png"
     assert ex.state.labels.shape == (48, 80)
     assert stages(ex.history[-1]) == {
@@ -214,6 +209,92 @@ def test_without_sd_and_with_an_uploaded_image(model, images):
         "labels",
     }
     assert ex.controls["upload"].value == ()  # cleared, so the same file can be uploaded again
+
+
+def _upload(name: str, pixels: np.ndarray | None = None, content: bytes | None = None) -> dict:
+    """What a FileUpload widget holds after a file is chosen (a PNG of `pixels`, or `content`)."""
+    from PIL import Image
+
+    if content is None:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        content = buffer.getvalue()
+    return {
+        "name": name,
+        "type": "application/octet-stream",
+        "size": len(content),
+        "content": memoryview(content),
+        "last_modified": datetime.now(UTC),
+    }
+
+
+def test_uploads_as_people_give_them(model, images):
+    """A new photo opens with the default classes; a transparent PNG is put on white; a file that
+    is not an image says so beside the upload button and keeps the last result."""
+    ex = make_explorer(model, images)
+    from cliper_lib.vocab import read_class_file
+
+    preset_classes = "; ".join(read_class_file(model.cfg.classes).names)
+    rgba = np.zeros((40, 64, 4), np.uint8)
+    rgba[:, :32] = (200, 30, 30, 255)  # opaque red left half
+    rgba[:, 32:] = (0, 0, 0, 0)  # transparent right half: white, not black
+    rgba[:20, 32:] = (0, 0, 255, 128)  # half-transparent blue: blended with white
+    ex.controls["upload"].value = (_upload("clear.png", rgba),)
+    assert ex.controls["classes"].value == preset_classes and ex.state.error is None
+    shown = ex.image_array("clear.png")
+    assert (shown[:, :32] == (200, 30, 30)).all() and (shown[20:, 32:] == 255).all()
+    expected_blue = np.rint(np.array([0, 0, 255]) * 128 / 255 + 255 * (1 - 128 / 255))
+    assert (shown[:20, 32:] == expected_blue).all()
+    # an opaque file is read exactly as the command line reads it
+    plain = np.random.default_rng(3).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    ex.controls["upload"].value = (_upload("noise.png", plain),)
+    np.testing.assert_array_equal(ex.image_array("noise.png"), plain)
+    labels = ex.state.labels.copy()
+    ex.controls["upload"].value = (_upload("notes.txt", content=b"not a photo at all"),)
+    note = ex.notes["upload"].value
+    assert "notes.txt is not a photo" in note and "Error" not in note
+    assert (
+        ex.controls["image"].value == "noise.png"
+        and "notes.txt" not in ex.controls["image"].options
+    )
+    np.testing.assert_array_equal(ex.state.labels, labels)
+
+
+def test_the_controls_are_disabled_while_a_result_is_computed(model, images):
+    """During a computation every control is off and the status says so; other explorers on the
+    same model wait their turn and say that they wait."""
+    import threading
+
+    lock = threading.Lock()
+    ex = make_explorer(model, images, compute_lock=lock)
+    seen = {}
+    real_run = ex.cache.run
+
+    def watching_run(*args, **kwargs):
+        seen["disabled"] = {n: w.disabled for n, w in ex.controls.items()}
+        seen["status"] = ex.status.value
+        seen["busy"] = "cliper-busy" in ex.widget._dom_classes
+        return real_run(*args, **kwargs)
+
+    ex.cache.run = watching_run
+    before = {n: w.disabled for n, w in ex.controls.items()}
+    ex.apply("score_threshold", 0.2)
+    assert all(seen["disabled"].values()) and seen["busy"]
+    assert "computing" in seen["status"] and "cliper-busy-bar" in seen["status"]
+    # afterwards each control is as it was (selection_head stays off unless 'selection')
+    assert {n: w.disabled for n, w in ex.controls.items()} == before
+    assert "cliper-busy" not in ex.widget._dom_classes and "found" in ex.status.value
+    # another visitor holds the model: this one waits, and says so
+    lock.acquire()
+    waiter = threading.Thread(target=ex.apply, args=("score_threshold", 0.3))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while "waiting" not in ex.status.value and time.monotonic() < deadline:
+        waiter.join(0.05)
+    assert "another visitor" in ex.status.value and waiter.is_alive()
+    lock.release()
+    waiter.join(60)
+    assert not waiter.is_alive() and ex.state.cfg.score_threshold == 0.3
 
 
 def test_sweep_walks_each_image_once_and_scores_like_a_direct_count(model):

@@ -22,27 +22,39 @@ from matplotlib.patches import Patch
 
 from ..toolkit.viz import heatmap_grid, palette, show_segmentation, side_legend
 
+#: the longest side the page draws a photo at; larger photos are shown downscaled (the result and
+#: the export keep full resolution).
+DISPLAY_MAX_SIDE = 1200
+
+
+def display_view(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo and its labels as drawn: every k-th pixel when the longest side exceeds
+    DISPLAY_MAX_SIDE (labels stay labels: no blending of class ids)."""
+    step = -(-max(labels.shape) // DISPLAY_MAX_SIDE)
+    return (image, labels) if step <= 1 else (image[::step, ::step], labels[::step, ::step])
+
 
 def scored_legend(
     classes: Sequence[str], scores: np.ndarray, labels: np.ndarray, threshold: float
 ) -> list[Patch]:
-    """One legend entry per class with its score: present ones in their label colour, absent ones
-    hatched grey."""
-    present = set(int(k) for k in np.unique(labels) if k > 0)
+    """One legend entry per class with its score and the share of the photo it covers: present
+    ones in their label colour, absent ones hatched grey."""
+    counts = np.bincount(labels.reshape(-1), minlength=len(classes) + 1)
+    share = counts / max(labels.size, 1)
     colours = palette(len(classes) + 1) / 255.0
     handles = []
     for k, (name, score) in enumerate(zip(classes, scores, strict=True), start=1):
-        if k in present:
+        if counts[k] > 0:
             handles.append(
                 Patch(
                     facecolor=colours[k],
                     edgecolor="black",
                     linewidth=0.5,
-                    label=f"{name}  {score:.3f}",
+                    label=f"{name}  {score:.3f}  {100 * share[k]:.1f}% of the photo",
                 )
             )
         else:
-            why = "≤ threshold" if score <= threshold else "no pixels"
+            why = "score ≤ threshold" if score <= threshold else "no pixels"
             handles.append(
                 Patch(
                     facecolor="white",
@@ -62,20 +74,23 @@ def overlay_figure(state: Any, refinement: str, alpha: float = 0.5) -> Figure:
     fig = Figure(figsize=(7.5, max(2.5, 5.0 * h / max(w, 1))), layout="constrained")
     ax = fig.add_subplot()
     cfg = state.cfg
+    image, labels = display_view(state.result.image, state.labels)
     show_segmentation(
         ax,
-        state.result.image,
-        state.labels,
+        image,
+        labels,
         state.classes,
         alpha=alpha,
         legend=False,
-        title=f"{state.image_name}: labels (score > {cfg.score_threshold:.2f}, bkg_thre "
-        f"{cfg.bkg_thre:.3g}, refinement {refinement})",
+        title=f"{state.image_name} (refinement {refinement})",
     )
+    ax.set_xlabel(f"{w} × {h} px" + ("" if labels.shape == (h, w) else " (shown downscaled)"))
     scored = scored_legend(state.classes, state.scores, state.labels, cfg.score_threshold)
-    side_legend(ax, scored, "class  score")
+    side_legend(ax, scored, "class  score  area")
     fig.suptitle(
-        f"fused layers {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, select layer {cfg.select_layer}"
+        f"layers fused {cfg.fuse_layers[0]}-{cfg.fuse_layers[1]}, read {cfg.select_layer}; "
+        f"presence > {cfg.score_threshold:.2f}, background cut {cfg.bkg_thre:.3g}",
+        fontsize="medium",
     )
     return fig
 
@@ -86,7 +101,7 @@ def scores_figure(classes: Sequence[str], scores: np.ndarray, threshold: float) 
     ax = fig.add_subplot()
     colours = palette(len(classes) + 1)[1:] / 255.0
     ax.barh(np.arange(len(classes)), scores, color=colours, edgecolor="black", linewidth=0.5)
-    ax.axvline(threshold, color="crimson", linestyle="--", label="score_threshold")
+    ax.axvline(threshold, color="crimson", linestyle="--", label="presence threshold")
     ax.set_yticks(np.arange(len(classes)), labels=classes)
     ax.invert_yaxis()
     ax.set_xlabel("score s = ½·max S_f + ½·max S_c")
@@ -100,7 +115,7 @@ def maps_figure(state: Any, name: str, refinement: str) -> Figure:
     """The coarse map S_c and the refined map S_f of one class, stretched over the image, each with
     a colour bar."""
     c = state.classes.index(name)
-    image = state.result.image
+    image, _ = display_view(state.result.image, state.labels)
     size = image.shape[:2]
     up = [  # (H0, W0) each
         F.interpolate(
@@ -119,21 +134,45 @@ def maps_figure(state: Any, name: str, refinement: str) -> Figure:
     )
 
 
+#: what each stage is called on the page.
+STAGE_NAMES = {
+    "text": "class texts",
+    "clip_walk": "CLIP pass",
+    "proxy": "proxy attention",
+    "fusion": "layer fusion",
+    "layer_maps": "layer maps",
+    "coarse": "coarse maps",
+    "sd_latents": "SD encoding",
+    "sd_attention": "SD attention",
+    "vfm": "DINO features",
+    "refine": "refinement",
+    "labels": "labels",
+}
+
+
 def status_html(state: Any, cached: Sequence[str], notices: Sequence[str]) -> str:
-    """What the last move recomputed and cost, what stayed cached, the classes present, and any
-    notices."""
+    """In plain words: the classes found, what the last move recomputed and cost, what was reused,
+    and any notices."""
     done = (
-        ", ".join(f"{stage} {sec:.2f} s" for stage, sec in state.recomputed.items())
-        or "nothing (all cached)"
+        ", ".join(f"{STAGE_NAMES.get(st, st)} {sec:.2f} s" for st, sec in state.recomputed.items())
+        or "nothing (all reused)"
     )
+    reused = ", ".join(STAGE_NAMES.get(st, st) for st in cached) or "nothing"
     present = [state.classes[i - 1] for i in np.unique(state.labels) if i > 0]
     notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in notices)
+    total = state.compute_seconds + state.render_seconds
     return (
-        f"<b>recomputed</b>: {html.escape(done)} &nbsp;·&nbsp; "
-        f"compute {state.compute_seconds:.2f} s, drawing {state.render_seconds:.2f} s "
-        f"&nbsp;·&nbsp; <b>cached</b>: {', '.join(cached) or '-'}"
-        f"<br><b>present</b>: {html.escape(', '.join(present) or 'none')}{notes}"
+        f"<b>found</b>: {html.escape(', '.join(present) or 'none of the classes')}"
+        f" &nbsp;·&nbsp; done in {total:.2f} s"
+        f"<br><span class='cliper-detail'><b>recomputed</b>: {html.escape(done)}; "
+        f"drawing {state.render_seconds:.2f} s &nbsp;·&nbsp; <b>reused</b>: "
+        f"{html.escape(reused)}</span>{notes}"
     )
+
+
+def busy_html(what: str) -> str:
+    """The busy state's status line: a moving bar and what is being done."""
+    return f"<span class='cliper-busy-bar'></span><b>{html.escape(what)}</b>"
 
 
 def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
@@ -151,8 +190,8 @@ def figure_output(fig: Figure, dpi: int = 90) -> dict[str, Any]:
 
 
 def error_html(message: str) -> str:
-    """An error message in red, for the status line or beside the export button."""
-    return f"<span style='color:#b00'>{html.escape(message)}</span>"
+    """A message in red, beside what caused it (the status line when nothing in particular)."""
+    return f"<span class='cliper-message' style='color:#b00'>{html.escape(message)}</span>"
 
 
 class Panels:
@@ -176,7 +215,7 @@ class Panels:
         self.outputs[panel].outputs = (figure_output(fig, self.dpi),)
 
     def draw_overlay(self, s: Any) -> None:
-        key = s.result.keys["labels"]
+        key = (s.result.keys["labels"], self.alpha)
         if self.drawn.get("overlay") == key:
             return
         self.show("overlay", overlay_figure(s, self.refinement_of(s.cfg), self.alpha))

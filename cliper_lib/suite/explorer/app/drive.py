@@ -14,6 +14,7 @@ redrawn.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import os
@@ -39,7 +40,7 @@ def find_chromium() -> str | None:
 
 def browser_unavailable() -> str | None:
     """Why no browser test can run here, or None when Playwright and a Chromium are both present."""
-    for module, package in (("playwright", "playwright"), ("voila", "voila")):
+    for module, package in (("playwright", "playwright"), ("solara", "solara")):
         if importlib.util.find_spec(module) is None:
             return f"{package} is not installed (pip install {package})"
     if find_chromium() is None:
@@ -108,8 +109,8 @@ class AppServer:
     def __exit__(self, *exc) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        # the server and the kernels it started (its own session)
-        os.killpg(self.process.pid, signal.SIGTERM)
+        # the server and anything it started (its own session); Ctrl-C, as a person stops it
+        os.killpg(self.process.pid, signal.SIGINT)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -131,8 +132,30 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-def new_page(browser, width: int = 1400, height: int = 1000):
-    return browser.new_page(viewport={"width": width, "height": height})
+def new_page(browser, width: int = 1400, height: int = 1000, requests: list | None = None):
+    """A page in a window of that size; every URL it requests is appended to `requests`."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    if requests is not None:
+        page.on("request", lambda request: requests.append(request.url))
+    return page
+
+
+def external_requests(requests: Sequence[str], url: str) -> list[str]:
+    """The requested URLs that leave the app's server (data: and blob: URLs are the page's own)."""
+    origin = url.rstrip("/")
+    return [r for r in requests if not r.startswith((origin + "/", "data:", f"blob:{origin}/"))]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (psutil)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
 
 
 class AppDriver:
@@ -154,13 +177,16 @@ class AppDriver:
         return self.page.locator(selector).first.inner_text()
 
     def _wait_redrawn(self, before_src: str, before_status: str) -> None:
-        """Until the status line holds a new result (not an error) and the overlay image changed."""
+        """Until the status line holds a new result (not an error), the overlay image changed and
+        the page is no longer busy (its controls take keys again)."""
         self.page.wait_for_function(
             """([src, status]) => {
                  const img = document.querySelector('.cliper-out-overlay img');
                  const line = document.querySelector('.cliper-status');
+                 // done: a new result drawn and the controls live again (not busy)
                  return img && line && img.src !== src && line.innerText !== status
-                        && line.innerText.includes('recomputed');
+                        && line.innerText.includes('recomputed')
+                        && !document.querySelector('.cliper-page.cliper-busy');
                }""",
             arg=[before_src, before_status],
             timeout=self.timeout_ms,
@@ -189,7 +215,8 @@ class AppDriver:
             self.page.wait_for_selector(selector, timeout=self.timeout_ms)
             marks[mark] = time.perf_counter() - start
         self.page.wait_for_function(
-            "document.querySelector('.cliper-status').innerText.includes('recomputed')",
+            "document.querySelector('.cliper-status').innerText.includes('recomputed')"
+            " && !document.querySelector('.cliper-page.cliper-busy')",
             timeout=self.timeout_ms,
         )
         marks["result"] = time.perf_counter() - start
@@ -233,15 +260,44 @@ class AppDriver:
 
         return self._move(choose)
 
+    def drop(self, path: str | os.PathLike) -> float:
+        """Drop an image file onto the page (as a file dragged from the desktop)."""
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+        def dropped():
+            self.page.evaluate(
+                """([name, data]) => {
+                     const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+                     const transfer = new DataTransfer();
+                     transfer.items.add(new File([bytes], name, {type: 'image/png'}));
+                     const target = document.querySelector('.cliper-app');
+                     for (const kind of ['dragover', 'drop']) {
+                       target.dispatchEvent(new DragEvent(kind, {dataTransfer: transfer,
+                                                              bubbles: true, cancelable: true}));
+                     }
+                   }""",
+                [Path(path).name, data],
+            )
+
+        return self._move(dropped)
+
     def export(self) -> float:
-        """Click export and wait for the four download links."""
+        """Click export and wait for the five download links (four files and the photo)."""
         start = time.perf_counter()
         self.page.locator(".cliper-export").first.click()
         self.page.wait_for_function(
-            "document.querySelectorAll('.cliper-exported a.cliper-download').length === 4",
+            "document.querySelectorAll('.cliper-exported a.cliper-download').length === 5",
             timeout=self.timeout_ms,
         )
         return time.perf_counter() - start
+
+    def export_links(self) -> list[str]:
+        """The download links' URLs, absolute."""
+        links = self.page.locator(".cliper-exported a.cliper-download")
+        return [
+            self.url.rstrip("/") + href
+            for href in links.evaluate_all("l => l.map(a => a.getAttribute('href'))")
+        ]
 
     def map_classes(self) -> list[str]:
         return self.page.locator(".cliper-map-class select option").all_inner_texts()

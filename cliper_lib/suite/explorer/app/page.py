@@ -1,24 +1,25 @@
-"""The app page: settings from the environment `cliper app` sets, models loaded once per kernel, the
-explorer.
+"""The app page of one visit: settings from the environment `cliper app` sets, the models loaded
+once per server and shared by every visit, the explorer.
 
-app.ipynb is three one-line cells (`AppPage`): the explorer's controls at once (from the config
-alone, disabled while the models load), then the live controls once the models are loaded (once per
-kernel), and only then the first result (Voila renders progressively, cell by cell). A model that
-cannot be built (paper weights missing offline, a bad preset) shows the same one-line message the
-CLI prints, never a traceback. Torch is imported only once the controls show.
+A page opens in three steps (`AppPage`): the explorer's controls at once (from the config alone,
+disabled while the models load), then the live controls once the models are loaded (the first
+visit loads them; later ones find them), and only then the first result. A model that cannot be
+built (paper weights missing offline, a bad preset) shows the CLI's one-line message and the
+commands that get out of it, never a traceback. Torch is imported only once the controls show.
 """
 
 from __future__ import annotations
 
 import html
+import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-from IPython.display import display
 
-from ....config import CLIPerConfig, ConfigError
+from ....config import ConfigError
 from ....images import ImageReadError, read_image
 from ....vocab import read_class_file
 from ....weights.hub import WeightsMissingError
@@ -36,19 +37,21 @@ from .settings import AppSettings
 #: image).
 PAGE_ERRORS = (WeightsMissingError, ConfigError, ImageReadError, FileNotFoundError, ValueError)
 
-_MODELS: dict[tuple, Any] = {}  # one model per (preset, profile, device, dtype) per kernel
+_MODELS: dict[tuple, Any] = {}  # one model per (preset, config) per server process
+_LOADING = threading.Lock()  # two first visits load the models once
+#: model calls take turns: one computation at a time, whichever visit asks.
+COMPUTE_LOCK = threading.Lock()
 
 
 def load_model(settings: AppSettings):
-    """The model the settings name, built once per kernel."""
+    """The model the settings name, built once per process and shared by every visit."""
     from ....weights.models import CLIPer  # torch: only after the controls show
 
-    cfg = CLIPerConfig.from_preset(
-        settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
-    )
-    key = (settings.preset, cfg.profile, cfg.device, cfg.dtype)
-    if key not in _MODELS:
-        _MODELS[key] = CLIPer.from_config(cfg)
+    cfg = settings.config()
+    key = (settings.preset, cfg.to_yaml())
+    with _LOADING:
+        if key not in _MODELS:
+            _MODELS[key] = CLIPer.from_config(cfg)
     return _MODELS[key]
 
 
@@ -66,9 +69,7 @@ class Opening:
 
     @classmethod
     def from_settings(cls, settings: AppSettings) -> Opening:
-        cfg = CLIPerConfig.from_preset(
-            settings.preset, profile=settings.profile, device=settings.device, dtype=settings.dtype
-        )
+        cfg = settings.config()
         images: dict[str, Any] = {Path(p).name: Path(p) for p in settings.images}
         for path in settings.images:
             # an unreadable file fails here, with its name, before the page is built
@@ -95,6 +96,8 @@ def preview_widget(opening: Opening, message: str) -> Any:
     """The explorer's layout with its controls in the opening state, all disabled, and `message` as
     status: drawn from the config alone (the layer count from `vision_depth`), before torch is
     imported."""
+    from ..controls import build_buttons
+
     depth = vision_depth(opening.cfg)
     opening.cfg.check_against_depth(depth)
     controls = build_controls(
@@ -106,53 +109,82 @@ def preview_widget(opening: Opening, message: str) -> Any:
         opening.background_text(),
         planned_refinements(opening.cfg),
     )
-    for box in controls.values():
+    buttons = build_buttons()
+    for box in [*controls.values(), *buttons.values()]:
         box.disabled = True
-    outputs = build_outputs()
-    buttons = {
-        "reset": W.Button(description="reset", disabled=True),
-        "export": W.Button(description="export", icon="download", disabled=True),
-    }
-    return build_layout(controls, outputs, buttons, W.HTML(), W.HTML(), W.HTML(value=message))
-
-
-def build_explorer(settings: AppSettings, defer: bool = True, opening: Opening | None = None):
-    """The explorer on the settings' images (given ones first, then the bundled samples), in the
-    preset's state."""
-    from ..widgets import Explorer  # torch: only after the controls show
-
-    opening = opening or Opening.from_settings(settings)
-    model = load_model(settings)
-    return Explorer(
-        model,
-        images=opening.images,
-        image=opening.image,
-        classes=opening.classes,
-        background=settings.background,
-        export_dir=settings.out,
-        defer=defer,
+    notes = {name: W.HTML() for name in ("upload", "classes", "background")}
+    return build_layout(
+        controls, build_outputs(), buttons, W.HTML(), W.HTML(), W.HTML(value=message), notes
     )
 
 
-def error_html(error: BaseException) -> str:
+def offline_commands(settings: AppSettings) -> list[str]:
+    """The commands that get a page whose models cannot load going (each accepted by `cliper`)."""
+    preset = ["--preset", settings.preset]
+    return [
+        shlex.join(["cliper", "download", *preset]),
+        shlex.join(["cliper", "app", *preset, "--refinement", "none"]),
+        shlex.join(
+            ["cliper", "app", *preset, "--set", "pretrained=/path/to/clip.pt"]
+            + ["--set", "sd_repo=/path/to/diffusers-folder"]
+        ),
+        shlex.join(["cliper", "app", *preset, "--profile", "smoke"]),
+    ]
+
+
+#: the config fields `cliper app` has an option of its own for (others: `--set field=value`).
+APP_OPTIONS = ("profile", "refinement", "device", "dtype")
+
+
+def app_spelling(field: str, value: str) -> str:
+    """A config change as `cliper app` options (what the CLI's offline report suggests, here)."""
+    return f"--{field} {value}" if field in APP_OPTIONS else f"--set {field}={value}"
+
+
+def page_message(error: BaseException, settings: AppSettings | None) -> str:
+    """The CLI's message for `error`, its suggestions spelled as `cliper app` options and its
+    preset placeholder filled in."""
+    message = str(error)
+    if getattr(error, "missing", None):  # an offline report: imports torch, needed only here
+        from ....weights.inventory import respelled
+
+        message = respelled(error, app_spelling)
+    if settings is not None:
+        message = message.replace("--preset NAME", shlex.join(["--preset", settings.preset]))
+    return message
+
+
+def error_html(error: BaseException, settings: AppSettings | None = None) -> str:
+    """The CLI's message (no traceback); for missing weights, the commands that get out of it."""
+    commands = ""
+    if isinstance(error, WeightsMissingError) and settings is not None:
+        items = "".join(
+            f"<li><code class='cliper-command'>{html.escape(c)}</code></li>"
+            for c in offline_commands(settings)
+        )
+        commands = (
+            "<p><b>Fetch the weights on a machine with internet, point the app at local files, "
+            f"run without Stable Diffusion, or try the tiny random models:</b></p><ul>{items}</ul>"
+        )
     return (
         f"<div class='cliper-error' style='color:#b00;font-family:monospace;white-space:pre-wrap'>"
-        f"cliper: {html.escape(str(error))}</div>"
+        f"cliper: {html.escape(page_message(error, settings))}</div>{commands}"
     )
 
 
 class AppPage:
-    """The page in three steps, one notebook cell each, so Voila shows each as soon as it is done.
+    """One visit's page in three steps, so the visitor sees each as soon as it is done.
 
-    `AppPage()` displays the controls at once in the preset's state, disabled and marked "loading
-    the models…" (the config alone draws them: no torch yet); `load()` builds the models (once per
-    kernel) and puts the live, enabled explorer in their place (or the CLI's one-line message when
-    they cannot be built); `first_result()` computes what the explorer shows. The page gets the CSS
-    class `cliper-ready` once live.
+    `AppPage()` builds the controls at once in the preset's state, disabled and marked "loading
+    the models…" (the config alone draws them: no torch yet); `load()` gets the models (loaded once
+    per server) and puts the live, enabled explorer in their place (or the CLI's one-line message
+    when they cannot be built); `first_result()` computes what the explorer shows. The page gets the
+    CSS class `cliper-ready` once live. `link_of` turns an exported file into its download URL.
     """
 
-    def __init__(self, settings: AppSettings | None = None):
+    def __init__(self, settings: AppSettings | None = None, link_of=None):
         self.settings = settings or AppSettings.from_environment()
+        self.link_of = link_of
         self.explorer = None
         self.error: str | None = None
         self.opening: Opening | None = None
@@ -165,19 +197,33 @@ class AppPage:
             shown = preview_widget(self.opening, loading)
         except PAGE_ERRORS as error:
             self.error = str(error)
-            shown = W.HTML(error_html(error))  # the CLI's message, no traceback
+            shown = W.HTML(error_html(error, self.settings))  # the CLI's message, no traceback
         self.widget = W.VBox([shown])
         self.widget.add_class("cliper-app")
-        display(self.widget)
 
     def load(self) -> None:
         if self.error is not None:
             return
+        from ..widgets import Explorer  # torch: only after the controls show
+
         try:
-            self.explorer = build_explorer(self.settings, defer=True, opening=self.opening)
+            model = load_model(self.settings)
+            opening = self.opening
+            self.explorer = Explorer(
+                model,
+                images=opening.images,
+                image=opening.image,
+                classes=opening.classes,
+                background=self.settings.background,
+                cfg=opening.cfg,
+                export_dir=self.settings.out,
+                defer=True,
+                compute_lock=COMPUTE_LOCK,
+                link_of=self.link_of,
+            )
         except PAGE_ERRORS as error:
             self.error = str(error)
-            self.widget.children = [W.HTML(error_html(error))]  # the CLI's message, no traceback
+            self.widget.children = [W.HTML(error_html(error, self.settings))]
             return
         self.widget.children = [self.explorer.widget]
         self.widget.add_class("cliper-ready")
@@ -191,5 +237,6 @@ class AppPage:
             self.explorer.update("init")
         else:
             self.explorer.status.value = (
-                "<b>type the classes to look for</b> (';'-separated), then press Enter"
+                "<b>type the classes to look for</b> (separated by ';', ',' or new lines), "
+                "then press Enter"
             )

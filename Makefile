@@ -3,11 +3,12 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PROFILE ?= paper
 OUT     ?= outputs/demo
+PLAN    ?= smoke
 BIN     := $(VENV)/bin
 CORE    := $(VENV)/.cliper-core
 STAMP   := $(VENV)/.cliper-installed
 
-.PHONY: demo test setup notebooks lab voila app bench clean-outputs wheel-check
+.PHONY: demo test test-paper-offline setup notebooks lab voila app bench book figure clean-outputs wheel-check
 
 # The core package (what `cliper segment | eval | download | demo` need), with the torch build the suite is tested on.
 $(CORE): pyproject.toml
@@ -36,6 +37,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+## Every notebook on the paper profile, offline, against a cache of random full-size CLIP weights
+## laid out like the real repositories, with no DINO model and no data set (about 20 minutes).
+test-paper-offline: $(STAMP)
+	$(BIN)/python -m pytest -m paper_offline tests/test_paper_profile_offline.py
+
 ## Open the notebooks.
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
@@ -47,6 +53,16 @@ voila: $(STAMP)
 ## The explorer as an app (PROFILE=smoke: tiny random models, offline).
 app: $(STAMP)
 	$(BIN)/cliper app --profile $(PROFILE)
+
+## The executed notebooks of a plan as a static HTML site with an index, outputs/book/$(PLAN)/index.html
+## (PLAN=smoke by default; the plan runs first when its folder holds no executed copies).
+book: $(STAMP)
+	@ls papermill_runs/$(PLAN)/*.ipynb >/dev/null 2>&1 || $(BIN)/cliper reproduce --plan $(PLAN)
+	$(BIN)/python -m cliper_lib.suite.runs.book papermill_runs/$(PLAN) --out outputs/book/$(PLAN)
+
+## Redraw docs/pipeline.svg from the stage graph (cliper_lib/method/stages.py).
+figure: $(CORE)
+	$(BIN)/python -m cliper_lib.suite.toolkit.pipeline_figure
 
 ## Speed benchmarks (not tests).
 bench: $(STAMP)

@@ -249,3 +249,38 @@ def test_query_patch_and_fraction_range():
     assert analysis.fraction_range([0.5, 1.0], 11) == [5, 10]
     with pytest.raises(ValueError):
         analysis.fraction_range([0.6, 0.2], 11)
+
+
+def test_sd_locality_table_matches_brute_force():
+    """One row per (timestep index, layer, head); distance and normalised entropy recomputed by
+    loops over tokens; a 2 × 2 grid layer of side 16 has tokens 8 SD px apart."""
+    torch.manual_seed(0)
+    fine = torch.softmax(torch.randn(2, 16, 16), -1)  # 2 heads on a 4 × 4 grid
+    coarse = torch.softmax(torch.randn(1, 4, 4), -1)  # 1 head on a 2 × 2 grid
+    table = analysis.sd_locality_table(
+        {45: {"up_blocks.3.attentions.0": fine, "up_blocks.2.attentions.1": coarse}}, 16
+    )
+    assert len(table) == 3 and set(table["timestep index"]) == {45}
+    row = table[(table["layer"] == "up_blocks.2.attentions.1") & (table["head"] == 0)].iloc[0]
+    assert row["grid"] == 2 and row["block"] == "up_blocks.2" and row["label"] == "up2.attn1\n2×2"
+    centres = [(r * 8.0, c * 8.0) for r in range(2) for c in range(2)]  # 16 px / 2 tokens
+    distance = (
+        sum(
+            coarse[0, j, k].item() * math.dist(centres[j], centres[k])
+            for j in range(4)
+            for k in range(4)
+        )
+        / 4
+    )
+    entropy = (
+        -sum(
+            coarse[0, j, k].item() * math.log(coarse[0, j, k].item())
+            for j in range(4)
+            for k in range(4)
+        )
+        / 4
+    )
+    assert row["mean attention distance (SD px)"] == pytest.approx(distance, rel=1e-5)
+    assert row["normalised entropy"] == pytest.approx(entropy / math.log(4), rel=1e-5)
+    uniform = sum(math.dist(a, b) for a in centres for b in centres) / 16
+    assert row["uniform distance (SD px)"] == pytest.approx(uniform, rel=1e-6)

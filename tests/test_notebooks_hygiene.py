@@ -109,8 +109,9 @@ def test_parameters_cell_plain_literals(path):
     )
     assert len(set(names)) == len(names), f"{path.name}: a parameter is assigned twice"
     profile = ast.literal_eval(tree.body[0].value)
-    assert profile == "smoke", (
-        f"{path.name}: profile defaults to 'smoke' so a bare run stays offline and fast"
+    assert profile == "auto", (
+        f"{path.name}: profile defaults to 'auto' (the paper's weights when cached, else smoke; "
+        "$CLIPER_PROFILE overrides it for every notebook)"
     )
     lines = cell.source.splitlines()
     for (

@@ -102,6 +102,8 @@ def test_run_plan_records_everything(tmp_path, notebooks):
         "cuda",
     )
     assert rec["started"] <= rec["finished"] and rec["duration_s"] > 0
+    # this notebook records no configuration: the record says so, and keeps the injected profile
+    assert rec["config"] is None and rec["seed"] is None and rec["profile"] == "paper"
 
     data = json.loads((out / "summary.json").read_text())
     assert data["status"] == "ok" and data["records"][0]["metrics"]["x_squared"] == 9

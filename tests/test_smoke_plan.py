@@ -1,14 +1,29 @@
-"""`cliper reproduce --plan smoke`: every notebook executes headlessly on the tiny models
-(what CI runs)."""
+"""`cliper reproduce --plan smoke`: every notebook executes headlessly on the tiny models (what CI
+runs), each record holds what the notebook ran with, and `make book` renders the executed copies."""
 
 from __future__ import annotations
 
 import json
+import re
 
+import nbformat
 import pytest
 
+from cliper_lib.config import CLIPerConfig
 from cliper_lib.suite.cli.commands import main as cliper_main
+from cliper_lib.suite.runs.book import build_book
 from cliper_lib.suite.runs.plans import load_plan
+
+SMOKE_BANNER = "Random weights (smoke profile)"
+
+
+def first_output(path) -> str:
+    """The text of the first output of an executed notebook (markdown, stream or plain text)."""
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            return str(data.get("text/markdown") or data.get("text/plain") or output.get("text"))
+    return ""
 
 
 @pytest.mark.slow
@@ -25,9 +40,16 @@ def test_smoke_plan_executes_every_notebook(tmp_path):
     for run in plan.runs:
         record = json.loads((tmp_path / f"{run.name}.json").read_text())
         assert record["status"] == "ok", run.name
-        assert record["parameters"]["profile"] == "smoke"
+        assert record["parameters"]["profile"] == "smoke"  # the plan says it, not the machine
         assert record["metrics"], f"{run.name} published no metric"
-        assert (tmp_path / f"{run.name}.ipynb").exists()
+        # the effective configuration, from the notebook's bookkeeping cell
+        assert record["config"], f"{run.name} recorded no configuration (record_config)"
+        assert CLIPerConfig.from_dict(record["config"]).profile == "smoke"
+        assert record["profile"] == "smoke" and record["seed"] == record["config"]["seed"]
+        assert all(record["versions"][k] for k in ("python", "torch", "cliper-suite"))
+        assert "commit" in record["git"]
+        executed = tmp_path / f"{run.name}.ipynb"
+        assert SMOKE_BANNER in first_output(executed), f"{run.name}: no smoke banner first"
     # summary.md: after the table header, exactly one row per run, in plan order,
     # each linking its copy and ok
     lines = (tmp_path / "summary.md").read_text().splitlines()
@@ -35,3 +57,11 @@ def test_smoke_plan_executes_every_notebook(tmp_path):
     assert len(rows) == len(plan.runs), rows
     for run, row in zip(plan.runs, rows, strict=True):
         assert row.startswith(f"| [{run.name}]({run.name}.ipynb) | ok | "), row
+
+    # `make book` on these copies: a page per notebook, an index linking them in plan order
+    index = build_book(tmp_path, tmp_path / "book")
+    links = re.findall(r'<a href="([^"]+)\.html">', index.read_text())
+    assert links == [run.name for run in plan.runs]
+    for run in plan.runs:
+        page = (index.parent / f"{run.name}.html").read_text()
+        assert f"<title>{run.name}</title>" in page and SMOKE_BANNER in page  # with its outputs

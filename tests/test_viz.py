@@ -171,3 +171,66 @@ def test_colourbars_of_nearly_flat_maps_read_as_plain_numbers():
     assert all(abs(v - 0.14936) < 1e-3 for v in flat_labels)  # the ticks say the map's value
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert "nearly flat" in titles[0] and "nearly flat" not in titles[1]
+
+
+# --- the notebooks' figures and teaching helpers (cliper_lib.suite.studies) -----------------------
+def test_sinkhorn_rounds_table_follows_the_rounds_by_hand():
+    """Row k: B = k + 1 alternating column/row normalisations of A, and the finished attention's
+    distance from the first output's, recomputed with plain tensor operations."""
+    from cliper_lib.method import fusion
+    from cliper_lib.suite.studies.figures import sinkhorn_rounds_table
+
+    torch.manual_seed(0)
+    summed = torch.softmax(torch.randn(1, 2, 5, 5), -1) * 3  # a sum of 3 attentions
+    table = sinkhorn_rounds_table(summed, 4)
+    balanced, first = summed, None
+    for k in range(4):
+        balanced = balanced / balanced.sum(-2, keepdim=True)
+        balanced = balanced / balanced.sum(-1, keepdim=True)
+        fused = fusion.finish_fused_attention(balanced)
+        first = fused if first is None else first
+        row = table.iloc[k]
+        assert row["rounds"] == k + 1
+        assert row.iloc[1] == pytest.approx(float((balanced.sum(-2) - 1).abs().max()), abs=1e-7)
+        assert row.iloc[2] == pytest.approx(float((fused - first).norm() / first.norm()), abs=1e-7)
+    assert table.iloc[0, 2] == 0.0 and table.iloc[-1, 1] < table.iloc[0, 1]  # the rounds converge
+
+
+def test_notebook_figures_draw_headless():
+    import pandas as pd
+
+    from cliper_lib.suite.studies import figures
+
+    image = _image()
+    fig = figures.marked_heatmaps(torch.rand(3, 4, 4), ["a", "b", "c"], image, [(1, 2)], [(4, 4)])
+    marked = [p for ax in fig.axes[:3] for p in ax.patches]
+    assert len(marked) == 3 and all(p.get_edgecolor()[:3] == (0.0, 1.0, 1.0) for p in marked)
+    boxes = [(0, 16, 0, 16), (0, 16, 16, 32), (8, 24, 8, 24)]
+    crops = figures.crops_figure(image, boxes, "crops")
+    assert len(crops.axes[0].patches) == 3 and [t.get_text() for t in crops.axes[0].texts] == [
+        "crop 0", "crop 1", "crop 2",
+    ]  # fmt: skip
+    labels = {"ref": _labels(), "other": np.zeros((24, 32), dtype=np.int64)}
+    grid = figures.label_maps_figure(image, labels, ["a", "b", "c"], "ref", "labels", ncols=2)
+    agree = float((labels["other"] == labels["ref"]).mean())
+    assert grid.axes[1].get_title() == f"other: {agree:.0%} agree"
+    cost = pd.DataFrame({"order": ["ltr", "rtl"], "time (s)": [2.0, 0.5], "multiply-adds": [8, 2]})
+    bars = figures.cost_bars(cost, "cost")
+    assert bars.axes[0].get_title().endswith("= 4") and bars.axes[0].get_yscale() == "log"
+    for built in (fig, crops, grid, bars):
+        assert isinstance(built, Figure)
+
+
+def test_teaching_helpers(capsys):
+    from cliper_lib.config import CLIPerConfig
+    from cliper_lib.suite.studies.teaching import PASS_MARK, answered, passed, shown_config
+
+    assert not answered(1, ...) and "Not answered yet" in capsys.readouterr().out
+    assert answered(0, False, None)  # any value but the placeholder counts as an answer
+    passed("9.9", "why")
+    assert capsys.readouterr().out == f"{PASS_MARK} 9.9: correct. why\n"
+    paper = CLIPerConfig.from_preset("vit-b-16/voc21", profile="paper")
+    smoke = CLIPerConfig.from_preset("vit-b-16/voc21", profile="smoke")
+    assert shown_config(paper, "paper") is paper
+    shown = shown_config(smoke, "smoke")
+    assert shown.score_threshold == 0.0 and shown.replace(score_threshold=0.7) == smoke

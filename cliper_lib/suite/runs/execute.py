@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .notebook import METRICS_ENV, OUTPUT_DIR_ENV, RUN_NAME_ENV
+from .notebook import METRICS_ENV, OUTPUT_DIR_ENV, RECORD_ENV, RUN_NAME_ENV
 from .plans import Plan, Run
 from .records import RunRecord, now
 from .run_links import repo_relative
@@ -99,8 +99,10 @@ def execute_run(
     PapermillExecutionError, or anything else), the NotebookFailed to stop the plan with."""
     executed = out / f"{run.name}.ipynb"
     metrics_file = out / f".{run.name}.metrics.json"
-    # a stale file would leak an earlier run's metrics into this one
+    record_file = out / f".{run.name}.record.json"
+    # a stale file would leak an earlier run's metrics or configuration into this one
     metrics_file.unlink(missing_ok=True)
+    record_file.unlink(missing_ok=True)
     rec = RunRecord(
         name=run.name,
         notebook=repo_relative(run.notebook),
@@ -111,7 +113,7 @@ def execute_run(
         cwd=repo_relative(run.notebook.parent),
         plan=plan.name,
     )
-    env = run_environment(run, plan, out, metrics_file)
+    env = run_environment(run, plan, out, metrics_file, record_file)
     failure: NotebookFailed | None = None
     rec.started, t0 = now(), time.perf_counter()
     try:
@@ -135,17 +137,22 @@ def execute_run(
     finally:
         rec.duration_s = round(time.perf_counter() - t0, 3)
         rec.finished = now()
-        rec.metrics = _take_metrics(metrics_file, rec.metrics)
+        rec.metrics = _take_json(metrics_file) or rec.metrics
+        _take_configuration(rec, record_file)
     if failure is not None:
         _mark_failed(rec, failure)
     return rec, failure
 
 
-def run_environment(run: Run, plan: Plan, out: Path, metrics_file: Path) -> dict[str, str]:
-    """The environment a run's kernel inherits: where `publish` writes its metrics, the folder for
-    its files (<out>/work/<run>), and "<plan>/<run>"."""
+def run_environment(
+    run: Run, plan: Plan, out: Path, metrics_file: Path, record_file: Path
+) -> dict[str, str]:
+    """The environment a run's kernel inherits: where `publish` writes its metrics and
+    `record_config` its configuration, the folder for its files (<out>/work/<run>), and
+    "<plan>/<run>"."""
     return {
         METRICS_ENV: str(metrics_file.resolve()),
+        RECORD_ENV: str(record_file.resolve()),
         OUTPUT_DIR_ENV: str((out / "work" / run.name).resolve()),
         RUN_NAME_ENV: f"{plan.name}/{run.name}",
     }
@@ -171,14 +178,24 @@ def _failed_outside_cells(notebook: str, executed: Path, exc: Exception) -> Note
     return NotebookFailed(notebook, str(executed), cell, None, type(exc).__name__, message, source)
 
 
-def _take_metrics(metrics_file: Path, default: dict[str, Any]) -> dict[str, Any]:
-    """The metrics a notebook published to `metrics_file` (then removed), else `default`."""
-    metrics = default
-    if metrics_file.exists():
+def _take_json(path: Path) -> dict[str, Any]:
+    """The JSON object a notebook left in `path` (then removed); {} when there is none."""
+    values: dict[str, Any] = {}
+    if path.exists():
         with contextlib.suppress(ValueError, OSError):
-            metrics = json.loads(metrics_file.read_text())
-        metrics_file.unlink(missing_ok=True)
-    return metrics
+            values = json.loads(path.read_text())
+        path.unlink(missing_ok=True)
+    return values if isinstance(values, dict) else {}
+
+
+def _take_configuration(rec: RunRecord, record_file: Path) -> None:
+    """Fill the record's configuration, seed and profile from what `record_config` wrote; without
+    it, the profile is the injected parameter (plans pass it explicitly)."""
+    recorded = _take_json(record_file)
+    for name in ("config", "derived", "seed", "profile", "profile_requested"):
+        setattr(rec, name, recorded.get(name))
+    if rec.profile is None:
+        rec.profile = rec.parameters.get("profile")
 
 
 def _mark_failed(rec: RunRecord, failure: NotebookFailed) -> None:

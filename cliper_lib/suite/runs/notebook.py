@@ -99,43 +99,81 @@ def output_dir(name: str) -> Path:
 # --- the learner's side: which profile, what is missing, what ran ---------------------------------
 #: env var that sets the profile of every notebook whose parameter cell says "auto".
 PROFILE_ENV = "CLIPER_PROFILE"
-#: the preset whose weights decide "auto": the one the README's `cliper download` fetches.
+#: env var naming the JSON file `record_config` writes; set by the runner for each notebook.
+RECORD_ENV = "CLIPER_RECORD_FILE"
+#: the preset whose weights decide "auto": the command line's default preset, the one the README's
+#: `cliper download` fetches.
 AUTO_PRESET = "vit-b-16/voc21"
 DOWNLOAD_COMMAND = "cliper download"
+_RECORDED: dict[str, Any] = {}
 
 
 def resolve_profile(profile: str) -> str:
     """ "paper" or "smoke": an explicit profile stays; "auto" is $CLIPER_PROFILE, else the paper
     profile when its weights are in the local cache, else smoke."""
-    from ...config import PROFILES, CLIPerConfig
+    from ...config import PROFILES
+
+    resolved = profile
+    if resolved == "auto":
+        resolved = os.environ.get(PROFILE_ENV, "").strip() or "auto"
+    if resolved == "auto":
+        return "smoke" if _auto_preset_missing() else "paper"
+    if resolved not in PROFILES:
+        where = f" (from ${PROFILE_ENV})" if profile == "auto" else ""
+        raise ValueError(f"profile={resolved!r}{where}: use auto, {', '.join(PROFILES)}")
+    return resolved
+
+
+def _auto_preset_missing() -> list[Any]:
+    """The weight files of AUTO_PRESET on the paper profile that the local cache lacks."""
+    from ...config import CLIPerConfig
     from ...weights.inventory import missing_weight_files
 
-    if profile == "auto":
-        profile = os.environ.get(PROFILE_ENV, "").strip() or "auto"
-    if profile == "auto":
-        cfg = CLIPerConfig.from_preset(AUTO_PRESET, profile="paper")
-        return "smoke" if missing_weight_files(cfg) else "paper"
+    return missing_weight_files(CLIPerConfig.from_preset(AUTO_PRESET, profile="paper"))
+
+
+def _check_resolved(profile: str) -> None:
+    """ValueError unless `profile` is one `resolve_profile` returns."""
+    from ...config import PROFILES
+
     if profile not in PROFILES:
-        where = f" (from ${PROFILE_ENV})" if os.environ.get(PROFILE_ENV) else ""
-        raise ValueError(f"profile={profile!r}{where}: use auto, {', '.join(PROFILES)}")
-    return profile
+        raise ValueError(
+            f"profile={profile!r}: pass what resolve_profile returns ({', '.join(PROFILES)})"
+        )
 
 
 def show_profile(profile: str) -> None:
-    """Say which weights the pictures below come from; on smoke, the one command that fetches real
-    ones."""
+    """Show which weights the pictures below come from; on smoke, what the real ones weigh and the
+    one command that fetches them."""
     from IPython.display import Markdown, display
 
-    if profile == "smoke":
-        text = (
-            "> **Random weights (smoke profile).** The models below are tiny and untrained, so the "
-            "pictures are noise and the numbers are not the paper's; every step still runs and "
-            f"every check holds. For real pictures run `{DOWNLOAD_COMMAND}` once (about 6 GB: "
-            "CLIP ViT-B/16 and Stable Diffusion 2.1 base), then rerun this notebook."
+    display(Markdown(profile_banner(profile)))
+
+
+def profile_banner(profile: str) -> str:
+    """The markdown `show_profile` displays for a resolved profile ("paper" or "smoke")."""
+    from ...weights.inventory import _size as size
+
+    if profile == "paper":
+        return (
+            "> **Real weights (paper profile):** the trained CLIP and Stable Diffusion of the "
+            "paper; the pictures and numbers below are the method's own."
         )
-    else:
-        text = "> **Real weights (paper profile):** CLIP ViT-B/16 (OpenAI), Stable Diffusion 2.1."
-    display(Markdown(text))
+    _check_resolved(profile)
+    banner = (
+        "> **Random weights (smoke profile).** The models below are tiny and untrained: the "
+        "pictures are noise and the numbers are not the paper's, but every step runs and every "
+        "check holds."
+    )
+    missing = _auto_preset_missing()
+    if not missing:
+        return banner + ' The real weights are in your cache: set `profile = "auto"` and rerun.'
+    models = ", ".join(dict.fromkeys(f.model for f in missing))
+    total = size(sum(f.approx_mb or 0 for f in missing))
+    return banner + (
+        f" For real pictures run `{DOWNLOAD_COMMAND}` once ({total}: {models}), then rerun: "
+        f'`profile = "auto"` takes the paper profile when the weights are in the cache.'
+    )
 
 
 def missing_weights_note(
@@ -146,45 +184,105 @@ def missing_weights_note(
     data_root: str | os.PathLike | None = None,
 ) -> str | None:
     """None when what a section needs is here (always, on smoke); else show and return a note
-    naming what is missing, its size and the command that fetches it."""
+    naming what is missing, its size and how to get it."""
     from IPython.display import Markdown, display
 
     note = _missing_for(profile, vfm, dataset, data_root)
     if note is not None:
-        display(Markdown(f"> **Skipped here:** {note}"))
-    return note
+        summary, detail = note
+        display(
+            Markdown(
+                f"> **Skipped here:** {summary}" + (f"\n\n```\n{detail}\n```" if detail else "")
+            )
+        )
+        return summary
+    return None
 
 
 def _missing_for(
     profile: str, vfm: str | None, dataset: str | None, data_root: str | os.PathLike | None
-) -> str | None:
-    from ...weights.inventory import _size, vfm_weight_files
+) -> tuple[str, str] | None:
+    """(one line, details) for the first missing thing (the VFM, then the data set), else None."""
+    _check_resolved(profile)
+    if profile == "smoke":
+        return None
+    if vfm:
+        note = _missing_vfm(vfm)
+        if note is not None:
+            return note, ""
+    return _missing_dataset(dataset, data_root) if dataset else None
+
+
+def _missing_vfm(vfm: str) -> str | None:
+    """The note for a DINO/DINOv2 model that is not in the local cache, else None."""
+    from ...config import VFM_MODELS
+    from ...weights.inventory import _size as size
     from ...weights.inventory import _vfm_missing as vfm_missing
 
-    if profile != "paper":
+    if vfm not in VFM_MODELS:
+        raise ValueError(f"vfm={vfm!r}: use one of {', '.join(VFM_MODELS)}")
+    missing = vfm_missing(vfm)
+    if not missing:
         return None
-    if vfm is not None and vfm_missing(vfm):
-        size = _size(sum(f.approx_mb or 0 for f in vfm_weight_files(vfm)) or None)
-        return (
-            f"this section needs the {vfm} model ({size}), which is not in the local cache; "
-            f"`{DOWNLOAD_COMMAND} --vfm {vfm}` fetches it."
-        )
-    if dataset is not None:
-        from ...eval.benchmarks import load_benchmark
-        from ...eval.datasets import DatasetError
+    total = size(sum(f.approx_mb or 0 for f in missing) or None)
+    return (
+        f"this section needs the {vfm} model ({total}, hub repository `{missing[0].repo}`), "
+        f"which is not in the local cache; `{DOWNLOAD_COMMAND} --vfm {vfm}` fetches it."
+    )
 
-        try:
-            load_benchmark(dataset, data_root, limit=1)
-        except DatasetError as error:
-            first_line = str(error).splitlines()[0]
-            return f"this section needs the {dataset} data set: {first_line} (README: data sets)."
+
+def _missing_dataset(dataset: str, data_root: str | os.PathLike | None) -> tuple[str, str] | None:
+    """(note, the loader's layout message) for a benchmark that is not under the data root."""
+    from ...eval.benchmarks import DATASETS, default_data_root, load_benchmark
+    from ...eval.datasets import DatasetError
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}: use one of {', '.join(DATASETS)}")
+    root = repo_path(data_root or default_data_root())
+    try:
+        load_benchmark(dataset, root, limit=1)
+    except DatasetError as error:
+        return (
+            f"this section needs the {dataset} data set, which is not complete under {root}. "
+            "No command fetches data sets (each has its own licence): the README's section "
+            '"Evaluate on a benchmark" says where to get them; set `data_root` (or $CLIPER_DATA) '
+            "to their folder.",
+            str(error),
+        )
     return None
 
 
 def record_config(cfg: Any, profile: str | None = None) -> None:
-    """Publish the effective configuration this notebook ran with (every field, the seed, the
-    profile), so its run record holds it."""
-    values = cfg.to_dict()
-    publish("effective_config", values)
-    publish("seed", values["seed"])
-    publish("profile", profile or values["profile"])
+    """Put the configuration this notebook ran with in its run record: every field, the values
+    derived from them, the seed and the profile (`profile`: the parameter as given, e.g. "auto").
+
+    `cfg` is a CLIPerConfig, or a CLIPer (its config, plus the device and the fused layers it
+    resolved). Calling it again replaces the record.
+    """
+    model = cfg if hasattr(cfg, "cfg") and hasattr(cfg, "clip") else None
+    config = model.cfg if model is not None else cfg
+    derived = {
+        name: getattr(config, name)
+        for name in dir(type(config))
+        if name.startswith("effective_") and isinstance(getattr(type(config), name), property)
+    }
+    if model is not None:
+        derived["device"] = str(model.device)
+        derived["fused_layers"] = list(config.fused_layers(model.clip.num_layers))
+    values = config.to_dict()
+    record = {"config": values, "derived": derived, "seed": values["seed"]}
+    record["profile"] = values["profile"]
+    if profile not in (None, values["profile"]):
+        record["profile_requested"] = profile
+    record = _jsonable(record, "record")
+    _RECORDED.clear()
+    _RECORDED.update(record)
+    target = os.environ.get(RECORD_ENV)
+    if target:
+        atomic_write_json(Path(target), record)
+    print(f"[record] profile {record['profile']}, seed {record['seed']}, {len(values)} fields")
+
+
+def recorded() -> dict[str, Any]:
+    """What `record_config` recorded in this process (a copy; empty before it ran)."""
+    return dict(_RECORDED)

@@ -3,9 +3,10 @@ metrics.
 
 `run_plan` executes the notebooks of a plan (`plans.load_plan`) in order, each in its own folder as
 working directory (as Jupyter does), into `<out_dir>/<run>.ipynb`, writes `<out_dir>/<run>.json`
-(parameters, package versions, git commit, device, times, published metrics: `records.RunRecord`)
-and a summary (`summary.md`, `summary.json`: `records.Summary`). The first failing notebook stops
-the plan with `NotebookFailed`; the partial summary is still written. Papermill and Jupyter are
+(parameters, the configuration the notebook recorded, package versions, git commit, device, times,
+published metrics: `records.RunRecord`) and a summary (`summary.md`, `summary.json`:
+`records.Summary`). The first failing notebook stops the plan with `NotebookFailed`; the partial
+summary is still written. Papermill and Jupyter are
 imported only when a plan runs (they come with the notebooks extra, not the core install).
 """
 

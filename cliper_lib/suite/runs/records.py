@@ -34,6 +34,13 @@ class RunRecord:
     status: str
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # what the notebook ran with (`notebook.record_config`): every config field, the values
+    # derived from them, the seed, the resolved profile and, if it differs, the one asked for
+    config: dict[str, Any] | None = None
+    derived: dict[str, Any] | None = None
+    seed: int | None = None
+    profile: str | None = None
+    profile_requested: str | None = None
     started: str | None = None
     finished: str | None = None
     duration_s: float | None = None

@@ -13,8 +13,9 @@ reported separately by `cls_attention`).
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "token_similarity",
     "uniform_attention_distance",
     "layer_locality_table",
+    "sd_locality_table",
     "query_patch",
     "query_attention_maps",
     "fraction_range",
@@ -205,6 +207,40 @@ def layer_locality_table(walk: LayerWalk, patch: int, batch_index: int = 0):
                     token_similarity=sim,
                 )
             )
+    return pd.DataFrame(rows)
+
+
+def sd_locality_table(
+    attention: Mapping[int, Mapping[str, torch.Tensor]], side: int
+) -> pd.DataFrame:
+    """Notebook 03: one row per (timestep index, SD layer, head) of captured self-attention
+    {index: {layer path: (heads, T, T)}} on an s × s token grid of a side × side input.
+
+    Columns: timestep index, layer, block, grid, head, label (short name and grid, for plots), mean
+    attention distance (SD px), normalised entropy (entropy ÷ log T: 1 is uniform) and uniform
+    distance (SD px), the no-locality reference.
+    """
+    rows = []
+    for index, maps in attention.items():
+        for path, attn in maps.items():
+            s = math.isqrt(attn.shape[-1])
+            pixels = side // s  # SD pixels per token
+            distance = mean_attention_distance(attn, (s, s), pixels).tolist()
+            entropy = (attention_entropy(attn, (s, s)) / math.log(s * s)).tolist()
+            short = path.replace("_blocks.", "").replace("attentions.", "attn")
+            common = {
+                "timestep index": index,
+                "layer": path,
+                "grid": s,
+                "label": f"{short}\n{s}×{s}",
+            }
+            common["block"] = path.rsplit(".attentions", 1)[0]
+            common["uniform distance (SD px)"] = uniform_attention_distance((s, s), pixels)
+            rows += [
+                common
+                | {"head": head, "mean attention distance (SD px)": d, "normalised entropy": e}
+                for head, (d, e) in enumerate(zip(distance, entropy, strict=True))
+            ]
     return pd.DataFrame(rows)
 
 

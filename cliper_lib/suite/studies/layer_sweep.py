@@ -243,3 +243,22 @@ def sweep_samples(
             f"(label-map PNGs named like the images)."
         )
     return samples, f"{proxy} proxy: mIoU on {len(samples)} {where}"
+
+
+def explorer_tour(num_layers: int, class_names: str) -> list[tuple[str, str, Any]]:
+    """Notebook 06's timed moves (kind, control, value): each kind a few times with fresh values,
+    one return to an earlier layer range (a cache hit), thresholds, the coarse map, new classes."""
+    last = num_layers - 2  # the last fusable block
+    return [
+        ("layer range", "fuse_layers", (1, last)),
+        ("layer range", "fuse_layers", (0, last - 1)),
+        ("layer range", "fuse_layers", (num_layers // 2, last)),
+        ("revisit (cached)", "fuse_layers", (1, last)),
+        ("label thresholds", "score_threshold", 0.0),
+        ("label thresholds", "bkg_thre", 0.2),
+        ("label thresholds", "score_threshold", 0.1),
+        ("coarse map", "attention_thr", 0.25),
+        ("coarse map", "select_layer", -2),
+        ("classes", "classes", class_names + "; floor"),
+        ("classes", "classes", class_names + "; floor; window"),
+    ]

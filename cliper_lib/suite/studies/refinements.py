@@ -90,3 +90,50 @@ def compare_refinements(
             }
         )
     return pd.DataFrame(rows), runs
+
+
+def threshold_sweep(
+    rerun: Any,
+    cfg: CLIPerConfig,
+    head_maps: torch.Tensor,
+    thresholds: Sequence[float],
+    reference: SegmentationResult,
+    class_index: int,
+) -> tuple[pd.DataFrame, dict[float, torch.Tensor]]:
+    """Notebook 04: each value set once through `sd_attention_thr` (S_f alone moves) and once
+    through `attention_thr` (S_c too, while the two are tied). `rerun(cfg)` returns the run of a
+    config (coarse, refined, scores, labels). Returns one row per (value, knob) and, per value, the
+    class's S_f under `sd_attention_thr`."""
+    from ...method.refine import normalize_head_maps
+
+    records, refined_by_value = [], {}
+    for value in thresholds:
+        normed = normalize_head_maps(head_maps, value)  # (m, T, T)
+        zeroed, emptied = (
+            float((normed == 0).float().mean()),
+            float((normed.sum(-1) == 0).float().mean()),
+        )
+        del normed  # m·T² floats: one at a time
+        for knob in ("sd_attention_thr", "attention_thr"):
+            changed = cfg.replace(**{knob: value})
+            _, refined, scores, labels = rerun(changed)
+            tau_is_value = changed.effective_sd_attention_thr == value
+            records.append(
+                {
+                    "threshold": value,
+                    "knob": knob,
+                    "τ on SD maps": changed.effective_sd_attention_thr,
+                    "zeroed share of SD maps": zeroed if tau_is_value else None,
+                    "emptied rows": emptied if tau_is_value else None,
+                    "relative change of S_f": float(
+                        (refined - reference.refined).norm() / reference.refined.norm()
+                    ),
+                    "label agreement with preset": float(
+                        (labels == reference.labels).float().mean()
+                    ),
+                    "score of the focus class": float(scores[class_index]),
+                }
+            )
+            if knob == "sd_attention_thr":
+                refined_by_value[value] = refined[class_index]
+    return pd.DataFrame(records), refined_by_value

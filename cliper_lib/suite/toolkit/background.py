@@ -26,7 +26,6 @@ Rules (README "Background words"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -55,10 +54,11 @@ class Vocabulary:
 
 
 def split_terms(text: str) -> list[str]:
-    """'dining table; wooden floor' -> ['dining table', 'wooden floor']; without ';', commas
-    separate too."""
-    separators = r"[;\n]" if ";" in text or "\n" in text else r"[,\n]"
-    return [" ".join(part.split()) for part in re.split(separators, text) if part.strip()]
+    """'dining table; wooden floor' -> ['dining table', 'wooden floor'], by the class names' own
+    rule (vocab.parse_class_names: without ';', commas and new lines separate); spaces tidied."""
+    if not text.strip():
+        return []
+    return [" ".join(part.split()) for part in parse_class_names(text)]
 
 
 def _key(term: str) -> str:

@@ -231,7 +231,7 @@ def test_refine_input_errors() -> None:
     maps = random_stochastic(3, 16, dtype=torch.float32)
     coarse = torch.rand(2, 3, 3)
     assert "median" not in REFINEMENTS
-    with pytest.raises(ConfigError, match="refinement='median' is not accepted; refinement takes one of sfsa"):
+    with pytest.raises(ConfigError, match="refinement=.median. is not accepted; refinement takes"):
         CLIPerConfig(refinement="median").validate()
     with pytest.raises(ValueError, match="selection_head=3"):
         refine_selection(coarse, maps, 0.1, 3)

@@ -57,8 +57,7 @@ def test_code_cells_are_short(path):
     long = [
         (i, counted_lines(c.source))
         for i, c in cells
-        if "bookkeeping" not in c.metadata.get("tags", [])
-        and counted_lines(c.source) > MAX_LINES
+        if "bookkeeping" not in c.metadata.get("tags", []) and counted_lines(c.source) > MAX_LINES
     ]
     assert not long, f"{path.name}: cells over {MAX_LINES} lines (index, lines): {long}"
 

@@ -33,16 +33,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_floor import peak_rss_gb, unet_to_layer_stock  # noqa: E402
 from bench_pipeline import build_full_size_clip, random_text_set, segment_with_text  # noqa: E402
 
-#: name -> (dtype, sd_dtype): the named settings (docs/method.md, precision); the last two are for
-#: a GPU (bench_device.py), where float16 has fast kernels
-SETTINGS = {
-    "float32": ("float32", None),
-    "mixed": ("float32", "bfloat16"),
-    "bfloat16": ("bfloat16", None),
-    "mixed-float16": ("float32", "float16"),
-    "float16": ("float16", None),
-}
+from cliper_lib.config import PRECISIONS  # noqa: E402
+
+#: name -> (dtype, sd_dtype): the named settings (docs/method.md 3.15, `--precision`); the last two
+#: are for a GPU (bench_device.py), where float16 has fast kernels
+SETTINGS = {name: (fields["dtype"], fields["sd_dtype"]) for name, fields in PRECISIONS.items()}
 CPU_SETTINGS = ["float32", "mixed", "bfloat16"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bfloat16 units, from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    units = [flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in info]
+    return f"{name} ({', '.join(units) or 'no bfloat16 units'})"
 
 
 def errors(ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -152,7 +163,9 @@ def main() -> None:
     from PIL import Image
 
     from cliper_lib.config import DATA_DIR
+    from cliper_lib.heap import request_huge_pages
 
+    request_huge_pages()  # as the command line does at start
     torch.set_grad_enabled(False)
     with Image.open(DATA_DIR / "samples" / f"{args.photo}.jpg") as image:
         photo = np.asarray(image.convert("RGB"))
@@ -184,7 +197,8 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),
             "cpu_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(),
-            "machine": "2-core CPU shared with other jobs: compare ratios, not seconds",
+            "cpu": cpu_name(),
+            "machine": "2-core CPU: compare ratios; the load average says how busy it was",
         },
         "rows": rows,
         "peak_rss_gb": peak_rss_gb(),

@@ -2,7 +2,8 @@ r"""The SD passes (VAE encode, UNet to the last captured layer) under each way o
 cost on a CPU, interleaved: float32 and bfloat16 weights, each in default and channels-last memory
 format, and bfloat16 autocast over float32 weights.
 
-    python benchmarks/bench_sd_variants.py --variants fp32 fp32cl bf16 bf16cl ac accl --rounds 2
+    python benchmarks/bench_sd_variants.py --variants fp32 fp32cl bf16 bf16cl ac accl --rounds 2 \
+        --out benchmarks/results/sd_variants_cpu.json
 
 Full-size random SD-2.1-base weights, the chelsea photo at 512 × 512. Prints one line per variant
 and round (VAE s, UNet s, load average), then per variant the medians and the errors against the
@@ -19,6 +20,8 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from PIL import Image
 
 from cliper_lib.config import DATA_DIR, CLIPerConfig
 from cliper_lib.heap import request_huge_pages
+from cliper_lib.method import sd_attention
 from cliper_lib.method.sd_attention import AttentionStore, SDSelfAttention
 from cliper_lib.weights.sd import build_random_sd_components, drop_vae_decoder, move_components
 
@@ -38,6 +42,7 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     request_huge_pages()
     torch.set_grad_enabled(False)
@@ -61,7 +66,8 @@ def main() -> None:
             torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         )
         start = time.perf_counter()
-        with context:
+        # the variant's layout for the VAE too, whatever the stage's own choice (vae_memory_format)
+        with context, mock.patch.object(sd_attention, "vae_memory_format", lambda _: layout):
             latents = sd.encode(sd.preprocess(photo, cfg).contiguous(memory_format=layout))
         middle = time.perf_counter()
         with context:
@@ -82,6 +88,7 @@ def main() -> None:
             outputs.setdefault(variant, (latents, maps))
             print(variant, round(vae_s, 2), round(unet_s, 2), os.getloadavg()[0], flush=True)
     latents0, maps0 = outputs[args.variants[0]]
+    rows = []
     for variant in args.variants:
         latents, maps = outputs[variant]
         row = {
@@ -92,6 +99,10 @@ def main() -> None:
             "head_maps_max_abs_err": float((maps - maps0).abs().max()),
         }
         print(json.dumps(row))
+        rows.append({**row, "all_s": times[variant]})
+    if args.out:
+        record = {"threads": torch.get_num_threads(), "loadavg": os.getloadavg(), "rows": rows}
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

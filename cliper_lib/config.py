@@ -51,6 +51,16 @@ VFM_GRID_ROUNDINGS = ("nearest", "floor")
 #: how a VFM's position embeddings are resized to a grid other than their own.
 VFM_POSITION_RESIZES = ("to-grid", "scale-factor")
 DTYPES = ("float32", "float16", "bfloat16")
+#: the named precision settings, each a `dtype` and an `sd_dtype` (docs/method.md 3.15): mixed keeps
+#: the CLIP side (where the coarse maps are formed) float32 and runs the VAE + UNet in bfloat16; the
+#: float16 pair is for a GPU, where float16 has fast kernels.
+PRECISIONS: dict[str, dict[str, str | None]] = {
+    "float32": {"dtype": "float32", "sd_dtype": None},
+    "mixed": {"dtype": "float32", "sd_dtype": "bfloat16"},
+    "bfloat16": {"dtype": "bfloat16", "sd_dtype": None},
+    "mixed-float16": {"dtype": "float32", "sd_dtype": "float16"},
+    "float16": {"dtype": "float16", "sd_dtype": None},
+}
 QUICK_GELU = ("auto", True, False)
 #: open_clip model names of the backbones the authors published presets for, by preset folder.
 BACKBONES = {
@@ -525,6 +535,25 @@ def with_field_options(overrides: Mapping[str, Any], options: Mapping[str, Any])
             raise ConfigError(
                 f"--{name.replace('_', '-')} {_spell(value)} and --set {name}="
                 f"{_spell(merged[name])} disagree; give one of them"
+            )
+        merged[name] = value
+    return merged
+
+
+def with_precision(given: Mapping[str, Any], precision: str | None) -> dict[str, Any]:
+    """`given` fields with the `dtype` and `sd_dtype` of a named precision setting (None = not
+    given): ConfigError when `given` sets one of them to another value."""
+    merged = dict(given)
+    if precision is None:
+        return merged
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    for name, value in PRECISIONS[precision].items():
+        if name in merged and merged[name] != value:
+            raise ConfigError(
+                f"--precision {precision} sets {name}={_spell(value)}, but {name}="
+                f"{_spell(merged[name])} is given too (--{name.replace('_', '-')} or --set); "
+                "give one of them"
             )
         merged[name] = value
     return merged

@@ -155,3 +155,25 @@ def test_score_maps_stream_to_disk_chunk_by_chunk(tmp_path):
     assert written.shape == (6, 71, 90) and written.dtype == np.float32
     np.testing.assert_array_equal(written, whole_scaled_maps(refined, scores, size).numpy())
     assert [p.name for p in tmp_path.iterdir()] == ["maps.npy"]  # no partial file left
+
+
+def test_score_maps_that_fail_part_way_leave_no_file(tmp_path):
+    """A full disk (an OSError on a write) part way: neither the file nor a partial one remains."""
+    import errno
+
+    from cliper_lib.method.labels import LabelMap
+    from cliper_lib.suite.toolkit.outputs import write_score_maps
+
+    g = torch.Generator().manual_seed(5)
+    refined = torch.rand(4, 5, 7, generator=g)
+    scores = class_scores(refined, torch.rand(4, 3, 3, generator=g))
+    label_map = LabelMap(scores, refined, tiled_labels(refined, scores, (20, 30), 0.0, 0.0, False))
+
+    def chunks(budget):
+        yield from list(LabelMap.map_chunks(label_map, budget))[:1]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    label_map.map_chunks = chunks
+    with pytest.raises(OSError, match="No space left"):
+        write_score_maps(tmp_path / "maps.npy", label_map, budget=20 * 30)
+    assert list(tmp_path.iterdir()) == []

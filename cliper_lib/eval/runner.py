@@ -27,6 +27,7 @@ from ..config import (
     ConfigError,
     parse_field_overrides,
     with_field_options,
+    with_precision,
 )
 from ..files import OutputPathError, TextDecodeError, atomic_write_text, check_output_file
 from ..vocab import read_class_file
@@ -128,9 +129,12 @@ def _build_dataset(cfg: CLIPerConfig, source: str, args: Options) -> Sequence[Sa
 def _plan(args: Options) -> list[_Job]:
     """Configs and data sets of every preset asked for; every data problem is raised here, before
     any model."""
-    overrides = with_field_options(
-        parse_field_overrides(getattr(args, "overrides", None)),
-        {"profile": args.profile, "device": args.device},
+    overrides = with_precision(
+        with_field_options(
+            parse_field_overrides(getattr(args, "overrides", None)),
+            {"profile": args.profile, "device": args.device},
+        ),
+        getattr(args, "precision", None),
     )
     if args.all:
         folder = PRESET_DIR / args.backbone

@@ -248,6 +248,17 @@ def run_until_captured(
     raise RuntimeError(f"the UNet pass ended before capturing all of {list(paths)}")
 
 
+def vae_memory_format(pixels: torch.Tensor) -> torch.memory_format:
+    """The memory format the VAE encoder runs in: channels-last for bfloat16 on a CPU.
+
+    oneDNN's bfloat16 convolutions are 2.5 times faster in it (one 512 x 512 image: 0.93 s against
+    2.31 s, benchmarks/README.md); in float32 it moves the latents by 3e-5 and gains nothing.
+    """
+    if pixels.device.type == "cpu" and pixels.dtype == torch.bfloat16:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 # --- the extractor --------------------------------------------------------------------------------
 class SDSelfAttention:
     """Self-attention head maps of `cfg.sd_layers` from one noised UNet pass with the empty prompt.
@@ -285,10 +296,12 @@ class SDSelfAttention:
         Encoder.forward, +128 MiB at 512 px fp32).
         """
         vae, enc = self.components.vae, self.components.vae.encoder
+        pixels = pixels.contiguous(memory_format=vae_memory_format(pixels))
         if vae.use_tiling or any(
             type(block).__name__ != "DownEncoderBlock2D" for block in enc.down_blocks
         ):
-            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            return latents.contiguous()
         h = enc.conv_in(pixels)
         for block in enc.down_blocks:
             for resnet in block.resnets:
@@ -298,7 +311,7 @@ class SDSelfAttention:
         h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
         # (B, 8, s, s): mean, then log-variance
         moments = vae.quant_conv(h) if vae.quant_conv is not None else h
-        return moments.chunk(2, dim=1)[0] * vae.config.scaling_factor
+        return (moments.chunk(2, dim=1)[0] * vae.config.scaling_factor).contiguous()
 
     def timestep(
         self, timestep_index: int | None = None, cfg: CLIPerConfig | None = None

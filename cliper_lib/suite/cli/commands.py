@@ -23,6 +23,7 @@ from ...config import (
     parse_field_overrides,
     parse_overrides,
     with_field_options,
+    with_precision,
 )
 from ...heap import request_huge_pages
 from ...weights.hub import WeightsMissingError
@@ -49,7 +50,8 @@ def config_from_args(args: argparse.Namespace) -> CLIPerConfig:
     values is refused)."""
     overrides = parse_field_overrides(getattr(args, "overrides", None))
     options = {name: getattr(args, name, None) for name in FIELD_OPTIONS}
-    return CLIPerConfig.from_preset_given(args.preset, with_field_options(overrides, options))
+    given = with_precision(with_field_options(overrides, options), getattr(args, "precision", None))
+    return CLIPerConfig.from_preset_given(args.preset, given)
 
 
 def build_model(cfg: CLIPerConfig):
@@ -64,7 +66,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     images = expand_images(args.images, out=Path(args.out))
     result = run_batch(
-        cfg, images, args.classes, args.background, Path(args.out), build_model, not args.quiet
+        cfg,
+        images,
+        args.classes,
+        args.background,
+        Path(args.out),
+        build_model,
+        not args.quiet,
+        score_maps=args.score_maps,
     )
     for record in result.records:
         print(f"{record['image']}: {', '.join(record['present']) or 'nothing found'}")
@@ -130,7 +139,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         args.background,
         args.out,
         refinement=getattr(args, "refinement", None),
-        overrides=parse_field_overrides(getattr(args, "overrides", None)),
+        overrides=with_precision(
+            parse_field_overrides(getattr(args, "overrides", None)), args.precision
+        ),
     )
     serve(settings, args.port, not args.no_browser, args.host, args.cull_idle_after)
     return 0

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,13 @@ from ...vocab import parse_class_names
 from ...weights.clip import TINY_CLIP_CONFIG
 from ...weights.models import check_before_loading
 from ..toolkit.background import resolve_vocabulary
-from ..toolkit.outputs import OUTPUT_SUFFIXES, write_segmentation_files
+from ..toolkit.outputs import (
+    OUTPUT_SUFFIXES,
+    output_suffixes,
+    score_maps_bytes,
+    write_score_maps,
+    write_segmentation_files,
+)
 from ..toolkit.samples import suggested_classes_by_image
 
 #: OSError numbers that mean no later image can be written either: the batch stops instead of going
@@ -232,9 +239,11 @@ def segment_images(
     progress: bool = True,
     say: Callable[[str], None] | None = None,
     result: BatchResult | None = None,
+    score_maps: bool = False,
 ) -> BatchResult:
     """Segment each image and write <stem>_labels.png, <stem>_overlay.png and <stem>_scores.json to
-    `out` (stems from `output_stems`), each image's three together or not at all. An image that
+    `out` (stems from `output_stems`), with `score_maps` also <stem>_score_maps.npy (C, H0, W0)
+    float32, each image's files together or not at all. An image that
     cannot be read or segmented is reported through `say` and skipped; a full disk raises
     BatchStopped. Outputs an earlier run wrote with the same settings are kept, not redone; a stop
     (Ctrl-C, SIGTERM) keeps every finished image and says so."""
@@ -248,7 +257,7 @@ def segment_images(
     try:
         for path in tqdm(images, desc="segment", unit="image", disable=not progress):
             names_text = classes or suggestions.get(path.name)
-            finals = [out / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            finals = [out / f"{stems[path]}{suffix}" for suffix in output_suffixes(score_maps)]
             key = run_key(model.cfg, path, names_text, background)
             earlier = finished_record(finals, key)
             if earlier is not None:
@@ -332,10 +341,24 @@ def write_image_files(
     record: dict[str, Any],
     result: BatchResult,
 ) -> None:
-    """Write one image's three files to `finals`, all or none; BatchStopped (saying what the batch
-    wrote so far) when writing fails."""
+    """Write one image's files to `finals` (`output_suffixes`), all or none; BatchStopped (saying
+    what the batch wrote so far) when writing fails, or, for score maps, when the disk is too small
+    for them before any is written."""
+    done = (
+        f"{len(result.records)} image(s) complete in {out}" if result.records else "nothing written"
+    )
+    if len(finals) > len(OUTPUT_SUFFIXES):
+        existing = next(folder for folder in (out, *out.parents) if folder.exists())
+        needed, free = score_maps_bytes(segmented["labels"]), shutil.disk_usage(existing).free
+        if needed > free:
+            raise BatchStopped(
+                f"stopped at {path}: its score maps need {needed / 1e9:.1f} GB and {out} has "
+                f"{free / 1e9:.1f} GB free; drop --score-maps or free space; {done}"
+            )
     try:
         with atomic_group(finals) as temporaries:
+            if len(finals) > len(OUTPUT_SUFFIXES):
+                write_score_maps(temporaries.pop(-2), segmented["labels"])
             write_segmentation_files(
                 temporaries,
                 image,
@@ -346,11 +369,6 @@ def write_image_files(
                 num_labels=len(text.names) + 1,
             )
     except OSError as error:
-        done = (
-            f"{len(result.records)} image(s) complete in {out}"
-            if result.records
-            else "nothing written"
-        )
         if error.errno in DISK_ERRNOS:
             raise BatchStopped(
                 f"stopped at {path}: {error.strerror or error} while writing its outputs; "
@@ -367,8 +385,10 @@ def run_batch(
     out: Path,
     build_model: Callable[[CLIPerConfig], Any],
     progress: bool = True,
+    score_maps: bool = False,
 ) -> BatchResult:
-    """Check, then build the model, then segment; returns what was written and what failed."""
+    """Check, then build the model, then segment; returns what was written and what failed
+    (`score_maps`: also each image's full-resolution score maps)."""
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -377,7 +397,7 @@ def run_batch(
     runnable, result.failures = plan_batch(cfg, images, classes, out, say)
     if runnable:
         model = build_model(cfg)
-        segment_images(model, runnable, classes, background, out, progress, say, result)
+        segment_images(model, runnable, classes, background, out, progress, say, result, score_maps)
     return result
 
 

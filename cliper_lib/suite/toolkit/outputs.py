@@ -16,6 +16,21 @@ from .viz import save_label_png, save_overlay_png
 
 #: the three files of one segmented image: <stem><suffix> (the explorer's export adds a config).
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_scores.json")
+#: the full-resolution score maps (C, H0, W0) float32, written only when asked (`--score-maps`)
+SCORE_MAPS_SUFFIX = "_score_maps.npy"
+
+
+def output_suffixes(score_maps: bool = False) -> tuple[str, ...]:
+    """The files of one image, the scores JSON last (a rerun reads it to know the image is done)."""
+    if not score_maps:
+        return OUTPUT_SUFFIXES
+    return (*OUTPUT_SUFFIXES[:-1], SCORE_MAPS_SUFFIX, OUTPUT_SUFFIXES[-1])
+
+
+def score_maps_bytes(label_map: LabelMap) -> int:
+    """The size of `write_score_maps`' file, header aside."""
+    height, width = label_map.size
+    return 4 * len(label_map.scores) * height * width
 
 
 def write_segmentation_files(
@@ -41,20 +56,24 @@ def write_score_maps(path: Path, label_map: LabelMap, budget: int = CHUNK_VALUES
     about `budget` values at a time: a 24 MP photo with 150 classes makes a 14 GB file, never held
     in memory.
 
-    Read it back with `np.load(path, mmap_mode="r")`; the file appears only once complete.
+    Read it back with `np.load(path, mmap_mode="r")`; the file appears only once complete. Written
+    with plain writes, not a memory map, so a full disk is an OSError here, not a crash later.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    shape = (len(label_map.scores), *label_map.size)
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": (len(label_map.scores), *label_map.size),
+    }
     try:
-        for classes, maps in label_map.map_chunks(budget):
-            array[classes] = maps.cpu().numpy()
-        array.flush()
+        with open(partial, "wb") as file:
+            np.lib.format.write_array_header_1_0(file, header)
+            # the chunks are consecutive runs of classes, in order: C order, appended
+            for _, maps in label_map.map_chunks(budget):
+                file.write(np.ascontiguousarray(maps.cpu().numpy(), dtype=np.float32).data)
     except BaseException:
-        del array
         partial.unlink(missing_ok=True)
         raise
-    del array  # unmapped before the rename
     os.replace(partial, path)
     return path

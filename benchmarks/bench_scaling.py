@@ -12,7 +12,7 @@ Two parts, on synthetic photos (seeded noise) of 0.25 to 24 MP:
 Peak memory is the process's peak resident set (VmHWM) during each point alone: free heap pages go
 back to the system (malloc_trim) and the kernel's high-water mark is reset (`/proc/self/clear_refs`)
 before it, so a point's peak includes the models and what the process holds, as a user's would.
-Time is one run per point after a warm-up (the machine is shared: see loadavg).
+Time is one run per point after a warm-up (each row records the load average).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def plot(rows: list[dict], path: Path) -> None:
     frame["classes"] = frame["classes"].astype(str)  # categories, not a colour scale
     labels = frame[frame.part == "labels"]
     segment = frame[frame.part == "segment"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     sns.lineplot(labels, x="megapixels", y="seconds", hue="classes", marker="o", ax=axes[0])
     axes[0].set(title="labels stage: time", xlabel="image (MP)", ylabel="s", xscale="log")
     axes[0].set(yscale="log")
@@ -160,10 +160,12 @@ def plot(rows: list[dict], path: Path) -> None:
         pairs = zip(segment.classes, segment.slide, strict=True)
         names = [f"{c} classes, slide {int(s)}" for c, s in pairs]
         shown = segment.assign(setting=names)
-        sns.lineplot(shown, x="megapixels", y="peak_rss_gb", hue="setting", marker="o", ax=axes[2])
         models = "full-size random" if segment.models.iloc[0] == "full" else "tiny smoke"
-        axes[2].set(title=f"segment ({models} models): peak RSS", xlabel="image (MP)")
-        axes[2].set(ylabel="GB", xscale="log")
+        for ax, column, what, unit in ((axes[2], "peak_rss_gb", "peak RSS", "GB"),
+                                       (axes[3], "seconds", "time", "s")):  # fmt: skip
+            sns.lineplot(shown, x="megapixels", y=column, hue="setting", marker="o", ax=ax)
+            ax.set(title=f"segment ({models} models): {what}", xlabel="image (MP)")
+            ax.set(ylabel=unit, xscale="log")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -203,6 +205,9 @@ def main() -> None:
     if args.replot:
         plot(json.loads(Path(args.out).read_text())["rows"], Path(args.plot))
         return
+    from cliper_lib.heap import request_huge_pages
+
+    request_huge_pages()  # as the command line does at start
     torch.set_grad_enabled(False)
     rows = labels_points(args.megapixels, args.classes, args.max_values)
     if not args.labels_only:
@@ -214,7 +219,7 @@ def main() -> None:
         "setup": {
             "threads": torch.get_num_threads(),
             "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-            "machine": "2-core CPU shared with other jobs: times are indicative",
+            "machine": "2-core CPU: the load average of each row says how busy it was",
         },
         "rows": rows,
     }

@@ -51,6 +51,8 @@ VFM_GRID_ROUNDINGS = ("nearest", "floor")
 #: how a VFM's position embeddings are resized to a grid other than their own.
 VFM_POSITION_RESIZES = ("to-grid", "scale-factor")
 DTYPES = ("float32", "float16", "bfloat16")
+#: the preset a command uses when none is named (its weights decide a notebook's "auto" profile)
+DEFAULT_PRESET = "vit-b-16/voc21"
 #: the named precision settings, each a `dtype` and an `sd_dtype` (docs/method.md 3.15): mixed keeps
 #: the CLIP side (where the coarse maps are formed) float32 and runs the VAE + UNet in bfloat16; the
 #: float16 pair is for a GPU, where float16 has fast kernels.

@@ -101,7 +101,7 @@ def vfm_weight_files(name: str) -> list[WeightFile]:
     ]
 
 
-def _vfm_missing(name: str) -> list[WeightFile]:
+def vfm_missing_files(name: str) -> list[WeightFile]:
     files = vfm_weight_files(name)
     weights_cached = _cached(files[1]) or _cached(
         WeightFile(files[1].model, files[1].repo, "pytorch_model.bin", None)
@@ -142,11 +142,12 @@ def missing_weight_files(cfg: CLIPerConfig, variant: str | None = None) -> list[
         if all(by_variant.values()):
             missing += by_variant[variant]
     for name in vfms_used(cfg):
-        missing += _vfm_missing(name)
+        missing += vfm_missing_files(name)
     return missing
 
 
-def _size(mb: float | None) -> str:
+def size_text(mb: float | None) -> str:
+    """A download size in words: ~1.2 GB, ~300 MB, or small (size unknown)."""
     if mb is None:
         return "small"
     return f"~{mb / 1000:.1f} GB" if mb >= 1000 else f"~{mb:.0f} MB"
@@ -199,7 +200,7 @@ def offline_report(missing: list[WeightFile], spell: Spelling = config_spelling)
         files = [f for f in missing if f.repo == repo]
         lines.append(f"  {files[0].model}: hub repo '{repo}'")
         for f in files:
-            lines.append(f"      {f.filename:52s} {_size(f.approx_mb)}")
+            lines.append(f"      {f.filename:52s} {size_text(f.approx_mb)}")
             total += f.approx_mb or 0
     lines += [
         f"  total about {total / 1000:.1f} GB (sizes are approximate)",
@@ -255,7 +256,7 @@ def download_weights(
         if not skip_sd:
             wanted += sd_weight_files(cfg.sd_repo, variant)
         missing = [f for f in wanted if not _cached(f)] + [
-            f for name in vfms for f in _vfm_missing(name)
+            f for name in vfms for f in vfm_missing_files(name)
         ]
         if not missing:
             return [f"every file is already in {hub_cache_dir()}; nothing to download"]

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from ...config import (
     BENCHMARKS,
+    DEFAULT_PRESET,
     DTYPES,
     LAST_LAYER_ATTENTIONS,
     PAPER_PRETRAINED,
@@ -19,8 +20,6 @@ from ...config import (
     accepted,
 )
 from ...vocab import CLASS_SEPARATORS
-
-DEFAULT_PRESET = "vit-b-16/voc21"
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

@@ -101,9 +101,6 @@ def output_dir(name: str) -> Path:
 PROFILE_ENV = "CLIPER_PROFILE"
 #: env var naming the JSON file `record_config` writes; set by the runner for each notebook.
 RECORD_ENV = "CLIPER_RECORD_FILE"
-#: the preset whose weights decide "auto": the command line's default preset, the one the README's
-#: `cliper download` fetches.
-AUTO_PRESET = "vit-b-16/voc21"
 DOWNLOAD_COMMAND = "cliper download"
 _RECORDED: dict[str, Any] = {}
 
@@ -125,11 +122,12 @@ def resolve_profile(profile: str) -> str:
 
 
 def _auto_preset_missing() -> list[Any]:
-    """The weight files of AUTO_PRESET on the paper profile that the local cache lacks."""
-    from ...config import CLIPerConfig
+    """The weight files of the default preset (the command line's, the one the README's
+    `cliper download` fetches) on the paper profile that the local cache lacks."""
+    from ...config import DEFAULT_PRESET, CLIPerConfig
     from ...weights.inventory import missing_weight_files
 
-    return missing_weight_files(CLIPerConfig.from_preset(AUTO_PRESET, profile="paper"))
+    return missing_weight_files(CLIPerConfig.from_preset(DEFAULT_PRESET, profile="paper"))
 
 
 def _check_resolved(profile: str) -> None:
@@ -152,7 +150,7 @@ def show_profile(profile: str) -> None:
 
 def profile_banner(profile: str) -> str:
     """The markdown `show_profile` displays for a resolved profile ("paper" or "smoke")."""
-    from ...weights.inventory import _size as size
+    from ...weights.inventory import size_text as size
 
     if profile == "paper":
         return (
@@ -216,8 +214,8 @@ def _missing_for(
 def _missing_vfm(vfm: str) -> str | None:
     """The note for a DINO/DINOv2 model that is not in the local cache, else None."""
     from ...config import VFM_MODELS
-    from ...weights.inventory import _size as size
-    from ...weights.inventory import _vfm_missing as vfm_missing
+    from ...weights.inventory import size_text as size
+    from ...weights.inventory import vfm_missing_files as vfm_missing
 
     if vfm not in VFM_MODELS:
         raise ValueError(f"vfm={vfm!r}: use one of {', '.join(VFM_MODELS)}")

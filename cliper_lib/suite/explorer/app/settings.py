@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ....config import CLIPerConfig, with_field_options
+from ....config import DEFAULT_PRESET, CLIPerConfig, with_field_options
 
 #: the environment variables `cliper app` sets for the page.
 ENV = {
@@ -32,7 +32,7 @@ class AppSettings:
     """What the page opens with: the preset (its layers and thresholds), models, images and
     classes."""
 
-    preset: str = "vit-b-16/voc21"
+    preset: str = DEFAULT_PRESET
     profile: str | None = None  # None: the preset's (paper)
     device: str | None = None
     dtype: str | None = None

@@ -1,8 +1,9 @@
 """`cliper app --profile smoke` in a real browser (Playwright on the system Chromium).
 
 One server for the module (tests run in file order; the last one stops it): the page opens in the
-preset's state; a move redraws; the controls are disabled while a result is computed; a file that
-is not a photo says so in view; a dropped photo is segmented; an export's files are served and its
+preset's state; a move redraws; the controls are disabled while a result is computed; opacity and
+the labels toggle redraw without recomputing; a pasted photo is segmented; a file that is not a
+photo says so in view; a dropped photo is segmented; an export's files are served and its
 command reproduces the labels from a fresh folder; reloads and extra tabs keep the server's memory
 bounded; nothing is requested outside the server; the page says so when the server is gone. A
 paper-profile app without weights shows the CLI's message. Skipped, with the reason, where
@@ -112,6 +113,25 @@ def test_a_move_redraws_and_the_controls_are_off_meanwhile(app):
     assert seen and all(s["classes"] and s["export"] for s in seen)
     assert any("computing" in s["status"] for s in seen)
     assert not app.page.locator(".cliper-classes input").is_disabled()  # live again
+
+
+def test_opacity_and_the_labels_toggle_redraw_the_overlay_without_recomputing(app):
+    opacity = app.page.locator(".cliper-opacity .noUi-handle")
+    shown = app.overlay_src()
+    fainter = app.redrawn_only(lambda: (opacity.focus(), opacity.press("ArrowLeft")))
+    assert fainter != shown
+    toggle = app.page.locator(".cliper-show-labels input")
+    bare = app.redrawn_only(toggle.click)  # labels off: the photo alone
+    assert bare not in (shown, fainter)
+    assert app.page.locator(".cliper-opacity .noUi-target").get_attribute("disabled") is not None
+    assert app.redrawn_only(toggle.click) == fainter  # on again: the same drawing as before
+    assert app.page.locator(".cliper-opacity .noUi-target").get_attribute("disabled") is None
+
+
+def test_a_pasted_photo_is_segmented(app):
+    app.paste(stripes(app.folder / "pasted.png", height=64, width=80))
+    assert app.page.locator(".cliper-image select").input_value() == "pasted.png"
+    assert "CLIP pass" in app.status().split("reused")[0]  # a new photo: walked
 
 
 def test_a_file_that_is_not_a_photo_says_so_in_view(app):

@@ -260,26 +260,56 @@ class AppDriver:
 
         return self._move(choose)
 
-    def drop(self, path: str | os.PathLike) -> float:
-        """Drop an image file onto the page (as a file dragged from the desktop)."""
+    def _hand_file(self, path: str | os.PathLike, how: str) -> float:
+        """Hand the page an image file as a browser would: `drop` (dragged from the desktop onto
+        the page) or `paste` (Ctrl+V); seconds until redrawn."""
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
-        def dropped():
+        def hand():
             self.page.evaluate(
-                """([name, data]) => {
+                """([name, data, how]) => {
                      const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
                      const transfer = new DataTransfer();
                      transfer.items.add(new File([bytes], name, {type: 'image/png'}));
+                     const init = {bubbles: true, cancelable: true};
+                     if (how === 'paste') {
+                       document.dispatchEvent(
+                         new ClipboardEvent('paste', {...init, clipboardData: transfer}));
+                       return;
+                     }
                      const target = document.querySelector('.cliper-app');
                      for (const kind of ['dragover', 'drop']) {
-                       target.dispatchEvent(new DragEvent(kind, {dataTransfer: transfer,
-                                                              bubbles: true, cancelable: true}));
+                       target.dispatchEvent(new DragEvent(kind, {...init, dataTransfer: transfer}));
                      }
                    }""",
-                [Path(path).name, data],
+                [Path(path).name, data, how],
             )
 
-        return self._move(dropped)
+        return self._move(hand)
+
+    def drop(self, path: str | os.PathLike) -> float:
+        """Drop an image file onto the page (as a file dragged from the desktop)."""
+        return self._hand_file(path, "drop")
+
+    def paste(self, path: str | os.PathLike) -> float:
+        """Paste an image file into the page (as Ctrl+V after copying a file or a screenshot)."""
+        return self._hand_file(path, "paste")
+
+    def redrawn_only(self, action) -> str:
+        """Do `action` (a look control: opacity, labels on/off) and wait until the overlay is drawn
+        anew with the status line unchanged (nothing recomputed); the new overlay's src."""
+        src, status = self.overlay_src(), self.status()
+        action()
+        self.page.wait_for_function(
+            """([src]) => {
+                 const img = document.querySelector('.cliper-out-overlay img');
+                 return img && img.src !== src;
+               }""",
+            arg=[src],
+            timeout=self.timeout_ms,
+        )
+        assert self.status() == status, (status, self.status())
+        return self.overlay_src()
 
     def export(self) -> float:
         """Click export and wait for the five download links (four files and the photo)."""

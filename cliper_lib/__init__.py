@@ -13,7 +13,8 @@
 method and docs/architecture.md shows the layers.
 
 Importing the package changes nothing in the process: the command line asks for huge pages
-(`cliper_lib.heap.request_huge_pages`), and a script may call it itself.
+(`cliper_lib.heap.request_huge_pages`) and keeps freed memory for reuse
+(`cliper_lib.heap.keep_freed_memory`), and a script may call them itself.
 """
 
 __version__ = "0.1.0"

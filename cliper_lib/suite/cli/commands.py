@@ -25,7 +25,7 @@ from ...config import (
     with_field_options,
     with_precision,
 )
-from ...heap import request_huge_pages
+from ...heap import keep_freed_memory, request_huge_pages
 from ...weights.hub import WeightsMissingError
 from ..explorer.app.server import app_settings, serve
 from ..runs.papermill import run_reproduce
@@ -253,6 +253,13 @@ def stops_as_interrupts() -> Iterator[None]:
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def run() -> None:
+    """The `cliper` executable (and `python -m cliper_lib`): the allocator set for a process that
+    segments image after image (`heap.keep_freed_memory`), then `main`. Tests call `main` itself."""
+    keep_freed_memory()
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

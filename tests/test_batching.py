@@ -119,6 +119,11 @@ def test_evaluate_in_batches_equals_one_by_one() -> None:
 
 
 def test_cli_batch_size_gives_the_batch_one_metrics(tmp_path) -> None:
+    """The same confusion matrix, count for count. Without min-max normalisation: the smoke models'
+    refined maps are nearly flat, so scaling each to [0, 1] turns batching's float rounding (4e-7
+    relative, within test_batch_equals_one_at_a_time's 1e-5) into label flips (0.7 % of pixels
+    measured on an AMX Xeon, under 0.2 % on an earlier CPU); argmax of the maps themselves does
+    not."""
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     results = {}
@@ -139,6 +144,8 @@ def test_cli_batch_size_gives_the_batch_one_metrics(tmp_path) -> None:
                 "cpu",
                 "--batch-size",
                 str(batch),
+                "--set",
+                "is_normalize=false",
                 "--out",
                 str(out),
             ]
@@ -147,7 +154,7 @@ def test_cli_batch_size_gives_the_batch_one_metrics(tmp_path) -> None:
         results[batch] = json.loads(out.read_text())
     one, three = (np.array(results[b]["confusion_matrix"]) for b in (1, 3))
     assert one.sum() == three.sum() > 0
-    assert np.abs(three - one).sum() <= 0.002 * one.sum()  # the same counts, ties aside
+    assert np.array_equal(three, one)
     bad = parser.parse_args(
         [
             "--profile",

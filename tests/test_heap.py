@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cliper_lib.heap import (
     HUGE_PAGES_VARIABLE,
@@ -164,3 +165,32 @@ def test_the_cliper_executable_keeps_freed_memory_and_main_alone_does_not(monkey
     with pytest.raises(SystemExit) as stop:
         cli.run()
     assert stop.value.code == 0 and calls == ["kept", "main"]
+
+
+@no_huge_pages
+def test_the_methods_results_are_the_same_bits_with_freed_memory_kept(
+    smoke_model, cat_image, tmp_path
+) -> None:
+    """The full method on the smoke models in a process set as the executable sets it (huge pages,
+    freed memory kept), against this process's (glibc's defaults): the same bits."""
+    out = tmp_path / "kept.pt"
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from PIL import Image\n"
+        "import cliper_lib.heap as heap\n"
+        "assert heap.keep_freed_memory()\n"
+        "from cliper_lib import CLIPer, CLIPerConfig\n"
+        "from cliper_lib.config import DATA_DIR\n"
+        "cfg = CLIPerConfig.from_preset('vit-b-16/voc21', profile='smoke', device='cpu')\n"
+        "model = CLIPer.from_config(cfg, text_cache_dir=False)\n"
+        "with Image.open(DATA_DIR / 'samples' / 'chelsea.jpg') as image:\n"
+        "    photo = np.asarray(image.convert('RGB'))\n"
+        "for _ in range(2):  # the second run on reused pages\n"
+        "    result = model.segment(photo, classes=['cat', 'grass', 'wall'])\n"
+        "torch.save({'refined': result.refined, 'labels': result.labels}, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(out)], env=cli_allocator_env(), check=True)
+    kept = torch.load(out)
+    reference = smoke_model.segment(cat_image, classes=["cat", "grass", "wall"])
+    assert torch.equal(kept["refined"], reference.refined)
+    assert torch.equal(kept["labels"], reference.labels)

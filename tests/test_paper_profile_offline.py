@@ -100,7 +100,7 @@ def expected_skips(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.paper_offline  # about 20 minutes: not in `make test`; run by `make test-paper-offline`
+@pytest.mark.paper_offline  # 5-20 minutes: not in `make test`; `make test-paper-offline`, CI
 def test_every_notebook_runs_on_the_paper_profile_offline(learner, tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 

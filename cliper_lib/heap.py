@@ -29,16 +29,18 @@ HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def _find_glibc() -> tuple[Callable[[int], int], Callable[[int, int], int]] | None:
+    """glibc's malloc_trim and mallopt, or None (not Linux, or another C library such as musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only (not musl)
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim, libc.mallopt
     except (OSError, AttributeError):
         return None
 
 
-_MALLOC_TRIM = _find_malloc_trim()
+_MALLOC_TRIM, _MALLOPT = _find_glibc() or (None, None)
 #: glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 #: where a user sets glibc's allocator themselves; `keep_freed_memory` then leaves it alone
@@ -73,10 +75,9 @@ def keep_freed_memory() -> bool:
     is absent.
     """
     global _keeping_freed_memory
-    if _MALLOC_TRIM is None or any(name in os.environ for name in ALLOCATOR_VARIABLES):
+    if _MALLOPT is None or any(name in os.environ for name in ALLOCATOR_VARIABLES):
         return False
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+    if _MALLOPT(M_MMAP_MAX, 0) != 1 or _MALLOPT(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         return False
     _keeping_freed_memory = True
     return True

@@ -347,7 +347,8 @@ def write_image_files(
     done = (
         f"{len(result.records)} image(s) complete in {out}" if result.records else "nothing written"
     )
-    if len(finals) > len(OUTPUT_SUFFIXES):
+    with_maps = len(finals) > len(OUTPUT_SUFFIXES)  # output_suffixes(score_maps=True)
+    if with_maps:
         existing = next(folder for folder in (out, *out.parents) if folder.exists())
         needed, free = score_maps_bytes(segmented["labels"]), shutil.disk_usage(existing).free
         if needed > free:
@@ -357,7 +358,7 @@ def write_image_files(
             )
     try:
         with atomic_group(finals) as temporaries:
-            if len(finals) > len(OUTPUT_SUFFIXES):
+            if with_maps:
                 write_score_maps(temporaries.pop(-2), segmented["labels"])
             write_segmentation_files(
                 temporaries,
